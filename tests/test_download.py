@@ -1,0 +1,263 @@
+"""Integration tests of `stellar_spectra.download` against a real HTTP server on 127.0.0.1 that injects faults."""
+import hashlib, json, os, signal, socket, subprocess, sys, threading, time
+from collections import Counter, defaultdict
+from functools import partial
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from stellar_spectra.download import (LOCK_NAME, Entry, RangeRequestHandler, add_checksums, catalogue_manifest, download,
+                                      write_manifest)
+
+CHUNK = 1 << 16  # client chunk in these tests: the slack allowed on a resumed transfer
+FAST = dict(progress=False, backoff=0.01, chunk=CHUNK, timeout=5.0)
+
+
+class FaultHandler(RangeRequestHandler):
+    "RangeRequestHandler that counts bytes per file and plays the faults queued for a path."
+    def do_GET(self):
+        rel = unquote(urlsplit(self.path).path).lstrip('/')
+        srv = self.server
+        with srv.lock:
+            self.fault = srv.faults[rel].pop(0) if srv.faults[rel] else srv.always.get(rel)
+            srv.active += 1; srv.max_active = max(srv.max_active, srv.active)
+            self.log = dict(path=rel, range=self.headers.get('Range'), fault=self.fault, sent=0)
+            srv.log.append(self.log)
+        try:
+            if self.fault in ('500', '404'): return self.send_error(int(self.fault))
+            if self.fault == 'norange' and 'Range' in self.headers: del self.headers['Range']
+            if self.fault == 'badrange':  # a 206 that does not start where asked
+                body = (Path(self.directory)/rel).read_bytes()
+                self.send_response(206); self.send_header('Content-Length', str(len(body) - 1))
+                self.send_header('Content-Range', f'bytes 1-{len(body) - 1}/{len(body)}'); self.end_headers()
+                return self.send_body(open(Path(self.directory)/rel, 'rb'), 1, len(body) - 1)
+            super().do_GET()
+        finally:
+            with srv.lock: srv.active -= 1
+
+    def send_body(self, f, start, length):
+        kind, _, arg = (self.fault or '').partition(':')
+        f.seek(start); left, pos = length, 0
+        while left:
+            b = f.read(min(left, 1 << 16))
+            if kind == 'drop' and pos + len(b) >= int(arg):  # send arg bytes, then cut the connection
+                b = b[:int(arg) - pos]; self.wfile.write(b); self.log['sent'] += len(b)
+                self.connection.shutdown(socket.SHUT_RDWR); self.close_connection = True; return
+            if kind == 'corrupt' and pos == 0: b = bytes([b[0] ^ 0xFF]) + b[1:]
+            if kind == 'stall' and pos >= length // 2: time.sleep(float(arg)); kind = ''
+            if kind == 'slow': time.sleep(float(arg))
+            self.wfile.write(b); self.log['sent'] += len(b); left -= len(b); pos += len(b)
+
+
+class FaultServer(ThreadingHTTPServer):
+    daemon_threads = True
+    def handle_error(self, request, client_address): pass  # clients hang up on purpose here
+
+
+@pytest.fixture
+def server(tmp_path):
+    "A fault-injecting HTTP server on an ephemeral port serving tmp_path/src; shuts itself down after 100 s."
+    root = tmp_path/'src'; root.mkdir()
+    srv = FaultServer(('127.0.0.1', 0), partial(FaultHandler, directory=str(root)))
+    srv.root, srv.url, srv.lock, srv.log = root, f'http://127.0.0.1:{srv.server_port}/', threading.Lock(), []
+    srv.faults, srv.always, srv.active, srv.max_active = defaultdict(list), {}, 0, 0
+    srv.sent = lambda path: sum(r['sent'] for r in srv.log if r['path'] == path)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    timer = threading.Timer(100, srv.shutdown); timer.daemon = True; timer.start()
+    yield srv
+    timer.cancel(); srv.shutdown(); srv.server_close()
+
+
+def make_files(root, sizes, seed=0, sub='sdss/d'):
+    "Random files under root; returns their manifest entries with size and sha256."
+    rng, es = np.random.default_rng(seed), []
+    for i, n in enumerate(sizes):
+        f = root/sub/f'{i % 3}'/f'f{i}.fits'; f.parent.mkdir(parents=True, exist_ok=True); f.write_bytes(rng.bytes(n))
+        es.append(Entry(str(f.relative_to(root))))
+    return add_checksums(es, root)
+
+
+def same(dest, root, es): return all((dest/e.path).read_bytes() == (root/e.path).read_bytes() for e in es)
+
+
+def test_good_files_arrive_identical_and_second_run_skips(server, tmp_path):
+    es = make_files(server.root, [0, 1, 1000, 70_000, 300_000] + [5000] * 20)
+    dest = tmp_path/'dest'
+    s = download(write_manifest([Entry(e.path) for e in es], tmp_path/'m.csv'), dest, base_url=server.url, **FAST)
+    assert (s['ok'], s['failed']) == (len(es), 0) and same(dest, server.root, es)
+    lock = json.loads((dest/LOCK_NAME).read_text())['files']
+    assert all(lock[e.path]['sha256'] == e.sha256 for e in es)
+    n = len(server.log)
+    s = download(es, dest, base_url=server.url, **FAST)
+    assert (s['skipped'], s['ok'], len(server.log)) == (len(es), 0, n)  # nothing requested
+    assert not list(dest.rglob('*.part*'))
+
+
+def test_dropped_connection_resumes_with_range(server, tmp_path):
+    e, = make_files(server.root, [3_000_000])
+    e = Entry(e.path, size=e.size, md5=hashlib.md5((server.root/e.path).read_bytes()).hexdigest())  # md5 only
+    server.faults[e.path] = ['drop:1000000', 'drop:1000000']
+    s = download([e], tmp_path/'d', base_url=server.url, **FAST)
+    assert s['ok'] == 1 and s['retries'] == 2 and same(tmp_path/'d', server.root, [e])
+    first, second, third = server.log
+    assert second['range'] == f'bytes={first["sent"]}-'  # continues where the data stopped
+    assert third['range'] == f'bytes={first["sent"] + second["sent"]}-'
+    assert server.sent(e.path) <= e.size + CHUNK  # no more than the missing bytes plus one chunk
+
+
+def test_corrupted_file_detected_and_fetched_again(server, tmp_path):
+    e, = make_files(server.root, [200_000])
+    server.faults[e.path] = ['corrupt']
+    s = download([e], tmp_path/'d', base_url=server.url, **FAST)
+    assert (s['ok'], s['retries']) == (1, 1) and same(tmp_path/'d', server.root, [e])
+    assert [r['range'] for r in server.log] == [None, None]  # the bad copy was discarded, not resumed
+
+
+def test_500_retried_and_404_recorded_without_stopping_the_rest(server, tmp_path):
+    es = make_files(server.root, [10_000] * 6)
+    server.faults[es[0].path] = ['500', '500']
+    missing = Entry('sdss/d/0/nothere.fits')
+    s = download(es + [missing], tmp_path/'d', base_url=server.url, **FAST)
+    assert (s['ok'], s['failed'], s['retries']) == (6, 1, 2) and same(tmp_path/'d', server.root, es)
+    f, = s['failures']
+    assert (f['path'], f['status'], f['attempts']) == (missing.path, 404, 1) and '404' in f['error']
+    assert json.loads((tmp_path/'d'/LOCK_NAME).read_text())['failed'][missing.path]['status'] == 404
+    assert not (tmp_path/'d'/missing.path).exists()
+
+
+def test_too_many_5xx_gives_up(server, tmp_path):
+    e, = make_files(server.root, [1000])
+    server.always[e.path] = '500'
+    s = download([e], tmp_path/'d', base_url=server.url, retries=2, **FAST)
+    assert (s['failed'], s['failures'][0]['attempts'], len(server.log)) == (1, 3, 3)
+
+
+def test_stall_times_out_and_resumes(server, tmp_path):
+    e, = make_files(server.root, [400_000])
+    server.faults[e.path] = ['stall:3']
+    s = download([e], tmp_path/'d', base_url=server.url, **dict(FAST, timeout=0.5))
+    assert s['ok'] == 1 and s['retries'] >= 1 and same(tmp_path/'d', server.root, [e])
+    assert server.log[1]['range'] is not None and server.sent(e.path) <= e.size + CHUNK
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+    e, = make_files(server.root, [500_000])
+    server.faults[e.path] = ['drop:200000', 'norange']
+    s = download([e], tmp_path/'d', base_url=server.url, **FAST)
+    assert s['ok'] == 1 and same(tmp_path/'d', server.root, [e])
+    assert server.log[1]['range'] == 'bytes=200000-' and server.log[1]['sent'] == e.size  # a 200 with the whole file
+
+
+def test_bad_range_answer_restarts_cleanly(server, tmp_path):
+    e, = make_files(server.root, [300_000])
+    server.faults[e.path] = ['drop:100000', 'badrange']
+    s = download([Entry(e.path)], tmp_path/'d', base_url=server.url, **FAST)  # no checksum: the range check alone must catch it
+    assert s['ok'] == 1 and same(tmp_path/'d', server.root, [e])
+    assert [r['range'] for r in server.log] == [None, 'bytes=100000-', None]
+
+
+def test_changed_file_on_server_is_fetched_whole(server, tmp_path):
+    e, = make_files(server.root, [300_000])
+    server.faults[e.path] = ['drop:100000']
+    s = download([Entry(e.path)], tmp_path/'d', base_url=server.url, retries=0, **FAST)
+    assert s['failed'] == 1 and (tmp_path/'d'/(e.path + '.part')).stat().st_size == 100_000
+    (server.root/e.path).write_bytes(os.urandom(300_000)); os.utime(server.root/e.path, (1, 1))  # new validator
+    s = download([Entry(e.path)], tmp_path/'d', base_url=server.url, **FAST)
+    assert s['ok'] == 1 and (tmp_path/'d'/e.path).read_bytes() == (server.root/e.path).read_bytes()
+    assert server.log[-1]['range'] == 'bytes=100000-' and server.log[-1]['sent'] == 300_000  # If-Range failed: 200
+
+
+def test_verify_refetches_damaged_and_rehashes_unrecorded(server, tmp_path):
+    es = make_files(server.root, [20_000] * 4)
+    dest = tmp_path/'d'
+    download(es, dest, base_url=server.url, **FAST)
+    (dest/es[0].path).write_bytes(b'damaged')
+    lock = json.loads((dest/LOCK_NAME).read_text()); del lock['files'][es[1].path]; (dest/LOCK_NAME).write_text(json.dumps(lock))
+    n = len(server.log)
+    s = download([Entry(e.path) for e in es], dest, base_url=server.url, verify=True, **FAST)
+    assert (s['ok'], s['skipped']) == (1, 3) and same(dest, server.root, es)
+    assert [r['path'] for r in server.log[n:]] == [es[0].path]
+    assert es[1].path in json.loads((dest/LOCK_NAME).read_text())['files']  # re-hashed and recorded
+
+
+def test_per_host_bound_and_no_partial_file_under_a_final_name(server, tmp_path):
+    es = make_files(server.root, [150_000] * 12)
+    for e in es: server.always[e.path] = 'slow:0.005'
+    server.faults[es[0].path] = ['drop:50000']; server.faults[es[1].path] = ['corrupt']; server.faults[es[2].path] = ['500']
+    dest, bad, stop = tmp_path/'d', [], threading.Event()
+    def watch():  # every file under a final name must be complete and correct at every moment
+        while not stop.is_set():
+            for e in es:
+                try: data = (dest/e.path).read_bytes()
+                except FileNotFoundError: continue
+                if data != (server.root/e.path).read_bytes(): bad.append(e.path)
+            time.sleep(0.002)
+    t = threading.Thread(target=watch); t.start()
+    try: s = download(es, dest, base_url=server.url, n_workers=8, per_host=2, **FAST)
+    finally: stop.set(); t.join()
+    assert (s['ok'], s['retries'], bad) == (12, 3, []) and same(dest, server.root, es)
+    assert server.max_active <= 2
+
+
+def test_file_url_mirror(tmp_path):
+    root = tmp_path/'mirror'
+    es = make_files(root, [0, 5000, 1_500_000])
+    s = download(es, tmp_path/'d', base_url=root.as_uri(), **FAST)
+    assert s['ok'] == 3 and same(tmp_path/'d', root, es)
+
+
+def test_killed_client_process_restarts_and_finishes(server, tmp_path):
+    e, = make_files(server.root, [4_000_000])
+    server.always[e.path] = 'slow:0.02'  # ~3 MB/s
+    manifest, dest = write_manifest([e], tmp_path/'m.jsonl'), tmp_path/'d'
+    code = (f'from stellar_spectra.download import download; '
+            f'download({str(manifest)!r}, {str(dest)!r}, base_url={server.url!r}, progress=False, chunk={CHUNK})')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen([sys.executable, '-c', code], env=env)
+    part, t0 = dest/(e.path + '.part'), time.monotonic()
+    try:
+        while not (part.exists() and part.stat().st_size > 1_000_000):
+            assert time.monotonic() - t0 < 60 and p.poll() is None, 'the client did not get going'
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+    finally: p.kill(); p.wait(timeout=10)
+    have = part.stat().st_size
+    assert not (dest/e.path).exists() and have < e.size
+    del server.always[e.path]; n = len(server.log)
+    r = subprocess.run([sys.executable, '-c', code], env=env, timeout=60)
+    assert r.returncode == 0 and same(dest, server.root, [e]) and not part.exists()
+    resumed = server.log[n:]
+    assert resumed[0]['range'] == f'bytes={have}-' and sum(x['sent'] for x in resumed) <= e.size - have + CHUNK
+
+
+def test_mock_sky_through_its_catalogues(server, tmp_path):
+    "A tiny mock sky fetched over HTTP through a manifest built from its own catalogues, and copied through file://."
+    mocksky = pytest.importorskip('stellar_spectra.mocksky')
+    mocksky.generate_mock_sky(server.root, n_stars=4, progress=False)
+    es = add_checksums(catalogue_manifest(server.root), server.root)
+    meta = json.loads((server.root/'truth'/'meta.json').read_text())
+    gone = {f'galah/GALAH_DR3/spectra/{sid}{c}.fits' for sid, cs in meta.get('galah_missing_cameras', {}).items() for c in cs}
+    missing = {e.path for e in es if not e.sha256}
+    assert es and missing == gone, f'the catalogues list files the mock sky did not write: {sorted(missing - gone)[:5]}'
+    import pandas as pd  # every spectrum file the mock sky wrote is in the manifest
+    assert set(pd.read_parquet(server.root/'truth'/'observations.parquet')['relpath']) <= {e.path for e in es}
+    assert 'sdss' in {e.path.split('/')[0] for e in es} <= {'sdss', 'galah', 'gaiaeso'}
+    tar = catalogue_manifest(server.root, galah_tarballs=True)  # the per-night tarball layout
+    assert [e for e in tar if 'tar_files' in e.path] and all((server.root/e.path).is_file() for e in tar if e.path.startswith('galah'))
+    good = [e for e in es if e.sha256]
+    for dest, kw in ((tmp_path/'d', dict(manifest=write_manifest(es, tmp_path/'m.jsonl'), base_url=server.url)),
+                     (tmp_path/'copy', dict(manifest=server.root, base_url=str(server.root)))):  # a folder as manifest and mirror
+        s = download(dest=dest, **kw, **FAST)
+        assert (s['ok'], s['failed']) == (len(good), len(gone)) and same(dest, server.root, good)
+        assert {f['path'] for f in s['failures']} == gone and all(f['status'] == 404 for f in s['failures'])
+
+
+def test_progress_bar_and_summary(server, tmp_path, capsys):
+    es = make_files(server.root, [30_000] * 3)
+    s = download(es + [Entry('sdss/none.fits')], tmp_path/'d', base_url=server.url, **dict(FAST, progress=True))
+    out = capsys.readouterr()
+    assert s['ok'] == 3 and 'download: 3 fetched, 0 already there, 1 failed' in out.out and 'FAILED sdss/none.fits' in out.out
+    assert 'files 3/4' in out.err  # the bar: bytes, rate and files

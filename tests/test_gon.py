@@ -1,0 +1,224 @@
+"""GON model and inference: the slower checks (a trained mock model, statistics over several stars, the bench).
+
+The quick checks live in nbs/07_gon_model.ipynb and nbs/08_gon_inference.ipynb.
+"""
+import os, subprocess, sys
+import numpy as np
+import pytest
+import torch
+
+from stellar_spectra.formats import C_KMS
+from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, chi2, draw_params, encode, evaluate, gon_loss,
+                                 load_checkpoint, log_lambda_grid, mock_batch, mock_spectrum, pad_spectra,
+                                 save_checkpoint, split_by_star, train_gon)
+from stellar_spectra.inference import anomaly_score, fit_latent, fit_prior, impute, predict_survey
+
+torch.set_num_threads(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAVE = log_lambda_grid(5600, 5900)
+HALVES = {0: WAVE < 5750, 1: WAVE >= 5750}
+N1 = int(HALVES[1].sum())
+PIXEL_KMS = C_KMS / 10_000
+
+
+def small_cfg(**kw):
+    c = dict(latent_dim=6, hidden=32, n_layers=2, n_fourier=32, fourier_scale=60.0,
+             lnlam_min=np.log(5600), lnlam_max=np.log(5900))
+    c.update(kw)
+    return GONConfig(**c)
+
+
+@pytest.fixture(scope='module')
+def trained():
+    "A small model trained on 80 mock stars seen by two pseudo-surveys, with known velocities (rest-frame ln λ)."
+    pars = draw_params(80, seed=21)
+    data, truth = mock_batch(pars, WAVE, HALVES, snr=100, seed=21,
+                             rv=np.random.default_rng(22).uniform(-60, 60, len(pars)), rest_frame=True)
+    tri, vai, tei = split_by_star(data.star.numpy(), seed=1)
+    torch.manual_seed(0)
+    model = GON(small_cfg())
+    hist = train_gon(model, data[tri], data[vai], n_steps=350, batch_stars=16, eval_every=350, progress=False)
+    return dict(model=model, pars=pars, data=data, truth=truth, tri=tri, vai=vai, tei=tei, hist=hist,
+                prior=fit_prior(model, data[tri]))
+
+
+# ---- the GON step ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kw', [dict(conditioning='concat', inner_steps=2),
+                                dict(decoder='fourier', conditioning='film', shared_origin=False)])
+def test_gon_gradient_matches_finite_differences(kw):
+    b, _ = mock_batch(draw_params(3, seed=5), WAVE, HALVES, snr=50, seed=5, toy=True)
+    torch.manual_seed(1)
+    m = GON(small_cfg(hidden=16, **kw)).double()
+    b = b.to(torch.float64)
+    params = dict(m.named_parameters())
+    names = ['decoder.layers.0.weight', 'decoder.out.weight', 'log_eta', 'nuisance']
+    grads = torch.autograd.grad(gon_loss(m, b), [params[n] for n in names])
+    for n, g in zip(names, grads):
+        idx = tuple(min(1, s - 1) for s in g.shape)
+        p, eps = params[n], 1e-6
+        with torch.no_grad():
+            p[idx] += eps; lp = gon_loss(m, b).item(); p[idx] -= 2 * eps; lm = gon_loss(m, b).item(); p[idx] += eps
+        fd = (lp - lm) / (2 * eps)
+        assert abs(g[idx].item() - fd) < 1e-5 * max(1.0, abs(fd)), (n, g[idx].item(), fd)
+
+
+def test_star_latent_sums_its_spectra():
+    "One latent per star: the first GON step of a star is the sum of its spectra's steps."
+    b, _ = mock_batch(draw_params(2, seed=6), WAVE, HALVES, seed=6, toy=True)
+    m = GON(small_cfg())
+    with torch.no_grad():
+        z_star, sidx = encode(m, b)
+        single = SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, torch.arange(len(b)))
+        z_spec, _ = encode(m, single)
+    assert sidx.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(z_star, z_spec[0::2] + z_spec[1::2], rtol=1e-4, atol=1e-7)
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+def test_training_beats_continuum_baseline(trained):
+    te = trained['data'][trained['tei']]
+    base = float(chi2(torch.ones_like(te.flux), te).sum() / te.weight.sum())
+    held = evaluate(trained['model'], te)
+    # chi2 per pixel is 1 for a perfect model: the excess over the noise must fall at least tenfold
+    assert held - 1 < 0.1 * (base - 1), (held, base)
+    assert trained['hist']['val'][-1] - 1 < 0.1 * (base - 1)
+
+
+def test_split_is_by_star():
+    star = np.repeat(np.arange(50), [1, 2, 3, 4, 5] * 10)                   # 1-5 spectra per star
+    sets = split_by_star(star, seed=3)
+    assert sum(len(s) for s in sets) == len(star)
+    owners = [set(star[s]) for s in sets]
+    assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
+
+
+def test_checkpoint_round_trip_and_atomic_write(trained, tmp_path, monkeypatch):
+    m, path = trained['model'], tmp_path / 'ck' / 'gon.pt'
+    opt = torch.optim.AdamW(m.parameters())
+    save_checkpoint(path, m, opt, step=7, best_val=1.5)
+    m2, opt_state, meta = load_checkpoint(path)
+    assert meta['step'] == 7 and meta['best_val'] == 1.5 and meta['config'] == m.cfg and opt_state is not None
+    b = trained['data'][:4]
+    with torch.no_grad():
+        torch.testing.assert_close(gon_loss(m2, b), gon_loss(m, b))
+    def boom(*a, **k): raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', boom)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / 'ck' / 'other.pt', m)
+    assert sorted(os.listdir(tmp_path / 'ck')) == ['gon.pt']            # nothing half-written
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        load_checkpoint(tmp_path / 'missing.pt')
+
+
+# ---- inference ---------------------------------------------------------------------------------------------------
+
+def test_rv_recovered_with_honest_errors(trained):
+    stars = np.unique(trained['data'][trained['tei']].star.numpy())[:5]
+    vt = np.array([-143.0, -37.6, 8.2, 61.9, 120.5])
+    sh, _ = mock_batch([trained['pars'][i] for i in stars], WAVE, HALVES, snr=300, seed=31, rv=vt)
+    fit = fit_latent(trained['model'], sh, trained['prior'], fit_rv=True)
+    dv = fit['rv'].numpy() - np.repeat(vt, 2)
+    pull = dv / fit['rv_err'].numpy()
+    assert np.abs(dv).max() < 0.1 * PIXEL_KMS, dv
+    assert np.abs(pull).max() < 3.5, pull
+    assert (fit['rv_err'].numpy() < 0.05 * PIXEL_KMS).all()
+
+
+def test_imputed_gap_beats_linear_interpolation(trained):
+    te_idx = trained['tei'][:10]
+    b = trained['data'][te_idx]
+    rms_gon, rms_lin, cover = [], [], []
+    for k, start in enumerate((30, 80, 150, 200)):
+        gap = slice(start, start + 12)
+        w = b.weight.clone(); w[:, gap] = 0
+        fit = fit_latent(trained['model'], SpectraBatch(b.lnlam, b.flux, b.ivar, w, b.survey, b.star), trained['prior'])
+        mu, sig = impute(trained['model'], fit, b.lnlam[:, gap], b.survey)
+        true = torch.tensor(np.stack([trained['truth'][i][gap] for i in te_idx]), dtype=torch.float32)
+        t = torch.arange(1, 13) / 13
+        lin = b.flux[:, start - 1:start] * (1 - t) + b.flux[:, start + 12:start + 13] * t
+        rms_gon.append(float(((mu - true) ** 2).mean().sqrt())); rms_lin.append(float(((lin - true) ** 2).mean().sqrt()))
+        assert (sig > 0).all()
+        cover.append(float(((mu - true).abs() < 2 * sig).float().mean()))
+    assert np.mean(rms_gon) < 0.5 * np.mean(rms_lin), (rms_gon, rms_lin)
+    assert np.mean(cover) > 0.75, cover                                   # honest gap uncertainties
+
+
+def test_double_lined_binary_scores_anomalous(trained):
+    stars = np.unique(trained['data'][trained['tei']].star.numpy())[:6]
+    g = np.random.default_rng(41)
+    specs = []
+    for i in stars:                                  # SB2: two components of the star at +-(30..60) km/s
+        dv = g.uniform(30, 60)
+        f = 0.5 * (mock_spectrum(WAVE, trained['pars'][i], rv=-dv) + mock_spectrum(WAVE, trained['pars'][i], rv=dv))
+        specs.append(dict(wave=WAVE, flux=f + g.normal(0, 0.01, len(WAVE)), ivar=np.full(len(WAVE), 1e4)))
+    for i in stars:
+        specs.append(dict(wave=WAVE, flux=mock_spectrum(WAVE, trained['pars'][i]) + g.normal(0, 0.01, len(WAVE)),
+                          ivar=np.full(len(WAVE), 1e4)))
+    b = pad_spectra(specs, [0] * len(specs), range(len(specs)))
+    s = anomaly_score(fit_latent(trained['model'], b, trained['prior'])).numpy()
+    assert s[:6].min() > s[6:].max(), s
+
+
+@pytest.mark.parametrize('src,dst', [(0, 1), (1, 0)])
+def test_cross_survey_prediction_beats_mean_spectrum(trained, src, dst):
+    data, tri, tei = trained['data'], trained['tri'], trained['tei']
+    te = data[tei]
+    a, b = te[te.survey == src], te[te.survey == dst]
+    n = int(HALVES[dst].sum())
+    pred, sig = predict_survey(trained['model'], a, b.lnlam[:, :n], b.survey, trained['prior'])
+    true = torch.tensor(np.stack([trained['truth'][i][:n] for i in tei[te.survey.numpy() == dst]]), dtype=torch.float32)
+    mean = data[tri][data[tri].survey == dst].flux[:, :n].mean(0)
+    e_gon, e_mean = float(((pred - true) ** 2).mean().sqrt()), float(((mean - true) ** 2).mean().sqrt())
+    assert e_gon < 0.5 * e_mean, (e_gon, e_mean)
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+def _batch(**kw):
+    d = dict(lnlam=torch.tensor(np.log(WAVE[None, :50]), dtype=torch.float32).repeat(2, 1), flux=torch.ones(2, 50),
+             ivar=torch.ones(2, 50), weight=torch.ones(2, 50), survey=torch.zeros(2, dtype=torch.long),
+             star=torch.arange(2))
+    d.update(kw)
+    return SpectraBatch(**d)
+
+
+def test_bad_inputs_get_clear_errors(trained):
+    m = trained['model']
+    with pytest.raises(ValueError, match=r'spectra \[1\] have no unmasked pixel'):
+        _batch(weight=torch.cat([torch.ones(1, 50), torch.zeros(1, 50)]))
+    with pytest.raises(ValueError, match=r'spectra \[0\] have no unmasked pixel'):
+        _batch(ivar=torch.cat([torch.zeros(1, 50), torch.ones(1, 50)]))
+    nan = torch.ones(2, 50); nan[1, 7] = float('nan')
+    with pytest.raises(ValueError, match='flux is NaN/inf at 1 unmasked pixels'):
+        _batch(flux=nan)
+    with pytest.raises(ValueError, match='ivar has shape'):
+        _batch(ivar=torch.ones(2, 49))
+    with pytest.raises(ValueError, match='must be >= 0'):
+        _batch(ivar=-torch.ones(2, 50))
+    apogee = log_lambda_grid(15200, 15300)                                   # another survey's grid
+    wrong = _batch(lnlam=torch.tensor(np.log(apogee[None, :50]), dtype=torch.float32).repeat(2, 1))
+    with pytest.raises(ValueError, match="outside the model's grid 5600.0-5900.0"):
+        gon_loss(m, wrong)
+    with pytest.raises(ValueError, match="outside the model's grid"):
+        fit_latent(m, wrong)
+    with pytest.raises(AssertionError, match='need x'):
+        m.decoder(torch.zeros(2, 3), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match='has 4 pixels'):
+        pad_spectra([dict(wave=WAVE[:5], flux=np.ones(5), ivar=np.ones(4))], [0], [0])
+
+
+# ---- bench ---------------------------------------------------------------------------------------------------------
+
+def test_bench_quick_runs_with_torch_and_numpy_only(tmp_path):
+    "bench/gon.py must run where only torch and numpy are installed: block the other packages."
+    out = tmp_path / 'gon_cpu.md'
+    code = ("import sys, runpy\n"
+            "for m in ('scipy', 'astropy', 'tqdm', 'pandas', 'matplotlib', 'h5py', 'fastcore', 'specutils'): sys.modules[m] = None\n"
+            f"sys.argv = ['bench/gon.py', '--quick', '--threads', '1', '--steps', '1', '--out', {str(out)!r}]\n"
+            "runpy.run_path('bench/gon.py', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert 'naive: whole grid' in text and 'shared origin' in text and 'Equal loss' in text
