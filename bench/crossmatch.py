@@ -15,6 +15,7 @@ import argparse, json, os, platform, subprocess, sys, tempfile, time, tracemallo
 from pathlib import Path
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's stellar_spectra, installed or not
 RADIUS = 1.0  # arcsec
 
 
@@ -120,7 +121,7 @@ def main():
     if a.child: return child(a.child[0], a.child[1], int(a.child[2]))
     methods = [('ours', 1), ('ours', 2), ('ours_table', 1), ('astropy_match_to_catalog_sky', 1),
                ('astropy_search_around_sky', 1), ('scipy_kdtree', 1)]
-    res, tmp = {}, Path(tempfile.mkdtemp(prefix='bench_xm_'))
+    res, tmp, load0 = {}, Path(tempfile.mkdtemp(prefix='bench_xm_')), os.getloadavg()[0]
     for layout in ['uniform', 'clustered']:
         f = tmp / f'{layout}.npz'; np.savez(f, **make_data(a.n1, a.n2, a.common, layout))
         for m, w in methods:
@@ -133,7 +134,9 @@ def main():
              f'{a.common:,} stars in common, 2% fast movers (0.3–2.5″/yr), radius {RADIUS}″. '
              f'Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs; Python {platform.python_version()}. '
              'Time: best of 2 runs in a fresh process; memory: peak RSS above the loaded data (includes C++ tree memory) '
-             'and the tracemalloc peak (numpy/Python only). Speed-up and memory ratio are astropy match_to_catalog_sky / method.', '']
+             'and the tracemalloc peak (numpy/Python only). Speed-up is astropy match_to_catalog_sky time / method time. '
+             f'Load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}: other jobs ran at the same time, '
+             'so compare ratios within this run, not absolute times.', '']
     for layout in ['uniform', 'clustered']:
         ref = res[(layout, 'astropy_match_to_catalog_sky', 1)]
         lines += [f'## {layout}', '', '| method | threads | seconds | speed-up vs astropy | peak RSS (MB) | tracemalloc (MB) | '

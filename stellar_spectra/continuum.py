@@ -129,7 +129,7 @@ def running_quantile(st, x, block, width):
     return median_filter(_fill_empty(st[4].copy()), size=(1, size), mode='nearest')
 
 # %% ../nbs/04_continuum.ipynb
-def clipped_fit(estimator, # fn(st, x, block) -> continuum at block centres (N, nb); st from `block_stats`, x ln λ of the span
+def clipped_fit(estimator, # fn(st, x, block, cov) -> continuum at block centres (N, nb); st from `block_stats`, x ln λ of the span, cov blocks with data
                 wave, flux, ivar, mask=None, # arrays (N, P) or (P,)
                 niter:int=4, # clip-and-estimate iterations
                 lower:float=1.5, # lower clip, in s
@@ -139,24 +139,28 @@ def clipped_fit(estimator, # fn(st, x, block) -> continuum at block centres (N, 
                 start_q:float=0.9, # quantile of the starting estimate
                 q:float=-1, # quantile of the kept pixels the estimator needs (the median method: 0.5); < 0: none
                 continuum_pixels=None, # optional (P,) bool: pixels allowed in the fit
+                chunk:int=32, # spectra processed together (keeps the working set in cache)
                 engine:str='auto'): # block statistics engine
     "The shared loop: start near the top, clip asymmetrically, re-estimate; NaN outside the covered span."
     one = np.ndim(flux) == 1
     flux, ivar = np.atleast_2d(np.asarray(flux, float)), np.atleast_2d(np.asarray(ivar, float))
-    good = good_pixels(flux, ivar, None if mask is None else np.atleast_2d(mask))
-    if continuum_pixels is not None: good &= np.asarray(continuum_pixels, bool)
-    sp = covered_span(good, block); cont = np.full(flux.shape, np.nan)
-    if sp.stop > sp.start:
-        f, g = np.ascontiguousarray(flux[:, sp]), np.ascontiguousarray(good[:, sp])
-        with np.errstate(divide='ignore'): var = 1 / ivar[:, sp]
-        x = np.log(np.asarray(wave, float)[sp]); kw = dict(lower=lower, upper=upper, floor=floor, engine=engine)
-        cb = running_quantile(block_stats(f, var, g, None, block, q=start_q, **kw), x, block, 0.005)
+    mask = None if mask is None else np.atleast_2d(np.asarray(mask, bool))
+    cont = np.full(flux.shape, np.nan); kw = dict(lower=lower, upper=upper, floor=floor, engine=engine)
+    for s in range(0, len(flux), chunk):
+        good = good_pixels(flux[s:s + chunk], ivar[s:s + chunk], None if mask is None else mask[s:s + chunk])
+        if continuum_pixels is not None: good &= np.asarray(continuum_pixels, bool)
+        sp = covered_span(good, block)
+        if sp.stop <= sp.start: continue
+        f, g = np.ascontiguousarray(flux[s:s + chunk, sp]), np.ascontiguousarray(good[:, sp])
+        with np.errstate(divide='ignore'): var = 1 / ivar[s:s + chunk, sp]
+        x = np.log(np.asarray(wave, float)[sp])
+        st = block_stats(f, var, g, None, block, q=start_q, **kw); cov = st[0].any(0)
+        cb = running_quantile(st, x, block, 0.005)
         for it in range(niter):
-            new = estimator(block_stats(f, var, g, cb, block, q=q, **kw), x, block)
+            new = estimator(block_stats(f, var, g, cb, block, q=q, **kw), x, block, cov)
             cb = np.where(np.isfinite(new), new, cb)  # a region clipped empty keeps its last estimate
-        blocks_with_data = block_sums(g, block) > 0
-        cb = np.where(gaussian_filter1d(blocks_with_data.astype(float), 2, axis=-1) > 0.01, cb, np.nan)  # none deep in gaps
-        cont[:, sp] = block_expand(cb, f.shape[1], block)
+        near = gaussian_filter1d((st[0] > 0).astype(float), 2, axis=-1) > 0.01
+        cont[s:s + chunk, sp] = block_expand(np.where(near, cb, np.nan), f.shape[1], block)  # none deep in gaps
     return cont[0] if one else cont
 
 # %% ../nbs/04_continuum.ipynb
@@ -164,7 +168,7 @@ def gaussian_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,); wav
                        width:float=0.003, # Gaussian sigma, ln λ
                        **kw): # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels
     "Continuum by mask-aware (normalised, local-linear) Gaussian smoothing of the kept pixels."
-    def est(st, x, block):
+    def est(st, x, block, cov):
         G = lambda a: gaussian_filter1d(a, width / (np.median(np.diff(x)) * block), axis=-1, mode='constant', truncate=3.)
         w, wf = st[0], st[1]; u = np.arange(w.shape[1]) - w.shape[1] / 2  # block coordinate
         s0, s1, s2, t0, t1 = G(w), G(w * u), G(w * u * u), G(wf), G(wf * u)
@@ -198,13 +202,11 @@ def chebyshev_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,)
                         min_gap:int=50, # pixels of gap that separate segments
                         **kw): # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels
     "Continuum by an ivar-weighted, iteratively clipped Chebyshev polynomial per chip/camera segment."
-    covered = {}
-    def est(st, x, block):
-        if 'seg' not in covered: covered['seg'] = segments(st[0].any(0), max(min_gap // block, 1))
+    def est(st, x, block, cov):
         i = np.arange(len(x)); xb = np.interp(block_centres(len(x), block), i, x, right=np.nan)
         xb = np.where(np.isnan(xb), x[-1] + (block_centres(len(x), block) - i[-1]) * (x[-1] - x[-2]), xb)  # padded last block
         c = np.full(st[0].shape, np.nan)
-        for a, b in covered['seg']: c[:, a:b] = _cheb_segment(xb[a:b], st[2][:, a:b], st[3][:, a:b], deg)
+        for a, b in segments(cov, max(min_gap // block, 1)): c[:, a:b] = _cheb_segment(xb[a:b], st[2][:, a:b], st[3][:, a:b], deg)
         return c
     return clipped_fit(est, wave, flux, ivar, mask, **kw)
 
@@ -214,7 +216,7 @@ def median_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,); wave 
                      **kw): # `clipped_fit` options: q (0.5), niter, lower, upper, floor, block, continuum_pixels
     "Continuum by a mask-aware running median (median_filter on block medians of the kept pixels)."
     kw.setdefault('q', 0.5)
-    return clipped_fit(lambda st, x, block: running_quantile(st, x, block, width), wave, flux, ivar, mask, **kw)
+    return clipped_fit(lambda st, x, block, cov: running_quantile(st, x, block, width), wave, flux, ivar, mask, **kw)
 
 # %% ../nbs/04_continuum.ipynb
 METHODS = {'gaussian': gaussian_continuum, 'chebyshev': chebyshev_continuum, 'median': median_continuum}

@@ -34,9 +34,11 @@ def unit_vectors(ra, # right ascension (deg)
     ca, sa, cd, sd = np.cos(a), np.sin(a), np.cos(d), np.sin(d)
     xyz = np.empty((len(a), 3)); xyz[:, 0], xyz[:, 1], xyz[:, 2] = cd * ca, cd * sa, sd
     if pmra is None or not np.any(dt): return xyz
-    u, v = np.nan_to_num(pmra) * (MAS * dt), np.nan_to_num(pmdec) * (MAS * dt)  # east, north (rad)
-    xyz[:, 0] -= u * sa + v * sd * ca; xyz[:, 1] += u * ca - v * sd * sa; xyz[:, 2] += v * cd
-    return xyz / np.sqrt(np.einsum('ij,ij->i', xyz, xyz))[:, None]
+    u, v = np.multiply(pmra, MAS * dt), np.multiply(pmdec, MAS * dt)  # east, north displacements (rad)
+    u[np.isnan(u)] = 0; v[np.isnan(v)] = 0; w = v * sd
+    xyz[:, 0] -= u * sa + w * ca; xyz[:, 1] += u * ca - w * sa; xyz[:, 2] += v * cd
+    xyz /= np.sqrt(np.einsum('ij,ij->i', xyz, xyz))[:, None]
+    return xyz
 
 # %% ../nbs/02_crossmatch.ipynb
 def radec(xyz): # (N, 3) unit vectors
@@ -54,30 +56,36 @@ def _spread(bits=7):
 
 _MORTON = _spread()
 
-def sky_order(xyz): # (N, 3) unit vectors
-    "Permutation putting unit vectors in Morton (Z-curve) order of a 128³ grid: neighbours on the sky end up close."
+def sky_order(xyz, # (N, 3) unit vectors
+              subset=None): # indices to order (None: all)
+    "Indices putting unit vectors in Morton (Z-curve) order of a 128³ grid: neighbours on the sky end up close."
     c = np.minimum(((xyz + 1) * 64).astype(np.int64), 127)
-    return np.argsort(_MORTON[c[:, 0]] | _MORTON[c[:, 1]] << 1 | _MORTON[c[:, 2]] << 2)
+    key = _MORTON[c[:, 0]] | _MORTON[c[:, 1]] << 1 | _MORTON[c[:, 2]] << 2
+    return np.argsort(key) if subset is None else subset[np.argsort(key[subset])]
 
 # %% ../nbs/02_crossmatch.ipynb
 def candidate_pairs(xp, # (N, 3) unit vectors to search for
                     tree:cKDTree, # tree on the catalogue's unit vectors
                     radius_arcsec:float, # search radius
-                    chunk:int=65536, # points per chunk (bounds the memory)
-                    workers:int=1): # threads searching chunks at once
+                    chunk:int=262144, # points per chunk (bounds the memory)
+                    workers:int=1, # threads for the tree queries
+                    k:int=2, # neighbours asked for at once; points filling all k get a ball query
+                    subset=None): # indices of `xp` to search for (None: all)
     "Every pair (i, j, separation in arcsec) with `xp[i]` within `radius_arcsec` of `tree.data[j]`."
-    order, r = sky_order(xp), float(chord(radius_arcsec))
-    def one(s):
+    order, r, parts = sky_order(xp, subset), float(chord(radius_arcsec)), []
+    for s in range(0, len(xp), chunk):
         idx = order[s:s + chunk]
-        m = cKDTree(xp[idx], balanced_tree=False, compact_nodes=False).sparse_distance_matrix(tree, r, output_type='ndarray')
-        return idx[m['i']], m['j'].astype(np.int64), m['v']
-    starts = range(0, len(xp), chunk)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as ex: parts = list(ex.map(one, starts))
-    else: parts = [one(s) for s in starts]
+        d, j = tree.query(xp[idx], k=k, distance_upper_bound=r, workers=workers)
+        full = np.isfinite(d[:, -1])  # maybe more than k candidates: ask for all of them
+        ok = np.isfinite(d) & ~full[:, None]
+        parts.append((idx[np.nonzero(ok)[0]], j[ok], d[ok]))
+        if full.any():
+            ball = tree.query_ball_point(xp[idx[full]], r, workers=workers)
+            i2 = np.repeat(idx[full], [len(b) for b in ball]); j2 = np.concatenate(ball).astype(np.int64)
+            parts.append((i2, j2, np.linalg.norm(xp[i2] - tree.data[j2], axis=1)))
     if not parts: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     i, j, v = (np.concatenate(p) for p in zip(*parts))
-    return i, j, arcsec_of_chord(v)
+    return i, j.astype(np.int64), arcsec_of_chord(v)
 
 # %% ../nbs/02_crossmatch.ipynb
 def resolve_pairs(ip, # index in the first list of each candidate pair
@@ -142,12 +150,13 @@ def _column(data, names, name):
     return np.char.strip(x.astype('U')) if x.dtype.kind in 'SU' else x.astype(x.dtype.newbyteorder('='))
 
 def _open_table(path):
-    "The first binary table of a FITS file as (data, {UPPER name: name}); clear error otherwise."
+    "The first binary table of a FITS file as (HDUList, data, {UPPER name: name}); clear error otherwise."
     if not Path(path).is_file(): raise FileNotFoundError(f'{path}: catalogue not found')
     hl = fits.open(path, memmap=True)
     hdu = next((h for h in hl[1:] if isinstance(h, fits.BinTableHDU)), None)
-    if hdu is None: raise ValueError(f'{path}: no binary table HDU')
-    return hdu.data, {n.upper(): n for n in hdu.columns.names}
+    if hdu is None:
+        hl.close(); raise ValueError(f'{path}: no binary table HDU')
+    return hl, hdu.data, {n.upper(): n for n in hdu.columns.names}
 
 # %% ../nbs/02_crossmatch.ipynb
 def _dedupe(ids, snr, path, dedupe):
@@ -166,8 +175,12 @@ def read_catalogue(path, # FITS catalogue
                    dedupe:bool=False, # keep the highest-S/N row of duplicated ids instead of stopping
                    use_proper_motion:bool=True): # False: ignore the catalogue's proper motions
     "Read and check the columns the cross-match needs from a survey catalogue."
+    hl, data, names = _open_table(path)
+    with hl: return _read_checked(data, names, path, survey, dedupe, use_proper_motion)
+
+def _read_checked(data, names, path, survey, dedupe, use_proper_motion):
+    "The body of `read_catalogue` on an open table (every array copied out of the memory map)."
     spec, notes = SURVEYS[survey], []
-    data, names = _open_table(path)
     need = [spec['id'], spec['ra'], spec['dec']]
     if missing := [c for c in need if c.upper() not in names]:
         raise ValueError(f'{path}: {survey} catalogue lacks column(s) {missing}; it has {sorted(names.values())[:12]}...')
@@ -251,14 +264,15 @@ def merge_catalogue(rows:dict, # master rows: {survey: member row index or -1, '
     n = len(rows['flags'])
     ra, dec, ep, pmra, pmdec, _ = _positions(rows, cats, q.epoch)
     (gaia,), _ = _row_values(rows, cats, lambda c, r: (np.where(c.gaia[r] > 0, c.gaia[r], np.nan),))
-    tree = cKDTree(unit_vectors(q.ra, q.dec), balanced_tree=False, compact_nodes=False)
-    moving = np.isfinite(pmra) | (ep == q.epoch)
-    p = np.flatnonzero(moving)
-    i, j, s = candidate_pairs(unit_vectors(ra[p], dec[p], pmra[p], pmdec[p], q.epoch - ep[p]), tree, radius_arcsec, **kw)
-    parts = [(p[i], j, s)]
+    with ThreadPoolExecutor(1) as ex:  # the catalogue's tree is built while the rows are moved
+        fut = ex.submit(lambda: cKDTree(unit_vectors(q.ra, q.dec), balanced_tree=False, compact_nodes=False))
+        moving = np.isfinite(pmra) | (ep == q.epoch)
+        xp = unit_vectors(ra, dec, pmra, pmdec, q.epoch - ep)  # rows without a proper motion stay put
+        tree = fut.result()
+    parts = [candidate_pairs(xp, tree, radius_arcsec, subset=np.flatnonzero(moving), **kw)]
     for e in np.unique(ep[~moving]):
         p = np.flatnonzero(~moving & (ep == e))
-        i, j, s = _moving_catalogue_pairs(unit_vectors(ra[p], dec[p]), e, q, tree, radius_arcsec, **kw)
+        i, j, s = _moving_catalogue_pairs(xp[p], e, q, tree, radius_arcsec, **kw)
         parts.append((p[i], j, s))
     ip, iq, sep = (np.concatenate(x) for x in zip(*parts))
     g = q.gaia[iq]
@@ -393,7 +407,8 @@ def crossmatch_surveys(src:str=None, # root of a mock sky or archive mirror (sds
                        galah:str=None, # GALAH DR3 main catalogue path (default: under src)
                        ges:str=None, # Gaia-ESO catalogue path (default: under src)
                        workers:int=1, # threads for the pair search
-                       progress:bool=True) -> dict: # show a progress bar
+                       progress:bool=True, # show a progress bar
+                      ) -> dict:
     "Cross-match APOGEE, GALAH and Gaia-ESO into one catalogue of stars; returns the counts."
     paths = catalogue_paths(src, apogee, galah, ges)
     with warnings.catch_warnings(record=True) as w:

@@ -589,19 +589,27 @@ def _make_galah(outdir, rng, star, fault):
 _UVES_GAP = {'U580': (5760.0, 5835.0), 'U520': (5160.0, 5230.0)}  # Å, air
 _UVES_STEP = 0.005  # nm
 
-def _uves_columns(wave_nm, fr, er, f, e, q):
-    "The one-row SPECTRUM table: each column one vector (TFORM like '41600D'); QUAL is optional (q None)."
-    n = len(wave_nm)
-    cols = [fits.Column(name=nm, format=f'{n}{fmt}', unit=u, array=a[None]) for nm, fmt, u, a in
-            [('WAVE', 'D', 'nm', wave_nm), ('FLUX_REDUCED', 'D', 'adu', fr), ('ERR_REDUCED', 'D', 'adu', er),
-             ('FLUX', 'D', 'erg cm**(-2) s**(-1) angstrom**(-1)', f), ('ERR', 'D', 'erg cm**(-2) s**(-1) angstrom**(-1)', e),
-             ('QUAL', 'J', '', q)] if a is not None]
-    hdu = fits.BinTableHDU.from_columns(cols, name='SPECTRUM')
-    ucds = [UCD_AIR, 'phot.flux.density;em.wl;src.net;stat.uncalib', 'stat.error;phot.flux.density;em.wl;src.net;stat.uncalib',
-            'phot.flux.density;em.wl;src.net;meta.main', 'stat.error;phot.flux.density;meta.main', 'meta.code.qual;meta.main']
-    for i, u in enumerate(ucds[:len(cols)], 1): hdu.header[f'TUCD{i}'] = u
-    hdu.header['VOCLASS'], hdu.header['VOPUB'], hdu.header['NELEM'] = 'SPECTRUM v2.0', 'ESO/SAF', n
-    return hdu
+def _uves_table(wave_nm, fr, er, f, e, q):
+    "Header and data bytes of the one-row SPECTRUM table, each column one vector (TFORM like '41600D'); QUAL optional (q None)."
+    n = len(wave_nm)  # written directly: astropy's table writer is slow for one row of long vectors
+    flux_u = 'erg cm**(-2) s**(-1) angstrom**(-1)'
+    cols = [c for c in [('WAVE', wave_nm, 'D', 'nm', UCD_AIR), ('FLUX_REDUCED', fr, 'D', 'adu', 'phot.flux.density;em.wl;src.net;stat.uncalib'),
+                        ('ERR_REDUCED', er, 'D', 'adu', 'stat.error;phot.flux.density;em.wl;src.net;stat.uncalib'),
+                        ('FLUX', f, 'D', flux_u, 'phot.flux.density;em.wl;src.net;meta.main'),
+                        ('ERR', e, 'D', flux_u, 'stat.error;phot.flux.density;meta.main'),
+                        ('QUAL', q, 'J', None, 'meta.code.qual;meta.main')] if c[1] is not None]
+    h = fits.Header([('XTENSION', 'BINTABLE', 'binary table extension'), ('BITPIX', 8, 'array data type'),
+                     ('NAXIS', 2, 'number of array dimensions'), ('NAXIS1', n * sum(8 if c[2] == 'D' else 4 for c in cols), 'length of dimension 1'),
+                     ('NAXIS2', 1, 'length of dimension 2'), ('PCOUNT', 0, 'number of group parameters'),
+                     ('GCOUNT', 1, 'number of groups'), ('TFIELDS', len(cols), 'number of table fields')])
+    for i, (name, _, fmt, unit, ucd) in enumerate(cols, 1):
+        h[f'TTYPE{i}'], h[f'TFORM{i}'] = name, f'{n}{fmt}'
+        if unit: h[f'TUNIT{i}'] = unit
+    h['EXTNAME'] = ('SPECTRUM', 'extension name')
+    for i, c in enumerate(cols, 1): h[f'TUCD{i}'] = c[4]
+    h['VOCLASS'], h['VOPUB'], h['NELEM'] = 'SPECTRUM v2.0', 'ESO/SAF', n
+    data = b''.join(np.asarray(c[1], '>f8' if c[2] == 'D' else '>i4').tobytes() for c in cols)
+    return h.tostring().encode() + data + b'\0' * (-len(data) % 2880)
 
 # %% ../nbs/a4_mocksky.ipynb
 def _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile):
@@ -649,10 +657,10 @@ def _make_ges(outdir, rng, star, fault):
     arcfile = f'ADP.{stamp}.fits'
     wave_nm = air / 10 * (1 + o['fault_shift_kms'] / C_KMS)
     snr = float(np.median((flux / np.where(err > 0, err, np.inf))[~gap]))
-    hdul = fits.HDUList([fits.PrimaryHDU(header=_uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)),
-                         _uves_columns(wave_nm, flux, err, flux * resp, err * resp, q if o['has_qual'] else None)])
+    primary = fits.PrimaryHDU(header=_uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)).header
+    table = _uves_table(wave_nm, flux, err, flux * resp, err * resp, q if o['has_qual'] else None)
     rel = f'gaiaeso/spectra/{arcfile}'
-    atomic_write(Path(outdir) / rel, hdul); o['relpath'] = rel
+    atomic_write(Path(outdir) / rel, primary.tostring().encode() + table); o['relpath'] = rel
     return [o]
 
 # %% ../nbs/a4_mocksky.ipynb

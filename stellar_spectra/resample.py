@@ -168,6 +168,7 @@ def __call__(self:Resampler,
     mk = np.zeros(fl.shape, bool) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, fl.shape), bool)
     if fl.shape[1] != self.P: raise ValueError(f'Resampler: spectra have {fl.shape[1]} pixels, the native grid {self.P}')
     shape = (len(fl), len(self.wave)); out, oiv, bad = np.empty(shape), np.empty(shape), np.empty(shape, bool)
+    if engine == 'numba' and _apply_numba is None: raise ImportError("Resampler: engine='numba' needs numba installed")
     if engine == 'numba' or (engine == 'auto' and _apply_numba is not None):
         _apply_numba(self.A.indptr, self.A.indices, self.A.data, fl, iv, mk, self.max_masked, fill, out, oiv, bad)
     else: _apply_scipy(self.A, self.A2, fl, iv, mk, self.max_masked, fill, out, oiv, bad)

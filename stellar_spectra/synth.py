@@ -42,7 +42,7 @@ def _atom_terms(teff, logg, ip, ion, chi):
     return log_f - theta * chi - log_kappa
 
 # %% ../nbs/a2_synth.ipynb
-def _hydrogen_s(teff): return np.exp(-(np.log(teff / 9000.0) / 0.45) ** 2)
+def _hydrogen_s(teff): return np.exp(-(np.log(teff / 9000.0) / 0.3) ** 2) + 0.01
 def _molecule_s(teff): return 1 / (1 + np.exp((teff - 4600.0) / 200.0))
 
 def _columns(lines):
@@ -50,6 +50,11 @@ def _columns(lines):
     return {k: np.asarray(lines[k]) for k in ('wave_vac', 'chi', 'strength', 'group', 'element', 'ion', 'series', 'upper', 'gamma', 'mass', 'ip')}
 
 # %% ../nbs/a2_synth.ipynb
+def _opt(params, key):
+    "An optional parameter: None when absent (works for dicts and table rows)."
+    try: return params[key]
+    except (KeyError, IndexError, ValueError): return None
+
 def _emission_weight(series, upper):
     "Relative emission strength of hydrogen lines: 1 for H-alpha, falling with the upper level."
     first = np.where(series == 4, 11, series + 1)
@@ -59,32 +64,42 @@ def _emission_weight(series, upper):
 def _abundance(params, element, group):
     "[X/H] of each line's element: [Fe/H], + [α/Fe] for alpha elements, + any abundance offset."
     ab = np.where(group == 'hydrogen', 0.0, params['fe_h'] + np.where(np.isin(element, list(ALPHA_ELEMENTS)), params['alpha_fe'], 0.0))
-    for el, off in (params.get('abund_offsets') or {}).items(): ab = ab + np.where(element == el, off, 0.0)
+    for el, off in (_opt(params, 'abund_offsets') or {}).items(): ab = ab + np.where(element == el, off, 0.0)
     return ab
 
 # %% ../nbs/a2_synth.ipynb
-def line_depths(params, # mapping: teff, logg, fe_h, alpha_fe (+ optional emission, abund_offsets)
-                lines=None): # line table (default: the full `linelist.line_list()`)
-    "Central depth of each line in the star (before any broadening); negative for lines in emission."
-    c = _columns(line_list() if lines is None else lines)
+def _strength(params, c):
+    "Line strength X relative to the Sun's (see above) of each line in columns `c`."
     teff, logg = float(params['teff']), float(params['logg'])
     g, ab = c['group'], _abundance(params, c['element'], c['group'])
     atom = _atom_terms(teff, logg, c['ip'], c['ion'], c['chi']) - _atom_terms(TEFF_SUN, LOGG_SUN, c['ip'], c['ion'], c['chi'])
     mol = np.log10(_molecule_s(teff) / _molecule_s(4000.0)) - 0.3 * (logg - 1.5) - (5040 / teff - 1.26) * c['chi']
     hyd = np.log10(_hydrogen_s(teff) / _hydrogen_s(TEFF_SUN))
     logx = c['strength'] + ab + np.select([g == 'hydrogen', g == 'molecule'], [hyd, mol], atom)
-    x = 10 ** np.clip(logx, -30, 30)
+    return 10 ** np.clip(logx, -30, 30)
+
+def _depth(params, c, x):
+    "Central depth from strengths `x`, with emission subtracted."
+    g = c['group']
     d = np.select([g == 'hydrogen', g == 'molecule'], [D_MAX['hydrogen'], D_MAX['molecule']], D_MAX['metal']) * x / (1 + x)
-    return d - float(params.get('emission', 0.0) or 0.0) * _emission_weight(c['series'], c['upper'])
+    return d - 2 * float(_opt(params, 'emission') or 0.0) * _emission_weight(c['series'], c['upper'])
 
 # %% ../nbs/a2_synth.ipynb
-def _sigma_intrinsic(params, mass):
-    "Gaussian sigma (ln λ) of each line before the instrument: thermal, micro- and macroturbulence, rotation."
+def line_depths(params, # mapping: teff, logg, fe_h, alpha_fe (+ optional emission, abund_offsets)
+                lines=None): # line table (default: the full `linelist.line_list()`)
+    "Central depth of each line in the star (before any broadening); negative for lines in emission."
+    c = _columns(line_list() if lines is None else lines)
+    return _depth(params, c, _strength(params, c))
+
+# %% ../nbs/a2_synth.ipynb
+def _widths(params, mass, x=0.0):
+    "Gaussian sigmas (ln λ) of each line of strength `x`: local (thermal, microturbulence, saturation) and stellar (+ macroturbulence, rotation)."
     teff, logg = float(params['teff']), float(params['logg'])
     xi = np.clip(2.2 - 0.25 * logg, 0.7, 2.5)
     zeta = np.clip(2.0 + 0.8 * (LOGG_SUN - logg) + 1.5 * (teff - 5000) / 1000, 1.0, 8.0)
-    v2 = 8.314e-3 * teff / mass + xi**2 / 2 + zeta**2 / 2 + (0.474 * float(params.get('vsini', 0.0) or 0.0)) ** 2
-    return np.sqrt(v2) / C_KMS
+    v2 = (8.314e-3 * teff / mass + xi**2 / 2) * (1 + 3 * np.tanh(np.log1p(x) / 3)) ** 2
+    v2_star = v2 + zeta**2 / 2 + (0.474 * float(_opt(params, 'vsini') or 0.0)) ** 2
+    return np.sqrt(v2) / C_KMS, np.sqrt(v2_star) / C_KMS
 
 def _gamma(params, gamma, group):
     "Lorentzian half width (ln λ) of each line in the star."
@@ -119,16 +134,16 @@ def _profile_sum(x, centre, weight, sigma, gamma=None, eps=1e-5):
     return out
 
 # %% ../nbs/a2_synth.ipynb
-def _deblend(lnw, depth, sigma, gamma):
-    "Depths scaled down where the summed intrinsic absorption at a line's centre approaches 1 (lnw sorted)."
-    v0, d = voigt_profile(0.0, sigma, gamma), np.maximum(depth, 0.0)
+def _deblend(lnw, ew, sigma, gamma):
+    "Equivalent widths (ln λ) scaled down where the summed absorption near a line approaches 1 (lnw sorted)."
+    w = np.maximum(ew, 0.0)
     pts = np.sort(np.concatenate([lnw, (lnw[1:] + lnw[:-1]) / 2]))  # centres and midpoints, interleaved
     for _ in range(5):  # the neighbours shrink too: a few rounds settle the sums below 1
-        s = _profile_sum(pts, lnw, d / v0, sigma, gamma)
+        s = _profile_sum(pts, lnw, w, sigma, gamma)
         mid = np.concatenate([[0.0], s[1::2], [0.0]])
         s = np.maximum(s[::2], np.maximum(mid[1:], mid[:-1]))  # a blend of close lines peaks between them
-        d = d * (1 + s ** 16) ** (-1 / 16)
-    return np.where(depth > 0, d, depth)
+        w = w * (1 + (s / 0.95) ** 16) ** (-1 / 16)
+    return np.where(ew > 0, w, ew)
 
 # %% ../nbs/a2_synth.ipynb
 @lru_cache(maxsize=1)
@@ -155,12 +170,13 @@ def normalised_spectrum(wave, # vacuum wavelengths (Å) in the observer's frame
     order = None if np.all(np.diff(x) > 0) else np.argsort(x)
     xs = x if order is None else x[order]
     c = _select(_line_columns(), xs[0] - 0.06, xs[-1] + 0.06)
-    sig_i, gam = _sigma_intrinsic(params, c['mass']), _gamma(params, c['gamma'], c['group'])
-    d = _deblend(c['lnw'], line_depths(params, c), sig_i, gam)
+    strength = _strength(params, c); d = _depth(params, c, strength)
+    (sig_loc, sig_star), gam = _widths(params, c['mass'], strength), _gamma(params, c['gamma'], c['group'])
     on = np.abs(d) > 1e-5
-    w = d[on] / voigt_profile(0.0, sig_i[on], gam[on])
-    sig = np.sqrt(sig_i[on] ** 2 + instrumental_sigma_lnlam(R) ** 2)
-    absorbed = _profile_sum(xs, c['lnw'][on], w, sig, gam[on])
+    lnw, sig_loc, sig_star, gam = c['lnw'][on], sig_loc[on], sig_star[on], gam[on]
+    w = _deblend(lnw, d[on] / voigt_profile(0.0, sig_loc, gam), sig_star, gam)
+    sig = np.sqrt(sig_star ** 2 + instrumental_sigma_lnlam(R) ** 2)
+    absorbed = _profile_sum(xs, lnw, w, sig, gam)
     flux = np.empty_like(x)
     if order is None: flux[:] = 1 - absorbed
     else: flux[order] = 1 - absorbed

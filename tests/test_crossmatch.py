@@ -3,7 +3,7 @@ movers, crowded fields, bad input, the Parquet/JSON outputs and the real mock-sk
 import json, warnings
 from itertools import combinations
 from pathlib import Path
-import numpy as np, pytest
+import numpy as np, pandas as pd, pytest
 from astropy.table import Table
 from stellar_spectra.population import draw_stars, make_catalogues
 from stellar_spectra.crossmatch import (SURVEYS, FLAGS, IDS, crossmatch_surveys, score_against_truth,
@@ -189,6 +189,13 @@ def test_real_mock_sky_layout(tmp_path):
     mocksky.generate_mock_sky(tmp_path / 'sky', n_stars=12, seed=3, progress=False)
     s = crossmatch_surveys(tmp_path / 'sky', tmp_path / 'o.parquet', progress=False)
     t = Table.read(tmp_path / 'o.parquet')
-    stars = Table.read(tmp_path / 'sky' / 'truth' / 'stars.parquet')
+    stars = Table.from_pandas(pd.read_parquet(tmp_path / 'sky' / 'truth' / 'stars.parquet'))
     assert len(t) == len(stars) and false_pairs(t, stars) == (0, 0, 0)
     assert score_against_truth(t, stars)['total']['completeness'] == 1.0
+
+
+def test_cli(sky, tmp_path):
+    from stellar_spectra.cli import main
+    main(['crossmatch', '--src', str(sky[0]), '--out', str(tmp_path / 'cli.parquet'), '--radius-arcsec', '0.8', '--no-progress'])
+    s = json.loads((tmp_path / 'cli.json').read_text())
+    assert s['radius_arcsec'] == 0.8 and s['counts']['rows'] == len(Table.read(tmp_path / 'cli.parquet'))

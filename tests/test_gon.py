@@ -32,8 +32,8 @@ def small_cfg(**kw):
 def trained():
     "A small model trained on 80 mock stars seen by two pseudo-surveys, with known velocities (rest-frame ln λ)."
     pars = draw_params(80, seed=21)
-    data, truth = mock_batch(pars, WAVE, HALVES, snr=100, seed=21,
-                             rv=np.random.default_rng(22).uniform(-60, 60, len(pars)), rest_frame=True)
+    rv = C_KMS * np.expm1(np.random.default_rng(22).integers(-8, 9, len(pars)) / (4 * 10_000))  # quarter pixels
+    data, truth = mock_batch(pars, WAVE, HALVES, snr=100, seed=21, rv=rv, rest_frame=True)
     tri, vai, tei = split_by_star(data.star.numpy(), seed=1)
     torch.manual_seed(0)
     model = GON(small_cfg())

@@ -1,0 +1,111 @@
+"""Resampling and continuum normalisation against the mock sky's physics (`stellar_spectra.synth`): a noise-free
+spectrum rendered at a survey's native resolution and sampling, regridded, must equal the spectrum rendered directly at
+the common resolution; pulls have unit width; lines land where they belong; masked pixels never leak."""
+import numpy as np
+import pytest
+from stellar_spectra.formats import (APOGEE_R, GALAH_COVERAGE, GALAH_DISPERSION, GALAH_NPIX, GALAH_R, UVES_R, C_KMS,
+                                     apogee_wavelength, linear_wavelength)
+from stellar_spectra.resample import Resampler, common_grid, resample
+from stellar_spectra.continuum import METHODS, normalise
+
+from stellar_spectra import synth
+from stellar_spectra.linelist import air_to_vacuum
+
+GRID = common_grid()
+HOT = dict(teff=6200, logg=4.2, fe_h=0.0, alpha_fe=0.0, vsini=4.0)
+COOL = dict(teff=4300, logg=2.0, fe_h=-0.3, alpha_fe=0.2, vsini=2.0)
+
+
+def galah_wave(ccd):
+    "Vacuum wavelengths of a GALAH camera (linear in air)."
+    return air_to_vacuum(linear_wavelength(GALAH_COVERAGE[ccd][0], GALAH_DISPERSION[ccd], GALAH_NPIX))
+
+
+def uves_wave():
+    "A stretch of a UVES U580 spectrum (linear in air, 0.0125 Å steps)."
+    return air_to_vacuum(linear_wavelength(5200., 0.0125, 8000))
+
+
+CASES = [('apogee', apogee_wavelength(), APOGEE_R, 0.0)] + \
+        [(f'galah{c}', galah_wave(c), GALAH_R, 37.5) for c in (1, 2, 3, 4)] + [('uves', uves_wave(), UVES_R, -81.0)]
+
+
+@pytest.mark.parametrize('params', [HOT, COOL], ids=['hot', 'cool'])
+@pytest.mark.parametrize('name,wave,R,rv', CASES, ids=[c[0] for c in CASES])
+def test_noise_free_matches_truth(name, wave, R, rv, params):
+    r = Resampler(wave, GRID, R_native=R, rv=rv)
+    out, ivar, mask = r(synth.normalised_spectrum(wave, params, R, rv=rv), np.ones(len(wave)))
+    truth = synth.normalised_spectrum(r.wave, params, GRID.R)
+    inner = slice(10, -10)  # within a resolution element of the ends the kernel is lopsided
+    assert not mask[inner].any()
+    assert np.abs(out - truth)[inner].max() < 1e-3
+
+
+def offset_pixels(out, truth, dln):
+    "Shift (pixels) that best maps truth onto out, linearised: sum((out - truth) t') / sum(t'^2)."
+    d = np.gradient(truth)
+    return -((out - truth) * d).sum() / (d * d).sum()
+
+
+@pytest.mark.parametrize('name,wave,R,rv', CASES[:2] + CASES[-1:], ids=['apogee', 'galah1', 'uves'])
+def test_lines_land_where_they_belong(name, wave, R, rv):
+    for v in (rv, rv + 150.0):
+        r = Resampler(wave, GRID, R_native=R, rv=v)
+        out = r(synth.normalised_spectrum(wave, HOT, R, rv=v), np.ones(len(wave)))[0][10:-10]
+        truth = synth.normalised_spectrum(r.wave, HOT, GRID.R)[10:-10]
+        assert abs(offset_pixels(out, truth, GRID.dln)) < 0.05
+    # a deliberately wrong velocity is caught by the same measure
+    r = Resampler(wave, GRID, R_native=R, rv=rv + 0.3 * GRID.dln * C_KMS)
+    out = r(synth.normalised_spectrum(wave, HOT, R, rv=rv), np.ones(len(wave)))[0][10:-10]
+    assert abs(offset_pixels(out, synth.normalised_spectrum(r.wave, HOT, GRID.R)[10:-10], GRID.dln) + 0.3) < 0.05
+
+
+@pytest.mark.parametrize('name,wave,R,rv', [CASES[0], CASES[3]], ids=['apogee', 'galah3'])
+def test_pulls_have_unit_width(name, wave, R, rv):
+    rng = np.random.default_rng(1)
+    f = synth.normalised_spectrum(wave, COOL, R, rv=rv)
+    sig = 0.02 * np.sqrt(np.clip(f, 0.05, None))  # photon-like noise
+    noisy = f + rng.normal(size=(300, len(wave))) * sig
+    r = Resampler(wave, GRID, R_native=R, rv=rv)
+    out, ivar, mask = r(noisy, np.broadcast_to(sig ** -2, noisy.shape))
+    pull = ((out - synth.normalised_spectrum(r.wave, COOL, GRID.R)) * np.sqrt(ivar))[:, 10:-10]
+    assert abs(pull.std() - 1) < 0.03 and abs(pull.mean()) < 0.03
+
+
+def test_masked_pixels_never_leak():
+    wave = galah_wave(2); rng = np.random.default_rng(2)
+    f = np.tile(synth.normalised_spectrum(wave, HOT, GALAH_R), (5, 1)); ivar = np.full(f.shape, 1e4)
+    mask = rng.uniform(size=f.shape) < 0.05; mask[:, 2000:2040] = True
+    f[mask] = np.nan; ivar[mask] = np.inf  # garbage under the mask
+    r = Resampler(wave, GRID, R_native=GALAH_R)
+    out, oiv, omask = r(f, ivar, mask)
+    assert np.isfinite(out).all() and np.isfinite(oiv).all()
+    hole = np.abs(np.log(r.wave / wave[2020])) < GRID.dln
+    assert omask[:, hole].all() and (oiv[omask] == 0).all()
+    clean = r(np.tile(synth.normalised_spectrum(wave, HOT, GALAH_R), (5, 1)), np.full(f.shape, 1e4))[0]
+    assert np.abs(out - clean)[~omask].max() < 0.05
+
+
+def test_batch_with_own_velocities_matches_one_by_one():
+    wave = galah_wave(1); rvs = np.array([-20.0, 35.0, -20.0])
+    f = np.stack([synth.normalised_spectrum(wave, HOT, GALAH_R, rv=v) for v in rvs]); iv = np.ones(f.shape)
+    out, oiv, om = resample(wave, f, iv, grid=GRID, R_native=GALAH_R, rv=rvs)
+    assert out.shape == (3, GRID.n) and om[:, :100].all()
+    for i, v in enumerate(rvs):
+        r = Resampler(wave, GRID, R_native=GALAH_R, rv=v)
+        np.testing.assert_allclose(out[i, r.sl], r(f[i], iv[i])[0])
+
+
+@pytest.mark.parametrize('method', list(METHODS))
+def test_continuum_methods_recover_synth_continuum(method):
+    cover = np.zeros(GRID.n, bool)
+    for c in (1, 2, 3, 4): w = galah_wave(c); cover |= (GRID.wave > w[0]) & (GRID.wave < w[-1])
+    cont = synth.continuum(GRID.wave, HOT['teff']); norm = synth.normalised_spectrum(GRID.wave, HOT, GRID.R)
+    rng = np.random.default_rng(3); sig = cont / 200
+    flux = np.where(cover, cont * norm + rng.normal(size=(4, GRID.n)) * sig, np.nan)
+    ivar = np.where(cover, sig ** -2, 0.0) * np.ones((4, 1))
+    c = METHODS[method](GRID.wave, flux, ivar, ~cover & np.ones((4, 1), bool))
+    assert np.sqrt(np.mean((c / cont - 1)[:, cover] ** 2)) < 0.01
+    nf, niv = normalise(GRID.wave, flux, ivar, ~cover & np.ones((4, 1), bool), method=method)
+    assert (niv[:, ~cover] == 0).all() and np.isfinite(nf).all()
+    assert abs(np.median((nf - norm)[:, cover])) < 0.01
