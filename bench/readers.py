@@ -149,7 +149,9 @@ def main():
           + ', '.join(f'{PRODUCTS[k]} ours {r["ours"][1]:,.0f} / astropy {r["astropy"][1]:,.0f}' for k, _, _, r in rows) + '.', '',
           '## Memory of one read (largest over the files)', '',
           '| product | reader | returned arrays (MB) | tracemalloc peak (MB) | peak − returned (MB) |', '|---|---|---|---|---|']
-    for k, who, held, peak in mem: L.append(f'| {PRODUCTS[k]} | {who} | {held:.2f} | {peak:.2f} | {peak - held:.2f} |')
+    for k, who, held, peak in mem:
+        L.append(f'| {PRODUCTS[k]} | {who} | {held:.2f} | {peak:.2f} | ' + (f'{peak - held:.2f} |' if peak >= held else 'arrays memory-mapped (not traced) |'))
+    L += ['', 'Peak − returned is what a read needs beyond what it hands back (for apStar: the other rows of the file, read and dropped).']
     f0, fmax, f1, r0, r1 = many
     L += ['', f'## {a.many:,} reads, cycling over all {len(allf)} files (results dropped)', '',
           f'- stellar_spectra: open descriptors {f0} before, at most {fmax} during, {f1} after; resident memory {r0:.0f} MB before, {r1:.0f} MB after.',
