@@ -15,6 +15,8 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 from .formats import ALLSTAR_PATH, GALAH_CATALOGUE_PATH
+from .atomic import atomic_write
+
 
 # %% auto 0
 __all__ = ['MAS', 'SURVEYS', 'FLAGS', 'IDS', 'unit_vectors', 'radec', 'chord', 'arcsec_of_chord', 'sky_order', 'candidate_pairs',
@@ -374,18 +376,9 @@ def score_against_truth(t:Table, # common catalogue from `crossmatch`
     return out | {'total': tot | {'completeness': tot['found'] / max(tot['true'], 1)}}
 
 # %% ../nbs/02_crossmatch.ipynb
-def _atomic(path, write):
-    "Call `write(tmp)` on a temporary file next to `path`, then rename it to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part'); os.close(fd)
-    try: write(tmp); os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
 def write_parquet(t:Table, path): # table, destination
-    "Write `t` to Parquet atomically."
-    return _atomic(path, lambda tmp: t.write(tmp, format='parquet', overwrite=True))
+    "Write `t` to Parquet atomically (`atomic.atomic_write`)."
+    return atomic_write(path, lambda tmp: t.write(tmp, format='parquet', overwrite=True))
 
 # %% ../nbs/02_crossmatch.ipynb
 def catalogue_paths(src=None, # root with sdss/, galah/, gaiaeso/ beneath (a mock sky or an archive mirror)
@@ -421,5 +414,5 @@ def crossmatch_surveys(src:str=None, # root of a mock sky or archive mirror (sds
     summary = {'out': str(out), 'inputs': {s: str(p) for s, p in paths.items()}, 'radius_arcsec': radius_arcsec,
                'epoch': epoch, 'use_proper_motion': use_proper_motion, 'trust_gaia_ids': trust_gaia_ids,
                'counts': counts, 'notes': [str(x.message) for x in w]}
-    _atomic(Path(out).with_suffix('.json'), lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+    atomic_write(Path(out).with_suffix('.json'), json.dumps(summary, indent=1))
     return summary

@@ -11,10 +11,10 @@ __all__ = ['APOGEE_CRVAL1', 'APOGEE_CDELT1', 'APOGEE_CRPIX1', 'APOGEE_NWAVE', 'A
            'APOGEE_PIXMASK', 'APOGEE_STARFLAG', 'APOGEE_ASPCAPFLAG', 'APOGEE_BAD_PIXMASK', 'SDSS_BASE_URL',
            'APOGEE_REDUX', 'ALLSTAR_PATH', 'GALAH_CCDS', 'GALAH_FILT', 'GALAH_COVERAGE', 'GALAH_DISPERSION',
            'GALAH_NPIX', 'GALAH_R', 'GALAH_EXTNAMES', 'GALAH_FLAG_SP', 'GALAH_BASE_URL', 'GALAH_CATALOGUE_PATH',
-           'UVES_SETUPS', 'UVES_R', 'UVES_FLUX_COLUMNS', 'UCD_AIR', 'UCD_VACUUM', 'GES_PROG_IDS', 'C_KMS',
+           'UVES_SETUPS', 'UVES_R', 'UVES_FLUX_COLUMNS', 'UCD_AIR', 'UCD_VACUUM', 'GES_PROG_IDS', 'C_KMS', 'FWHM_SIGMA',
            'log_linear_wavelength', 'apogee_wavelength', 'apogee_chip_mask', 'bits_value', 'bits_names',
            'apogee_prefix', 'apstar_path', 'apvisit_path', 'linear_wavelength', 'galah_filename', 'galah_tarball_path',
-           'galah_file_url']
+           'galah_file_url', 'sigma_lnlam']
 
 # %% ../nbs/a0_formats.ipynb
 APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_CRPIX1, APOGEE_NWAVE = 4.179, 6e-6, 1, 8575
@@ -130,3 +130,11 @@ GES_PROG_IDS = ['188.B-3002', '193.B-0936', '197.B-1074']
 
 # %% ../nbs/a0_formats.ipynb
 C_KMS = 299_792.458  # speed of light, km/s
+FWHM_SIGMA = 2 * np.sqrt(2 * np.log(2))  # FWHM / sigma of a Gaussian
+
+def sigma_lnlam(R): # resolving power λ/Δλ (FWHM; scalar or array); None or inf: no broadening
+    "Gaussian sigma in ln λ of an instrument of resolving power R (FWHM = 1/R)."
+    if R is None: return 0.0
+    R = np.asarray(R, float)
+    s = np.where(np.isfinite(R), 1 / (R * FWHM_SIGMA), 0.0)
+    return float(s) if s.ndim == 0 else s

@@ -7,6 +7,8 @@ from __future__ import annotations
 from functools import lru_cache
 import numpy as np
 from astropy.table import Table
+from .formats import C_KMS
+
 
 # %% auto 0
 __all__ = ['R_H', 'ELEMENTS', 'ALPHA_ELEMENTS', 'MOLECULES', 'vacuum_to_air', 'air_to_vacuum', 'hydrogen_wavelength',
@@ -167,7 +169,7 @@ def _weak_lines(avoid): # vacuum wavelengths (Å) of strong lines to keep clear
     avoid = np.sort(np.asarray(avoid))
     i = np.clip(np.searchsorted(avoid, [r[1] for r in rows]), 1, len(avoid) - 1)
     near = np.minimum(np.abs(avoid[i] - [r[1] for r in rows]), np.abs(avoid[i - 1] - [r[1] for r in rows]))
-    return [r for r, d in zip(rows, near) if d > r[1] * 60 / 299792.458]
+    return [r for r, d in zip(rows, near) if d > r[1] * 60 / C_KMS]
 
 # %% ../nbs/a1_linelist.ipynb
 def _hydrogen_rows():
@@ -227,8 +229,8 @@ def reference_lines(wmin:float=3500.0, # lower bound (Å, vacuum)
     keep = []
     for i in np.flatnonzero(cand):
         d = np.abs(w - w[i]); d[i] = np.inf
-        ok = not np.any(~mol & (d < w[i] * 60 / 299792.458)) and not np.any(hyd & (d < 15))
-        ok &= not np.any(mol & (d < w[i] * 30 / 299792.458) & (s > s[i] - 1.0))
+        ok = not np.any(~mol & (d < w[i] * 60 / C_KMS)) and not np.any(hyd & (d < 15))
+        ok &= not np.any(mol & (d < w[i] * 30 / C_KMS) & (s > s[i] - 1.0))
         if hyd[i]: ok = not np.any(~hyd & (d < 1.0) & (s > s[i] - 1.5)) and not np.any(hyd & (d < 15))
         if ok: keep.append(i)
     return t[keep].copy()

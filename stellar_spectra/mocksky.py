@@ -18,27 +18,20 @@ from .formats import (C_KMS, APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_NWAVE, APOGEE_
     ALLSTAR_PATH, GALAH_CATALOGUE_PATH, apogee_wavelength, apogee_chip_mask, apstar_path, apvisit_path, galah_filename,
     galah_tarball_path, linear_wavelength)
 from . import __version__
+from .atomic import atomic_write
 from .population import draw_stars, make_catalogues, survey_fields
 from .synth import normalised_spectrum, continuum, telluric_transmission, sky_emission
 from .linelist import air_to_vacuum, vacuum_to_air
 
 # %% auto 0
-__all__ = ['atomic_write', 'orbit_velocity', 'truth_spectrum', 'model_flux', 'galactic', 'make_star_files', 'generate_mock_sky']
+__all__ = ['write_file', 'orbit_velocity', 'truth_spectrum', 'model_flux', 'galactic', 'make_star_files', 'generate_mock_sky']
 
 # %% ../nbs/a4_mocksky.ipynb
-def atomic_write(path, # final path
-                 data): # bytes, or an astropy HDUList
-    "Write `data` to `path` through a temporary file in the same directory and os.replace."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name, suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if isinstance(data, fits.HDUList): data.writeto(f)
-            else: f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp); raise
-    return path
+def write_file(path, # final path
+               data): # bytes, or an astropy HDUList
+    "Write bytes or an HDUList to `path` atomically (`atomic.atomic_write`, no fsync)."
+    return atomic_write(path, (lambda tmp: data.writeto(tmp, overwrite=True)) if isinstance(data, fits.HDUList) else data,
+                        sync=False)
 
 # %% ../nbs/a4_mocksky.ipynb
 def _params(star, teff=None):
@@ -193,7 +186,7 @@ def _write_apvisit(outdir, rng, star, vis, obs, fault):
             fits.ImageHDU(np.tile(np.r_[np.zeros(4), 1.2, 0.15, np.zeros(20)], (3, 1))), fits.BinTableHDU(_visit_table(star, vis))]
     hdus[1].header['BUNIT'] = 'Flux (10^-17 erg/s/cm^2/Ang)'
     rel = apvisit_path(star['telescope'], star['field'], vis['plate'], vis['mjd5'], vis['fiber'])
-    atomic_write(Path(outdir) / 'sdss' / rel, fits.HDUList(hdus))
+    write_file(Path(outdir) / 'sdss' / rel, fits.HDUList(hdus))
     obs.update(relpath='sdss/' + rel, bc=vis['bc'], visit=vis['k'])
     return obs
 
@@ -271,7 +264,7 @@ def _write_apstar(outdir, rng, star, visits, visit_obs):
             fits.BinTableHDU(_ccf_table(star, [dict(visits[0], vrel=float(np.mean([v['vrel'] for v in visits])),
                                                    snr=snr)], [name.name]))]
     hdus[1].header['BUNIT'] = 'Flux (10^-17 erg/s/cm^2/Ang)'; hdus[2].header['BUNIT'] = 'Err (10^-17 erg/s/cm^2/Ang)'
-    atomic_write(Path(outdir) / 'sdss' / name, fits.HDUList(hdus))
+    write_file(Path(outdir) / 'sdss' / name, fits.HDUList(hdus))
     for o in obs_rows: o['relpath'] = f'sdss/{name}'
     return obs_rows
 
@@ -581,7 +574,7 @@ def _make_galah(outdir, rng, star, fault):
                            (shown + cut * shown_d) / (1 + rv / C_KMS), shown_d / (1 + rv / C_KMS), cut)
         if ccd == missing: continue
         rel = f'galah/GALAH_DR3/spectra/{galah_filename(sid, ccd)}'
-        atomic_write(Path(outdir) / rel, hdul); o['relpath'] = rel
+        write_file(Path(outdir) / rel, hdul); o['relpath'] = rel
         out.append(o)
     return out
 
@@ -660,7 +653,7 @@ def _make_ges(outdir, rng, star, fault):
     primary = fits.PrimaryHDU(header=_uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)).header
     table = _uves_table(wave_nm, flux, err, flux * resp, err * resp, q if o['has_qual'] else None)
     rel = f'gaiaeso/spectra/{arcfile}'
-    atomic_write(Path(outdir) / rel, primary.tostring().encode() + table); o['relpath'] = rel
+    write_file(Path(outdir) / rel, primary.tostring().encode() + table); o['relpath'] = rel
     return [o]
 
 # %% ../nbs/a4_mocksky.ipynb
@@ -681,7 +674,7 @@ def make_star_files(outdir, # root of the mock sky
 def _write_table(path, t, **hdr):
     "A catalogue: empty primary HDU + BINTABLE, written atomically."
     p = fits.PrimaryHDU(); p.header.update(hdr)
-    atomic_write(path, fits.HDUList([p, fits.table_to_hdu(t)]))
+    write_file(path, fits.HDUList([p, fits.table_to_hdu(t)]))
 
 def _write_tarballs(outdir, obs):
     "Per-night GALAH tarballs of the camera files, byte-reproducible."
@@ -695,7 +688,7 @@ def _write_tarballs(outdir, obs):
                 data = (Path(outdir) / rel).read_bytes()
                 ti = tarfile.TarInfo(f'{night}/com/{Path(rel).name}'); ti.size, ti.mtime, ti.mode = len(data), 1546300800, 0o644
                 tar.addfile(ti, io.BytesIO(data))
-        atomic_write(Path(outdir) / 'galah' / galah_tarball_path(int(rels[0].split('/')[-1][:15])), buf.getvalue())
+        write_file(Path(outdir) / 'galah' / galah_tarball_path(int(rels[0].split('/')[-1][:15])), buf.getvalue())
     return len(nights)
 
 # %% ../nbs/a4_mocksky.ipynb
@@ -710,15 +703,15 @@ def _write_eso_csv(outdir, obs, stars, ges):
         rows.append({'ARCFILE': Path(o['relpath']).name, 'OBJECT': obj[s['cname']], 'CNAME': s['cname'], 'RA': h['RA'], 'DEC': h['DEC'],
                      'INSTRUME': 'UVES', 'SETUP': o['setup'], 'MJD-OBS': h['MJD-OBS'], 'EXPTIME': h['EXPTIME'],
                      'PROG_ID': h['PROG_ID'], 'SNR': round(h['SNR'], 1), 'WAVELMIN': h['WAVELMIN'], 'WAVELMAX': h['WAVELMAX']})
-    atomic_write(Path(outdir) / 'gaiaeso' / 'eso_archive_query.csv', pd.DataFrame(rows).to_csv(index=False).encode())
+    write_file(Path(outdir) / 'gaiaeso' / 'eso_archive_query.csv', pd.DataFrame(rows).to_csv(index=False).encode())
 
 # %% ../nbs/a4_mocksky.ipynb
 def _write_truth(outdir, stars, obs, meta):
     "stars.parquet, observations.parquet and meta.json under truth/."
     d = Path(outdir) / 'truth'
     for name, df in [('stars', stars.to_pandas()), ('observations', pd.DataFrame(obs))]:
-        buf = io.BytesIO(); df.to_parquet(buf, index=False); atomic_write(d / f'{name}.parquet', buf.getvalue())
-    atomic_write(d / 'meta.json', json.dumps(meta, indent=1, sort_keys=True).encode())
+        buf = io.BytesIO(); df.to_parquet(buf, index=False); write_file(d / f'{name}.parquet', buf.getvalue())
+    write_file(d / 'meta.json', json.dumps(meta, indent=1, sort_keys=True).encode())
 
 # %% ../nbs/a4_mocksky.ipynb
 def _summary(outdir, stars, obs, n_tar):

@@ -75,7 +75,7 @@ def _teff_logg(rng, kind, fe_h):
 def _offsets(rng, ra0, dec0, radius, cluster):
     "Positions scattered around field centres: uniform in a disc, or Gaussian for clusters."
     n = len(ra0)
-    r = np.where(cluster, np.abs(rng.normal(0, 1, n)) * radius, radius * np.sqrt(rng.random(n)))
+    r = np.where(cluster, radius * np.sqrt(-2 * np.log1p(-rng.random(n))), radius * np.sqrt(rng.random(n)))
     th = rng.uniform(0, 2 * np.pi, n)
     dec = np.clip(dec0 + r * np.sin(th), -89.9, 89.9)
     return (ra0 + r * np.cos(th) / np.cos(np.radians(dec))) % 360, dec
@@ -332,7 +332,8 @@ def _ges_catalogue(s, rng):
     t = Table({'CNAME': s['cname'].astype('U16'),
                'OBJECT': np.array([f'{f}_{i % 100000:05d}' for f, i in zip(s['field'], s['star_index'])], 'U24'),
                'GES_FLD': s['field'].astype('U24'), 'GES_TYPE': np.where(member, 'GE_CL', 'GE_MW').astype('U8'),
-               'RA': s['ra_2000'].astype(np.float64), 'DEC': s['dec_2000'].astype(np.float64)})
+               'RA': np.zeros(n), 'DEC': np.zeros(n)})
+    t['RA'], t['DEC'] = _propagate(s, EPOCHS['ges'], 70.0, rng)  # its own astrometric noise (70 mas), not a copy of APOGEE's
     for c, src_c, sig, off in [('TEFF', 'teff', 70, 0), ('LOGG', 'logg', 0.12, -0.05), ('FEH', 'fe_h', 0.07, 0.02),
                                ('ALPHA_FE', 'alpha_fe', 0.05, 0.0), ('VRAD', 'rv', 0.3, 0.2), ('VSINI', 'vsini', 1.5, 0.0)]:
         t[c] = _noisy(rng, s[src_c], sig, off); t['E_' + c] = np.full(n, sig, f4)

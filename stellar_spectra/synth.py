@@ -7,18 +7,12 @@ from __future__ import annotations
 from functools import lru_cache
 import numpy as np
 from scipy.special import voigt_profile
-from .formats import C_KMS
+from .formats import C_KMS, sigma_lnlam
 from .linelist import line_list, band_lines, air_to_vacuum, ALPHA_ELEMENTS
 
 # %% auto 0
-__all__ = ['THETA_SUN', 'TEFF_SUN', 'LOGG_SUN', 'D_MAX', 'TELLURIC_SIGMA', 'instrumental_sigma_lnlam', 'continuum', 'line_depths',
-           'normalised_spectrum', 'telluric_transmission', 'sky_emission']
-
-# %% ../nbs/a2_synth.ipynb
-def instrumental_sigma_lnlam(R): # resolving power λ/Δλ (FWHM); None or inf: none
-    "Gaussian sigma in ln(λ) of an instrument of resolving power `R`."
-    if R is None or not np.isfinite(R): return 0.0
-    return 1.0 / (R * 2 * np.sqrt(2 * np.log(2)))
+__all__ = ['THETA_SUN', 'TEFF_SUN', 'LOGG_SUN', 'D_MAX', 'TELLURIC_SIGMA', 'continuum', 'line_depths', 'normalised_spectrum',
+           'telluric_transmission', 'sky_emission']
 
 # %% ../nbs/a2_synth.ipynb
 def continuum(wave, # wavelengths (Å)
@@ -175,7 +169,7 @@ def normalised_spectrum(wave, # vacuum wavelengths (Å) in the observer's frame
     on = np.abs(d) > 1e-5
     lnw, sig_loc, sig_star, gam = c['lnw'][on], sig_loc[on], sig_star[on], gam[on]
     w = _deblend(lnw, d[on] / voigt_profile(0.0, sig_loc, gam), sig_star, gam)
-    sig = np.sqrt(sig_star ** 2 + instrumental_sigma_lnlam(R) ** 2)
+    sig = np.sqrt(sig_star ** 2 + sigma_lnlam(R) ** 2)
     absorbed = _profile_sum(xs, lnw, w, sig, gam)
     flux = np.empty_like(x)
     if order is None: flux[:] = 1 - absorbed

@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter1d
 from stellar_spectra.formats import (C_KMS, APOGEE_PIXMASK, APOGEE_BAD_PIXMASK, APOGEE_NWAVE, GALAH_EXTNAMES, UCD_AIR,
                                      apogee_wavelength, apogee_chip_mask, linear_wavelength)
 from stellar_spectra.linelist import air_to_vacuum, vacuum_to_air
-from stellar_spectra.synth import instrumental_sigma_lnlam
+from stellar_spectra.formats import sigma_lnlam as instrumental_sigma_lnlam
 from stellar_spectra.mocksky import generate_mock_sky, model_flux, truth_spectrum, _baseline
 
 REAL = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'galah_dr3_format'
