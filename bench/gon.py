@@ -1,14 +1,15 @@
 """GON training throughput: observed-pixel evaluation vs rendering the whole common grid.
 
 Compares, in one run and on the same model and data, training steps/s and spectra/s of
-  naive     : every spectrum rendered on the whole 15,805-pixel grid (weight 0 off its survey's pixels),
-              GON step by plain autograd (double backward through the decoder at every pixel);
-  observed  : only the observed pixels (~2,000 per spectrum: APOGEE 1,123, GALAH 1,562, UVES 3,626),
+  naive     : every spectrum rendered on the whole common grid, `resample.common_grid()` (47,414 pixels; weight 0
+              off its survey's pixels), GON step by plain autograd (double backward through the decoder at every pixel);
+  observed  : only the observed pixels (~6,300 per spectrum: APOGEE 3,368, GALAH 4,686, UVES 10,876),
               same plain autograd GON step;
   fast      : observed pixels + the exact shared-origin first step (f(0,x) and df/dz evaluated once per
               distinct grid coordinate, see nbs/07_gon_model) + optional bf16 autocast / torch.compile of
               the outer pass / large batches.
-All variants compute the same loss (checked on one evaluation batch). Needs only torch + numpy.
+All variants compute the same loss (checked on one evaluation batch). Needs torch, numpy and what
+`stellar_spectra.resample` imports (scipy, fastcore) for the common grid.
 
   python bench/gon.py --quick                          # CPU, seconds
   python bench/gon.py --device cuda --bf16 --compile   # GPU
@@ -18,20 +19,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, SURVEYS, log_lambda_grid, survey_pixels,
-                                 gon_loss, chi2)
+from stellar_spectra.resample import common_grid
+from stellar_spectra.gon import GON, GONConfig, SpectraBatch, SURVEYS, survey_pixels, gon_loss
 
 
 def mock_grid_spectra(n, grid, seed=0, n_basis=6, n_lines=4000):
-    "Cheap mock spectra on the whole grid: random mixtures of a few line spectra (N, G), float32."
+    "Cheap mock spectra on the whole grid (a `resample.Grid`): random mixtures of a few line spectra (N, G), float32."
     g = np.random.default_rng(seed)
-    lnl = np.log(grid)
+    lnl = grid.ln_wave
     centres = np.sort(g.uniform(lnl[0], lnl[-1], n_lines))
-    idx = np.clip(np.searchsorted(lnl, centres), 0, len(grid) - 1)
-    basis = np.zeros((n_basis, len(grid)))
-    for k in range(n_basis):                                  # delta lines, then Gaussian blur of ~1.5 px
+    idx = np.clip(np.searchsorted(lnl, centres), 0, grid.n - 1)
+    basis = np.zeros((n_basis, grid.n))
+    for k in range(n_basis):                                  # delta lines, then a Gaussian blur of the grid's resolution
         np.add.at(basis[k], idx, g.uniform(0, 0.3, n_lines) * (g.random(n_lines) < 0.6))
-    ker = np.exp(-0.5 * (np.arange(-6, 7) / 1.5) ** 2)
+    s = grid.sampling / 2.3548                                # sigma in pixels of a resolution element (FWHM)
+    ker = np.exp(-0.5 * (np.arange(-int(4 * s) - 1, int(4 * s) + 2) / s) ** 2)
     basis = np.stack([np.convolve(b, ker, 'same') for b in basis])
     w = g.dirichlet(np.ones(n_basis), n)
     return (1 - np.clip(w @ basis, 0, 0.95)).astype(np.float32)
@@ -40,10 +42,10 @@ def mock_grid_spectra(n, grid, seed=0, n_basis=6, n_lines=4000):
 def make_batches(flux, grid, B, device, naive, snr=100.0, seed=0):
     "Per-survey batches (no padding): observed pixels only, or the whole grid with weight 0 off the survey."
     g = np.random.default_rng(seed)
-    out, lnl = [], torch.tensor(np.log(grid), dtype=torch.float32)
+    out, lnl = [], torch.tensor(grid.ln_wave, dtype=torch.float64)
     for k, s in enumerate(SURVEYS):
         m = torch.tensor(survey_pixels(grid, s))
-        f = torch.tensor(flux[k * B:(k + 1) * B]) + torch.tensor(g.normal(0, 1 / snr, (B, len(grid))), dtype=torch.float32)
+        f = torch.tensor(flux[k * B:(k + 1) * B]) + torch.tensor(g.normal(0, 1 / snr, (B, grid.n)), dtype=torch.float32)
         if naive: lam, fl, w = lnl.expand(B, -1), f, m.float().expand(B, -1)
         else: lam, fl, w = lnl[m].expand(B, -1), f[:, m], torch.ones(B, int(m.sum()))
         out.append(SpectraBatch(lam.contiguous(), fl.contiguous(), torch.full_like(fl, snr ** 2), w.contiguous(),
@@ -112,14 +114,14 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--out', default=None, help='markdown results (default bench/results/gon_cpu.md or gon_gpu.md)')
     a = p.parse_args(argv)
-    if a.quick:
-        a.hidden, a.layers, a.latent, a.n_fourier = 64, 3, 16, 32
-        a.batch, a.batch_observed, a.batch_naive, a.steps, a.warmup = 16, 8, 2, 2, 1
+    if a.quick:                                               # small defaults; options given explicitly still win
+        p.set_defaults(hidden=64, layers=3, latent=16, n_fourier=32, batch=16, batch_observed=8, batch_naive=2, steps=2, warmup=1)
+        a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     if a.device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    grid = log_lambda_grid()
+    grid = common_grid()                                      # the pipeline's one grid
     cfg = GONConfig(latent_dim=a.latent, hidden=a.hidden, n_layers=a.layers, n_fourier=a.n_fourier,
                     fourier_scale=3000.0, step_init=1e-7)
     nmax = 3 * max(a.batch, a.batch_observed, a.batch_naive)
@@ -148,7 +150,7 @@ def main(argv=None):
           "Nominal TFLOP/s = 3 x (decoder matmul FLOPs of one forward) x (pixels rendered) / time: fwd + bwd of the outer pass only. "
           "The autograd GON step does more real arithmetic than that (inner forward, inner gradient with create_graph and "
           "the double backward through both: roughly 3x the nominal count), so its achieved FLOP rate is higher than shown; "
-          "the shared-origin step moves that inner work onto the <= 15,805 distinct grid coordinates per batch, "
+          f"the shared-origin step moves that inner work onto the <= {grid.n:,} distinct grid coordinates per batch, "
           "so for large batches the real work is close to the nominal count."]
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f"gon_{'gpu' if a.device.startswith('cuda') else 'cpu'}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)

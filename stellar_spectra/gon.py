@@ -4,40 +4,44 @@
 
 # %% ../nbs/07_gon_model.ipynb 3
 from __future__ import annotations
-import math, os, tempfile
+import math, os
 from dataclasses import dataclass, asdict, fields
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .formats import GALAH_COVERAGE, UVES_SETUPS, C_KMS
+from .resample import Grid, common_grid
+from .atomic import atomic_path
 
 # %% auto 0
-__all__ = ['GRID_R', 'GRID_WMIN', 'GRID_WMAX', 'SURVEYS', 'SURVEY_WINDOWS', 'log_lambda_grid', 'survey_pixels', 'GONConfig',
-           'Decoder', 'GON', 'count_params', 'autoencoder_params', 'SpectraBatch', 'pad_spectra', 'chi2',
-           'line_window_weights', 'with_line_windows', 'check_coords', 'encode', 'gon_loss', 'mock_spectrum',
+__all__ = ['SURVEYS', 'SURVEY_WINDOWS', 'survey_pixels', 'grid_window', 'GONConfig', 'check_grid', 'Decoder', 'GON',
+           'count_params', 'autoencoder_params', 'SpectraBatch', 'pad_spectra', 'chi2', 'line_window_weights',
+           'with_line_windows', 'batch_from_store', 'check_coords', 'encode', 'gon_loss', 'mock_spectrum',
            'draw_params', 'mock_batch', 'split_by_star', 'save_checkpoint', 'load_checkpoint', 'batch_of_stars',
            'evaluate', 'train_gon']
 
 # %% ../nbs/07_gon_model.ipynb
-GRID_R, GRID_WMIN, GRID_WMAX = 10_000, 3500.0, 17000.0  # resolving power and range (Å) of the common grid
-SURVEYS = ('apogee', 'galah', 'ges')  # survey index order of the nuisance terms
+SURVEYS = ('apogee', 'galah', 'ges')  # survey index order of the nuisance terms (the `survey` strings of `Spectrum`)
 SURVEY_WINDOWS = {'apogee': [(15150.0, 16950.0)], 'galah': list(GALAH_COVERAGE.values()),
                   'ges': [UVES_SETUPS['U580']]}  # observed ranges (Å), approximate
 
-def log_lambda_grid(wmin:float=GRID_WMIN, # first pixel (Å)
-                    wmax:float=GRID_WMAX, # last pixel is <= wmax (Å)
-                    R:float=GRID_R): # pixels per unit ln λ
-    "Vacuum wavelengths (Å) of a grid uniform in ln λ with step 1/R."
-    return wmin * np.exp(np.arange(int(np.floor(np.log(wmax / wmin) * R + 1e-9)) + 1) / R)
-
-def survey_pixels(wave, # grid wavelengths (Å)
+def survey_pixels(grid:Grid|None, # the grid (default `resample.common_grid()`)
                   survey:str): # one of `SURVEYS`
-    "Boolean mask of the grid pixels a survey observes."
+    "Boolean mask (grid.n,) of the grid pixels a survey observes."
     if survey not in SURVEY_WINDOWS: raise ValueError(f"unknown survey {survey!r}; expected one of {SURVEYS}")
+    wave = (grid or common_grid()).wave
     return np.any([(wave >= a) & (wave <= b) for a, b in SURVEY_WINDOWS[survey]], axis=0)
 
+def grid_window(wmin:float, wmax:float, # wavelength range (Å)
+                grid:Grid|None=None): # the grid (default `resample.common_grid()`)
+    "Slice of the grid pixels with wmin <= λ <= wmax."
+    ln = (grid or common_grid()).ln_wave
+    return slice(int(np.searchsorted(ln, math.log(wmin))), int(np.searchsorted(ln, math.log(wmax), 'right')))
+
 # %% ../nbs/07_gon_model.ipynb
+_COMMON = common_grid()  # the defaults of the grid fields below
+
 @dataclass
 class GONConfig:
     latent_dim: int = 16          # size of the per-star latent z
@@ -55,8 +59,12 @@ class GONConfig:
     n_surveys: int = 3            # per-survey linear continuum residuals (0: none)
     line_window_weight: float = 0.0  # extra loss weight inside line windows (0: uniform)
     line_window_kms: float = 25.0    # half-width of a line window (km/s)
-    lnlam_min: float = math.log(GRID_WMIN)  # ln λ mapped to coordinate -1
-    lnlam_max: float = math.log(GRID_WMAX)  # ln λ mapped to coordinate +1
+    grid_R: float = _COMMON.R              # the grid (`resample.Grid`) the coordinates live on: resolving power,
+    grid_ln_lam0: float = _COMMON.ln_lam0  # ... ln λ of its first pixel (Å),
+    grid_dln: float = _COMMON.dln          # ... its step in ln λ
+    grid_n: int = _COMMON.n                # ... and its number of pixels (default: `resample.common_grid()`)
+    lnlam_min: float|None = None  # ln λ mapped to coordinate -1 (None: the grid's first pixel)
+    lnlam_max: float|None = None  # ln λ mapped to coordinate +1 (None: the grid's last pixel)
     seed: int = 0                 # seed of the Fourier frequencies and the initialisation
 
     def __post_init__(self):
@@ -66,10 +74,35 @@ class GONConfig:
         assert self.decoder in ('siren', 'fourier'), f"decoder must be 'siren' or 'fourier', not {self.decoder!r}"
         assert self.conditioning in ('concat', 'film'), f"conditioning must be 'concat' or 'film', not {self.conditioning!r}"
         assert self.latent_dim > 0 and self.hidden > 0 and self.n_layers > 0 and self.inner_steps > 0
-        assert self.lnlam_max > self.lnlam_min and self.step_init > 0
+        ln = self.grid.ln_wave[[0, -1]]
+        self.lnlam_min = float(ln[0] if self.lnlam_min is None else self.lnlam_min)
+        self.lnlam_max = float(ln[1] if self.lnlam_max is None else self.lnlam_max)
+        assert ln[0] - self.grid_dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid_dln, "lnlam_min/max must lie on the grid"
+        assert self.step_init > 0
+
+    @property
+    def grid(self): return Grid(self.grid_R, self.grid_ln_lam0, self.grid_dln, self.grid_n)
 
     @classmethod
     def from_dict(cls, d:dict): return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    @classmethod
+    def window(cls, wmin:float, wmax:float, # wavelength range (Å) of the coordinates
+               grid:Grid|None=None, **kw): # the grid (default `common_grid()`); other fields
+        "A configuration whose coordinates span the grid's pixels in [wmin, wmax]."
+        grid = grid or common_grid(); ln = grid.ln_wave[grid_window(wmin, wmax, grid)]
+        return cls(grid_R=grid.R, grid_ln_lam0=grid.ln_lam0, grid_dln=grid.dln, grid_n=grid.n, lnlam_min=ln[0], lnlam_max=ln[-1], **kw)
+
+# %% ../nbs/07_gon_model.ipynb
+def check_grid(cfg:GONConfig, # the model's configuration
+               grid:Grid, # the grid the spectra were resampled onto
+               what:str='spectra'): # what is on `grid`, for the message
+    "Raise ValueError unless `grid` is the grid the model's coordinates come from."
+    mine = cfg.grid
+    same = (grid.n == mine.n and np.isclose(grid.R, mine.R, rtol=1e-9) and abs(grid.ln_lam0 - mine.ln_lam0) < 1e-3 * mine.dln
+            and abs(grid.dln - mine.dln) * mine.n < 1e-3 * mine.dln)
+    if not same: raise ValueError(f"{what} are on {grid}, but the model's coordinates come from {mine}: resample them onto "
+                                  f"the model's grid (resample.common_grid())")
 
 # %% ../nbs/07_gon_model.ipynb
 class Decoder(nn.Module):
@@ -131,7 +164,9 @@ class GON(nn.Module):
         else: self.register_buffer('log_eta', log_eta)
         self.nuisance = nn.Parameter(torch.zeros(max(cfg.n_surveys, 1), 2), requires_grad=cfg.n_surveys > 0)
 
-    def coord(self, lnlam): return 2 * (lnlam - self.cfg.lnlam_min) / (self.cfg.lnlam_max - self.cfg.lnlam_min) - 1
+    def coord(self, lnlam): # (B, P) ln λ, best float64 -> coordinates in [-1, 1] in the model's dtype
+        "Model coordinate of ln λ: computed in lnlam's precision, then cast to the parameters' dtype."
+        return (2 * (lnlam - self.cfg.lnlam_min) / (self.cfg.lnlam_max - self.cfg.lnlam_min) - 1).to(self.nuisance.dtype)
 
     def render(self, z, x, survey): # latents (B, D) or (B, P, D); coordinates x (B, P); survey (B,) -> flux (B, P)
         "Model flux at coordinates x: decoder plus the survey's continuum residual."
@@ -142,7 +177,7 @@ class GON(nn.Module):
 def count_params(m:nn.Module): return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 def autoencoder_params(cfg:GONConfig, # the decoder's configuration
-                       n_pixels:int=15805, # encoder input: flux on the whole grid
+                       n_pixels:int=_COMMON.n, # encoder input: flux on the whole common grid
                        enc_hidden:int|None=None): # encoder width (default: the decoder's)
     "Trainable parameters of an autoencoder with the same decoder plus an MLP encoder of n_layers hidden layers."
     H = enc_hidden or cfg.hidden
@@ -152,7 +187,7 @@ def autoencoder_params(cfg:GONConfig, # the decoder's configuration
 # %% ../nbs/07_gon_model.ipynb
 @dataclass
 class SpectraBatch:
-    lnlam: torch.Tensor   # (B, P) ln λ (Å) of the observed pixels, padded
+    lnlam: torch.Tensor   # (B, P) ln λ (Å) of the observed pixels, padded; float64 (float32 rounds ln λ by ~1% of a pixel)
     flux: torch.Tensor    # (B, P) normalised flux
     ivar: torch.Tensor    # (B, P) inverse variance
     weight: torch.Tensor  # (B, P) pixel weight, 0 = masked or padding
@@ -176,11 +211,11 @@ class SpectraBatch:
         empty = ~(used & (self.ivar > 0)).any(1)
         if empty.any(): raise ValueError(f"spectra {empty.nonzero()[:10, 0].tolist()} have no unmasked pixel with ivar > 0")
 
-    def to(self, arg): # a device, or a float dtype for the float tensors
+    def to(self, arg): # a device, or a float dtype for the float tensors (lnlam is never cast down)
         "Move to a device or cast the float tensors."
         fl = isinstance(arg, torch.dtype)
-        return SpectraBatch(**{f.name: (v.to(arg) if v.is_floating_point() or not fl else v)
-                               for f in fields(self) for v in [getattr(self, f.name)]})
+        cast = lambda k, v: v.to(torch.promote_types(arg, v.dtype) if k == 'lnlam' else arg) if v.is_floating_point() else v
+        return SpectraBatch(**{f.name: cast(f.name, getattr(self, f.name)) if fl else getattr(self, f.name).to(arg) for f in fields(self)})
     def __getitem__(self, idx): return SpectraBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
     def __len__(self): return self.flux.shape[0]
 
@@ -200,7 +235,7 @@ def pad_spectra(spectra, # iterable of dicts with wave (Å), flux, ivar and opti
             if len(s[k]) != n: raise ValueError(f"spectrum {i}: {k} has {len(s[k])} pixels, wave has {n}")
         out['lnlam'][i, :n] = np.log(s['wave']); out['flux'][i, :n] = s['flux']; out['ivar'][i, :n] = s['ivar']
         out['weight'][i, :n] = s.get('weight', 1.0)
-    t = {k: torch.as_tensor(v, dtype=dtype) for k, v in out.items()}
+    t = {k: torch.as_tensor(v, dtype=torch.float64 if k == 'lnlam' else dtype) for k, v in out.items()}
     return SpectraBatch(**t, survey=torch.as_tensor(np.asarray(survey), dtype=torch.long),
                         star=torch.as_tensor(np.asarray(star), dtype=torch.long))
 
@@ -233,6 +268,32 @@ def with_line_windows(b:SpectraBatch, # spectra
         lines = np.asarray(reference_lines(used.min(), used.max())['wave_vac'])
     lw = line_window_weights(wave, lines, cfg.line_window_weight, cfg.line_window_kms)
     return SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight * torch.as_tensor(lw, dtype=b.weight.dtype, device=b.weight.device), b.survey, b.star)
+
+# %% ../nbs/07_gon_model.ipynb
+def batch_from_store(store, # a `storage.RegriddedStore`: .grid, .meta (star, survey, ...), .read(rows, fields)
+                     rows, # row numbers (spec_id) to take, any order
+                     flux:str='norm_flux', # flux field
+                     ivar:str='norm_ivar', # inverse-variance field
+                     cfg:GONConfig|None=None, # the model's configuration: check the grid, apply its line windows
+                     dtype=torch.float32):
+    "A `SpectraBatch` of the stored spectra's pixels with weight > 0, padded; survey index and star key from the meta."
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if cfg is not None: check_grid(cfg, store.grid, 'the stored spectra')
+    d = store.read(rows, fields=(flux, ivar, 'weight'))
+    meta = store.meta.iloc[rows]
+    unknown = sorted(set(meta['survey']) - set(SURVEYS))
+    if unknown: raise ValueError(f"store rows have surveys {unknown}; the model knows {SURVEYS}")
+    keep = np.asarray(d['weight']) > 0                                      # (B, n)
+    n = keep.sum(1)
+    if (n == 0).any(): raise ValueError(f"store rows {rows[n == 0][:10].tolist()} have no pixel with weight > 0")
+    idx = np.argsort(~keep, axis=1, kind='stable')[:, :n.max()]            # (B, P): observed pixels first, in order
+    pad = np.arange(idx.shape[1]) >= n[:, None]
+    take = lambda a: np.where(pad, 0, np.take_along_axis(np.asarray(a), idx, 1))
+    t = {k: torch.as_tensor(v, dtype=torch.float64 if k == 'lnlam' else dtype) for k, v in dict(lnlam=store.grid.ln_wave[idx], flux=take(d[flux]),
+                                                             ivar=take(d[ivar]), weight=take(d['weight'])).items()}
+    b = SpectraBatch(**t, survey=torch.as_tensor(np.array(meta['survey'].map(SURVEYS.index), dtype=np.int64)),
+                     star=torch.as_tensor(np.array(meta['star'], dtype=np.int64)))
+    return b if cfg is None else with_line_windows(b, cfg)
 
 # %% ../nbs/07_gon_model.ipynb
 def _origin_grad(model:GON, x, b:SpectraBatch, create_graph:bool=True):
@@ -301,13 +362,14 @@ def _toy_spectrum(wave, p, R, rv=0.0):
 
 def mock_spectrum(wave, # vacuum wavelengths (Å)
                   params:dict, # teff, logg, fe_h, alpha_fe, vsini
-                  R:float=GRID_R, # resolving power
+                  R:float|None=None, # resolving power (default: the common grid's)
                   rv:float=0.0, # radial velocity (km/s)
                   toy:bool=False): # force the toy generator
     "Noise-free normalised flux from `synth.normalised_spectrum`, or the toy generator if synth is absent."
     if not toy:
         try: from stellar_spectra.synth import normalised_spectrum
         except ImportError: toy = True
+    R = R or common_grid().R
     return _toy_spectrum(wave, params, R, rv) if toy else normalised_spectrum(wave, params, R, rv=rv)
 
 # %% ../nbs/07_gon_model.ipynb
@@ -322,15 +384,16 @@ def mock_batch(params, # list of parameter dicts, one star each
                surveys:dict, # survey index -> boolean pixel mask on the grid; every star is seen by each
                snr:float=100.0, # signal-to-noise per pixel
                seed:int=0, # noise seed
-               rv=None, # radial velocity per star (km/s)
+               rv=None, # radial velocity (km/s) per star (S,), or per star and survey (S, len(surveys))
                rest_frame:bool=False, # shift ln λ by -ln(1 + rv/c): spectra with known velocities, off the grid
                toy:bool=False): # force the toy generator
     "Noisy mock spectra of each star in each survey as a `SpectraBatch`, plus the noise-free truth list."
     g = np.random.default_rng(seed)
     specs, sv, st, truth = [], [], [], []
+    rv = None if rv is None else np.asarray(rv, float)
     for i, p in enumerate(params):
-        for s, m in surveys.items():
-            v = 0.0 if rv is None else float(rv[i])
+        for k, (s, m) in enumerate(surveys.items()):
+            v = 0.0 if rv is None else float(rv[i] if rv.ndim == 1 else rv[i, k])
             f = mock_spectrum(wave[m], p, rv=v, toy=toy)
             specs.append(dict(wave=wave[m] / (1 + v / C_KMS if rest_frame else 1.0), flux=f + g.normal(0, 1 / snr, m.sum()), ivar=np.full(m.sum(), snr ** 2.0)))
             sv.append(s); st.append(i); truth.append(f)
@@ -350,15 +413,10 @@ def split_by_star(star, # star index of every spectrum
 # %% ../nbs/07_gon_model.ipynb
 def save_checkpoint(path, # destination file
                     model:GON, opt=None, step:int=0, best_val:float=float('inf')):
-    "Write a checkpoint atomically (temp file + os.replace)."
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path)); os.makedirs(d, exist_ok=True)
+    "Write a checkpoint atomically (`atomic_path`: temporary file, then rename)."
     state = dict(model=model.state_dict(), optimizer=opt.state_dict() if opt is not None else None,
                  config=asdict(model.cfg), step=int(step), best_val=float(best_val))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix='.tmp'); os.close(fd)
-    try: torch.save(state, tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+    with atomic_path(path) as tmp: torch.save(state, tmp)
 
 def load_checkpoint(path, map_location='cpu'):
     "Model (eval mode), optimiser state dict (or None) and a dict with config, step, best_val."

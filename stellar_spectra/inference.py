@@ -11,8 +11,8 @@ from .formats import C_KMS
 from .gon import GON, SpectraBatch, encode, chi2
 
 # %% auto 0
-__all__ = ['V_SCALE', 'latent_prior', 'fit_prior', 'render_theta', 'jacobian', 'neg_log_post', 'fit_latent', 'coarse_rv',
-           'impute', 'anomaly_score', 'predict_survey']
+__all__ = ['V_SCALE', 'latent_prior', 'fit_prior', 'render_theta', 'jacobian', 'spectrum_theta', 'neg_log_post', 'fit_latent',
+           'coarse_rv', 'impute', 'anomaly_score', 'predict_survey']
 
 # %% ../nbs/08_gon_inference.ipynb
 def latent_prior(z, # latents (N, D) of training stars
@@ -57,90 +57,130 @@ def _by_group(v, sidx, S):
     "Sum per-spectrum values (B, ...) into their groups (S, ...)."
     return torch.zeros((S,) + v.shape[1:], dtype=v.dtype, device=v.device).index_add(0, sidx, v)
 
+def spectrum_theta(theta, # (S, K) group parameters: latent (D), then velocity slots
+                   sidx, # (B,) group of each spectrum
+                   slot, # (B,) velocity slot of each spectrum within its group
+                   D:int): # latent size
+    "Per-spectrum parameters (B, D) or (B, D + 1): the group's latent and the spectrum's own velocity."
+    t = theta[sidx]
+    return t if theta.shape[-1] == D else torch.cat([t[:, :D], t.gather(1, D + slot[:, None])], 1)
+
+def _slots(sidx, S):
+    "Rank of each spectrum within its group (B,) and the spectra per group (S,)."
+    counts = torch.bincount(sidx, minlength=S)
+    order = torch.argsort(sidx, stable=True)
+    rank = torch.empty_like(sidx); rank[order] = torch.arange(len(sidx), device=sidx.device) - (torch.cumsum(counts, 0) - counts)[sidx[order]]
+    return rank, counts
+
+# %% ../nbs/08_gon_inference.ipynb
 def neg_log_post(model, # trained model
                  theta, # (S, K) parameters per group
                  b:SpectraBatch, # spectra
                  prior=None, # (mean, cov) of the latent
-                 sidx=None): # (B,) group of each spectrum; default: one group per spectrum
+                 sidx=None, # (B,) group of each spectrum; default: one group per spectrum
+                 slot=None): # (B,) velocity slot of each spectrum; default 0
     "Negative log posterior per group (S,): chi2/2 summed over its spectra + prior term."
     sidx = torch.arange(len(b), device=theta.device) if sidx is None else sidx
-    out = _by_group(0.5 * chi2(render_theta(model, theta[sidx], b.lnlam, b.survey), b), sidx, len(theta))
+    slot = torch.zeros_like(sidx) if slot is None else slot
+    t = spectrum_theta(theta, sidx, slot, model.cfg.latent_dim)
+    out = _by_group(0.5 * chi2(render_theta(model, t, b.lnlam, b.survey), b), sidx, len(theta))
     if prior is not None:
         dz = theta[..., :model.cfg.latent_dim] - prior[0].to(theta)
         out = out + 0.5 * (dz * torch.linalg.solve(prior[1].to(theta), dz.T).T).sum(-1)
     return out
 
 # %% ../nbs/08_gon_inference.ipynb
-def _lm_steps(model, theta, b, prior, n_steps, sidx, lam0=1e-3):
-    "Damped Gauss-Newton iterations from theta (S, K); returns theta and the last Gauss-Newton matrix."
+def _embed(J, slot, D:int, K:int):
+    "Per-spectrum Jacobians (B, P, D[+1]) placed into the group layout (B, P, K)."
+    if J.shape[-1] == K and (K == D or not bool(slot.any())): return J
+    out = J.new_zeros(J.shape[:-1] + (K,)); out[..., :D] = J[..., :D]
+    return out.scatter(-1, (D + slot)[:, None, None].expand(J.shape[0], J.shape[1], 1), J[..., D:])
+
+def _lm_steps(model, theta, b, prior, n_steps, sidx, slot, fixed, lam0=1e-3):
+    "Damped Gauss-Newton iterations from theta (S, K); `fixed` (S, K) marks unused slots. Returns theta and the Gauss-Newton matrix."
     D, K, S = model.cfg.latent_dim, theta.shape[-1], len(theta)
     Pinv = torch.zeros(K, K, dtype=theta.dtype, device=theta.device)
     if prior is not None: Pinv[:D, :D] = torch.linalg.inv(prior[1].to(theta))
+    Pinv = Pinv + torch.diag_embed(fixed.to(theta))                         # (S, K, K): unused slots held by a unit curvature
     lam = torch.full((S,), lam0, dtype=theta.dtype, device=theta.device)
-    cur = neg_log_post(model, theta, b, prior, sidx)
+    cur = neg_log_post(model, theta, b, prior, sidx, slot)
     W, I = b.weight * b.ivar, torch.eye(K, dtype=theta.dtype, device=theta.device)
     for _ in range(n_steps):
-        f, J = jacobian(model, theta[sidx], b.lnlam, b.survey)
+        f, J = jacobian(model, spectrum_theta(theta, sidx, slot, D), b.lnlam, b.survey)
+        J = _embed(J, slot, D, K)                                            # (B, P, K)
         H = _by_group(torch.einsum('bpk,bp,bpl->bkl', J, W, J), sidx, S) + Pinv
         g = _by_group(torch.einsum('bpk,bp->bk', J, W * (b.flux - f)), sidx, S)
-        if prior is not None: g[:, :D] -= (Pinv[:D, :D] @ (theta[:, :D] - prior[0].to(theta)).T).T
+        if prior is not None: g[:, :D] -= (Pinv[:, :D, :D] @ (theta[:, :D] - prior[0].to(theta))[..., None])[..., 0]
         Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2)[:, None, :] * I + 1e-9 * I)
         new = theta + torch.linalg.solve(Hd, g[..., None])[..., 0]
-        val = neg_log_post(model, new, b, prior, sidx)
+        val = neg_log_post(model, new, b, prior, sidx, slot)
         ok = val < cur
         theta, cur = torch.where(ok[:, None], new, theta), torch.where(ok, val, cur)
         lam = torch.where(ok, lam / 3, lam * 5).clamp(1e-9, 1e9)
     return theta, H
 
 # %% ../nbs/08_gon_inference.ipynb
-def _covariance(model, theta, b, prior, H_gn, sidx):
+def _covariance(model, theta, b, prior, H_gn, sidx, slot, fixed):
     "Inverse Hessian of the negative log posterior per group (S, K, K); Gauss-Newton where not positive definite."
     cov = []
     for i in range(len(theta)):
-        bi = b[sidx == i]
+        sel = sidx == i; bi, si = b[sel], slot[sel]
         with torch.enable_grad():
             H = torch.autograd.functional.hessian(
-                lambda t: neg_log_post(model, t[None], bi, prior, torch.zeros(len(bi), dtype=torch.long, device=t.device)).sum(),
+                lambda t: neg_log_post(model, t[None], bi, prior, torch.zeros(len(bi), dtype=torch.long, device=t.device), si).sum(),
                 theta[i].detach())
+        H = H + torch.diag(fixed[i].to(H))
         if not bool(torch.isfinite(H).all()) or torch.linalg.eigvalsh(H).min() <= 0: H = H_gn[i]
         cov.append(torch.linalg.inv(H))
     return torch.stack(cov)
 
 # %% ../nbs/08_gon_inference.ipynb
+def _starts(model, b, prior, sidx, slot, S, m, x, rv0):
+    "Starting parameters (S, K): the best of the GON latent, the origin and the prior mean, with the starting velocities."
+    z0, _ = encode(model, SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, sidx), x=x)
+    starts = [z0, torch.zeros_like(z0)] + ([prior[0].to(z0).expand_as(z0)] if prior is not None else [])
+    if m:
+        v = z0.new_zeros(S, m); v[sidx, slot] = rv0.to(z0) / V_SCALE
+        starts = [torch.cat([z, v], 1) for z in starts]
+    nlp = torch.stack([neg_log_post(model, t, b, prior, sidx, slot) for t in starts])   # (n_starts, S)
+    return torch.stack(starts)[nlp.argmin(0), torch.arange(S, device=z0.device)]
+
+# %% ../nbs/08_gon_inference.ipynb
 def fit_latent(model:GON, # trained model
                b:SpectraBatch, # spectra
                prior=None, # (mean, cov) from `fit_prior`, or None for maximum likelihood
-               fit_rv:bool=False, # also fit a radial velocity (per spectrum)
+               fit_rv:bool=False, # also fit a radial velocity per spectrum
                rv0=None, # starting velocities (B,) km/s (default: `coarse_rv`)
                n_steps:int=15, # Gauss-Newton iterations
                inflate:bool=True, # scale the covariance by max(1, reduced chi2)
                by_star:bool=False): # one latent per star (b.star) from all its spectra, instead of one per spectrum
-    "MAP latent (and velocity) per spectrum or per star, with covariances, chi2, degrees of freedom and model variance."
+    "MAP latent per spectrum or per star (+ a velocity per spectrum), with covariances, chi2, degrees of freedom and model variance."
     model.eval(); D, dev = model.cfg.latent_dim, b.flux.device
-    if by_star and fit_rv: raise ValueError("by_star=True fits latents only: velocities differ between visits (fit them per spectrum)")
     groups, sidx = torch.unique(b.star, return_inverse=True) if by_star else (torch.arange(len(b), device=dev),) * 2
-    b = SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, sidx)
+    S = len(groups); slot, counts = _slots(sidx, S)
+    m = int(counts.max()) if fit_rv else 0
+    fixed = torch.zeros(S, D + m, dtype=torch.bool, device=dev)
+    fixed[:, D:] = torch.arange(m, device=dev) >= counts[:, None]               # velocity slots no spectrum uses
     x = model.coord(b.lnlam)
     if fit_rv:
         rv0 = coarse_rv(model, b, None if prior is None else prior[0]) if rv0 is None else torch.as_tensor(rv0, dtype=x.dtype, device=dev)
         x = x - 2 * torch.log1p(rv0[:, None] / C_KMS) / (model.cfg.lnlam_max - model.cfg.lnlam_min)
-    with torch.no_grad():
-        z0, _ = encode(model, b, x=x)
-        starts = [z0, torch.zeros_like(z0)] + ([prior[0].to(z0).expand_as(z0)] if prior is not None else [])
-        starts = [torch.cat([z, rv0[:, None] / V_SCALE], 1) if fit_rv else z for z in starts]
-        nlp = torch.stack([neg_log_post(model, t, b, prior, sidx) for t in starts])   # (n_starts, S)
-        theta = torch.stack(starts)[nlp.argmin(0), torch.arange(len(z0), device=dev)]  # the best start per group
-    theta, H = _lm_steps(model, theta.detach(), b, prior, n_steps, sidx)
-    cov = _covariance(model, theta, b, prior, H, sidx)
-    with torch.no_grad(): pred = render_theta(model, theta[sidx], b.lnlam, b.survey)
-    used = ((b.weight > 0) & (b.ivar > 0))
-    c2, n = _by_group(chi2(pred, b), sidx, len(theta)), _by_group(used.sum(1), sidx, len(theta))
+    with torch.no_grad(): theta = _starts(model, b, prior, sidx, slot, S, m, x, rv0)
+    theta, H = _lm_steps(model, theta.detach(), b, prior, n_steps, sidx, slot, fixed)
+    cov = _covariance(model, theta, b, prior, H, sidx, slot, fixed)
+    ts = spectrum_theta(theta, sidx, slot, D)                                   # (B, D[+1])
+    with torch.no_grad(): pred = render_theta(model, ts, b.lnlam, b.survey)
+    used = (b.weight > 0) & (b.ivar > 0)
+    c2, n = _by_group(chi2(pred, b), sidx, S), _by_group(used.sum(1), sidx, S)
     excess = torch.where(used, (pred - b.flux) ** 2 - 1 / b.ivar.clamp(min=1e-30), torch.zeros_like(pred))
-    model_var = (_by_group(excess.sum(1), sidx, len(theta)) / n).clamp(min=0)   # residual variance beyond the noise
-    dof = n - theta.shape[1]
+    model_var = (_by_group(excess.sum(1), sidx, S) / n).clamp(min=0)            # residual variance beyond the noise
+    dof = n - (~fixed).sum(1)
     if inflate: cov = cov * (c2 / dof).clamp(min=1)[:, None, None]
-    out = dict(theta=theta, cov=cov, z=theta[:, :D], z_cov=cov[:, :D, :D], chi2=c2, dof=dof, model_var=model_var, star=groups)
-    if fit_rv: out.update(rv=theta[:, D] * V_SCALE, rv_err=cov[:, D, D].sqrt() * V_SCALE)
+    k = torch.cat([torch.arange(D, device=dev).expand(len(b), D), D + slot[:, None]], 1) if m else torch.arange(D, device=dev).expand(len(b), D)
+    cs = cov[sidx][torch.arange(len(b), device=dev)[:, None, None], k[:, :, None], k[:, None, :]]   # (B, D[+1], D[+1])
+    out = dict(theta=theta, cov=cov, z=theta[:, :D], z_cov=cov[:, :D, :D], chi2=c2, dof=dof, model_var=model_var, star=groups,
+               group=sidx, theta_spec=ts, cov_spec=cs, model_var_spec=model_var[sidx])
+    if fit_rv: out.update(rv=ts[:, D] * V_SCALE, rv_err=cs[:, D, D].sqrt() * V_SCALE)
     return out
 
 # %% ../nbs/08_gon_inference.ipynb
@@ -163,14 +203,14 @@ def coarse_rv(model:GON, # trained model
 # %% ../nbs/08_gon_inference.ipynb
 def impute(model:GON, # trained model
            fit:dict, # output of `fit_latent`
-           lnlam, # (B, Q) ln λ where to render
+           lnlam, # (B, Q) ln λ where to render, a row per spectrum of the fitted batch
            survey, # (B,) survey index of the rendering (its continuum residual)
            model_error:bool=True): # add the fit's residual variance beyond the noise
     "Rendered flux (B, Q) and its 1-sigma uncertainty (B, Q): latent covariance through the Jacobian (+ model error)."
-    lnlam = torch.as_tensor(lnlam, dtype=fit['theta'].dtype)
-    f, J = jacobian(model, fit['theta'], lnlam, torch.as_tensor(survey))
-    var = torch.einsum('bqk,bkl,bql->bq', J, fit['cov'], J)
-    if model_error: var = var + fit['model_var'][:, None]
+    lnlam = torch.as_tensor(lnlam, dtype=torch.float64)                   # coordinates in double, cast by the model
+    f, J = jacobian(model, fit['theta_spec'], lnlam, torch.as_tensor(survey))
+    var = torch.einsum('bqk,bkl,bql->bq', J, fit['cov_spec'], J)
+    if model_error: var = var + fit['model_var_spec'][:, None]
     return f, var.clamp(min=0).sqrt()
 
 # %% ../nbs/08_gon_inference.ipynb

@@ -9,20 +9,12 @@ import numpy as np
 from scipy import sparse
 from scipy.special import ndtr
 from fastcore.basics import patch
-from .formats import C_KMS
+from .spectrum import Spectrum
+from .formats import C_KMS, FWHM_SIGMA, sigma_lnlam
 
 # %% auto 0
-__all__ = ['FWHM_SIGMA', 'sigma_lnlam', 'Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma',
-           'smoothed_overlap_matrix', 'Resampler', 'resample']
-
-# %% ../nbs/03_resample.ipynb
-FWHM_SIGMA = 2 * np.sqrt(2 * np.log(2))  # FWHM / sigma of a Gaussian
-
-def sigma_lnlam(R): # resolving power (scalar or array); None or inf for no broadening
-    "Gaussian sigma in ln λ of an instrument of resolving power R (FWHM = 1/R)."
-    if R is None: return 0.0
-    R = np.asarray(R, float)
-    return np.where(np.isfinite(R), 1 / (R * FWHM_SIGMA), 0.0)
+__all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'smoothed_overlap_matrix', 'gap_pixels',
+           'Resampler', 'resample', 'rest_velocity', 'to_rest_grid']
 
 # %% ../nbs/03_resample.ipynb
 @dataclass(frozen=True)
@@ -91,9 +83,21 @@ def smoothed_overlap_matrix(e_in, # input pixel edges (increasing), ln λ
     j = np.arange(M)[:, None]; i = np.searchsorted(e_in, c)[:, None] - 1 + np.arange(-h, h + 1)
     ok = (i >= 0) & (i < P); ic = np.clip(i, 0, P - 1); s = sigma[ic]
     a, b, e0, e1 = e_out[j], e_out[j + 1], e_in[ic], e_in[ic + 1]
-    v = s / (b - a) * (_psi((b - e0) / s) - _psi((a - e0) / s) - _psi((b - e1) / s) + _psi((a - e1) / s))
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):  # sigma 0 (e.g. the pixels next to a camera gap): dropped below
+        v = s / (b - a) * (_psi((b - e0) / s) - _psi((a - e0) / s) - _psi((b - e1) / s) + _psi((a - e1) / s))
     ok &= v > 1e-13
     return sparse.csr_matrix((v[ok], (np.broadcast_to(j, i.shape)[ok], i[ok])), shape=(M, P))
+
+# %% ../nbs/03_resample.ipynb
+def gap_pixels(x, # native pixel centres (strictly increasing), any unit
+               factor:float=3.0): # a step larger than this times both neighbouring steps is a gap
+    "Centres with two phantom pixels inserted in every gap, and which centres are real."
+    d = np.diff(x)
+    if len(d) < 3: return x, np.ones(len(x), bool)
+    left, right = np.r_[d[0], d[:-1]], np.r_[d[1:], d[-1]]
+    gap = np.flatnonzero(d > factor * np.maximum(left, right))
+    pos = np.repeat(gap + 1, 2); val = np.ravel(np.c_[x[gap] + left[gap], x[gap + 1] - right[gap]])
+    return np.insert(x, pos, val), np.insert(np.ones(len(x), bool), pos, False)
 
 # %% ../nbs/03_resample.ipynb
 class Resampler:
@@ -109,14 +113,16 @@ class Resampler:
         if wave.ndim != 1 or len(wave) < 2 or not (np.diff(wave) > 0).all():
             raise ValueError('Resampler: `wave` must be a 1-D strictly increasing array of at least 2 pixels')
         self.grid, self.rv, self.max_masked, self.P = grid, float(rv), max_masked, len(wave)
-        x = np.log(wave)
+        x, real = gap_pixels(np.log(wave))  # phantom pixels close the gaps between detectors
+        if np.ndim(R_native) == 1: R_native = np.interp(x, np.log(wave), np.asarray(R_native, float))
         sig = kernel_sigma(x, R_native, grid.R, grid.dln if pixel_correction else 0.0)
         e_in = pixel_edges(x) - np.log1p(self.rv / C_KMS)  # the shift to the rest frame
         j0 = max(int(np.searchsorted(grid.ln_edges, e_in[0])) - 1, 0)
         j1 = min(int(np.searchsorted(grid.ln_edges, e_in[-1])), grid.n)
         self.sl = slice(j0, j1)  # the output pixels the native grid reaches
         e_out = grid.ln_edges[j0:j1 + 1]
-        self.A = smoothed_overlap_matrix(e_in, e_out, sig) if (sig > 0).any() else overlap_matrix(e_in, e_out)
+        A = smoothed_overlap_matrix(e_in, e_out, sig) if (sig > 0).any() else overlap_matrix(e_in, e_out)
+        self.A = A.tocsc()[:, np.flatnonzero(real)].tocsr()  # the phantoms carry no data
         self.A2 = self.A.multiply(self.A).tocsr()
         self.wave = grid.wave[self.sl]
 
@@ -200,3 +206,27 @@ def resample(wave, # native vacuum wavelengths (Å), shape (P,)
         k = rv == v; r = Resampler(wave, grid, R_native, v, **kw)
         out[k, r.sl], oiv[k, r.sl], omk[k, r.sl] = r(flux[k], ivar[k], mask[k])
     return out, oiv, omk
+
+# %% ../nbs/03_resample.ipynb
+def rest_velocity(spec:Spectrum, # the spectrum
+                  rv:float|None=None): # barycentric velocity of the star (km/s); None: the spectrum's own `rv`
+    "Velocity (km/s) of the star in the spectrum's frame: what `to_rest_grid` removes."
+    if rv is None: return float(spec.frame_rv)
+    return {'rest': 0.0, 'barycentric': float(rv), 'observed': float(rv) - float(spec.bc)}[spec.frame]
+
+# %% ../nbs/03_resample.ipynb
+def to_rest_grid(spec:Spectrum, # the spectrum (vacuum wavelengths, any frame)
+                 grid:Grid|None=None, # the common grid (default `common_grid()`)
+                 rv:float|None=None, # barycentric velocity of the star (km/s, e.g. the catalogue's); None: `spec.rv`
+                 R_native=None, # native resolving power (scalar or per pixel); None: `spec.R` (no degradation if unknown)
+                 max_masked:float=0.25): # output masked when more than this fraction of its input was masked
+    "A spectrum in its star's rest frame on the full common grid: dict(flux, ivar, bad, rv_used, resampler)."
+    grid = grid or common_grid(); v = rest_velocity(spec, rv)
+    if not np.isfinite(v):
+        raise ValueError(f'to_rest_grid: {spec.survey} {spec.product} {spec.star_id}: the velocity in its {spec.frame} frame is '
+                         f'unknown (rv={spec.rv}, bc={spec.bc}): pass rv= (a catalogue velocity)')
+    R = spec.R if R_native is None else R_native
+    r = Resampler(spec.wave, grid, R if np.all(np.isfinite(R)) else None, v, max_masked)
+    flux, ivar, bad = np.zeros(grid.n), np.zeros(grid.n), np.ones(grid.n, bool)
+    flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux, spec.ivar, spec.mask)
+    return dict(flux=flux, ivar=ivar, bad=bad, rv_used=v, resampler=r)

@@ -8,31 +8,30 @@ import pytest
 import torch
 
 from stellar_spectra.formats import C_KMS
-from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, chi2, draw_params, encode, evaluate, gon_loss,
-                                 load_checkpoint, log_lambda_grid, mock_batch, mock_spectrum, pad_spectra,
-                                 save_checkpoint, split_by_star, train_gon)
+from stellar_spectra.resample import common_grid
+from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, batch_from_store, chi2, draw_params, encode, evaluate,
+                                 gon_loss, grid_window, load_checkpoint, mock_batch, mock_spectrum, pad_spectra,
+                                 save_checkpoint, split_by_star, survey_pixels, train_gon)
 from stellar_spectra.inference import anomaly_score, fit_latent, fit_prior, impute, predict_survey
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WAVE = log_lambda_grid(5600, 5900)
+GRID = common_grid()                                   # the model's grid is the pipeline's one common grid
+WAVE = GRID.wave[grid_window(5600, 5900)]
 HALVES = {0: WAVE < 5750, 1: WAVE >= 5750}
 N1 = int(HALVES[1].sum())
-PIXEL_KMS = C_KMS / 10_000
+PIXEL_KMS = C_KMS * GRID.dln                           # one pixel of the common grid (~10 km/s)
 
 
 def small_cfg(**kw):
-    c = dict(latent_dim=6, hidden=32, n_layers=2, n_fourier=32, fourier_scale=60.0,
-             lnlam_min=np.log(5600), lnlam_max=np.log(5900))
-    c.update(kw)
-    return GONConfig(**c)
+    return GONConfig.window(5600, 5900, **{**dict(latent_dim=6, hidden=32, n_layers=2, n_fourier=32, fourier_scale=60.0), **kw})
 
 
 @pytest.fixture(scope='module')
 def trained():
     "A small model trained on 80 mock stars seen by two pseudo-surveys, with known velocities (rest-frame ln λ)."
     pars = draw_params(80, seed=21)
-    rv = C_KMS * np.expm1(np.random.default_rng(22).integers(-8, 9, len(pars)) / (4 * 10_000))  # quarter pixels
+    rv = C_KMS * np.expm1(np.random.default_rng(22).integers(-24, 25, len(pars)) * GRID.dln / 4)  # quarter pixels
     data, truth = mock_batch(pars, WAVE, HALVES, snr=100, seed=21, rv=rv, rest_frame=True)
     tri, vai, tei = split_by_star(data.star.numpy(), seed=1)
     torch.manual_seed(0)
@@ -126,6 +125,34 @@ def test_rv_recovered_with_honest_errors(trained):
     assert (fit['rv_err'].numpy() < 0.05 * PIXEL_KMS).all()
 
 
+def test_joint_latent_and_per_spectrum_rvs_across_surveys(trained):
+    "One star, two surveys, two different velocities: one latent from both spectra plus a velocity per spectrum."
+    stars = np.unique(trained['data'][trained['tei']].star.numpy())[:5]
+    pars = [trained['pars'][i] for i in stars]
+    vt = np.random.default_rng(33).uniform(-150, 150, (len(stars), 2))          # (star, survey) km/s
+    b, _ = mock_batch(pars, WAVE, HALVES, snr=100, seed=34, rv=vt)
+    m, prior = trained['model'], trained['prior']
+    joint = fit_latent(m, b, prior, fit_rv=True, by_star=True)
+    assert joint['z'].shape == (len(stars), 6) and joint['rv'].shape == (2 * len(stars),)
+    dv = joint['rv'].numpy() - vt.reshape(-1)
+    pull = dv / joint['rv_err'].numpy()
+    assert np.abs(dv).max() < 0.15 * PIXEL_KMS, dv                              # a small fraction of a pixel
+    assert np.abs(pull).max() < 3.5 and np.sqrt(np.mean(pull ** 2)) < 2.0, pull  # honest errors
+    single = [fit_latent(m, b[b.survey == k], prior, fit_rv=True) for k in (0, 1)]
+    tr = lambda c: c.diagonal(dim1=1, dim2=2).sum(1)
+    assert (tr(joint['z_cov']) < torch.minimum(tr(single[0]['z_cov']), tr(single[1]['z_cov']))).all()
+    full = pad_spectra([dict(wave=WAVE[h], flux=mock_spectrum(WAVE[h], p), ivar=np.full(h.sum(), 1e4))
+                        for p in pars for h in HALVES.values()], [0, 1] * len(pars), np.repeat(np.arange(len(pars)), 2))
+    ref = fit_latent(m, full, prior, by_star=True)['z']                         # noise-free, rest frame, both ranges
+    Li = torch.linalg.inv(prior[1])
+    dist = lambda z: float(((z - ref) @ Li * (z - ref)).sum(1).sqrt().mean())
+    assert dist(joint['z']) < min(dist(single[0]['z']), dist(single[1]['z'])), [dist(joint['z'])] + [dist(f['z']) for f in single]
+    # the joint velocities agree with the single-survey ones within the errors
+    for k, f in enumerate(single):
+        d = joint['rv'].numpy()[k::2] - f['rv'].numpy()
+        assert (np.abs(d) < 3 * f['rv_err'].numpy()).all(), (k, d)
+
+
 def test_imputed_gap_beats_linear_interpolation(trained):
     te_idx = trained['tei'][:10]
     b = trained['data'][te_idx]
@@ -174,6 +201,50 @@ def test_cross_survey_prediction_beats_mean_spectrum(trained, src, dst):
     assert e_gon < 0.5 * e_mean, (e_gon, e_mean)
 
 
+# ---- the regridded store ---------------------------------------------------------------------------------------------
+
+def _write_store(path, grid, pars, rng):
+    "A regridded store on `grid`: each star seen by both pseudo-surveys (halves of the window), a few bad pixels."
+    import pandas as pd
+    from stellar_spectra.storage import write_regridded
+    N, sl = 2 * len(pars), grid_window(5600, 5900, grid)
+    flux, ivar, weight = np.ones((N, grid.n), np.float32), np.zeros((N, grid.n), np.float32), np.zeros((N, grid.n), np.float32)
+    for i, p in enumerate(pars):
+        for k in (0, 1):
+            cols = np.arange(grid.n)[sl]; cols = cols[(grid.wave[cols] >= 5750) == bool(k)]; r = 2 * i + k
+            flux[r, cols] = mock_spectrum(grid.wave[cols], p) + rng.normal(0, 0.01, len(cols))
+            ivar[r, cols] = 1e4; weight[r, cols] = 1.0
+            weight[r, rng.choice(cols, 5, replace=False)] = 0.0                  # masked pixels (e.g. cosmic rays)
+    meta = pd.DataFrame(dict(spec_id=np.arange(N), star=np.repeat(np.arange(len(pars)) + 100, 2), survey=['galah', 'ges'] * len(pars),
+                             product='mock', star_id='', visit_id='', source='', rv_used=0.0, snr=100.0, teff=5000.0,
+                             logg=3.0, fe_h=0.0, flags=0))
+    arrays = dict(flux=flux, ivar=ivar, norm_flux=flux, norm_ivar=ivar, flags=np.zeros((N, grid.n), np.int32), weight=weight)
+    return write_regridded(path, grid, arrays, meta), weight
+
+
+def test_batch_from_regridded_store(tmp_path):
+    from stellar_spectra.storage import open_regridded
+    pars = draw_params(3, seed=50)
+    path, weight = _write_store(tmp_path / 'regridded.h5', GRID, pars, np.random.default_rng(50))
+    cfg = small_cfg(n_surveys=3)
+    with open_regridded(path) as store:
+        b = batch_from_store(store, [5, 0, 3], cfg=cfg)
+        assert b.star.tolist() == [102, 100, 101] and b.survey.tolist() == [2, 1, 2]        # galah = 1, ges = 2
+        for j, r in enumerate([5, 0, 3]):                                                     # exactly the weighted pixels, in order
+            n = int((weight[r] > 0).sum())
+            assert int((b.weight[j] > 0).sum()) == n
+            np.testing.assert_array_equal(b.lnlam[j, :n].numpy(), GRID.ln_wave[weight[r] > 0])
+        m = GON(cfg)
+        with torch.no_grad():
+            z, sidx = encode(m, b)
+        assert z.shape == (3, 6) and torch.isfinite(gon_loss(m, b))
+        lw = batch_from_store(store, [0], cfg=small_cfg(line_window_weight=2.0))              # line windows multiply the weights
+        assert set(torch.unique(lw.weight[0, :int((weight[0] > 0).sum())]).tolist()) == {1.0, 3.0}
+    other, _ = _write_store(tmp_path / 'other.h5', common_grid(oversample=2), pars[:1], np.random.default_rng(1))
+    with open_regridded(other) as store, pytest.raises(ValueError, match="resample them onto the model's grid"):
+        batch_from_store(store, [0], cfg=cfg)
+
+
 # ---- bad input ---------------------------------------------------------------------------------------------------
 
 def _batch(**kw):
@@ -197,9 +268,9 @@ def test_bad_inputs_get_clear_errors(trained):
         _batch(ivar=torch.ones(2, 49))
     with pytest.raises(ValueError, match='must be >= 0'):
         _batch(ivar=-torch.ones(2, 50))
-    apogee = log_lambda_grid(15200, 15300)                                   # another survey's grid
+    apogee = GRID.wave[grid_window(15200, 15300)]                           # another survey's range
     wrong = _batch(lnlam=torch.tensor(np.log(apogee[None, :50]), dtype=torch.float32).repeat(2, 1))
-    with pytest.raises(ValueError, match="outside the model's grid 5600.0-5900.0"):
+    with pytest.raises(ValueError, match=r"outside the model's grid 5600\.\d-5899\.\d"):
         gon_loss(m, wrong)
     with pytest.raises(ValueError, match="outside the model's grid"):
         fit_latent(m, wrong)
@@ -211,12 +282,12 @@ def test_bad_inputs_get_clear_errors(trained):
 
 # ---- bench ---------------------------------------------------------------------------------------------------------
 
-def test_bench_quick_runs_with_torch_and_numpy_only(tmp_path):
-    "bench/gon.py must run where only torch and numpy are installed: block the other packages."
+def test_bench_quick_runs_without_the_pipeline_extras(tmp_path):
+    "bench/gon.py must run on a bare accelerator machine: torch, numpy and what the common grid needs (scipy, fastcore) only."
     out = tmp_path / 'gon_cpu.md'
     code = ("import sys, runpy\n"
-            "for m in ('scipy', 'astropy', 'tqdm', 'pandas', 'matplotlib', 'h5py', 'fastcore', 'specutils'): sys.modules[m] = None\n"
-            f"sys.argv = ['bench/gon.py', '--quick', '--threads', '1', '--steps', '1', '--out', {str(out)!r}]\n"
+            "for m in ('astropy', 'tqdm', 'pandas', 'matplotlib', 'h5py', 'specutils', 'pyarrow'): sys.modules[m] = None\n"
+            f"sys.argv = ['bench/gon.py', '--quick', '--threads', '1', '--steps', '1', '--batch-naive', '1', '--batch-observed', '2', '--batch', '4', '--out', {str(out)!r}]\n"
             "runpy.run_path('bench/gon.py', run_name='__main__')\n")
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -109,3 +109,56 @@ def test_continuum_methods_recover_synth_continuum(method):
     nf, niv = normalise(GRID.wave, flux, ivar, ~cover & np.ones((4, 1), bool), method=method)
     assert (niv[:, ~cover] == 0).all() and np.isfinite(nf).all()
     assert abs(np.median((nf - norm)[:, cover])) < 0.01
+
+
+# --- to_rest_grid on mock-sky files of the three surveys ---------------------------------------------------------
+import warnings
+import pandas as pd
+from stellar_spectra.resample import to_rest_grid, rest_velocity
+
+TELLURIC = [(5795, 5815), (5865, 6005), (6465, 6605), (6855, 6895), (7155, 7345), (7585, 7760), (8115, 8345)]
+
+
+@pytest.fixture(scope='module')
+def sky(tmp_path_factory):
+    from stellar_spectra.mocksky import generate_mock_sky
+    root = tmp_path_factory.mktemp('sky')
+    generate_mock_sky(root, n_stars=12, seed=3, n_workers=1, progress=False)
+    obs = pd.read_parquet(root / 'truth' / 'observations.parquet')
+    stars = pd.read_parquet(root / 'truth' / 'stars.parquet').set_index('star_index')
+    return root, obs, stars
+
+
+def _landed_shift(root, o, stars):
+    "Read, put on the grid, normalise; shift (px) of the data relative to the truth."
+    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.mocksky import truth_spectrum
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore'); spec = read_spectrum(root / o.relpath)
+    star = stars.loc[o.star_index]
+    r = to_rest_grid(spec, GRID, rv=None if np.isfinite(spec.frame_rv) else star['rv'])
+    nf, niv = normalise(GRID.wave, r['flux'], r['ivar'], r['bad'])
+    t = synth.normalised_spectrum(GRID.wave, {k: star[k] for k in ('teff', 'logg', 'fe_h', 'alpha_fe', 'vsini')}, GRID.R)
+    clear = ~np.any([(GRID.wave > a) & (GRID.wave < b) for a, b in TELLURIC], axis=0)
+    w = np.where(r['bad'] | (niv == 0) | ~clear, 0.0, np.minimum(niv, np.median(niv[niv > 0])))
+    return spec, r, offset_pixels_w(nf, t, w)
+
+
+def offset_pixels_w(d, t, w):
+    tp = np.gradient(t)
+    return -(w * (d - t) * tp).sum() / (w * tp * tp).sum()
+
+
+@pytest.mark.parametrize('survey,product', [('apogee', 'apStar'), ('apogee', 'apVisit'), ('galah', 'ccd1'), ('ges', 'uves')])
+def test_to_rest_grid_lands_mock_sky_lines(sky, survey, product):
+    root, obs, stars = sky
+    sel = obs[(obs['survey'] == survey) & (obs['product'] == product) & (obs['anomaly'] == '')].drop_duplicates('relpath')
+    assert len(sel)
+    for o in sel.head(3).itertuples():
+        spec, r, shift = _landed_shift(root, o, stars)
+        assert r['flux'].shape == (GRID.n,) and r['bad'][:r['resampler'].sl.start].all() and (r['ivar'][r['bad']] == 0).all()
+        assert r['rv_used'] == pytest.approx(rest_velocity(spec, None if np.isfinite(spec.frame_rv) else stars.loc[o.star_index, 'rv']))
+        # the velocity removed is the file's velocity of the star (mock truth), 0 for rest-frame apStar
+        if product != 'apStar' and np.isfinite(spec.frame_rv): assert r['rv_used'] == pytest.approx(o.rv_file, abs=0.5)
+        assert abs(shift) < 0.05, (o.relpath, shift)
+

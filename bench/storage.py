@@ -1,0 +1,163 @@
+"""Regridded HDF5 store: random-batch read throughput and file size of the chosen layout against contiguous, h5py's
+default (auto-chunked, gzip) and one-chunk-per-spectrum layouts; loading the whole sample against reading the file.
+
+Usage: .venv/bin/python bench/storage.py [--n 2000] [--out bench/results/storage.md]
+"""
+import argparse, os, platform, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+import h5py
+from stellar_spectra.atomic import atomic_write
+from stellar_spectra.resample import common_grid
+from stellar_spectra.storage import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
+
+FIELDS = ('norm_flux', 'norm_ivar', 'weight')  # what training reads
+COVER = {'apogee': [(15140, 15800), (15860, 16430), (16480, 16960)],  # rest-frame vacuum Å, chip gaps left out
+         'galah': [(4713, 4903), (5648, 5873), (6478, 6737), (7585, 7887)],
+         'ges': [(4760, 5770), (5830, 6840)]}
+
+_COVER = {}
+
+def block(grid, r0, r1):
+    "Realistic rows r0..r1: each survey's coverage (noise in float32), zeros elsewhere, as the masks stage leaves them."
+    if not _COVER: _COVER.update({s: np.any([(grid.wave >= a) & (grid.wave <= b) for a, b in c], axis=0) for s, c in COVER.items()})
+    rng = np.random.default_rng(r0); n = r1 - r0
+    out = {k: np.zeros((n, grid.n), np.float32) for k in FIELDS}
+    for i in range(n):
+        c = _COVER[('apogee', 'galah', 'ges')[(r0 + i) % 3]]; m = int(c.sum()); good = rng.random(m) > 0.03  # a few % masked
+        out['norm_flux'][i, c] = rng.normal(1, 0.02, m)
+        out['norm_ivar'][i, c] = np.where(good, rng.uniform(500, 5000, m), 0)
+        out['weight'][i, c] = np.where(good, np.where(rng.random(m) < 0.05, 0.5, 1.0), 0)
+    return out
+
+def layouts(n_rows, n_px):
+    "name -> (create_dataset kwargs, skip empty chunks)."
+    sh, f4 = (n_rows, n_px), np.float32
+    return {
+        'contiguous (h5py default, no compression)': (dict(shape=sh, dtype=f4), False),
+        "h5py default with gzip (auto-chunked, compression='gzip')": (dict(shape=sh, dtype=f4, compression='gzip'), False),
+        'one chunk per spectrum (1, n), no compression': (dict(shape=sh, dtype=f4, chunks=(1, n_px)), False),
+        'one chunk per spectrum (1, n), lzf': (dict(shape=sh, dtype=f4, chunks=(1, n_px), compression='lzf'), False),
+        f'chosen: ({CHUNK_ROWS}, {CHUNK_PX}) {COMPRESSION or "no compression"}, empty chunks unwritten': (_chunked(sh, f4), True),
+        '(1, 2048) lzf, empty chunks unwritten': (_chunked(sh, f4, compression='lzf'), True),
+        '(1, 2048) gzip-1 + shuffle, empty chunks unwritten': (_chunked(sh, f4, compression='gzip'), True),
+        '(1, 1024) no compression, empty chunks unwritten': (_chunked(sh, f4, chunk_px=1024, compression=None), True),
+        '(1, 4096) no compression, empty chunks unwritten': (_chunked(sh, f4, chunk_px=4096, compression=None), True),
+        '(16, 2048) lzf, empty chunks unwritten': (_chunked(sh, f4, chunk_rows=16, compression='lzf'), True),
+    }
+
+_TABLES = {}
+
+def ours(ds, rows):
+    "The store's reader: the direct path (chunk offsets + os.preadv) where the layout allows it, else sorted runs through h5py."
+    if not _direct_ok(ds): return _read_rows(ds, rows)
+    key = (ds.file.filename, ds.name)
+    if key not in _TABLES: _TABLES[key] = (os.open(ds.file.filename, os.O_RDONLY), _chunk_table(ds))
+    fd, tab = _TABLES[key]
+    return _read_direct(fd, tab, rows, np.zeros((len(rows), ds.shape[1]), ds.dtype))
+
+def forget():
+    for fd, _ in _TABLES.values(): os.close(fd)
+    _TABLES.clear()
+
+def drop_cache(path):
+    "Evict the file from the page cache (posix_fadvise DONTNEED; the host may still cache it)."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally: os.close(fd)
+
+def write(path, grid, n, kw, skip, bs=256):
+    t = time.perf_counter()
+    with h5py.File(path, 'w', libver='latest') as f:
+        dss = {k: f.create_dataset(k, **kw) for k in FIELDS}
+        for r0 in range(0, n, bs):
+            b = block(grid, r0, min(n, r0 + bs))
+            for k in FIELDS:
+                if skip: _write_rows(dss[k], r0, b[k])
+                else: dss[k][r0:r0 + len(b[k])] = b[k]
+    return time.perf_counter() - t
+
+def h5py_fancy(ds, rows):
+    "What a user would write: h5py fancy indexing needs increasing rows, so sort and reorder."
+    o = np.argsort(rows); out = np.empty((len(rows), ds.shape[1]), ds.dtype); out[o] = ds[np.sort(rows)]; return out
+
+def time_batches(path, batches, reader, min_s=1.5, cold=True):
+    "Spectra per second reading random batches (all FIELDS) until min_s has passed (at least 2 batches)."
+    if cold: drop_cache(path)
+    n_read, t0, c0 = 0, time.perf_counter(), time.process_time()
+    with h5py.File(path, 'r') as f:
+        for i, rows in enumerate(batches):
+            for k in FIELDS: reader(f[k], rows)
+            n_read += len(rows)
+            if i >= 1 and time.perf_counter() - t0 > min_s: break
+    return n_read / (time.perf_counter() - t0), n_read / (time.process_time() - c0)
+
+def time_load(path):
+    "Seconds to load every field whole into memory (cold) and to read the file's bytes (cold)."
+    drop_cache(path); t = time.perf_counter()
+    with h5py.File(path, 'r') as f:
+        for k in FIELDS:
+            if _direct_ok(f[k]): ours(f[k], np.arange(f[k].shape[0]))
+            else: f[k].read_direct(np.empty(f[k].shape, f[k].dtype))
+    t_load = time.perf_counter() - t; forget()
+    drop_cache(path); t = time.perf_counter()
+    with open(path, 'rb') as fh:
+        while fh.read(16 << 20): pass
+    return t_load, time.perf_counter() - t
+
+def main():
+    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=2000); ap.add_argument('--batch', type=int, default=256)
+    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'storage.md')); ap.add_argument('--dir', default=None)
+    a = ap.parse_args(); grid = common_grid(); n = a.n
+    rng = np.random.default_rng(1); batches = [rng.choice(n, a.batch, replace=False) for _ in range(200)]
+    d = Path(tempfile.mkdtemp(dir=a.dir)); rows, raw = [], n * grid.n * 4 * len(FIELDS)
+    check = block(grid, 0, min(n, 256))  # the first written block
+    for name, (kw, skip) in layouts(n, grid.n).items():
+        p = d / 'layout.h5'; tw = write(p, grid, n, kw, skip); size = p.stat().st_size
+        with h5py.File(p, 'r') as f:  # the layout returns the right rows
+            for k in FIELDS: np.testing.assert_array_equal(ours(f[k], [3, 0, 7]), check[k][[3, 0, 7]])
+            chunks = f[FIELDS[0]].chunks
+        forget(); ours_c = time_batches(p, batches, ours); ours_w = time_batches(p, batches[100:], ours, cold=False); forget()
+        fancy_c = time_batches(p, batches[50:], h5py_fancy)
+        t_load, t_file = time_load(p)
+        rows.append(dict(name=name, chunks=chunks, size=size, ratio=raw / size, write=n / tw, ours_c=ours_c, ours_w=ours_w,
+                         fancy_c=fancy_c, load=raw / t_load / 1e6, file=size / t_file / 1e6))
+        print(rows[-1], flush=True); p.unlink()
+    base = next(r for r in rows if r['name'].startswith('h5py default'))
+    chosen = next(r for r in rows if r['name'].startswith('chosen'))
+    contig = next(r for r in rows if r['name'].startswith('contiguous'))
+    lines = ['# Storage benchmark', '',
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs ({platform.machine()}), load average at the start "
+             f"{os.getloadavg()[0]:.2f} (shared machine: absolute figures are indicative, ratios come from one run); Python {platform.python_version()}, "
+             f"h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}.", '',
+             f"{n} spectra on the common grid ({grid.n} px) with realistic coverage (APOGEE, GALAH, Gaia-ESO UVES in turn: 7-23% of the grid "
+             f"covered, zeros elsewhere, noise in float32), fields {', '.join(FIELDS)} (what training reads): {raw / 1e9:.2f} GB uncompressed. "
+             f"Random batches of {a.batch} distinct rows, all three fields; 'cold' evicts the file from the page cache first "
+             "(posix_fadvise DONTNEED; the host under this VM may still cache it, so cold is between disk and memory speed), 'warm' reads "
+             "batches again with the file cached. Our reader (`RegriddedStore.read`: for unfiltered one-row chunks, chunk offsets looked up once and the bytes read with `os.preadv` into the output; otherwise sorted runs read in place through h5py; the chunk table is built on the first batch, inside the cold timing) against h5py fancy "
+             "indexing (`ds[sorted rows]`, reordered). h5py's automatic chunk shape grows with N (here "
+             f"{base['chunks']}; (157, 371) at 20,000 rows, (391, 186) at 200,000), so at full sample size the default layout reads even "
+             "more unwanted rows per batch than measured here.", '',
+             '| layout | chunks | file size (MB) | size ÷ uncompressed | write (spectra/s) | random batches, ours, cold: spectra/s wall (per CPU-s) | ours, warm | h5py fancy index, cold | whole load (MB/s of arrays) | file read (MB/s on disk) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['chunks']} | {r['size'] / 1e6:,.0f} | {1 / r['ratio']:.3f} | {r['write']:,.0f} | {r['ours_c'][0]:,.0f} ({r['ours_c'][1]:,.0f}) | "
+                     f"{r['ours_w'][0]:,.0f} ({r['ours_w'][1]:,.0f}) | {r['fancy_c'][0]:,.0f} ({r['fancy_c'][1]:,.0f}) | {r['load']:,.0f} | {r['file']:,.0f} |")
+    x = lambda r, k, i: r[k][i]
+    lines += ['', f"**Goal: random batches of {a.batch} at least 5× faster than h5py's default (gzip) layout.** Chosen layout with our reader, "
+              f"cold: {chosen['ours_c'][0]:,.0f} spectra/s (wall; {chosen['ours_c'][1]:,.0f} per CPU-second) against {base['fancy_c'][0]:,.0f} "
+              f"({base['fancy_c'][1]:,.0f}) for the default layout read with h5py fancy indexing: **{chosen['ours_c'][0] / base['fancy_c'][0]:.1f}× "
+              f"wall, {chosen['ours_c'][1] / base['fancy_c'][1]:.1f}× CPU**; against the default layout read with our reader ({base['ours_c'][0]:,.0f}) "
+              f"{chosen['ours_c'][0] / base['ours_c'][0]:.1f}×; against the contiguous layout ({contig['ours_c'][0]:,.0f}) "
+              f"{chosen['ours_c'][0] / contig['ours_c'][0]:.1f}×. File size {chosen['size'] / 1e6:,.0f} MB against {raw / 1e6:,.0f} MB "
+              f"uncompressed ({raw / chosen['size']:.1f}× smaller) and {base['size'] / 1e6:,.0f} MB for gzip.",
+              '', f"**Whole sample into memory** (`RegriddedStore.load`, cold): {raw / 1e6:,.0f} MB of arrays in {raw / chosen['load'] / 1e6:.2f} s "
+              f"({chosen['load']:,.0f} MB/s of arrays) from the {chosen['size'] / 1e6:,.0f} MB file; reading just the bytes of that file takes "
+              f"{chosen['size'] / chosen['file'] / 1e6:.2f} s ({chosen['file']:,.0f} MB/s) and those of the contiguous (dense) file "
+              f"{raw / contig['file'] / 1e6:.2f} s, while h5py loads the contiguous layout in {raw / contig['load'] / 1e6:.2f} s: loading the store "
+              f"takes {raw / chosen['load'] / (raw / contig['file']):.1f}× the time the disk needs to deliver the dense arrays. "
+              f"One random batch of {a.batch} (3 fields) takes {a.batch / chosen['ours_c'][0] * 1e3:.0f} ms wall "
+              f"({a.batch / chosen['ours_c'][1] * 1e3:.0f} ms of CPU) cold.", '']
+    atomic_write(a.out, "\n".join(lines)); print('\n'.join(lines))
+
+if __name__ == '__main__': main()

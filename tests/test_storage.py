@@ -1,0 +1,292 @@
+"""Storage: exact round trips (HDF5 and Parquet), random batches, shards merged exactly once, clear errors on bad stores."""
+import os, pickle, subprocess, sys
+from pathlib import Path
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from stellar_spectra.resample import common_grid
+from stellar_spectra.spectrum import Spectrum, PixelFlag
+from stellar_spectra.storage import (StoreError, write_regridded, open_regridded, write_native, read_native, read_native_meta,
+                                     write_shard, completed_shards, merge_shards, demo_sample, SPEC_ORDER)
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = common_grid(wmin=5000, wmax=5600)  # 3,400 px: small, but several chunks wide with chunk_px=1000
+
+
+def sample(n=30, seed=0):
+    "Arrays with NaN, inf, -0.0, extreme flags and an extra int16 array; a table with strings, bools and NaN."
+    grid, arrays, meta = demo_sample(n, GRID, seed)
+    f = arrays['norm_flux']; f[0, :4] = [np.nan, np.inf, -np.inf, -0.0]; f[1, -1] = np.float32(1e-45)  # subnormal
+    arrays['flags'][2, :3] = [np.iinfo(np.int32).max, np.iinfo(np.int32).min, -1]
+    arrays['extra'] = np.arange(n * grid.n, dtype=np.int16).reshape(n, grid.n) % 7
+    meta['good'] = np.arange(n) % 2 == 0; meta.loc[3, 'teff'] = np.nan; meta.loc[4, 'star_id'] = 'ünïcode ☆'
+    meta['big'] = np.int64(2**62) + np.arange(n)
+    return grid, arrays, meta
+
+
+def same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a.view(f'u{a.dtype.itemsize}'), b.view(f'u{b.dtype.itemsize}'))
+
+
+@pytest.mark.parametrize('compression', [None, 'lzf', 'gzip'])
+@pytest.mark.parametrize('chunk_px', [1000, None])
+def test_hdf5_round_trip_exact(tmp_path, compression, chunk_px):
+    grid, arrays, meta = sample()
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression=compression, chunk_px=chunk_px)
+    assert [p.name for p in tmp_path.iterdir()] == ['r.h5']  # no temporary file left
+    with open_regridded(tmp_path / 'r.h5') as st:
+        assert st.grid == grid and len(st) == 30 and sorted(st.fields) == sorted(arrays)
+        np.testing.assert_array_equal(st.file['grid/ln_wave'][()], grid.ln_wave)
+        pd.testing.assert_frame_equal(st.meta, meta)
+        for k, v in st.load(list(arrays)).items(): same_bits(v, arrays[k].astype(v.dtype))
+        assert st.load(('extra',))['extra'].dtype == np.int16
+
+
+def test_float64_and_missing_spec_id(tmp_path):
+    grid, arrays, meta = sample(6)
+    arrays['flux'] = arrays['flux'].astype(np.float64); meta = meta.drop(columns='spec_id')
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta)
+    with open_regridded(tmp_path / 'r.h5') as st:
+        assert st.meta.spec_id.tolist() == list(range(6)) and st.read([1], ('flux',))['flux'].dtype == np.float32
+    with pytest.raises(ValueError, match='spec_id must be the row number'):
+        write_regridded(tmp_path / 'bad.h5', grid, arrays, meta.assign(spec_id=np.arange(6)[::-1]))
+    with pytest.raises(ValueError, match="array 'flux' has shape"):
+        write_regridded(tmp_path / 'bad.h5', grid, {'flux': np.zeros((6, 10))}, meta)
+    assert not (tmp_path / 'bad.h5').exists()
+
+
+@pytest.mark.parametrize('compression', [None, 'gzip'])
+def test_random_batches_right_rows(tmp_path, compression):
+    grid, arrays, meta = sample(60, seed=3)
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression=compression, chunk_px=1000)
+    rng = np.random.default_rng(0)
+    with open_regridded(tmp_path / 'r.h5') as st:
+        for size in (1, 7, 40, 256):
+            rows = rng.integers(0, 60, size)  # unsorted, with duplicates
+            got = st.read(rows, fields=('norm_flux', 'flags', 'weight'))
+            for k, v in got.items(): same_bits(v, arrays[k][rows])
+        got = st.read(np.arange(59, -1, -1), ('norm_flux',))['norm_flux']; same_bits(got, arrays['norm_flux'][::-1])
+        seen = []
+        for b in st.batches(16, seed=5, fields=('norm_ivar',)):
+            same_bits(b['norm_ivar'], arrays['norm_ivar'][b['rows']]); seen.append(b['rows'])
+        seen = np.concatenate(seen); assert sorted(seen) == list(range(60)) and list(seen) != list(range(60))
+        assert [b['rows'].tolist() for b in st.batches(16, seed=5)] == [b['rows'].tolist() for b in st.batches(16, seed=5)]
+        assert [len(b['rows']) for b in st.batches(16, shuffle=False, drop_last=True)] == [16, 16, 16]
+        for a, b in zip(st.batches(16, seed=2, prefetch=False), st.batches(16, seed=2, prefetch=True)):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+        it = st.batches(8); next(it); it.close()  # abandoning a prefetching iterator is clean
+        sub = next(st.batches(5, rows=st.rows_of_survey('galah')))['rows']; assert set(sub) <= set(np.flatnonzero(meta.survey == 'galah'))
+        for star, g in meta.groupby('star'): assert st.rows_of_star(star).tolist() == g.index.tolist()
+        for s, g in meta.groupby('survey'): assert st.rows_of_survey(s).tolist() == g.index.tolist()
+        with pytest.raises(IndexError): st.read([60])
+        with pytest.raises(IndexError): st.read([-1])
+
+
+def test_store_pickles_for_workers(tmp_path):
+    grid, arrays, meta = sample(8)
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta)
+    st = open_regridded(tmp_path / 'r.h5'); st.read([1])
+    st2 = pickle.loads(pickle.dumps(st)); same_bits(st2.read([3, 1])['weight'], arrays['weight'][[3, 1]]); st.close(); st2.close()
+
+
+def spectra(n=7, seed=0):
+    "Native spectra with NaN / inf flux, bad errors, survey flags of several dtypes (or none), nested meta."
+    rng, out = np.random.default_rng(seed), []
+    dts = [np.uint16, np.int64, np.uint32, bool, None]
+    for i in range(n):
+        w = np.sort(rng.uniform(4700, 4900, 100 + 37 * i)); w = np.unique(w)
+        fl = rng.normal(1, .1, len(w)); fl[:2] = [np.nan, np.inf]; iv = rng.uniform(0, 2, len(w)); iv[5] = -1
+        dt = dts[i % len(dts)]
+        sf = None if dt is None else rng.integers(0, 2 if dt is bool else 60000, len(w)).astype(dt)
+        out.append(Spectrum(w, fl, iv, flags=rng.integers(0, 2048, len(w)), survey_flags=sf, frame=('observed', 'barycentric', 'rest')[i % 3],
+                            R=np.nan if i == 2 else 22000., survey=('galah', 'ges')[i % 2], product='uves', star_id=f'★{i}', visit_id='' if i % 2 else 'v1',
+                            ra=np.nan, dec=-12.5, snr=float(i), rv=1e-300, bc=-0.0, flux_unit='erg / (Angstrom s cm2)',
+                            meta={'segments': [('ccd1', 0, 10), ('ccd2', 10, len(w))], 'arr': np.arange(3, dtype=np.int16), 'x': None,
+                                  'deep': {'t': (1.5, 'a', [1, (2,)])}, 'f': np.float64(np.pi)}))
+    return out
+
+
+def assert_same(a, b):
+    for k in ('wave', 'flux', 'ivar', 'flags'): same_bits(getattr(a, k), getattr(b, k))
+    if a.survey_flags is None: assert b.survey_flags is None
+    else: assert a.survey_flags.dtype == b.survey_flags.dtype; np.testing.assert_array_equal(a.survey_flags, b.survey_flags)
+    for k in ('frame', 'R', 'survey', 'product', 'star_id', 'visit_id', 'ra', 'dec', 'snr', 'rv', 'bc', 'flux_unit'):
+        x, y = getattr(a, k), getattr(b, k); assert type(x) is type(y); np.testing.assert_equal(x, y)
+        if isinstance(x, float): assert np.signbit(x) == np.signbit(y)
+    assert a.meta.keys() == b.meta.keys()
+    for k in a.meta:
+        if isinstance(a.meta[k], np.ndarray): assert a.meta[k].dtype == b.meta[k].dtype; np.testing.assert_array_equal(a.meta[k], b.meta[k])
+        else: assert a.meta[k] == b.meta[k]
+
+
+def test_parquet_round_trip_exact(tmp_path):
+    sp = spectra()
+    assert sp[0].flags[0] & PixelFlag.NONFINITE and sp[0].flags[1] & PixelFlag.NONFINITE and sp[0].ivar[5] == 0
+    write_native(tmp_path / 'n.parquet', sp, pd.DataFrame({'spec_id': np.arange(7), 'star': np.arange(7) * 10, 'survey': 'ignored'}), row_group_size=3)
+    assert [p.name for p in tmp_path.iterdir()] == ['n.parquet'] and pq.ParquetFile(tmp_path / 'n.parquet').num_row_groups == 3
+    for a, b in zip(sp, read_native(tmp_path / 'n.parquet')): assert_same(a, b)
+    rows = [6, 0, 4, 4, 1]
+    for i, b in zip(rows, read_native(tmp_path / 'n.parquet', rows=rows)): assert_same(sp[i], b)
+    assert read_native(tmp_path / 'n.parquet', rows=[]) == []
+    m = read_native_meta(tmp_path / 'n.parquet')
+    assert m.star.tolist() == [0, 10, 20, 30, 40, 50, 60] and m.survey.tolist() == [s.survey for s in sp]  # Spectrum fields win
+    write_native(tmp_path / 'empty.parquet', [])
+    assert read_native(tmp_path / 'empty.parquet') == []
+    with pytest.raises(IndexError): read_native(tmp_path / 'n.parquet', rows=[7])
+
+
+def shard_inputs(n=24, seed=0):
+    grid, arrays, meta = demo_sample(n, GRID, seed)
+    meta = meta.sample(frac=1, random_state=1).reset_index(drop=True)  # shards need not come in star order
+    arrays = {k: v[meta.spec_id.to_numpy()] for k, v in arrays.items()}
+    return grid, arrays, meta.drop(columns='spec_id'), spectra(n, seed)
+
+
+def write_chunks(sd, grid, arrays, meta, native, size, prefix='c', stop=None):
+    "Write shards of `size` rows, skipping complete ones (a resumable run); stop after `stop` shards (an interruption)."
+    done, written = completed_shards(sd), 0
+    for i in range(0, len(meta), size):
+        key = f'{prefix}{i:05d}'
+        if key in done: continue
+        if stop is not None and written == stop: raise KeyboardInterrupt
+        sl = slice(i, i + size)
+        write_shard(sd, key, {k: v[sl] for k, v in arrays.items()}, meta[sl], native[sl], grid=grid); written += 1
+    return written
+
+
+def check_merged(out, arrays, meta, native):
+    "Every input spectrum exactly once, in SPEC_ORDER, with its arrays and native spectrum."
+    order = meta.sort_values(list(SPEC_ORDER), kind='stable').index.to_numpy()
+    with open_regridded(out / 'regridded.h5') as st:
+        assert st.meta.spec_id.tolist() == list(range(len(meta)))
+        assert st.meta.source.tolist() == meta.source[order].tolist()
+        assert not st.meta.duplicated(['survey', 'source', 'visit_id']).any()
+        for k, v in st.load(list(arrays)).items(): same_bits(v, arrays[k][order])
+    n = 0
+    for s in sorted(set(meta.survey)):
+        nm = read_native_meta(out / f'native_{s}.parquet'); rows = order[nm.spec_id.to_numpy()]; n += len(nm)
+        assert nm.source.tolist() == meta.source[rows].tolist() and nm.star.tolist() == meta.star[rows].tolist()
+        for i, b in zip(rows, read_native(out / f'native_{s}.parquet')): assert_same(native[i], b)
+    assert n == len(meta)
+
+
+def test_merge_interrupted_and_resumed(tmp_path):
+    grid, arrays, meta, native = shard_inputs()
+    sd = tmp_path / 'shards'
+    with pytest.raises(KeyboardInterrupt): write_chunks(sd, grid, arrays, meta, native, 5, stop=2)
+    (sd / '.c00010.h5.abc123.part').write_bytes(b'half a shard')  # the temporary file of the killed write
+    assert completed_shards(sd) == {'c00000', 'c00005'}
+    assert write_chunks(sd, grid, arrays, meta, native, 5) == 3  # resumes: only the missing shards
+    assert write_chunks(sd, grid, arrays, meta, native, 5) == 0
+    s = merge_shards(sd, tmp_path / 'out', progress=False)
+    assert s['n_spectra'] == 24 and s['n_shards'] == 5 and s['n_duplicates_dropped'] == 0
+    assert s['per_survey'] == meta.survey.value_counts().sort_index().to_dict()
+    check_merged(tmp_path / 'out', arrays, meta, native)
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['native_apogee.parquet', 'native_galah.parquet', 'native_ges.parquet',
+                                                                   'regridded.h5', 'store_summary.json']
+
+
+def test_merge_rewritten_and_overlapping_shards(tmp_path):
+    grid, arrays, meta, native = shard_inputs(seed=2)
+    sd = tmp_path / 'shards'
+    write_chunks(sd, grid, arrays, meta, native, 5)
+    write_chunks(sd, grid, arrays, meta, native, 8, prefix='rerun')  # a re-run with another chunk size: every spectrum twice
+    key = 'c00005'; write_shard(sd, key, {k: v[5:10] for k, v in arrays.items()}, meta[5:10], native[5:10], grid=grid)  # re-written
+    # an incomplete pair: a new Parquet whose HDF5 never came (killed between the two writes) -> not complete, old pair ignored
+    write_shard(sd, 'lonely', {k: v[:2] for k, v in arrays.items()}, meta[:2], native[:2], grid=grid)
+    pq.write_table(pq.read_table(sd / 'lonely.parquet').replace_schema_metadata({b'shard_token': b'other'}), sd / 'lonely.parquet')
+    (sd / 'junk.h5').write_bytes(b'\x89HDF\r\n\x1a\n truncated')  # unreadable: not complete
+    assert 'lonely' not in completed_shards(sd) and 'junk' not in completed_shards(sd)
+    s = merge_shards(sd, tmp_path / 'out', progress=False)
+    assert s['n_spectra'] == 24 and s['n_duplicates_dropped'] == 24
+    check_merged(tmp_path / 'out', arrays, meta, native)
+
+
+def test_merge_checks_grid_and_columns(tmp_path):
+    grid, arrays, meta, native = shard_inputs(6)
+    write_shard(tmp_path / 'a', 'x', arrays, meta, native, grid=grid)
+    with pytest.raises(StoreError, match='shards are on'): merge_shards(tmp_path / 'a', tmp_path / 'o', grid=common_grid(), progress=False)
+    write_shard(tmp_path / 'b', 'x', arrays, meta.drop(columns='source'), native)
+    with pytest.raises(StoreError, match=r"lack columns \['source'\]"): merge_shards(tmp_path / 'b', tmp_path / 'o', progress=False)
+    with pytest.raises(StoreError, match='no complete shards'): merge_shards(tmp_path / 'none', tmp_path / 'o', progress=False)
+    # a shard writer that names the file 'relpath' and numbers rows itself (the preprocess work plan): kept as plan_id
+    m = meta.rename(columns={'source': 'relpath'}).assign(spec_id=np.arange(100, 106))
+    write_shard(tmp_path / 'c', 'x', arrays, m, native, grid=grid)
+    merge_shards(tmp_path / 'c', tmp_path / 'o', progress=False)
+    with open_regridded(tmp_path / 'o' / 'regridded.h5') as st:
+        assert sorted(st.meta.plan_id) == list(range(100, 106)) and st.meta.spec_id.tolist() == list(range(6))
+
+
+def test_bad_hdf5_stores(tmp_path):
+    grid, arrays, meta = sample(6)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta); raw = p.read_bytes()
+    def err(path, match):
+        with pytest.raises(StoreError, match=match) as e: open_regridded(path).read([0, 1], fields=('weight',))
+        assert str(path) in str(e.value) and e.value.path == str(path)
+    err(tmp_path / 'missing.h5', 'no such file')
+    (tmp_path / 'cut.h5').write_bytes(raw[:len(raw) // 2]); err(tmp_path / 'cut.h5', 'truncated or corrupt')
+    (tmp_path / 'cut2.h5').write_bytes(raw[:-10]); err(tmp_path / 'cut2.h5', 'truncated or corrupt')
+    (tmp_path / 'junk.h5').write_bytes(os.urandom(5000)); err(tmp_path / 'junk.h5', 'not a readable HDF5')
+    (tmp_path / 'zero.h5').write_bytes(b'\0' * 64 + raw[64:]); err(tmp_path / 'zero.h5', 'not a readable HDF5')
+    for name, drop, match in [('nodata.h5', 'arrays/weight', "missing array 'weight'"), ('nometa.h5', 'meta', "missing 'meta'"),
+                              ('nogrid.h5', 'grid', "missing 'grid'")]:
+        (tmp_path / name).write_bytes(raw)
+        with h5py.File(tmp_path / name, 'a') as f: del f[drop]
+        err(tmp_path / name, match)
+    (tmp_path / 'short.h5').write_bytes(raw)
+    with h5py.File(tmp_path / 'short.h5', 'a') as f: del f['arrays/flux']; f['arrays/flux'] = np.zeros((5, grid.n), np.float32)
+    err(tmp_path / 'short.h5', r"array 'flux' has shape \(5, 3400\), expected \(6, 3400\)")
+    with h5py.File(tmp_path / 'other.h5', 'w') as f: f['x'] = 1
+    err(tmp_path / 'other.h5', 'not a regridded store')
+
+
+def test_corrupt_compressed_chunk(tmp_path):
+    "A damaged compressed chunk is reported by the read that meets it."
+    grid, arrays, meta = sample(6)
+    arrays = {'norm_flux': np.random.default_rng(0).normal(size=(6, grid.n)).astype(np.float32)}
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression='gzip')
+    with h5py.File(p) as f: info = f['arrays/norm_flux'].id.get_chunk_info(0)
+    b = bytearray(p.read_bytes()); b[info.byte_offset + 10:info.byte_offset + 200] = os.urandom(190); p.write_bytes(bytes(b))
+    with open_regridded(p) as st, pytest.raises(StoreError, match="r.h5: cannot read array 'norm_flux'"): st.read([0], ('norm_flux',))
+
+
+def test_bad_parquet_stores(tmp_path):
+    p = write_native(tmp_path / 'n.parquet', spectra(4)); raw = p.read_bytes()
+    def err(path, match, **kw):
+        with pytest.raises(StoreError, match=match) as e: read_native(path, **kw)
+        assert str(path) in str(e.value)
+    err(tmp_path / 'missing.parquet', 'no such file')
+    (tmp_path / 'cut.parquet').write_bytes(raw[:len(raw) // 2]); err(tmp_path / 'cut.parquet', 'truncated or corrupt')
+    (tmp_path / 'cut2.parquet').write_bytes(raw[:-3]); err(tmp_path / 'cut2.parquet', 'truncated or corrupt')
+    (tmp_path / 'junk.parquet').write_bytes(os.urandom(3000)); err(tmp_path / 'junk.parquet', 'truncated or corrupt')
+    pq.write_table(pq.read_table(p).drop_columns(['flux']), tmp_path / 'noflux.parquet')
+    err(tmp_path / 'noflux.parquet', r"missing columns \['flux'\]")
+    b = bytearray(raw); b[100:len(raw) // 2] = os.urandom(len(raw) // 2 - 100); (tmp_path / 'garbled.parquet').write_bytes(bytes(b))
+    err(tmp_path / 'garbled.parquet', 'corrupt')
+    with pytest.raises(StoreError, match='meta_cut.parquet'): read_native_meta(tmp_path / 'meta_cut.parquet')
+
+
+def test_store_stage_notebook(tmp_path):
+    "The `store` stage run by papermill merges given shards (and, by default, its own demo)."
+    grid, arrays, meta, native = shard_inputs(9)
+    write_chunks(tmp_path / 'shards', grid, arrays, meta, native, 4)
+    r = subprocess.run([sys.executable, '-m', 'papermill', '--cwd', str(ROOT / 'nbs'), '--no-progress-bar', str(ROOT / 'nbs' / '06_storage.ipynb'),
+                        str(tmp_path / 'run.ipynb'), '-p', 'src', str(tmp_path / 'shards'), '-p', 'outdir', str(tmp_path / 'out')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_merged(tmp_path / 'out', arrays, meta, native)
+
+
+def test_stored_chunk_runs_checked(tmp_path):
+    "The run table stored by the writer is used when it matches HDF5's chunk index, and rebuilt when it does not."
+    grid, arrays, meta = sample(10)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, chunk_px=1000)
+    with h5py.File(p, 'a') as f:
+        assert sorted(f['runs']) == sorted(arrays)
+        off = f['runs/weight/offset']; off[...] = off[()] + 4  # as if the file had been repacked
+    with open_regridded(p) as st:
+        for k, v in st.read([9, 2, 2, 0], fields=('weight', 'norm_flux')).items(): same_bits(v, arrays[k][[9, 2, 2, 0]])
