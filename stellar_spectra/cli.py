@@ -10,7 +10,7 @@ from fastcore.docments import docments
 
 # %% auto 0
 __all__ = ['STAGES', 'missing_reason', 'short_help', 'load', 'arg_type', 'add_func_args', 'build_parser', 'main', 'dir_summary',
-           'pipeline_summary', 'summary']
+           'stage_facts', 'pipeline_summary', 'summary']
 
 # %% ../nbs/cli.ipynb
 STAGES = {
@@ -18,6 +18,8 @@ STAGES = {
     'download': 'stellar_spectra.download:download',
     'read': 'stellar_spectra.readers:read_spectrum',
     'crossmatch': 'stellar_spectra.crossmatch:crossmatch_surveys',
+    'preprocess': 'stellar_spectra.preprocess:run_preprocess',
+    'store': 'stellar_spectra.storage:merge_shards',
     'summary': 'stellar_spectra.cli:summary',
 }
 
@@ -155,6 +157,22 @@ def _truth_counts(path:Path) -> dict:
     return {' '.join(map(str, k if isinstance(k, tuple) else (k,))): int(v) for k, v in t.groupby(cols).size().items()} if cols else {}
 
 # %% ../nbs/cli.ipynb
+def stage_facts(path:Path) -> list:
+    "Printable lines from the stage summaries (summary.json, store_summary.json) found in `path`."
+    out, p = [], Path(path)
+    if (p/'summary.json').exists():
+        d = json.loads((p/'summary.json').read_text())
+        if d.get('counts'): out.append('    spectra processed / planned: ' + ', '.join(f"{k}: {v['processed']}/{v['planned']}" for k, v in d['counts'].items()))
+        for r in d.get('alignment', []):
+            out.append(f"    alignment guard, {r['survey']:<7} offset {r['offset_px']:+.4f} ± {r['offset_err_px']:.4f} px "
+                       f"({r['offset_kms']:+.3f} km/s), scatter {r['scatter_px']:.3f} px, outliers {r['n_outliers']}/{r['n_spectra']}")
+    if (p/'store_summary.json').exists():
+        d = json.loads((p/'store_summary.json').read_text())
+        out.append(f"    stored spectra: {d['n_spectra']} (" + ', '.join(f'{k}: {v}' for k, v in d.get('per_survey', {}).items()) + ')')
+        out += [f'    {k:<28} {_mb(v)}' for k, v in d.get('files', {}).items()]
+    return out
+
+# %% ../nbs/cli.ipynb
 def pipeline_summary(root:str='.'): # repository root holding dvc.yaml
     "Print where the pipeline's outputs are and what they contain."
     import yaml
@@ -173,6 +191,7 @@ def pipeline_summary(root:str='.'): # repository root holding dvc.yaml
                 for k, (nk, bk) in parts.items(): print(f'    {k:<12} {nk:6d} files {_mb(bk)}')
                 counts = _truth_counts(p)
                 if counts: print('    spectra in the truth table: ' + ', '.join(f'{k}: {v}' for k, v in counts.items()))
+                for line in stage_facts(p): print(line)
             res[out] = dict(stage=name, path=str(p), n_files=n, n_bytes=b, parts=parts, spectra=_truth_counts(p) if p.is_dir() else {})
     return res
 

@@ -4,191 +4,32 @@
 
 # %% ../nbs/01_download.ipynb 3
 from __future__ import annotations
-import csv, hashlib, heapq, http.client, io, json, os, random, re, ssl, threading, time
+import heapq, http.client, io, json, os, random, re, ssl, threading, time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
-import numpy as np
-from astropy.io import fits
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .formats import (ALLSTAR_PATH, GALAH_BASE_URL, GALAH_CATALOGUE_PATH, SDSS_BASE_URL, apstar_path,
-                                     apvisit_path, galah_file_url, galah_filename, galah_tarball_path)
+from .atomic import atomic_write
+from .manifest import (MANIFEST_FIELDS, Entry, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
+                                      catalogue_manifest, galah_entries, ges_entries, hash_file, read_manifest, write_manifest)
 
 # %% auto 0
-__all__ = ['MANIFEST_FIELDS', 'ESO_FILE_URL', 'LOCK_NAME', 'RETRY_STATUS', 'Entry', 'atomic_write', 'write_manifest',
-           'read_manifest', 'apogee_entries', 'apvisit_entries', 'galah_entries', 'ges_entries', 'catalogue_manifest',
-           'add_checksums', 'hash_file', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job', 'JobQueue',
+__all__ = ['LOCK_NAME', 'RETRY_STATUS', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job', 'JobQueue',
            'download', 'RangeRequestHandler', 'serve_directory']
-
-# %% ../nbs/01_download.ipynb
-@dataclass
-class Entry:
-    "One file to fetch: its path in the archive layout, its archive URL, and what it must be."
-    path: str  # destination relative to `dest`, and the path under a mirror's base URL
-    url: str = ''  # URL on the real archive, used when no base URL is given
-    size: int | None = None  # expected size in bytes, if known
-    sha256: str = ''  # expected hex digest, if known
-    md5: str = ''  # expected hex digest, if known
-
-    def __post_init__(self):
-        p = Path(self.path)
-        if not self.path or p.is_absolute() or '..' in p.parts: raise ValueError(f'bad manifest path {self.path!r}')
-        self.size = None if self.size in (None, '') else int(self.size)
-        self.sha256, self.md5 = (self.sha256 or '').lower(), (self.md5 or '').lower()
-
-    def source(self, base_url:str|None=None):
-        "The URL to fetch: under the mirror `base_url` when given, else the archive URL."
-        if base_url: return base_url.rstrip('/') + '/' + quote(self.path)
-        if not self.url: raise ValueError(f'{self.path}: no archive URL in the manifest and no base_url given')
-        return self.url
-
-# %% ../nbs/01_download.ipynb
-MANIFEST_FIELDS = ['path', 'url', 'size', 'sha256', 'md5']
-
-def atomic_write(fname, # final file name
-                 text:str, # content
-                 sync:bool=True): # fsync before the rename (durable, slower)
-    "Write `text` to `fname` through a temporary file in the same folder and `os.replace`."
-    fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fname.with_name(f'.{fname.name}.{os.getpid()}.{threading.get_ident()}.tmp')
-    with open(tmp, 'w', newline='') as f:
-        f.write(text)
-        if sync: f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, fname)
-
-# %% ../nbs/01_download.ipynb
-def write_manifest(entries, # iterable of `Entry`
-                   fname): # `.csv` for CSV, anything else for JSON lines
-    "Save a manifest as JSON lines or CSV (same columns)."
-    rows = [{k: v for k, v in asdict(e).items() if v not in ('', None)} for e in entries]
-    if str(fname).endswith('.csv'):
-        buf = io.StringIO(); w = csv.DictWriter(buf, MANIFEST_FIELDS); w.writeheader(); w.writerows(rows)
-        text = buf.getvalue()
-    else: text = ''.join(json.dumps(r) + '\n' for r in rows)
-    atomic_write(fname, text)
-    return Path(fname)
-
-# %% ../nbs/01_download.ipynb
-def read_manifest(fname): # a manifest written by `write_manifest` (or by hand)
-    "Load a manifest file as a list of `Entry`."
-    with open(fname, newline='') as f:
-        if str(fname).endswith('.csv'): rows = list(csv.DictReader(f))
-        else: rows = [json.loads(l) for l in f if l.strip()]
-    out = []
-    for i, r in enumerate(rows, 1):
-        try: out.append(Entry(**{k: r.get(k) for k in MANIFEST_FIELDS if r.get(k) not in (None, '')}))
-        except (TypeError, ValueError) as err: raise ValueError(f'{fname}: row {i}: {err}') from None
-    return out
-
-# %% ../nbs/01_download.ipynb
-def _columns(fname, names, hdu=1):
-    "Some columns of a FITS table (memory-mapped, strings stripped), as numpy arrays."
-    with fits.open(fname, memmap=True) as h:
-        d = h[hdu].data
-        return {n: (np.char.strip(np.asarray(d[n]).astype(str)) if d[n].dtype.kind in 'SU' else np.asarray(d[n]))
-                for n in names}
-
-def _sdss(rel): return Entry('sdss/' + rel, SDSS_BASE_URL + rel)
-
-# %% ../nbs/01_download.ipynb
-def apogee_entries(allstar, # allStar file or table with TELESCOPE, FIELD, APOGEE_ID
-                   visits=None, # allVisit-like file or table with TELESCOPE, FIELD, PLATE, MJD, FIBERID
-                   catalogue:bool=True): # include the allStar file itself
-    "Manifest entries of SDSS DR17 apStar/asStar (and apVisit/asVisit) files, under `sdss/`."
-    if isinstance(allstar, (str, Path)): allstar = _columns(allstar, ['TELESCOPE', 'FIELD', 'APOGEE_ID'])
-    out = [_sdss(ALLSTAR_PATH)] if catalogue else []
-    keys = zip(*(np.char.strip(np.asarray(allstar[c]).astype(str)) for c in ('TELESCOPE', 'FIELD', 'APOGEE_ID')))
-    out += [_sdss(apstar_path(*k)) for k in dict.fromkeys(keys) if all(k)]
-    if visits is not None:
-        if isinstance(visits, (str, Path)): visits = _columns(visits, ['TELESCOPE', 'FIELD', 'PLATE', 'MJD', 'FIBERID'])
-        cols = [np.char.strip(np.asarray(visits[c]).astype(str)) for c in ('TELESCOPE', 'FIELD', 'PLATE')]
-        vk = zip(*cols, np.asarray(visits['MJD']).astype(int), np.asarray(visits['FIBERID']).astype(int))
-        out += [_sdss(apvisit_path(t, f, p, int(m), int(fb))) for t, f, p, m, fb in dict.fromkeys(vk)]
-    return out
-
-# %% ../nbs/01_download.ipynb
-_SFILE = re.compile(r'(a[ps])Visit-dr17-(.+)-(\d{5})-(\d{3})\.fits')
-
-def apvisit_entries(apstar_files): # apStar/asStar files under an `.../stars/{telescope}/{field}/` folder
-    "Manifest entries of the visit spectra named by the `SFILEn` keywords of apStar headers."
-    out = {}
-    for fn in map(Path, apstar_files):
-        tel, field = fn.parent.parent.name, fn.parent.name
-        hdr = fits.getheader(fn, 0)
-        for k in hdr['SFILE*']:
-            if m := _SFILE.search(str(hdr[k])): out[apvisit_path(tel, field, m[2], int(m[3]), int(m[4]))] = None
-    return [_sdss(p) for p in out]
-
-# %% ../nbs/01_download.ipynb
-def galah_entries(catalogue, # GALAH DR3 catalogue file or table with sobject_id
-                  ccds=(1, 2, 3, 4), # cameras to fetch (per-file layout)
-                  tarballs:bool=False, # fetch per-night tarballs instead of camera files
-                  catalogue_file:bool=True): # include the catalogue file itself
-    "Manifest entries of GALAH DR3 spectra (per-file or per-night tarball layout), under `galah/`."
-    if isinstance(catalogue, (str, Path)): catalogue = _columns(catalogue, ['sobject_id'])
-    ids = sorted(set(np.asarray(catalogue['sobject_id']).astype(np.int64).tolist()))
-    out = [Entry('galah/' + GALAH_CATALOGUE_PATH, GALAH_BASE_URL + GALAH_CATALOGUE_PATH)] if catalogue_file else []
-    if tarballs: return out + [Entry('galah/' + p, GALAH_BASE_URL + p) for p in dict.fromkeys(map(galah_tarball_path, ids))]
-    return out + [Entry(f'galah/GALAH_DR3/spectra/{galah_filename(s, c)}', galah_file_url(s, c)) for s in ids for c in ccds]
-
-# %% ../nbs/01_download.ipynb
-ESO_FILE_URL = 'https://dataportal.eso.org/dataPortal/file/'
-
-def ges_entries(source): # URLs, or an ESO archive query CSV with an ARCFILE column
-    "Manifest entries of Gaia-ESO Phase-3 spectra, under `gaiaeso/spectra/`."
-    if isinstance(source, (str, Path)):
-        with open(source, newline='') as f: rows = list(csv.DictReader(f))
-        if rows and 'ARCFILE' not in rows[0]: raise ValueError(f'{source}: no ARCFILE column')
-        source = [ESO_FILE_URL + r['ARCFILE'].strip().removesuffix('.fits') for r in rows]
-    names = [unquote(urlsplit(u).path.rstrip('/').rsplit('/', 1)[-1]) for u in source]
-    return [Entry('gaiaeso/spectra/' + (n if n.endswith('.fits') else n + '.fits'), u) for n, u in zip(names, source)]
-
-# %% ../nbs/01_download.ipynb
-def catalogue_manifest(root, # folder in the archive layout (sdss/, galah/, gaiaeso/), e.g. a mock sky
-                       visits:bool=True, # include APOGEE visit spectra
-                       galah_tarballs:bool=False): # GALAH per-night tarballs instead of camera files
-    "Manifest of the catalogues under `root` and every spectrum they list."
-    root, out = Path(root), []
-    allstar = root/'sdss'/ALLSTAR_PATH
-    if allstar.exists():
-        allvisit = allstar.with_name('allVisit-dr17-synspec_rev1.fits')
-        out += apogee_entries(allstar, allvisit if visits and allvisit.exists() else None)
-        if visits and not allvisit.exists(): out += apvisit_entries((root/'sdss').glob('dr17/apogee/spectro/redux/dr17/stars/*/*/a?Star-*.fits'))
-    if (galah := root/'galah'/GALAH_CATALOGUE_PATH).exists(): out += galah_entries(galah, tarballs=galah_tarballs)
-    if (ges := root/'gaiaeso'/'eso_archive_query.csv').exists(): out += ges_entries(ges)
-    return out
-
-def add_checksums(entries, # manifest entries
-                  root): # trusted local copy in the same layout
-    "Entries with `size` and `sha256` of the files under `root` (entries without a file are left as they are)."
-    return [Entry(e.path, e.url, f.stat().st_size, hash_file(f)['sha256']) if (f := Path(root)/e.path).is_file() else e
-            for e in entries]
 
 # %% ../nbs/01_download.ipynb
 LOCK_NAME = 'download.lock.json'
 
-def _hashers(md5=False): return {'sha256': hashlib.sha256(), **({'md5': hashlib.md5()} if md5 else {})}
-
-def hash_file(fname, # file to hash
-              md5:bool=False): # also compute md5
-    "Hex digests of a file, streaming: {'sha256': ..., ['md5': ...]}."
-    hs = _hashers(md5)
-    with open(fname, 'rb') as f:
-        for b in iter(partial(f.read, 1 << 20), b''):
-            for h in hs.values(): h.update(b)
-    return {k: h.hexdigest() for k, h in hs.items()}
-
-# %% ../nbs/01_download.ipynb
 class LockFile:
     "Verified files (path -> size, hashes, source) and failures, saved atomically as JSON."
     def __init__(self, fname):
-        self.fname, self._lock, self._saved = Path(fname), threading.Lock(), 0.0
+        self.fname, self._lock, self._saved, self._cost = Path(fname), threading.Lock(), 0.0, 0.0
         try: d = json.loads(self.fname.read_text()) if self.fname.exists() else {}
         except json.JSONDecodeError as err: raise ValueError(f'{self.fname}: not a valid lock file ({err})') from None
         self.files, self.failed = d.get('files', {}), d.get('failed', {})
@@ -199,11 +40,13 @@ class LockFile:
     def fail(self, path, rec):
         with self._lock: self.failed[path] = rec; self.files.pop(path, None)
 
-    def save(self, every:float=0.0): # seconds since the last save below which nothing is written
+    def save(self, every:float=0.0): # seconds since the last save below which nothing is written (and 10x the last save's cost)
         with self._lock:
-            if time.monotonic() - self._saved < every: return
-            atomic_write(self.fname, json.dumps(dict(version=1, files=self.files, failed=self.failed), indent=1, sort_keys=True))
-            self._saved = time.monotonic()
+            t = time.monotonic()
+            if t - self._saved < (every and max(every, 10 * self._cost)): return
+            data = json.dumps(dict(version=1, files=self.files, failed=self.failed), indent=1, sort_keys=True)
+            atomic_write(self.fname, data, sync=not every)  # the final save is made durable; the periodic ones need not stall the workers
+            self._saved = time.monotonic(); self._cost = self._saved - t
 
 # %% ../nbs/01_download.ipynb
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -214,21 +57,27 @@ class TransferError(Exception):
         super().__init__(msg); self.retry, self.reset, self.status = retry, reset, status
 
 class Fetcher:
-    "Fetches files for one worker thread, keeping a connection per host."
-    def __init__(self, timeout=30.0, chunk=1 << 20, busy=None): # busy(): how many transfers can run at once now
-        self.timeout, self.conns, self.bufs, self.ssl, self.pool = timeout, {}, [bytearray(chunk), bytearray(chunk)], None, None
-        self.busy = busy or (lambda: 1)
+    "Fetches files for one worker thread, keeping a connection per host, its buffers and a hashing thread."
+    def __init__(self, timeout:float=30.0, # socket timeout, s
+                 chunk:int=1 << 20, # bytes per read, write and hash
+                 depth:int=4): # buffers in turn on a file longer than a chunk (one being received, the others hashed)
+        self.timeout, self.chunk, self.depth, self.conns, self.ssl, self.bufs, self.pool = timeout, chunk, depth, {}, None, [], None
+        self.dirs = set()  # destination folders known to exist
 
-    def helpers(self):
-        "Two threads, one writing and one hashing a chunk while the next one arrives."
-        self.pool = self.pool or (ThreadPoolExecutor(1), ThreadPoolExecutor(1))
+    def buffers(self, k:int):
+        "`k` buffers of `chunk` bytes, allocated once and reused for every file."
+        while len(self.bufs) < k: self.bufs.append(memoryview(bytearray(self.chunk)))
+        return self.bufs[:k]
+
+    def hasher(self):
+        "The thread that hashes chunks while the next ones are received and written."
+        self.pool = self.pool or ThreadPoolExecutor(1, thread_name_prefix='hash')
         return self.pool
 
     def close(self):
         for c in self.conns.values(): c.close()
-        self.conns.clear()
-        for p in self.pool or (): p.shutdown()
-        self.pool = None
+        self.conns.clear(); self.dirs.clear()
+        if self.pool: self.pool.shutdown(); self.pool = None
 
     def _conn(self, u):
         key = (u.scheme, u.netloc)
@@ -294,37 +143,45 @@ def open_file(url, have:int, meta:dict):
     return f, offset, new
 
 # %% ../nbs/01_download.ipynb
+def _partials(final:Path): return final.with_name(final.name + '.part'), final.with_name(final.name + '.part.json')
+
+def _write(fd, b):
+    "Write all of `b` to the file descriptor `fd`."
+    while b: b = b[os.write(fd, b):]
+
+def _hash_into(hs, fname, buf):
+    "Feed the bytes of `fname` to the hashers `hs`, through `buf`."
+    with open(fname, 'rb', buffering=0) as f:
+        while n := f.readinto(buf): _update(hs, buf[:n])
+
+# %% ../nbs/01_download.ipynb
 @patch
 def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on_bytes=None):
     "Write a transfer to `final` via `<final>.part`, verify it, rename it; returns the lock record."
-    part, mfile, hs = final.with_name(final.name + '.part'), final.with_name(final.name + '.part.json'), _hashers(bool(e.md5))
-    if offset:
-        with open(part, 'rb') as f:
-            for b in iter(partial(f.read, 1 << 20), b''):
-                for h in hs.values(): h.update(b)
+    (part, mfile), hs, total, done, saved = _partials(final), _hashers(bool(e.md5)), meta['total'], offset, bool(offset)
+    big = total is None or total - offset > self.chunk
+    bufs, pending, i = self.buffers(self.depth if big else 1), deque(), 0
+    if offset: _hash_into(hs, part, bufs[0])
     else: mfile.unlink(missing_ok=True)
-    total, done, saved, pending, i = meta['total'], offset, bool(offset), (), 0
-    big = total is None or total - offset > len(self.bufs[0])
-    pools = self.helpers() if big and self.busy() <= 1 else None  # pipeline a lone transfer of more than one chunk
-    def digest(b):
-        for h in hs.values(): h.update(b)
-    with open(part, 'r+b' if offset else 'wb', buffering=0) as f:
-        if offset: f.seek(offset); f.truncate()
-        try:
-            while total is None or done < total:
-                mv = memoryview(self.bufs[i]); i ^= 1  # the other buffer may still be written and hashed
-                n = stream.readinto(mv if total is None else mv[:min(len(mv), total - done)])
-                if not n:
-                    if total is None: break
-                    raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
-                for p in pending: p.result()
-                if pools: pending = (pools[0].submit(f.write, mv[:n]), pools[1].submit(digest, mv[:n]))
-                else: f.write(mv[:n]); digest(mv[:n])
-                done += n
-                if not saved and done != total: atomic_write(mfile, json.dumps(meta), sync=False); saved = True
-                if on_bytes: on_bytes(n)
-        finally:
-            for p in pending: p.result()
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
+    try:
+        if offset: os.ftruncate(fd, offset); os.lseek(fd, offset, os.SEEK_SET)
+        while total is None or done < total:
+            if len(pending) == len(bufs): pending.popleft().result()  # the buffer about to be reused is hashed
+            mv = bufs[i]; i = (i + 1) % len(bufs)
+            n = stream.readinto(mv if total is None else mv[:min(len(mv), total - done)])
+            if not n:
+                if total is None: break
+                raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
+            _write(fd, mv[:n])
+            if big: pending.append(self.hasher().submit(_update, hs, mv[:n]))
+            else: _update(hs, mv[:n])
+            done += n
+            if not saved and done != total: atomic_write(mfile, json.dumps(meta), sync=False); saved = True
+            if on_bytes: on_bytes(n)
+    finally:
+        for p in pending: p.result()
+        os.close(fd)
     digests = {k: h.hexdigest() for k, h in hs.items()}
     for what, want, got in (('size', e.size, done), ('sha256', e.sha256, digests['sha256']), ('md5', e.md5, digests.get('md5'))):
         if want and want != got: raise TransferError(f'{meta["url"]}: {what} {got} differs from the manifest ({want})', reset=True)
@@ -336,8 +193,9 @@ def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on
 @patch
 def fetch(self:Fetcher, e:Entry, url:str, dest:Path, on_bytes=None):
     "One attempt at one entry, resuming a partial file; returns the lock record."
-    final = dest/e.path; final.parent.mkdir(parents=True, exist_ok=True)
-    part, mfile = final.with_name(final.name + '.part'), final.with_name(final.name + '.part.json')
+    final = dest/e.path
+    if final.parent not in self.dirs: final.parent.mkdir(parents=True, exist_ok=True); self.dirs.add(final.parent)
+    part, mfile = _partials(final)
     have = part.stat().st_size if part.exists() else 0
     try: meta = json.loads(mfile.read_text()) if have else {}
     except (OSError, ValueError): meta = {}
@@ -364,28 +222,32 @@ class Job:
     host: str
     attempts: int = 0
     credited: int = 0  # bytes counted on the progress bar for this file so far
+    large: bool = False  # the manifest says it is over LARGE_FILE bytes
+
+LARGE_FILE = 64 << 20
 
 class JobQueue:
-    "Jobs per host, at most `per_host` running against one host, retries after a delay."
-    def __init__(self, jobs, per_host:int):
+    "Jobs per host, at most `per_host` running against one host and `n_large` large files in all, retries after a delay."
+    def __init__(self, jobs, per_host:int, n_large:int|None=None):
         self.pending, self.delayed, self.active, self.per_host = defaultdict(deque), [], Counter(), per_host
-        for j in jobs: self.pending[j.host].append(j)
-        self.left, self.cond, self._n = len(jobs), threading.Condition(), 0
+        for j in jobs: self.pending[j.host, j.large].append(j)
+        self.left, self.cond, self._n, self.n_large, self.large = len(jobs), threading.Condition(), 0, n_large or per_host, 0
 
     def get(self):
         "Next job to run, waiting for a free host slot; None when all are done."
         with self.cond:
             while self.left:
                 now = time.monotonic()
-                while self.delayed and self.delayed[0][0] <= now: j = heapq.heappop(self.delayed)[2]; self.pending[j.host].append(j)
-                for host, q in self.pending.items():
-                    if q and self.active[host] < self.per_host: self.active[host] += 1; return q.popleft()
+                while self.delayed and self.delayed[0][0] <= now: j = heapq.heappop(self.delayed)[2]; self.pending[j.host, j.large].append(j)
+                for (host, large), q in self.pending.items():
+                    if q and self.active[host] < self.per_host and not (large and self.large >= self.n_large):
+                        self.active[host] += 1; self.large += large; return q.popleft()
                 self.cond.wait(self.delayed[0][0] - now if self.delayed else None)
 
     def done(self, job, retry_in:float|None=None):
         "Finish a job, or put it back to run again in `retry_in` seconds."
         with self.cond:
-            self.active[job.host] -= 1
+            self.active[job.host] -= 1; self.large -= job.large
             if retry_in is None: self.left -= 1
             else: self._n += 1; heapq.heappush(self.delayed, (time.monotonic() + retry_in, self._n, job))
             if self.left: self.cond.notify()  # one slot freed: one waiter is enough
@@ -419,11 +281,12 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
              base_url:str=None, # mirror root (http(s)://, file:// or a folder) used instead of the archive URLs
              n_workers:int=8, # parallel transfers in total
              per_host:int=4, # parallel transfers against one host
+             n_large:int=None, # parallel transfers of files the manifest says are over 64 MiB (None: half the CPU cores, at least 1)
              retries:int=5, # further attempts after timeouts, dropped connections, 5xx and bad checksums
              verify:bool=False, # re-hash files already on disk and re-fetch those that do not match
              timeout:float=30.0, # socket timeout in seconds (a stalled transfer fails after this)
              backoff:float=1.0, # delay before the first retry in seconds; doubles each time
-             chunk:int=1 << 20, # bytes read and written at a time
+             chunk:int=1 << 20, # bytes read, written and hashed at a time
              progress:bool=True): # show a progress bar and print the summary
     "Fetch every file of a manifest into `dest`: parallel, resumable, verified, recorded in `download.lock.json`."
     if n_workers < 1 or per_host < 1: raise ValueError(f'n_workers ({n_workers}) and per_host ({per_host}) must be at least 1')
@@ -433,19 +296,23 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
     if verify:  # hashing what is on disk: in parallel
         with ThreadPoolExecutor(n_workers) as ex: plan = list(ex.map(lambda e: _plan_one(e, dest, lock, True), entries))
     else: plan = [_plan_one(e, dest, lock, False) for e in entries]
-    jobs = [Job(e, u, urlsplit(u).netloc or 'local') for e, p in zip(entries, plan) if p == 'fetch' for u in [e.source(base_url)]]
+    jobs = [Job(e, u, urlsplit(u).netloc or 'local', large=(e.size or 0) > LARGE_FILE)
+            for e, p in zip(entries, plan) if p == 'fetch' for u in [e.source(base_url)]]
     bar = tqdm(total=sum(j.entry.size or 0 for j in jobs) or None, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
                desc='download', postfix=f'files 0/{len(jobs)}')
-    q, stats, failures = JobQueue(jobs, per_host), Counter(skipped=len(entries) - len(jobs)), []
+    q, stats, failures, errors = JobQueue(jobs, per_host, n_large or max(1, (os.cpu_count() or 2) // 2)), Counter(skipped=len(entries) - len(jobs)), [], []
     def work():
-        f = Fetcher(timeout, chunk, busy=lambda: min(q.left, n_workers, per_host * len(q.pending)))  # transfers that can run
+        f = Fetcher(timeout, chunk)
         try:
             while (job := q.get()) is not None: _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, len(jobs))
+        except Exception as err: errors.append(err)  # e.g. the lock file cannot be written: raised below
         finally: f.close()
     threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(n_workers, len(jobs))))]
     for t in threads: t.start()
     for t in threads: t.join()
-    bar.close(); lock.save()
+    bar.close()
+    if errors: raise errors[0]
+    lock.save()
     out = dict(ok=stats['ok'], skipped=stats['skipped'], failed=len(failures), bytes=stats['bytes'],
                seconds=round(time.monotonic() - t0, 3), retries=stats['retries'], failures=failures, lock=str(lock.fname))
     if progress: print(f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
@@ -459,16 +326,16 @@ def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):
         job.credited += k
         if not bar.disable: bar.update(k)
     job.attempts += 1
-    try:
-        rec = f.fetch(job.entry, job.url, dest, credit)
+    try: rec = f.fetch(job.entry, job.url, dest, credit)
+    except TransferError as err: msg, again, status = str(err), err.retry, err.status
+    except (OSError, http.client.HTTPException) as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
+    except Exception as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', False, None
+    else:
         lock.record(job.entry.path, rec)
         with q.cond:
             stats['ok'] += 1; stats['bytes'] += rec['size']
             if not bar.disable: bar.set_postfix_str(f"files {stats['ok']}/{n}", refresh=False)
-        q.done(job); lock.save(every=2.0); return
-    except TransferError as err: msg, again, status = str(err), err.retry, err.status
-    except (OSError, http.client.HTTPException) as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
-    except Exception as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', False, None
+        q.done(job); lock.save(every=2.0); return  # the job is done before anything else can fail
     if not bar.disable: bar.update(-job.credited)
     job.credited = 0
     if again and job.attempts <= retries:

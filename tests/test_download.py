@@ -29,6 +29,11 @@ class FaultHandler(RangeRequestHandler):
         try:
             if self.fault in ('500', '404'): return self.send_error(int(self.fault))
             if self.fault == 'norange' and 'Range' in self.headers: del self.headers['Range']
+            if self.fault == 'chunked':  # no Content-Length: the body in chunks, a zero-length chunk marks its end
+                body = (Path(self.directory)/rel).read_bytes()
+                self.send_response(200); self.send_header('Transfer-Encoding', 'chunked'); self.end_headers()
+                for i in range(0, len(body), 100_000): self.wfile.write(b'%x\r\n%s\r\n' % (len(body[i:i + 100_000]), body[i:i + 100_000]))
+                self.wfile.write(b'0\r\n\r\n'); self.log['sent'] = len(body); return
             if self.fault == 'badrange':  # a 206 that does not start where asked
                 body = (Path(self.directory)/rel).read_bytes()
                 self.send_response(206); self.send_header('Content-Length', str(len(body) - 1))
@@ -200,6 +205,16 @@ def test_per_host_bound_and_no_partial_file_under_a_final_name(server, tmp_path)
     finally: stop.set(); t.join()
     assert (s['ok'], s['retries'], bad) == (12, 3, []) and same(dest, server.root, es)
     assert server.max_active <= 2
+
+
+def test_unknown_length_body_is_verified(server, tmp_path):
+    "A chunked answer (no Content-Length) goes through the pipelined path to its end and is checked against the manifest."
+    es = make_files(server.root, [350_000, 10_000])
+    for e in es: server.always[e.path] = 'chunked'
+    s = download(es, tmp_path/'d', base_url=server.url, **FAST)
+    assert (s['ok'], s['retries']) == (2, 0) and same(tmp_path/'d', server.root, es)
+    lock = json.loads((tmp_path/'d'/LOCK_NAME).read_text())['files']
+    assert [lock[e.path]['size'] for e in es] == [e.size for e in es]
 
 
 def test_file_url_mirror(tmp_path):
