@@ -580,10 +580,10 @@ def _copy_arrays(shard_dir, t:pd.DataFrame, dss:dict, block:int, progress:bool):
     try:
         for r0 in tqdm(range(0, len(t), block), desc='merge arrays', disable=not progress, leave=False):
             b = t.iloc[r0:r0 + block]
-            for key in b['_shard'].unique():
-                if key not in open_f:
-                    if len(open_f) >= 8: open_f.pop(next(iter(open_f))).close()
-                    open_f[key] = h5py.File(_shard_files(shard_dir, key)[0], 'r')
+            need = set(b['_shard'].unique())
+            idle = [k for k in open_f if k not in need]  # close only shards this block does not read
+            for key in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: open_f.pop(key).close()
+            for key in need - set(open_f): open_f[key] = h5py.File(_shard_files(shard_dir, key)[0], 'r')
             for k, ds in dss.items():
                 out = np.empty((len(b), ds.shape[1]), ds.dtype)
                 for key, rows in b.groupby('_shard', sort=False).indices.items():

@@ -190,6 +190,16 @@ def test_merge_interrupted_and_resumed(tmp_path):
                                                                    'regridded.h5', 'store_summary.json']
 
 
+def test_merge_block_spanning_many_shards(tmp_path):
+    "A copy block reading more shards than the open-file cache holds (here 24 one-row shards in one block)."
+    grid, arrays, meta, native = shard_inputs()
+    sd = tmp_path / 'shards'
+    assert write_chunks(sd, grid, arrays, meta, native, 1) == 24
+    s = merge_shards(sd, tmp_path / 'out', progress=False, block=256)
+    assert s['n_spectra'] == 24 and s['n_shards'] == 24
+    check_merged(tmp_path / 'out', arrays, meta, native)
+
+
 def test_merge_rewritten_and_overlapping_shards(tmp_path):
     grid, arrays, meta, native = shard_inputs(seed=2)
     sd = tmp_path / 'shards'
