@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_resample.ipynb 3
 from __future__ import annotations
+import functools, math
 from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
@@ -11,6 +12,8 @@ from scipy.special import ndtr
 from fastcore.basics import patch
 from .spectrum import Spectrum
 from .formats import C_KMS, FWHM_SIGMA, sigma_lnlam
+try: import numba
+except ImportError: numba = None
 
 # %% auto 0
 __all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'smoothed_overlap_matrix', 'gap_pixels',
@@ -71,22 +74,107 @@ def kernel_sigma(x, # native ln λ pixel centres
 # %% ../nbs/03_resample.ipynb
 def _psi(t): return t * ndtr(t) + np.exp(-t * t / 2) / np.sqrt(2 * np.pi)  # antiderivative of the normal CDF
 
-def smoothed_overlap_matrix(e_in, # input pixel edges (increasing), ln λ
-                            e_out, # output pixel edges (increasing), ln λ
-                            sigma, # Gaussian sigma per input pixel, ln λ (> 0)
-                            nsig:float=6.): # truncation, in sigma
-    "Sparse (M, P): input pixels smoothed by a Gaussian, averaged over the output pixels (exact integral)."
+def _window(e_in, e_out, sigma, nsig):
+    "Inputs as arrays, and the candidate input pixels of every output pixel: ic[j] - h .. ic[j] + h."
     e_in, e_out = np.asarray(e_in, float), np.asarray(e_out, float)
-    sigma = np.broadcast_to(np.asarray(sigma, float), (len(e_in) - 1,))
-    c = (e_out[:-1] + e_out[1:]) / 2; P, M = len(e_in) - 1, len(e_out) - 1
+    sigma = np.ascontiguousarray(np.broadcast_to(np.asarray(sigma, float), (len(e_in) - 1,)))
     h = int(np.ceil((nsig * sigma.max() + np.diff(e_out).max()) / np.diff(e_in).min())) + 1
-    j = np.arange(M)[:, None]; i = np.searchsorted(e_in, c)[:, None] - 1 + np.arange(-h, h + 1)
+    return e_in, e_out, sigma, np.searchsorted(e_in, (e_out[:-1] + e_out[1:]) / 2) - 1, h
+
+def _smoothed_reference(e_in, e_out, sigma, nsig=6.):
+    "`smoothed_overlap_matrix` on dense (M, 2h+1) blocks with numpy: the reference of the fast kernel and the fallback without numba."
+    e_in, e_out, sigma, ic, h = _window(e_in, e_out, sigma, nsig); P, M = len(e_in) - 1, len(e_out) - 1
+    j = np.arange(M)[:, None]; i = ic[:, None] + np.arange(-h, h + 1)
     ok = (i >= 0) & (i < P); ic = np.clip(i, 0, P - 1); s = sigma[ic]
     a, b, e0, e1 = e_out[j], e_out[j + 1], e_in[ic], e_in[ic + 1]
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):  # sigma 0 (e.g. the pixels next to a camera gap): dropped below
         v = s / (b - a) * (_psi((b - e0) / s) - _psi((a - e0) / s) - _psi((b - e1) / s) + _psi((a - e1) / s))
     ok &= v > 1e-13
     return sparse.csr_matrix((v[ok], (np.broadcast_to(j, i.shape)[ok], i[ok])), shape=(M, P))
+
+
+# %% ../nbs/03_resample.ipynb
+# rational approximations of erf and erfc: Moshier's Cephes coefficients (after Cody), published numbers; highest power first
+_ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0, 4.86371970985681366614e1,
+           1.96520832956077098242e2, 5.26445194995477358631e2, 9.34528527171957607540e2, 1.02755188689515710272e3,
+           5.57535335369399327526e2)  # erfc(x) = exp(-x²) P(x) / Q(x) for 1 <= x < 8
+_ERFC_Q = (1.0, 1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2, 9.75708501743205489753e2,
+           1.82390916687909736289e3, 2.24633760818710981792e3, 1.65666309194161350182e3, 5.57535340817727675546e2)
+_ERFC_R = (5.64189583547755073984e-1, 1.27536670759978104416e0, 5.01905042251180477414e0, 6.16021097993053585195e0,
+           7.40974269950448939160e0, 2.97886665372100240670e0)  # erfc(x) = exp(-x²) R(x) / S(x) for x >= 8
+_ERFC_S = (1.0, 2.26052863220117276590e0, 9.39603524938001434673e0, 1.20489539808096656605e1, 1.70814450747565897222e1,
+           9.60896809063285878198e0, 3.36907645100081516050e0)
+_ERF_T = (9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3, 7.00332514112805075473e3,
+          5.55923013010394962768e4)  # erf(x) = x T(x²) / U(x²) for |x| < 1
+_ERF_U = (1.0, 3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3, 2.26290000613890934246e4,
+          4.92673942608635921086e4)
+
+def _horner(c, x): # coefficients, highest power first
+    "Polynomial value at x."
+    y = 0.0
+    for k in c: y = y * x + k
+    return y
+
+def _cdf_pdf(t):
+    "Φ(t) and φ(t) of one number with a single exp (φ gives the exp(-x²) of erfc)."
+    f = 0.3989422804014327 * math.exp(-0.5 * t * t); x = abs(t) * 0.7071067811865476; z = x * x
+    if x < 0.7071067811865476: return 0.5 + 0.5 * (t * 0.7071067811865476) * _horner(_ERF_T, z) / _horner(_ERF_U, z), f
+    if x < 1.0: q = 0.5 - 0.5 * x * _horner(_ERF_T, z) / _horner(_ERF_U, z)  # Φ(-|t|) = erfc(x) / 2
+    elif x < 8.0: q = 1.2533141373155003 * f * _horner(_ERFC_P, x) / _horner(_ERFC_Q, x)  # exp(-x²) = √(2π) φ
+    else: q = 1.2533141373155003 * f * _horner(_ERFC_R, x) / _horner(_ERFC_S, x)
+    return (1.0 - q, f) if t > 0 else (q, f)
+
+if numba: _horner, _cdf_pdf = numba.njit(nogil=True, inline='always')(_horner), numba.njit(nogil=True)(_cdf_pdf)
+
+
+# %% ../nbs/03_resample.ipynb
+def _psi1(t):
+    "Ψ(t) of one number."
+    F, f = _cdf_pdf(t); return t * F + f
+if numba: _psi1 = numba.njit(nogil=True)(_psi1)
+
+def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
+    "CSR arrays (indptr, indices, data) of `smoothed_overlap_matrix`, row by row, each Ψ evaluated once (compiled with numba)."
+    P = len(e_in) - 1; M = len(e_out) - 1; cap = M * (2 * h + 1)
+    indptr = np.zeros(M + 1, np.int32); indices = np.empty(cap, np.int32); data = np.empty(cap)  # int32: scipy's index type
+    G = np.zeros(P); kG = np.full(P, -1, np.int64)  # G[i]: bracket G_i at output edge kG[i]
+    n = 0; t = 0.0; F = 0.0; f = 0.0
+    for j in range(M):
+        a = e_out[j]; b = e_out[j + 1]; lo = max(ic[j] - h, 0); hi = min(ic[j] + h, P - 1)
+        while lo <= hi and e_in[lo + 1] < a - cut: lo += 1  # more than `cut` away: below 1e-13
+        while hi >= lo and e_in[hi] > b + cut: hi -= 1
+        pl = _psi1((b - e_in[lo]) / sigma[lo]) if sigma[lo] > 0 else 0.0  # Ψ at the lower edge of pixel i
+        for i in range(lo, hi + 1):
+            l = i + 1; x = b - e_in[l]; p = 0.0; up = l <= hi and sigma[l] > 0
+            if up:  # lower edge of pixel l: Ψ, Φ, φ
+                t = x / sigma[l]; F, f = _cdf_pdf(t)
+                p = t * F + f
+            if sigma[i] > 0:  # sigma 0: no entries (as in the reference)
+                tb = x / sigma[i]; D = tb - t
+                pu = p + D * (F + D * f * (0.5 - t * D / 6)) if up and abs(D) < 1e-4 else _psi1(tb)  # upper edge of pixel i
+                gb = pl - pu
+                ga = G[i] if kG[i] == j else _psi1((a - e_in[i]) / sigma[i]) - _psi1((a - e_in[l]) / sigma[i])
+                G[i] = gb; kG[i] = j + 1
+                v = sigma[i] / (b - a) * (gb - ga)
+                if v > 1e-13: indices[n] = i; data[n] = v; n += 1
+            pl = p
+        indptr[j + 1] = n
+    return indptr, indices[:n], data[:n]
+
+_smoothed_csr = numba.njit(nogil=True)(_smoothed_loop) if numba else None
+
+
+# %% ../nbs/03_resample.ipynb
+def smoothed_overlap_matrix(e_in, # input pixel edges (increasing), ln λ
+                            e_out, # output pixel edges (increasing), ln λ
+                            sigma, # Gaussian sigma per input pixel, ln λ (> 0; 0: the pixel gets no entries)
+                            nsig:float=6.): # truncation, in sigma
+    "Sparse (M, P): input pixels smoothed by a Gaussian, averaged over the output pixels (exact integral)."
+    e_in, e_out, sigma, ic, h = _window(e_in, e_out, sigma, nsig)
+    if _smoothed_csr is None or (len(e_out) - 1) * (2 * h + 1) >= 2 ** 31: return _smoothed_reference(e_in, e_out, sigma, nsig)
+    ip, ix, d = _smoothed_csr(e_in, e_out, sigma, ic, h, 8.0 * sigma.max())
+    return sparse.csr_matrix((d, ix, ip), shape=(len(e_out) - 1, len(e_in) - 1))
+
 
 # %% ../nbs/03_resample.ipynb
 def gap_pixels(x, # native pixel centres (strictly increasing), any unit
@@ -100,6 +188,12 @@ def gap_pixels(x, # native pixel centres (strictly increasing), any unit
     return np.insert(x, pos, val), np.insert(np.ones(len(x), bool), pos, False)
 
 # %% ../nbs/03_resample.ipynb
+@functools.lru_cache(maxsize=8)
+def _grid_arrays(grid:Grid):
+    "The grid's ln λ edges and pixel centres (Å), computed once per grid (read-only)."
+    e, w = grid.ln_edges, grid.wave; e.flags.writeable = w.flags.writeable = False
+    return e, w
+
 class Resampler:
     "Native grid -> common grid (degrade, shift to the rest frame, flux-conserving resample) as one sparse operator."
     def __init__(self,
@@ -117,14 +211,19 @@ class Resampler:
         if np.ndim(R_native) == 1: R_native = np.interp(x, np.log(wave), np.asarray(R_native, float))
         sig = kernel_sigma(x, R_native, grid.R, grid.dln if pixel_correction else 0.0)
         e_in = pixel_edges(x) - np.log1p(self.rv / C_KMS)  # the shift to the rest frame
-        j0 = max(int(np.searchsorted(grid.ln_edges, e_in[0])) - 1, 0)
-        j1 = min(int(np.searchsorted(grid.ln_edges, e_in[-1])), grid.n)
+        edges, centres = _grid_arrays(grid)
+        j0 = max(int(np.searchsorted(edges, e_in[0])) - 1, 0)
+        j1 = min(int(np.searchsorted(edges, e_in[-1])), grid.n)
         self.sl = slice(j0, j1)  # the output pixels the native grid reaches
-        e_out = grid.ln_edges[j0:j1 + 1]
+        e_out = edges[j0:j1 + 1]
         A = smoothed_overlap_matrix(e_in, e_out, sig) if (sig > 0).any() else overlap_matrix(e_in, e_out)
-        self.A = A.tocsc()[:, np.flatnonzero(real)].tocsr()  # the phantoms carry no data
-        self.A2 = self.A.multiply(self.A).tocsr()
-        self.wave = grid.wave[self.sl]
+        self.A = A if real.all() else A.tocsc()[:, np.flatnonzero(real)].tocsr()  # the phantoms carry no data
+        self.wave = centres[self.sl].copy()
+    @property
+    def A2(self):
+        "A∘A (element-wise square), for the variance in the scipy fallback: built on first use."
+        if getattr(self, '_A2', None) is None or self._A2.shape != self.A.shape: self._A2 = self.A.multiply(self.A).tocsr()
+        return self._A2
 
 # %% ../nbs/03_resample.ipynb
 def _apply_scipy(A, A2, flux, ivar, mask, max_masked, fill, out, oiv, bad, chunk=32):
