@@ -64,6 +64,7 @@ def project(tmp_path_factory):
             (src/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT/f, src/f)
     params = yaml.safe_load((src/'params.yaml').read_text())
     params['mocksky'].update(n_stars=4, n_workers=1)
+    params['preprocess'].update(n_workers=1)
     (src/'params.yaml').write_text(yaml.safe_dump(params))
     (src/'dvc.lock').unlink(missing_ok=True)
     for a in (['init', '-q'], ['add', '-A'], ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'snapshot']):
@@ -73,14 +74,16 @@ def project(tmp_path_factory):
 def test_dvc_repro_push_pull(project):
     dvc = BIN/'dvc'
     out = sh(dvc, 'repro', cwd=project)
-    assert "Running stage 'mocksky'" in out and "Running stage 'crossmatch'" in out
+    for stage in ('mocksky', 'crossmatch', 'preprocess', 'store'): assert f"Running stage '{stage}'" in out
     assert (project/'data'/'crossmatch'/'common_stars.parquet').exists()
+    assert (project/'data'/'store'/'regridded.h5').exists() and (project/'data'/'preprocess'/'alignment.csv').exists()
     sky = project/'data'/'mock_sky'
     assert (sky/'truth'/'stars.parquet').exists() and (project/'papermill_runs'/'a4_mocksky.ipynb').exists()
     out = sh(dvc, 'repro', cwd=project)          # nothing changed: nothing runs
     assert 'Running stage' not in out and ('up to date' in out or "didn't change" in out)
     out = sh(BIN/'stellar-spectra', 'summary', cwd=project)
     assert 'mock_sky' in out and 'truth' in out
+    assert 'spectra processed / planned' in out and 'alignment guard' in out and 'stored spectra' in out and 'regridded.h5' in out
     sh(dvc, 'push', cwd=project)
     assert (project.parent/'stellar_spectra_dvc_remote').is_dir()   # the default remote sits beside the clone
     sh('git', 'add', '-A', cwd=project)
@@ -89,7 +92,8 @@ def test_dvc_repro_push_pull(project):
     sh('git', 'clone', '-q', project, clone, cwd=project.parent)
     assert not (clone/'data'/'mock_sky').exists()
     sh(dvc, 'pull', cwd=clone)
-    assert _hashes(clone/'data'/'mock_sky') == _hashes(sky)
+    for out in ('mock_sky', 'crossmatch', 'preprocess', 'store'):
+        assert _hashes(clone/'data'/out) == _hashes(project/'data'/out), out
     assert 'Running stage' not in sh(dvc, 'repro', cwd=clone)  # the pulled outputs are current
 
 def test_dvc_config():
