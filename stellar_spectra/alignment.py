@@ -56,15 +56,23 @@ def line_ccf(flux, # (N, M) normalised flux
              good, # (N, M) usable pixels
              p, # (L,) line pixels
              sigma:float, # Gaussian sigma of the mask (pixels)
-             search:int): # lags -search..search (pixels)
+             search:int, # lags -search..search (pixels)
+             which=None): # (N, L) windows to correlate (None: all); the others are 0
     "Per line, the absorption cross-correlated with a Gaussian line mask: (N, L, 2 search + 1), and its variance."
-    N = len(flux); pc = np.round(p).astype(int); K = search + int(np.ceil(4 * sigma))
-    rows, cols = np.arange(N)[:, None, None], pc[None, :, None] + np.arange(-K, K + 1)
-    a, _ = _take(np.where(good, np.clip(1 - flux, -1, 1), 0.0), rows, cols)
-    with np.errstate(divide='ignore'): var, _ = _take(np.where(good, 1 / np.where(good, ivar, 1.0), 0.0), rows, cols)
-    u = np.arange(-K, K + 1)[None, :] - (p - pc)[:, None]
+    flux, ivar = np.broadcast_to(flux, np.shape(good)), np.broadcast_to(ivar, np.shape(good))
+    N, L = len(flux), len(p); pc = np.round(p).astype(int); K = search + int(np.ceil(4 * sigma)); j = np.arange(-K, K + 1)
+    which = np.ones((N, L), bool) if which is None else np.asarray(which, bool)
+    li, ni = np.nonzero(which.T); cols = pc[li][:, None] + j  # the windows, line by line: (P, 2K+1)
+    gw = _take(good, ni[:, None], cols)[0]
+    a = np.where(gw, np.clip(1 - _take(flux, ni[:, None], cols)[0], -1, 1), 0.0).astype(float)
+    with np.errstate(divide='ignore'): var = np.where(gw, 1 / np.where(gw, _take(ivar, ni[:, None], cols)[0], 1.0), 0.0).astype(float)
+    u = j[None, :] - (p - pc)[:, None]
     g = np.exp(-0.5 * ((u[:, None, :] - np.arange(-search, search + 1)[None, :, None]) / sigma) ** 2)  # (L, lags, 2K+1)
-    return np.einsum('nlj,lkj->nlk', a, g), np.einsum('nlj,lkj->nlk', var, g * g)
+    ccf, cvar, g2 = np.zeros((N, L, 2 * search + 1)), np.zeros((N, L, 2 * search + 1)), g * g
+    ls, i0 = np.unique(li, return_index=True)
+    for l, s, e in zip(ls, i0, [*i0[1:], len(li)]):
+        ccf[ni[s:e], l], cvar[ni[s:e], l] = np.einsum('nj,kj->nk', a[s:e], g[l]), np.einsum('nj,kj->nk', var[s:e], g2[l])
+    return ccf, cvar
 
 # %% ../nbs/05a_alignment.ipynb
 def _peak(c):
@@ -127,10 +135,11 @@ def measure_lines(grid:Grid, # the common grid
     p = line_pixels(grid, lines, margin=half + 1); pc = np.round(p).astype(int); rows = np.arange(N)[:, None, None]
     has = _take(good.astype(float), rows, pc[None, :, None] + np.arange(-half, half + 1))[0].sum(-1) >= 2 * half
     seg = coverage_segments(good, min_gap)[:, pc]
-    k0 = coarse_shifts(*line_ccf(flux, ivar, good, p, s0, search), seg, has, search)
+    k0 = coarse_shifts(*line_ccf(flux, ivar, good, p, s0, search, has), seg, has, search)
     centre = p + np.nan_to_num(k0); cols = np.round(centre).astype(int)[..., None] + np.arange(-half, half + 1)
     (f, _), (w, _) = _take(flux, rows, cols), _take(np.where(good, ivar, 0.0), rows, cols)
-    th, err = fit_gaussians(f, w, cols - centre[..., None], s0)
+    th, err = np.full(has.shape + (5,), np.nan), np.full(has.shape, np.nan)  # windows without data are not fitted
+    th[has], err[has] = fit_gaussians(f[has], w[has], (cols - centre[..., None])[has], s0)
     a, b, d, mu, s = np.moveaxis(th, -1, 0)
     ok = has & np.isfinite(k0) & (w > 0).all(-1) & (d > 0.03) & (s > 0.5 * s0) & (s < 4 * s0) & (np.abs(mu) < half) & np.isfinite(err)
     keep = lambda v: np.where(ok, v, np.nan)

@@ -21,9 +21,9 @@ from .alignment import spectrum_offsets, measure_lines, robust_mean, check_align
 from .storage import write_shard, completed_shards
 
 # %% auto 0
-__all__ = ['SURVEYS', 'RV_LATTICE', 'CACHE_NNZ', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid', 'preprocess_spectrum',
-           'chunk_offsets', 'process_chunk', 'make_chunks', 'run_chunks', 'gather_offsets', 'guard_report',
-           'run_preprocess']
+__all__ = ['SURVEYS', 'RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid',
+           'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks', 'run_chunks', 'gather_offsets',
+           'guard_report', 'run_preprocess']
 
 # %% ../nbs/06a_preprocess.ipynb
 SURVEYS = ('apogee', 'galah', 'ges')  # survey order inside a star
@@ -242,6 +242,8 @@ def _prepare(outdir, config):
     atomic_write(p, json.dumps(config, indent=1))
 
 # %% ../nbs/06a_preprocess.ipynb
+WORKER_MALLOC = {'MALLOC_MMAP_THRESHOLD_': str(32 << 20), 'MALLOC_TRIM_THRESHOLD_': str(128 << 20)}  # glibc settings of LocalCluster workers
+
 def run_chunks(tasks:list, # argument tuples of `process_chunk`
                scheduler:str|None=None, # address of an existing Dask scheduler (None: a LocalCluster)
                n_workers:int=2): # workers of the LocalCluster; <= 1 (without scheduler): serial, in this process
@@ -252,8 +254,11 @@ def run_chunks(tasks:list, # argument tuples of `process_chunk`
     import logging
     from distributed import Client, LocalCluster, as_completed
     from stellar_spectra import preprocess as module  # tasks refer to the package's function: workers import it and keep their caches
-    cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                                  dashboard_address=None, silence_logs=logging.ERROR)
+    import dask
+    env = {**dask.config.get('distributed.nanny.pre-spawn-environ', default={}), **WORKER_MALLOC}
+    with dask.config.set({'distributed.nanny.pre-spawn-environ': env}):
+        cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                                      dashboard_address=None, silence_logs=logging.ERROR)
     try:
         with Client(scheduler or cluster) as client:
             futs = [client.submit(module.process_chunk, *t, key=f'preprocess-{t[0]}-{os.getpid()}-{time.time_ns()}') for t in tasks]
