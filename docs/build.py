@@ -2,7 +2,9 @@
 
 Each notebook is executed with papermill from nbs/ (its tiny defaults), processed with nbdev's
 processors (show_doc for exported names, `#| hide` cells and directives removed), converted to
-Markdown with its figures by nbconvert, and the pages are rendered by mkdocs with an offline theme.
+Markdown with its figures by nbconvert, its LaTeX turned into MathML (latex2mathml; browsers render
+MathML without scripts, so the site stays offline), and the pages are rendered by mkdocs with an
+offline theme.
 Usage: python docs/build.py [--only NAME ...] [--readme] [--workers N]"""
 import argparse, json, re, shutil, subprocess, sys, tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +78,18 @@ def process(nb_path, run_showdoc=True):
     for c in d['cells']: c.pop('idx_', None); c.pop('has_sd', None); c.pop('directives_', None)
     return nbformat.reads(json.dumps(d), as_version=4)  # reads joins the split lines
 
+_code = re.compile(r'(```.*?```|`[^`\n]*`|<details.*?</details>)', re.S)  # left alone: fenced and inline code, folded sources
+_math = re.compile(r'\$\$(.+?)\$\$|(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])', re.S)
+
+def math_to_mathml(md:str) -> str:
+    "Replace $...$ and $$...$$ outside code with MathML (rendered by the browser itself, no script, no network)."
+    from latex2mathml.converter import convert
+    def one(m):
+        tex, block = (m.group(1), True) if m.group(1) is not None else (m.group(2), False)
+        try: return convert(tex.strip(), display='block' if block else 'inline')
+        except Exception: return m.group(0)  # leave what the converter cannot parse as it was written
+    return ''.join(part if i % 2 else _math.sub(one, part) for i, part in enumerate(_code.split(md)))
+
 def to_markdown(nb, name, outdir):
     "Write `name`.md and its figures (`name`_files/*.png) into `outdir`; returns the page title."
     from nbconvert import MarkdownExporter
@@ -84,6 +98,7 @@ def to_markdown(nb, name, outdir):
         (outdir/fn).parent.mkdir(parents=True, exist_ok=True); (outdir/fn).write_bytes(data)
     body = re.sub(r'^# # ', '# ', body, flags=re.M)  # titles written as '# # Title'
     body = re.sub(r'\[source\]\(https?://[^)]*\)(\{[^}]*\})?', '', body)  # show_doc links to a repository host
+    body = math_to_mathml(body)
     (outdir/f'{name}.md').write_text(body)
     m = re.search(r'^# (.+)$', body, re.M)
     return m.group(1).strip() if m else name

@@ -46,7 +46,9 @@ def test_pages_render(site):
         assert re.search(r'<h1[^>]*>', dom) and '<p>' in dom, name
         imgs = re.search(r'<body[^>]*data-imgs="([^"]*)"', dom)
         assert imgs and 'broken' not in imgs.group(1), (name, imgs and imgs.group(1))
-        if name == 'a4_mocksky': assert imgs.group(1).split().count('ok') >= 1  # its figures load
+        if name == 'a4_mocksky':
+            assert imgs.group(1).split().count('ok') >= 1  # its figures load
+            assert dom.count('<math') >= 3 and '$p = 1$' not in dom  # LaTeX rendered as MathML, none left raw
         if name != 'index': assert 'class="codehilite"' in dom, name
         if name == 'cli': assert 'build_parser' in dom and '<table' in dom  # show_doc with its docments table
 
@@ -54,3 +56,9 @@ def test_screenshot(site):
     shot = ROOT/'docs'/'screenshot.png'
     chromium(f'--screenshot={shot}', '--window-size=1280,2400', (site/'a4_mocksky.html').as_uri())
     assert shot.exists() and shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000
+
+def test_math_outside_code_only():
+    md = 'a $x_i^2$ b, costs $5 and $3, `$c$` and\n```\n$d$\n```\n$$\\frac{1}{R}$$'
+    out = build.math_to_mathml(md)
+    assert out.count('<math') == 2 and 'display="block"' in out and '<msubsup>' in out
+    assert '$5 and $3' in out and '`$c$`' in out and '\n$d$\n' in out
