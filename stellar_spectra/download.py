@@ -86,7 +86,33 @@ class Fetcher:
                 self.ssl = self.ssl or ssl.create_default_context()
                 self.conns[key] = http.client.HTTPSConnection(u.netloc, timeout=self.timeout, context=self.ssl)
             else: self.conns[key] = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
+            self.conns[key].response_class = _Response
         return key, self.conns[key]
+
+# %% ../nbs/01_download.ipynb
+class _Headers(dict):
+    "Response headers by lower-case name, read the way `http.client` reads its own."
+    def get(self, k, default=None): return super().get(k.lower(), default)
+    def get_all(self, k, default=None): return [v] if (v := self.get(k)) is not None else default
+
+class _Response(http.client.HTTPResponse):
+    "`http.client`'s response with a lean header parser: its `email` parser costs more than receiving a 50 KB body."
+    def begin(self):
+        if self.headers is not None: return
+        while (st := self._read_status())[1] == 100: http.client._read_headers(self.fp)
+        version, status, reason = st
+        if not version.startswith('HTTP/1.') and version != 'HTTP/0.9': raise http.client.UnknownProtocol(version)
+        self.code = self.status = status; self.reason = reason.strip(); self.version = 10 if version in ('HTTP/1.0', 'HTTP/0.9') else 11
+        self.headers = self.msg = h = _Headers()
+        for line in http.client._read_headers(self.fp):
+            k, sep, v = line.decode('iso-8859-1').partition(':')
+            if sep: k, v = k.strip().lower(), v.strip(); h[k] = f'{h[k]}, {v}' if k in h else v
+        self.chunked, self.chunk_left = (h.get('transfer-encoding') or '').lower() == 'chunked', None
+        self.will_close, n = self._check_close(), h.get('content-length')
+        self.length = int(n) if n and n.isdigit() and not self.chunked else None
+        if status in (204, 304) or 100 <= status < 200 or self._method == 'HEAD': self.length = 0
+        if self.length is None and not self.chunked: self.will_close = True
+
 
 # %% ../nbs/01_download.ipynb
 @patch
@@ -143,7 +169,11 @@ def open_file(url, have:int, meta:dict):
     return f, offset, new
 
 # %% ../nbs/01_download.ipynb
-def _partials(final:Path): return final.with_name(final.name + '.part'), final.with_name(final.name + '.part.json')
+def _partials(final): return f'{final}.part', f'{final}.part.json'  # plain strings: pathlib costs more than the syscalls here
+
+def _unlink(fname):
+    try: os.unlink(fname)
+    except FileNotFoundError: pass
 
 def _write(fd, b):
     "Write all of `b` to the file descriptor `fd`."
@@ -162,7 +192,7 @@ def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on
     big = total is None or total - offset > self.chunk
     bufs, pending, i = self.buffers(self.depth if big else 1), deque(), 0
     if offset: _hash_into(hs, part, bufs[0])
-    else: mfile.unlink(missing_ok=True)
+    else: _unlink(mfile)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
     try:
         if offset: os.ftruncate(fd, offset); os.lseek(fd, offset, os.SEEK_SET)
@@ -186,18 +216,19 @@ def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on
     for what, want, got in (('size', e.size, done), ('sha256', e.sha256, digests['sha256']), ('md5', e.md5, digests.get('md5'))):
         if want and want != got: raise TransferError(f'{meta["url"]}: {what} {got} differs from the manifest ({want})', reset=True)
     os.replace(part, final)
-    if saved: mfile.unlink(missing_ok=True)
+    if saved: _unlink(mfile)
     return dict(size=done, **digests, url=meta['url'], etag=meta['etag'], last_modified=meta['last_modified'])
 
 # %% ../nbs/01_download.ipynb
 @patch
 def fetch(self:Fetcher, e:Entry, url:str, dest:Path, on_bytes=None):
     "One attempt at one entry, resuming a partial file; returns the lock record."
-    final = dest/e.path
-    if final.parent not in self.dirs: final.parent.mkdir(parents=True, exist_ok=True); self.dirs.add(final.parent)
+    final = os.path.join(dest, e.path); parent = os.path.dirname(final)
+    if parent not in self.dirs: os.makedirs(parent, exist_ok=True); self.dirs.add(parent)
     part, mfile = _partials(final)
-    have = part.stat().st_size if part.exists() else 0
-    try: meta = json.loads(mfile.read_text()) if have else {}
+    try: have = os.stat(part).st_size
+    except FileNotFoundError: have = 0
+    try: meta = json.loads(Path(mfile).read_bytes()) if have else {}
     except (OSError, ValueError): meta = {}
     if not meta or meta.get('source') != url or (meta.get('total') is not None and have > meta['total']): have = 0
     try:
@@ -209,7 +240,7 @@ def fetch(self:Fetcher, e:Entry, url:str, dest:Path, on_bytes=None):
         finally:
             if isinstance(stream, io.IOBase): stream.close()
     except TransferError as err:
-        if err.reset: part.unlink(missing_ok=True); mfile.unlink(missing_ok=True)
+        if err.reset: _unlink(part); _unlink(mfile)
         raise
     except (OSError, http.client.HTTPException): self.close(); raise  # a connection in an unknown state is not reused
 
@@ -307,7 +338,8 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
             while (job := q.get()) is not None: _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, len(jobs))
         except Exception as err: errors.append(err)  # e.g. the lock file cannot be written: raised below
         finally: f.close()
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(n_workers, len(jobs))))]
+    slots = sum(min(per_host, k) for k in Counter(j.host for j in jobs).values())  # more threads would only wait, and wake each other
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(n_workers, slots)))]
     for t in threads: t.start()
     for t in threads: t.join()
     bar.close()
