@@ -15,8 +15,8 @@ from .spectrum import Spectrum
 
 # %% auto 0
 __all__ = ['FAULTS', 'MisalignedGridError', 'line_pixels', 'coverage_segments', 'line_ccf', 'coarse_shifts', 'fit_gaussians',
-           'measure_lines', 'robust_mean', 'line_offsets', 'spectrum_offsets', 'stack', 'alignment_report',
-           'check_alignment', 'inject_fault', 'process_for_check']
+           'measure_lines', 'robust_mean', 'line_offsets', 'spectrum_offsets', 'stack', 'survey_row',
+           'alignment_report', 'check_alignment', 'inject_fault', 'process_for_check']
 
 # %% ../nbs/05a_alignment.ipynb
 class MisalignedGridError(ValueError):
@@ -205,6 +205,21 @@ def stack(flux, ivar, mask): # (N, M) flux, ivar, True = bad
     return f, s, s == 0
 
 # %% ../nbs/05a_alignment.ipynb
+def survey_row(grid:Grid, # the common grid
+               survey:str, # the survey's name
+               per:pd.DataFrame, # its spectra's rows of `spectrum_offsets`
+               flux, ivar, bad, # (M,) its stacked spectrum (outliers left out), e.g. from `stack`
+               lines=None): # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    "One survey's row of the report: stacked offset and error, per-spectrum median and scatter, outliers."
+    o = per['offset_px'].dropna()
+    r = measure_lines(grid, flux, ivar, bad, lines) if (np.asarray(ivar) > 0).any() else None
+    m, e, nl = robust_mean(r['offset'], r['err']) if r is not None else ([np.nan], [np.nan], [0])
+    return dict(survey=survey, n_spectra=len(per), n_measured=len(o), n_lines=int(nl[0]), offset_px=m[0], offset_err_px=e[0],
+                offset_kms=m[0] * grid.dln * C_KMS, median_px=o.median() if len(o) else np.nan,
+                scatter_px=1.4826 * (o - o.median()).abs().median() if len(o) else np.nan, noise_px=per['err_px'].median(),
+                n_outliers=int(per['outlier'].astype(bool).sum()), max_abs_px=o.abs().max() if len(o) else np.nan)
+
+# %% ../nbs/05a_alignment.ipynb
 def alignment_report(grid:Grid, # the common grid
                      flux, ivar, mask, # (N, M) rest-frame normalised flux, ivar, True = bad
                      survey, # (N,) survey of each spectrum (or one name)
@@ -217,14 +232,9 @@ def alignment_report(grid:Grid, # the common grid
     per = spectrum_offsets(grid, flux, ivar, mask, lines, outlier_px) if spectra is None else spectra.reset_index(drop=True)
     rows = []
     for sv in dict.fromkeys(survey):
-        k = survey == sv; ps = per[k]; o = ps['offset_px'].dropna()
+        k = survey == sv; ps = per[k]
         use = np.flatnonzero(k)[(ps['offset_px'].notna() & ~ps['outlier']).to_numpy()]
-        r = measure_lines(grid, *stack(flux[use], ivar[use], mask[use]), lines) if len(use) else None
-        m, e, nl = robust_mean(r['offset'], r['err']) if r is not None else ([np.nan], [np.nan], [0])
-        rows.append(dict(survey=sv, n_spectra=int(k.sum()), n_measured=len(o), n_lines=int(nl[0]), offset_px=m[0], offset_err_px=e[0],
-                         offset_kms=m[0] * grid.dln * C_KMS, median_px=o.median() if len(o) else np.nan,
-                         scatter_px=1.4826 * (o - o.median()).abs().median() if len(o) else np.nan, noise_px=ps['err_px'].median(),
-                         n_outliers=int(ps['outlier'].sum()), max_abs_px=o.abs().max() if len(o) else np.nan))
+        rows.append(survey_row(grid, sv, ps, *stack(flux[use], ivar[use], mask[use]), lines))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_alignment.ipynb

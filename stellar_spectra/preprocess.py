@@ -17,7 +17,7 @@ from .spectrum import Spectrum, PixelFlag, BAD
 from .resample import Grid, Resampler, common_grid, rest_velocity
 from .continuum import normalise
 from .masks import flag_atmosphere, flags_on_grid, loss_weights
-from .alignment import spectrum_offsets, measure_lines, robust_mean, check_alignment, MisalignedGridError
+from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
 from .storage import write_shard, completed_shards
 
 # %% auto 0
@@ -290,14 +290,9 @@ def guard_report(grid:Grid, # the common grid
     "One row per survey, as `alignment.alignment_report`: stacked offset and error, per-spectrum median and scatter, outliers."
     rows = []
     for sv, ps in per.groupby('survey', sort=False):
-        o = ps['offset_px'].dropna(); w = sums.get(f'{sv}/w', np.zeros(grid.n))
+        w = sums.get(f'{sv}/w', np.zeros(grid.n))
         with np.errstate(invalid='ignore', divide='ignore'): f = np.where(w > 0, sums.get(f'{sv}/wf', 0) / w, 1.0)
-        r = measure_lines(grid, f, w, w == 0) if (w > 0).any() else None
-        m, e, nl = robust_mean(r['offset'], r['err']) if r is not None else ([np.nan], [np.nan], [0])
-        rows.append(dict(survey=sv, n_spectra=len(ps), n_measured=len(o), n_lines=int(nl[0]), offset_px=m[0], offset_err_px=e[0],
-                         offset_kms=m[0] * grid.dln * C_KMS, median_px=o.median() if len(o) else np.nan,
-                         scatter_px=1.4826 * (o - o.median()).abs().median() if len(o) else np.nan, noise_px=ps['err_px'].median(),
-                         n_outliers=int(ps['outlier'].astype(bool).sum()), max_abs_px=o.abs().max() if len(o) else np.nan))
+        rows.append(survey_row(grid, sv, ps, f, w, w == 0))
     return pd.DataFrame(rows)
 
 # %% ../nbs/06a_preprocess.ipynb
