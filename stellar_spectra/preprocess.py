@@ -14,7 +14,7 @@ from .atomic import atomic_write
 from .formats import apstar_path, galah_filename, C_KMS
 from .readers import read_spectrum, SpectrumReadError
 from .spectrum import Spectrum, PixelFlag, BAD
-from .resample import Grid, Resampler, common_grid, rest_velocity
+from .resample import Grid, Resampler, common_grid, to_rest_grid
 from .continuum import normalise
 from .masks import flag_atmosphere, flags_on_grid, loss_weights
 from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
@@ -122,20 +122,14 @@ def regrid(spec:Spectrum, # spectrum (vacuum, any frame), flags already set
            grid:Grid, # the common grid
            rv:float|None=None, # catalogue barycentric velocity (km/s); None: the spectrum's own
            max_masked:float=0.25): # see `Resampler`
-    "On the full common grid through shared operators: dict(flux, ivar, bad, flags, rv_used)."
-    v = rest_velocity(spec, rv)
-    if not np.isfinite(v): raise ValueError(f'{spec.survey} {spec.product} {spec.star_id}: no velocity to remove ({spec.frame} frame, rv={rv})')
-    R = spec.R if np.isfinite(spec.R) else None
-    flux, ivar, bad, flags = np.zeros(grid.n), np.zeros(grid.n), np.ones(grid.n, bool), np.full(grid.n, int(PixelFlag.NO_DATA), np.int32)
-    reach = []
-    for a, b in _pieces(spec):
-        r, vs = lattice_resampler(spec.wave[a:b], grid, R, v, max_masked)
-        f, i, k = r(spec.flux[a:b], spec.ivar[a:b], spec.mask[a:b])
-        bk = np.ones(grid.n, bool); bk[r.sl] = k
-        flux[r.sl], ivar[r.sl], bad[r.sl] = f, i, k
-        flags[r.sl] = flags_on_grid(grid, r, spec.flags[a:b], bk)[r.sl]; reach.append(r.sl)
-    for s0, s1 in zip(reach[:-1], reach[1:]): flags[s0.stop:s1.start] = PixelFlag.DETECTOR_GAP
-    return dict(flux=flux, ivar=ivar, bad=bad, flags=flags, rv_used=vs)
+    "`to_rest_grid` through shared lattice operators, one per camera, and the flags: dict(flux, ivar, bad, flags, rv_used, resampler)."
+    cams = _pieces(spec)
+    ops = lambda v, R: [lattice_resampler(spec.wave[a:b], grid, R, v, max_masked)[0] for a, b in cams]
+    out = to_rest_grid(spec, grid, rv, max_masked=max_masked, resampler=ops); rs = out['resampler']
+    flags = np.full(grid.n, int(PixelFlag.NO_DATA), np.int32)
+    for (a, b), r in zip(cams, rs): flags[r.sl] = flags_on_grid(grid, r, spec.flags[a:b], out['bad'][r.sl])[r.sl]
+    for r0, r1 in zip(rs[:-1], rs[1:]): flags[r0.sl.stop:r1.sl.start] = PixelFlag.DETECTOR_GAP
+    return {**out, 'flags': flags}
 
 # %% ../nbs/06a_preprocess.ipynb
 def preprocess_spectrum(spec:Spectrum, # a spectrum as read (any survey, any frame)

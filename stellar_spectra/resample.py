@@ -94,6 +94,11 @@ def _smoothed_reference(e_in, e_out, sigma, nsig=6.):
 
 
 # %% ../nbs/03_resample.ipynb
+def _jit(fn, **kw): # the Python function; `numba.njit` options
+    "`numba.njit` releasing the GIL, its machine code cached on disk where numba finds a place (beside the module, else its user cache)."
+    try: return numba.njit(cache=True, nogil=True, **kw)(fn)
+    except RuntimeError: return numba.njit(nogil=True, **kw)(fn)  # nowhere to cache (e.g. code run with exec)
+
 # rational approximations of erf and erfc: Moshier's Cephes coefficients (after Cody), published numbers; highest power first
 _ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0, 4.86371970985681366614e1,
            1.96520832956077098242e2, 5.26445194995477358631e2, 9.34528527171957607540e2, 1.02755188689515710272e3,
@@ -124,14 +129,14 @@ def _cdf_pdf(t):
     else: q = 1.2533141373155003 * f * _horner(_ERFC_R, x) / _horner(_ERFC_S, x)
     return (1.0 - q, f) if t > 0 else (q, f)
 
-if numba: _horner, _cdf_pdf = numba.njit(nogil=True, inline='always')(_horner), numba.njit(nogil=True)(_cdf_pdf)
+if numba: _horner, _cdf_pdf = _jit(_horner, inline='always'), _jit(_cdf_pdf)
 
 
 # %% ../nbs/03_resample.ipynb
 def _psi1(t):
     "Ψ(t) of one number."
     F, f = _cdf_pdf(t); return t * F + f
-if numba: _psi1 = numba.njit(nogil=True)(_psi1)
+if numba: _psi1 = _jit(_psi1)
 
 def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
     "CSR arrays (indptr, indices, data) of `smoothed_overlap_matrix`, row by row, each Ψ evaluated once (compiled with numba)."
@@ -161,7 +166,7 @@ def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
         indptr[j + 1] = n
     return indptr, indices[:n], data[:n]
 
-_smoothed_csr = numba.njit(nogil=True)(_smoothed_loop) if numba else None
+_smoothed_csr = _jit(_smoothed_loop) if numba else None
 
 
 # %% ../nbs/03_resample.ipynb
@@ -255,10 +260,7 @@ def _apply_loop(indptr, indices, data, flux, ivar, mask, max_masked, fill, out, 
             b = de < 1 - max_masked or not vn > 0
             out[s, j] = fill if b else nu / de; oiv[s, j] = 0.0 if b else de * de / vn; bad[s, j] = b
 
-try:
-    import numba
-    _apply_numba = numba.njit(nogil=True)(_apply_loop)
-except ImportError: _apply_numba = None
+_apply_numba = _jit(_apply_loop) if numba else None
 
 # %% ../nbs/03_resample.ipynb
 @patch
@@ -318,14 +320,21 @@ def to_rest_grid(spec:Spectrum, # the spectrum (vacuum wavelengths, any frame)
                  grid:Grid|None=None, # the common grid (default `common_grid()`)
                  rv:float|None=None, # barycentric velocity of the star (km/s, e.g. the catalogue's); None: `spec.rv`
                  R_native=None, # native resolving power (scalar or per pixel); None: `spec.R` (no degradation if unknown)
-                 max_masked:float=0.25): # output masked when more than this fraction of its input was masked
+                 max_masked:float=0.25, # output masked when more than this fraction of its input was masked
+                 resampler=None): # prebuilt: a `Resampler`, a list (one per camera, in order) or a function (v, R) -> either; None: built here
     "A spectrum in its star's rest frame on the full common grid: dict(flux, ivar, bad, rv_used, resampler)."
     grid = grid or common_grid(); v = rest_velocity(spec, rv)
     if not np.isfinite(v):
         raise ValueError(f'to_rest_grid: {spec.survey} {spec.product} {spec.star_id}: the velocity in its {spec.frame} frame is '
                          f'unknown (rv={spec.rv}, bc={spec.bc}): pass rv= (a catalogue velocity)')
-    R = spec.R if R_native is None else R_native
-    r = Resampler(spec.wave, grid, R if np.all(np.isfinite(R)) else None, v, max_masked)
-    flux, ivar, bad = np.zeros(grid.n), np.zeros(grid.n), np.ones(grid.n, bool)
-    flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux, spec.ivar, spec.mask)
-    return dict(flux=flux, ivar=ivar, bad=bad, rv_used=v, resampler=r)
+    R = spec.R if R_native is None else R_native; R = R if np.all(np.isfinite(R)) else None
+    if resampler is None: resampler = Resampler(spec.wave, grid, R, v, max_masked)
+    elif not isinstance(resampler, (Resampler, list, tuple)): resampler = resampler(v, R)
+    ops = [resampler] if isinstance(resampler, Resampler) else list(resampler)
+    if sum(r.P for r in ops) != len(spec) or any(r.grid != grid for r in ops) or len({r.rv for r in ops}) != 1:
+        raise ValueError(f'to_rest_grid: the resamplers given take {sum(r.P for r in ops)} native pixels (the spectrum has {len(spec)}): '
+                         'they must cover it in order, for this grid, at one velocity')
+    flux, ivar, bad, a = np.zeros(grid.n), np.zeros(grid.n), np.ones(grid.n, bool), 0
+    for r in ops:
+        b = a + r.P; flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux[a:b], spec.ivar[a:b], spec.mask[a:b]); a = b
+    return dict(flux=flux, ivar=ivar, bad=bad, rv_used=ops[0].rv, resampler=resampler)
