@@ -1,15 +1,16 @@
 """Regridded HDF5 store: random-batch read throughput and file size of the chosen layout against contiguous, h5py's
-default (auto-chunked, gzip) and one-chunk-per-spectrum layouts; loading the whole sample against reading the file.
+default (auto-chunked, gzip) and one-chunk-per-spectrum layouts; loading the whole sample against reading the file; with --checksums, what checksumming the chunks (HDF5's fletcher32
+filter) or the arrays (sha256, `RegriddedStore.verify`) costs, written as a dated section of the results.
 
-Usage: .venv/bin/python bench/storage.py [--n 2000] [--out bench/results/storage.md]
+Usage: .venv/bin/python bench/storage.py [--n 2000] [--out bench/results/storage.md] [--checksums]
 """
-import argparse, os, platform, sys, tempfile, time
+import argparse, hashlib, os, platform, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import h5py
 from stellar_spectra.atomic import atomic_write
 from stellar_spectra.resample import common_grid
-from stellar_spectra.storage import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
+from stellar_spectra.regridded import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
 
 FIELDS = ('norm_flux', 'norm_ivar', 'weight')  # what training reads
 COVER = {'apogee': [(15140, 15800), (15860, 16430), (16480, 16960)],  # rest-frame vacuum Å, chip gaps left out
@@ -105,11 +106,97 @@ def time_load(path):
         while fh.read(16 << 20): pass
     return t_load, time.perf_counter() - t
 
+CHECKSUMS = '## Checksums'  # heading of the section written by --checksums (kept when the main table is rewritten)
+
+def _fletcher_table(ds):
+    "(row, chunk) -> file offset (-1: unallocated) of a one-row-chunk dataset, and the stored chunk size (data + 4 checksum bytes)."
+    cp = ds.chunks[1]; off = np.full((ds.shape[0], -(-ds.shape[1] // cp)), -1, np.int64); size = []
+    def cb(si): off[si.chunk_offset[0], si.chunk_offset[1] // cp] = si.byte_offset; size.append(si.size)
+    ds.id.chunk_iter(cb)
+    return off, size[0]
+
+def _fletcher_kernel():
+    "HDF5's Fletcher-32 of each chunk (big-endian 16-bit words; sums exact in float64, so the loop vectorises), then copy its data out."
+    import numba
+    @numba.njit(nogil=True, cache=True, fastmath=True)
+    def verify_copy(buf, sz, nb, dest, out, bad):
+        w16 = buf.view(np.uint16); W = nb // 2
+        for k in range(dest.shape[0]):
+            a = k * sz; blk = w16[a // 2:a // 2 + W]; s1 = 0.0; s2 = 0.0
+            for i in range(W):
+                v = blk[i]; w = np.float64((v >> 8) | ((v & 0xff) << 8)); s1 += w; s2 += (W - i) * w
+            t1, t2 = np.int64(s1), np.int64(s2)
+            t1 = 0 if t1 == 0 else (t1 - 1) % 65535 + 1; t2 = 0 if t2 == 0 else (t2 - 1) % 65535 + 1
+            c = np.int64(buf[a + nb]) | (np.int64(buf[a + nb + 1]) << 8) | (np.int64(buf[a + nb + 2]) << 16) | (np.int64(buf[a + nb + 3]) << 24)
+            if c != ((t2 << 16) | t1): bad[0] = k; return
+            out[dest[k, 0]:dest[k, 0] + dest[k, 1]] = buf[a:a + dest[k, 1]]
+    return verify_copy
+
+_FK = []
+
+def fletcher_direct(ds, rows):
+    "The direct path on a fletcher32 layout: each run of chunks read with one os.preadv into a scratch buffer, every chunk's checksum checked, data copied out."
+    key = (ds.file.filename, ds.name)
+    if key not in _TABLES: _TABLES[key] = (os.open(ds.file.filename, os.O_RDONLY), _fletcher_table(ds))
+    if not _FK: _FK.append(_fletcher_kernel())
+    fd, (off, sz) = _TABLES[key]; out = np.zeros((len(rows), ds.shape[1]), ds.dtype)
+    nb = ds.chunks[1] * out.dtype.itemsize; rb = out.shape[1] * out.dtype.itemsize
+    sel = off[rows]; ri, ci = np.nonzero(sel >= 0); fo = sel[ri, ci]; buf = np.empty(len(fo) * sz, np.uint8); mv = memoryview(buf)
+    cut = np.flatnonzero((np.diff(fo) != sz) | (np.diff(ri) != 0)) + 1
+    for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, len(fo)].tolist()):
+        if os.preadv(fd, [mv[a * sz:b * sz]], int(fo[a])) != (b - a) * sz: raise OSError('short read')
+    dest = np.stack([ri * rb + ci * nb, np.minimum(nb, rb - ci * nb)], 1).astype(np.int64); bad = np.full(1, -1, np.int64)
+    _FK[0](buf, sz, nb, dest, out.reshape(-1).view(np.uint8), bad)
+    if bad[0] >= 0: raise OSError(f'{ds.file.filename}: checksum mismatch in the chunk at byte {fo[bad[0]]}')
+    return out
+
+def checksums(a, grid, batches):
+    "Random-batch speed of the chosen layout without and with fletcher32 (h5py's reader, our direct path + a compiled check), and sha256 costs."
+    n, d = a.n, Path(tempfile.mkdtemp(dir=a.dir)); load0 = os.getloadavg(); res = {}
+    plain, fl = d / 'plain.h5', d / 'fletcher32.h5'; sh = (n, grid.n)
+    tw = {'plain': write(plain, grid, n, _chunked(sh, np.float32), True), 'fletcher32': write(fl, grid, n, {**_chunked(sh, np.float32), 'fletcher32': True}, True)}
+    with h5py.File(plain) as f, h5py.File(fl) as g:  # same rows either way
+        for k in FIELDS: np.testing.assert_array_equal(ours(f[k], batches[0]), fletcher_direct(g[k], batches[0]))
+    forget()
+    readers = {'no filter, our direct reader (today)': (plain, ours), 'fletcher32, h5py reader (the direct path disabled)': (fl, _read_rows),
+               'fletcher32, direct reader + Fletcher-32 checked in a compiled loop': (fl, fletcher_direct)}
+    for rep in range(a.reps):  # interleaved, so that a change in the machine's load hits all readers alike
+        for name, (p, reader) in readers.items():
+            c = time_batches(p, batches, reader); forget(); w = time_batches(p, batches[100:], reader, cold=False); forget()
+            res.setdefault(name, []).append((*c, *w)); print(name, res[name][-1], flush=True)
+    x = np.stack([block(grid, 0, 256)[k] for k in FIELDS]); t = time.perf_counter(); hashlib.sha256(x).hexdigest()
+    sha = x.nbytes / (time.perf_counter() - t) / 1e6
+    med = {k: np.median(np.array(v), axis=0) for k, v in res.items()}; base = med[next(iter(readers))]
+    lines = [CHECKSUMS, '', f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `python bench/storage.py --checksums --n {n}`; {os.cpu_count()} shared CPUs, "
+             f"load average {load0[0]:.2f} at the start and {os.getloadavg()[0]:.2f} at the end (another benchmark was running: compare the rows, "
+             f"not the absolute figures; CPU-seconds vary less than wall time). h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}. "
+             f"Uncompressed chunks carry no checksum, so a flipped byte in a chunk of `regridded.h5` reads back silently. The chosen layout "
+             f"({CHUNK_ROWS} × {CHUNK_PX} px, empty chunks unwritten) written without and with HDF5's `fletcher32` filter "
+             f"({plain.stat().st_size / 1e6:,.1f} and {fl.stat().st_size / 1e6:,.1f} MB), random batches of {a.batch} (3 fields), "
+             f"median of {a.reps} interleaved runs:", '',
+             '| reader | cold: spectra/s wall (per CPU-s) | warm | CPU per spectrum ÷ today (warm) |', '|---|---|---|---|']
+    for name, m in med.items():
+        lines.append(f"| {name} | {m[0]:,.0f} ({m[1]:,.0f}) | {m[2]:,.0f} ({m[3]:,.0f}) | {base[3] / m[3]:.2f} |")
+    lines += ['', f"sha256 of the arrays' bytes: {sha:,.0f} MB/s (one core, SHA-NI), so a full check of the {n:,}-spectrum sample's "
+              f"{len(FIELDS)} fields ({x.nbytes / 256 * n / 1e9:.2f} GB as arrays) takes about {x.nbytes / 256 * n / sha / 1e6:.1f} s "
+              "on top of reading them (`RegriddedStore.load`).", '']
+    for p in (plain, fl): p.unlink()
+    return '\n'.join(lines)
+
+def replace_section(path, text):
+    "The results file with its checksum section replaced by (or extended with) `text`."
+    old = Path(path).read_text() if Path(path).exists() else ''
+    head = old.split('\n' + CHECKSUMS)[0].rstrip('\n') if old else '# Storage benchmark'
+    return head + '\n\n' + text
+
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=2000); ap.add_argument('--batch', type=int, default=256)
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'storage.md')); ap.add_argument('--dir', default=None)
+    ap.add_argument('--checksums', action='store_true', help='only the checksum section'); ap.add_argument('--reps', type=int, default=3)
     a = ap.parse_args(); grid = common_grid(); n = a.n
     rng = np.random.default_rng(1); batches = [rng.choice(n, a.batch, replace=False) for _ in range(200)]
+    if a.checksums:
+        text = checksums(a, grid, batches); atomic_write(a.out, replace_section(a.out, text)); print(text); return
     d = Path(tempfile.mkdtemp(dir=a.dir)); rows, raw = [], n * grid.n * 4 * len(FIELDS)
     check = block(grid, 0, min(n, 256))  # the first written block
     for name, (kw, skip) in layouts(n, grid.n).items():
@@ -158,6 +245,8 @@ def main():
               f"takes {raw / chosen['load'] / (raw / contig['file']):.1f}× the time the disk needs to deliver the dense arrays. "
               f"One random batch of {a.batch} (3 fields) takes {a.batch / chosen['ours_c'][0] * 1e3:.0f} ms wall "
               f"({a.batch / chosen['ours_c'][1] * 1e3:.0f} ms of CPU) cold.", '']
-    atomic_write(a.out, "\n".join(lines)); print('\n'.join(lines))
+    old = Path(a.out).read_text() if Path(a.out).exists() else ''
+    keep = old[old.index('\n' + CHECKSUMS):] if '\n' + CHECKSUMS in old else ''  # the checksum section, measured separately
+    atomic_write(a.out, "\n".join(lines) + keep); print('\n'.join(lines))
 
 if __name__ == '__main__': main()

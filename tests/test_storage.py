@@ -300,3 +300,22 @@ def test_stored_chunk_runs_checked(tmp_path):
         off = f['runs/weight/offset']; off[...] = off[()] + 4  # as if the file had been repacked
     with open_regridded(p) as st:
         for k, v in st.read([9, 2, 2, 0], fields=('weight', 'norm_flux')).items(): same_bits(v, arrays[k][[9, 2, 2, 0]])
+
+
+def test_verify_finds_a_flipped_data_byte(tmp_path):
+    "Unfiltered chunks carry no checksum: a flipped pixel byte reads back silently, and `verify` (stored sha256 per array) reports it."
+    grid, arrays, meta = sample(6)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta)
+    with open_regridded(p) as st: assert st.verify() == st.fields
+    with h5py.File(p) as f: at = f['arrays/norm_ivar'].id.get_chunk_info(3).byte_offset + 17
+    b = bytearray(p.read_bytes()); b[at] ^= 0x01; p.write_bytes(bytes(b))
+    with open_regridded(p) as st:
+        assert not np.array_equal(st.load(('norm_ivar',))['norm_ivar'], arrays['norm_ivar'])
+        assert st.verify(['flux', 'weight']) == ['flux', 'weight']
+        with pytest.raises(StoreError, match="array 'norm_ivar' does not match its stored sha256") as e: st.verify()
+        assert e.value.path == str(p)
+    grid, arrays, meta, native = shard_inputs(6)  # the merged store carries its sha256 too
+    write_chunks(tmp_path / 'shards', grid, arrays, meta, native, 4); merge_shards(tmp_path / 'shards', tmp_path / 'out', progress=False)
+    with open_regridded(tmp_path / 'out' / 'regridded.h5') as st: assert st.verify() == st.fields
+    with h5py.File(tmp_path / 'out' / 'regridded.h5', 'a') as f: del f['arrays/flux'].attrs['sha256']  # a store written before checksums
+    with open_regridded(tmp_path / 'out' / 'regridded.h5') as st, pytest.raises(StoreError, match="'flux' has no stored sha256"): st.verify()
