@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_download.ipynb 3
 from __future__ import annotations
-import heapq, http.client, io, json, os, random, re, ssl, threading, time
+import heapq, io, json, mmap, os, random, re, ssl, threading, time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,12 +16,13 @@ from urllib.request import url2pathname
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .atomic import atomic_write
+from .http1 import Closed, Connection, open_pipe, spliceable
 from .manifest import (MANIFEST_FIELDS, Entry, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
                                       catalogue_manifest, galah_entries, ges_entries, hash_file, read_manifest, write_manifest)
 
 # %% auto 0
-__all__ = ['LOCK_NAME', 'RETRY_STATUS', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job', 'JobQueue',
-           'download', 'RangeRequestHandler', 'serve_directory']
+__all__ = ['LOCK_NAME', 'RETRY_STATUS', 'HASH_WINDOW', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job',
+           'JobQueue', 'download', 'RangeRequestHandler', 'serve_directory']
 
 # %% ../nbs/01_download.ipynb
 LOCK_NAME = 'download.lock.json'
@@ -80,39 +81,12 @@ class Fetcher:
         if self.pool: self.pool.shutdown(); self.pool = None
 
     def _conn(self, u):
-        key = (u.scheme, u.netloc)
-        if key not in self.conns:
-            if u.scheme == 'https':
-                self.ssl = self.ssl or ssl.create_default_context()
-                self.conns[key] = http.client.HTTPSConnection(u.netloc, timeout=self.timeout, context=self.ssl)
-            else: self.conns[key] = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
-            self.conns[key].response_class = _Response
-        return key, self.conns[key]
-
-# %% ../nbs/01_download.ipynb
-class _Headers(dict):
-    "Response headers by lower-case name, read the way `http.client` reads its own."
-    def get(self, k, default=None): return super().get(k.lower(), default)
-    def get_all(self, k, default=None): return [v] if (v := self.get(k)) is not None else default
-
-class _Response(http.client.HTTPResponse):
-    "`http.client`'s response with a lean header parser: its `email` parser costs more than receiving a 50 KB body."
-    def begin(self):
-        if self.headers is not None: return
-        while (st := self._read_status())[1] == 100: http.client._read_headers(self.fp)
-        version, status, reason = st
-        if not version.startswith('HTTP/1.') and version != 'HTTP/0.9': raise http.client.UnknownProtocol(version)
-        self.code = self.status = status; self.reason = reason.strip(); self.version = 10 if version in ('HTTP/1.0', 'HTTP/0.9') else 11
-        self.headers = self.msg = h = _Headers()
-        for line in http.client._read_headers(self.fp):
-            k, sep, v = line.decode('iso-8859-1').partition(':')
-            if sep: k, v = k.strip().lower(), v.strip(); h[k] = f'{h[k]}, {v}' if k in h else v
-        self.chunked, self.chunk_left = (h.get('transfer-encoding') or '').lower() == 'chunked', None
-        self.will_close, n = self._check_close(), h.get('content-length')
-        self.length = int(n) if n and n.isdigit() and not self.chunked else None
-        if status in (204, 304) or 100 <= status < 200 or self._method == 'HEAD': self.length = 0
-        if self.length is None and not self.chunked: self.will_close = True
-
+        "The connection to `u`'s host (opened on its first request)."
+        if (c := self.conns.get((u.scheme, u.netloc))) is None:
+            tls = u.scheme == 'https'
+            if tls: self.ssl = self.ssl or ssl.create_default_context()
+            c = self.conns[u.scheme, u.netloc] = Connection(u.netloc, tls, self.timeout, self.ssl)
+        return c
 
 # %% ../nbs/01_download.ipynb
 @patch
@@ -120,12 +94,11 @@ def request(self:Fetcher, url, headers):
     "GET `url` following redirects; returns the response and the final URL."
     for _ in range(8):
         u = urlsplit(url)
+        conn = self._conn(u)
         for again in (False, True):
-            reused = (u.scheme, u.netloc) in self.conns
-            key, conn = self._conn(u)
-            try: conn.request('GET', (u.path or '/') + (f'?{u.query}' if u.query else ''), headers=headers); resp = conn.getresponse(); break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.conns.pop(key).close()
+            reused = conn.sock is not None
+            try: resp = conn.get((u.path or '/') + (f'?{u.query}' if u.query else ''), headers); break
+            except (Closed, ConnectionResetError, BrokenPipeError):  # closed while idle: one more try on a new connection
                 if not reused or again: raise
         if resp.status in (301, 302, 303, 307, 308) and resp.getheader('Location'):
             resp.read(); url = urljoin(url, resp.getheader('Location')); continue
@@ -152,9 +125,9 @@ def open_http(self:Fetcher, url, have:int, meta:dict):
         new = _meta(url, resp, int(m[3]) if m else None)
         if m and int(m[1]) == have and new['total'] == meta.get('total') and all(
                 new[k] == meta.get(k) for k in ('etag', 'last_modified') if new[k] or meta.get(k)): return resp, have, new
-        self.conns.pop((urlsplit(url).scheme, urlsplit(url).netloc)).close()
+        resp.conn.close()
         raise TransferError(f'{url}: range answer {resp.getheader("Content-Range")!r} does not continue the partial file', reset=True)
-    self.conns.pop((urlsplit(url).scheme, urlsplit(url).netloc)).close()
+    resp.conn.close()  # its body is not wanted
     raise TransferError(f'{url}: HTTP {resp.status} {resp.reason}', retry=resp.status in RETRY_STATUS or resp.status >= 500,
                         reset=resp.status == 416, status=resp.status)
 
@@ -184,18 +157,24 @@ def _hash_into(hs, fname, buf):
     with open(fname, 'rb', buffering=0) as f:
         while n := f.readinto(buf): _update(hs, buf[:n])
 
+HASH_WINDOW = 8 << 20  # bytes hashed at a time from a spliced file's pages
+
+def _hash_range(hs, fd:int, a:int, b:int):
+    "Feed bytes [a, b) of the open file `fd` to the hashers `hs`, read through a memory map of its pages."
+    a0 = a - a % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, b - a0, mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0), mmap.PROT_READ, offset=a0) as m:
+        v = memoryview(m)
+        try: _update(hs, v[a - a0:])
+        finally: v.release()
+
+
 # %% ../nbs/01_download.ipynb
 @patch
-def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on_bytes=None):
-    "Write a transfer to `final` via `<final>.part`, verify it, rename it; returns the lock record."
-    (part, mfile), hs, total, done, saved = _partials(final), _hashers(bool(e.md5)), meta['total'], offset, bool(offset)
-    big = total is None or total - offset > self.chunk
+def _copy(self:Fetcher, stream, fd:int, done:int, total:int|None, hs:dict, meta:dict, on_bytes=None):
+    "The buffered path: read into reusable buffers, write, hash on the hashing thread (in place for one chunk); returns the bytes in the file."
+    big = total is None or total - done > self.chunk
     bufs, pending, i = self.buffers(self.depth if big else 1), deque(), 0
-    if offset: _hash_into(hs, part, bufs[0])
-    else: _unlink(mfile)
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
     try:
-        if offset: os.ftruncate(fd, offset); os.lseek(fd, offset, os.SEEK_SET)
         while total is None or done < total:
             if len(pending) == len(bufs): pending.popleft().result()  # the buffer about to be reused is hashed
             mv = bufs[i]; i = (i + 1) % len(bufs)
@@ -207,16 +186,53 @@ def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on
             if big: pending.append(self.hasher().submit(_update, hs, mv[:n]))
             else: _update(hs, mv[:n])
             done += n
-            if not saved and done != total: atomic_write(mfile, json.dumps(meta), sync=False); saved = True
             if on_bytes: on_bytes(n)
     finally:
         for p in pending: p.result()
-        os.close(fd)
+    return done
+
+@patch
+def _splice(self:Fetcher, resp, fd:int, done:int, total:int, hs:dict, meta:dict, on_bytes=None):
+    "The spliced path: socket -> pipe -> file in the kernel, hashed from the file's pages on the hashing thread; returns the bytes in the file."
+    mv, pending, hashed = self.buffers(1)[0], deque(), done
+    while resp.buffered and done < total:  # bytes the connection read along with the header block
+        n = resp.readinto(mv[:min(len(mv), total - done)])
+        if not n: break
+        os.pwrite(fd, mv[:n], done); _update(hs, mv[:n]); done += n; hashed = done
+        if on_bytes: on_bytes(n)
+    pipe = open_pipe(self.chunk)
+    try:
+        while done < total:
+            if not (n := resp.splice_into(fd, done, min(self.chunk, total - done), pipe)):
+                raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
+            done += n
+            if on_bytes: on_bytes(n)
+            if done - hashed >= HASH_WINDOW or done == total:
+                if len(pending) == self.depth: pending.popleft().result()
+                pending.append(self.hasher().submit(_hash_range, hs, fd, hashed, done)); hashed = done
+    finally:
+        for p in pending: p.result()
+        os.close(pipe[0]); os.close(pipe[1])
+    return done
+
+@patch
+def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on_bytes=None):
+    "Write a transfer to `final` via `<final>.part`, verify it, rename it; returns the lock record."
+    (part, mfile), hs, total = _partials(final), _hashers(bool(e.md5)), meta['total']
+    big = total is None or total - offset > self.chunk
+    if offset: _hash_into(hs, part, self.buffers(1)[0])
+    elif big: atomic_write(mfile, json.dumps(meta), sync=False)  # validators, for a later resume
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
+    try:
+        if offset: os.ftruncate(fd, offset); os.lseek(fd, offset, os.SEEK_SET)
+        spliced = big and total is not None and spliceable(stream)
+        done = (self._splice if spliced else self._copy)(stream, fd, offset, total, hs, meta, on_bytes)
+    finally: os.close(fd)
     digests = {k: h.hexdigest() for k, h in hs.items()}
     for what, want, got in (('size', e.size, done), ('sha256', e.sha256, digests['sha256']), ('md5', e.md5, digests.get('md5'))):
         if want and want != got: raise TransferError(f'{meta["url"]}: {what} {got} differs from the manifest ({want})', reset=True)
     os.replace(part, final)
-    if saved: _unlink(mfile)
+    if big or offset: _unlink(mfile)
     return dict(size=done, **digests, url=meta['url'], etag=meta['etag'], last_modified=meta['last_modified'])
 
 # %% ../nbs/01_download.ipynb
@@ -242,7 +258,7 @@ def fetch(self:Fetcher, e:Entry, url:str, dest:Path, on_bytes=None):
     except TransferError as err:
         if err.reset: _unlink(part); _unlink(mfile)
         raise
-    except (OSError, http.client.HTTPException): self.close(); raise  # a connection in an unknown state is not reused
+    except OSError: self.close(); raise  # a connection in an unknown state is not reused
 
 # %% ../nbs/01_download.ipynb
 @dataclass
@@ -312,7 +328,7 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
              base_url:str=None, # mirror root (http(s)://, file:// or a folder) used instead of the archive URLs
              n_workers:int=8, # parallel transfers in total
              per_host:int=4, # parallel transfers against one host
-             n_large:int=None, # parallel transfers of files the manifest says are over 64 MiB (None: half the CPU cores, at least 1)
+             n_large:int=None, # parallel transfers of files the manifest says are over 64 MiB (None: half the CPU cores, at least 2)
              retries:int=5, # further attempts after timeouts, dropped connections, 5xx and bad checksums
              verify:bool=False, # re-hash files already on disk and re-fetch those that do not match
              timeout:float=30.0, # socket timeout in seconds (a stalled transfer fails after this)
@@ -331,7 +347,7 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
             for e, p in zip(entries, plan) if p == 'fetch' for u in [e.source(base_url)]]
     bar = tqdm(total=sum(j.entry.size or 0 for j in jobs) or None, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
                desc='download', postfix=f'files 0/{len(jobs)}')
-    q, stats, failures, errors = JobQueue(jobs, per_host, n_large or max(1, (os.cpu_count() or 2) // 2)), Counter(skipped=len(entries) - len(jobs)), [], []
+    q, stats, failures, errors = JobQueue(jobs, per_host, n_large or max(2, (os.cpu_count() or 2) // 2)), Counter(skipped=len(entries) - len(jobs)), [], []
     def work():
         f = Fetcher(timeout, chunk)
         try:
@@ -360,7 +376,7 @@ def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):
     job.attempts += 1
     try: rec = f.fetch(job.entry, job.url, dest, credit)
     except TransferError as err: msg, again, status = str(err), err.retry, err.status
-    except (OSError, http.client.HTTPException) as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
+    except OSError as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
     except Exception as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', False, None
     else:
         lock.record(job.entry.path, rec)

@@ -76,6 +76,21 @@ def server(tmp_path):
     timer.cancel(); srv.shutdown(); srv.server_close()
 
 
+@pytest.fixture(params=['spliced', 'buffered'])
+def body_path(request, monkeypatch):
+    "Run a test on both ways a body reaches its file: os.splice (Linux, plain HTTP) and reads into buffers; counts spliced calls."
+    import stellar_spectra.http1 as http1
+    calls = Counter()
+    if request.param == 'buffered': monkeypatch.setattr(http1, 'SPLICE', False)
+    else:
+        if not http1.SPLICE: pytest.skip('no os.splice on this system')
+        orig = http1.Response.splice_into
+        def counted(self, *a): calls['splice'] += 1; return orig(self, *a)
+        monkeypatch.setattr(http1.Response, 'splice_into', counted)
+    yield request.param, calls
+    assert (calls['splice'] > 0) == (request.param == 'spliced')  # the path under test was the one taken
+
+
 def make_files(root, sizes, seed=0, sub='sdss/d'):
     "Random files under root; returns their manifest entries with size and sha256."
     rng, es = np.random.default_rng(seed), []
@@ -88,7 +103,7 @@ def make_files(root, sizes, seed=0, sub='sdss/d'):
 def same(dest, root, es): return all((dest/e.path).read_bytes() == (root/e.path).read_bytes() for e in es)
 
 
-def test_good_files_arrive_identical_and_second_run_skips(server, tmp_path):
+def test_good_files_arrive_identical_and_second_run_skips(server, tmp_path, body_path):
     es = make_files(server.root, [0, 1, 1000, 70_000, 300_000] + [5000] * 20)
     dest = tmp_path/'dest'
     s = download(write_manifest([Entry(e.path) for e in es], tmp_path/'m.csv'), dest, base_url=server.url, **FAST)
@@ -101,7 +116,7 @@ def test_good_files_arrive_identical_and_second_run_skips(server, tmp_path):
     assert not list(dest.rglob('*.part*'))
 
 
-def test_dropped_connection_resumes_with_range(server, tmp_path):
+def test_dropped_connection_resumes_with_range(server, tmp_path, body_path):
     e, = make_files(server.root, [3_000_000])
     e = Entry(e.path, size=e.size, md5=hashlib.md5((server.root/e.path).read_bytes()).hexdigest())  # md5 only
     server.faults[e.path] = ['drop:1000000', 'drop:1000000']
@@ -113,7 +128,7 @@ def test_dropped_connection_resumes_with_range(server, tmp_path):
     assert server.sent(e.path) <= e.size + CHUNK  # no more than the missing bytes plus one chunk
 
 
-def test_corrupted_file_detected_and_fetched_again(server, tmp_path):
+def test_corrupted_file_detected_and_fetched_again(server, tmp_path, body_path):
     e, = make_files(server.root, [200_000])
     server.faults[e.path] = ['corrupt']
     s = download([e], tmp_path/'d', base_url=server.url, **FAST)
@@ -140,7 +155,7 @@ def test_too_many_5xx_gives_up(server, tmp_path):
     assert (s['failed'], s['failures'][0]['attempts'], len(server.log)) == (1, 3, 3)
 
 
-def test_stall_times_out_and_resumes(server, tmp_path):
+def test_stall_times_out_and_resumes(server, tmp_path, body_path):
     e, = make_files(server.root, [400_000])
     server.faults[e.path] = ['stall:3']
     s = download([e], tmp_path/'d', base_url=server.url, **dict(FAST, timeout=0.5))
