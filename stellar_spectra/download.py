@@ -8,8 +8,6 @@ import heapq, io, json, mmap, os, random, re, ssl, threading, time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
@@ -17,8 +15,11 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .atomic import atomic_write
 from .http1 import Closed, Connection, open_pipe, spliceable
+from .mirror import RangeRequestHandler, serve_directory
 from .manifest import (MANIFEST_FIELDS, Entry, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
                                       catalogue_manifest, galah_entries, ges_entries, hash_file, read_manifest, write_manifest)
+_all_ = ['RangeRequestHandler', 'serve_directory']  # the local mirror (01c_mirror), importable from here as before
+
 
 # %% auto 0
 __all__ = ['LOCK_NAME', 'RETRY_STATUS', 'HASH_WINDOW', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job',
@@ -392,43 +393,3 @@ def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):
     rec = dict(path=job.entry.path, url=job.url, status=status, error=msg, attempts=job.attempts)
     with q.cond: failures.append(rec)
     lock.fail(job.entry.path, rec); q.done(job)
-
-# %% ../nbs/01_download.ipynb
-class RangeRequestHandler(SimpleHTTPRequestHandler):
-    "Static files over HTTP/1.1 with single byte ranges, ETag/Last-Modified and If-Range."
-    protocol_version = 'HTTP/1.1'
-    disable_nagle_algorithm = True  # headers and a small body must not wait for a delayed ACK (40 ms a file)
-    def log_message(self, *args): pass
-
-    def send_body(self, f, start:int, length:int): self.connection.sendfile(f, start, length)
-
-    def do_GET(self):
-        path = Path(self.translate_path(self.path))
-        if not path.is_file(): return self.send_error(404)
-        with open(path, 'rb') as f:
-            st = os.fstat(f.fileno()); size = st.st_size
-            etag, lm = f'"{st.st_mtime_ns:x}-{size:x}"', self.date_time_string(int(st.st_mtime))
-            start, end, rng = 0, size - 1, self.headers.get('Range')
-            m = re.fullmatch(r'bytes=(\d*)-(\d*)', (rng or '').strip())
-            use = m and (m[1] or m[2]) and self.headers.get('If-Range') in (None, etag, lm)
-            if use:
-                start, end = (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m[1] else (max(0, size - int(m[2])), size - 1)
-                if start >= size:
-                    self.send_response(416); self.send_header('Content-Range', f'bytes */{size}'); self.send_header('Content-Length', '0')
-                    return self.end_headers()
-            self.send_response(206 if use else 200)
-            for k, v in (('Content-Type', 'application/octet-stream'), ('Content-Length', str(end - start + 1)), ('ETag', etag),
-                         ('Last-Modified', lm), ('Accept-Ranges', 'bytes')): self.send_header(k, v)
-            if use: self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
-            self.end_headers(); self.send_body(f, start, end - start + 1)
-
-# %% ../nbs/01_download.ipynb
-def serve_directory(root, # folder to serve
-                    handler=RangeRequestHandler, # request handler class
-                    host:str='127.0.0.1', # address to bind
-                    port:int=0): # 0: any free port
-    "Serve `root` over HTTP from a background thread; returns the server (base URL in `.url`; stop with `.shutdown()`)."
-    srv = ThreadingHTTPServer((host, port), partial(handler, directory=str(root)))
-    srv.daemon_threads, srv.url = True, f'http://{host}:{srv.server_port}/'
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
