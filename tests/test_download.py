@@ -239,6 +239,40 @@ def test_file_url_mirror(tmp_path):
     assert s['ok'] == 3 and same(tmp_path/'d', root, es)
 
 
+@pytest.fixture
+def tls_server(tmp_path):
+    "The fault-injecting server behind TLS, with a self-signed certificate for 127.0.0.1 (made with the openssl command)."
+    import shutil, ssl
+    if not shutil.which('openssl'): pytest.skip('no openssl command to make a certificate')
+    key, cert = tmp_path/'key.pem', tmp_path/'cert.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '1',
+                    '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], check=True, capture_output=True)
+    root = tmp_path/'tls_src'; root.mkdir()
+    srv = FaultServer(('127.0.0.1', 0), partial(FaultHandler, directory=str(root)))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.root, srv.url, srv.lock, srv.log, srv.cert = root, f'https://127.0.0.1:{srv.server_port}/', threading.Lock(), [], cert
+    srv.faults, srv.always, srv.active, srv.max_active = defaultdict(list), {}, 0, 0
+    srv.sent = lambda path: sum(r['sent'] for r in srv.log if r['path'] == path)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown(); srv.server_close()
+
+
+def test_https_verifies_the_certificate_and_resumes(tls_server, tmp_path, monkeypatch):
+    "Over TLS (the buffered path: no splice through encryption): a certificate the client does not trust is a clear failure; a trusted one works, and a dropped transfer resumes with Range."
+    es = make_files(tls_server.root, [1000, 600_000])
+    s = download(es, tmp_path/'untrusted', base_url=tls_server.url, **dict(FAST, retries=0))
+    assert s['failed'] == 2 and all('CERTIFICATE_VERIFY_FAILED' in f['error'] for f in s['failures'])
+    assert not any((tmp_path/'untrusted'/e.path).exists() for e in es)
+    monkeypatch.setenv('SSL_CERT_FILE', str(tls_server.cert))  # ssl.create_default_context() trusts it from here on
+    tls_server.log.clear(); tls_server.faults[es[1].path] = ['drop:200000']
+    s = download(es, tmp_path/'d', base_url=tls_server.url, **FAST)
+    assert (s['ok'], s['retries']) == (2, 1) and same(tmp_path/'d', tls_server.root, es)
+    big = [r for r in tls_server.log if r['path'] == es[1].path]
+    assert big[1]['range'] == f'bytes={big[0]["sent"]}-' and tls_server.sent(es[1].path) <= es[1].size + CHUNK
+
+
 def test_killed_client_process_restarts_and_finishes(server, tmp_path):
     e, = make_files(server.root, [4_000_000])
     server.always[e.path] = 'slow:0.02'  # ~3 MB/s
