@@ -4,90 +4,27 @@
 
 # %% ../nbs/02_crossmatch.ipynb 3
 from __future__ import annotations
-import json, os, tempfile, warnings
+import json, tempfile, warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
-from .formats import ALLSTAR_PATH, GALAH_CATALOGUE_PATH
 from .atomic import atomic_write
+from .sky_index import MAS, unit_vectors, radec, chord, arcsec_of_chord, sky_order, candidate_pairs
+from .catalogues import SURVEYS, Catalogue, read_catalogue
 
 
 # %% auto 0
-__all__ = ['MAS', 'SURVEYS', 'FLAGS', 'IDS', 'unit_vectors', 'radec', 'chord', 'arcsec_of_chord', 'sky_order', 'candidate_pairs',
-           'resolve_pairs', 'Catalogue', 'read_catalogue', 'merge_catalogue', 'crossmatch', 'match_counts',
-           'score_against_truth', 'write_parquet', 'catalogue_paths', 'crossmatch_surveys']
+__all__ = ['FLAGS', 'IDS', 'resolve_pairs', 'merge_catalogue', 'crossmatch', 'match_counts', 'score_against_truth',
+           'write_parquet', 'catalogue_paths', 'crossmatch_surveys', 'MAS', 'unit_vectors', 'radec', 'chord',
+           'arcsec_of_chord', 'sky_order', 'candidate_pairs', 'SURVEYS', 'Catalogue', 'read_catalogue']
 
 # %% ../nbs/02_crossmatch.ipynb
-MAS = np.pi / 180 / 3.6e6  # one milliarcsecond in radians
-
-def unit_vectors(ra, # right ascension (deg)
-                 dec, # declination (deg)
-                 pmra=None, # proper motion in RA (mas/yr, includes cos dec); NaN: none
-                 pmdec=None, # proper motion in Dec (mas/yr)
-                 dt=0.0): # years to move (scalar or per star)
-    "(N, 3) unit vectors of sky positions, moved along their proper motions over `dt` years."
-    a, d = np.radians(ra), np.radians(dec)
-    ca, sa, cd, sd = np.cos(a), np.sin(a), np.cos(d), np.sin(d)
-    xyz = np.empty((len(a), 3)); xyz[:, 0], xyz[:, 1], xyz[:, 2] = cd * ca, cd * sa, sd
-    if pmra is None or not np.any(dt): return xyz
-    u, v = np.multiply(pmra, MAS * dt), np.multiply(pmdec, MAS * dt)  # east, north displacements (rad)
-    u[np.isnan(u)] = 0; v[np.isnan(v)] = 0; w = v * sd
-    xyz[:, 0] -= u * sa + w * ca; xyz[:, 1] += u * ca - w * sa; xyz[:, 2] += v * cd
-    xyz /= np.sqrt(np.einsum('ij,ij->i', xyz, xyz))[:, None]
-    return xyz
-
-# %% ../nbs/02_crossmatch.ipynb
-def radec(xyz): # (N, 3) unit vectors
-    "Right ascension and declination (deg) of unit vectors."
-    return np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0])) % 360, np.degrees(np.arcsin(np.clip(xyz[:, 2], -1, 1)))
-
-def chord(arcsec): return 2 * np.sin(np.asarray(arcsec) * MAS * 500)  # chord length of an angle in arcsec (MAS*1000/2)
-def arcsec_of_chord(c): return 2 * np.arcsin(np.minimum(np.asarray(c) / 2, 1)) / (MAS * 1000)  # angle of a chord, arcsec
-
-# %% ../nbs/02_crossmatch.ipynb
-def _spread(bits=7):
-    "Lookup table spreading the bits of an integer three apart (for Morton keys)."
-    i = np.arange(2 ** bits)
-    return sum(((i >> b) & 1) << (3 * b) for b in range(bits))
-
-_MORTON = _spread()
-
-def sky_order(xyz, # (N, 3) unit vectors
-              subset=None): # indices to order (None: all)
-    "Indices putting unit vectors in Morton (Z-curve) order of a 128³ grid: neighbours on the sky end up close."
-    c = np.minimum(((xyz + 1) * 64).astype(np.int64), 127)
-    key = _MORTON[c[:, 0]] | _MORTON[c[:, 1]] << 1 | _MORTON[c[:, 2]] << 2
-    return np.argsort(key) if subset is None else subset[np.argsort(key[subset])]
-
-# %% ../nbs/02_crossmatch.ipynb
-def candidate_pairs(xp, # (N, 3) unit vectors to search for
-                    tree:cKDTree, # tree on the catalogue's unit vectors
-                    radius_arcsec:float, # search radius
-                    chunk:int=262144, # points per chunk (bounds the memory)
-                    workers:int=1, # threads for the tree queries
-                    k:int=2, # neighbours asked for at once; points filling all k get a ball query
-                    subset=None): # indices of `xp` to search for (None: all)
-    "Every pair (i, j, separation in arcsec) with `xp[i]` within `radius_arcsec` of `tree.data[j]`."
-    order, r, parts = sky_order(xp, subset), float(chord(radius_arcsec)), []
-    for s in range(0, len(xp), chunk):
-        idx = order[s:s + chunk]
-        d, j = tree.query(xp[idx], k=k, distance_upper_bound=r, workers=workers)
-        full = np.isfinite(d[:, -1])  # maybe more than k candidates: ask for all of them
-        ok = np.isfinite(d) & ~full[:, None]
-        parts.append((idx[np.nonzero(ok)[0]], j[ok], d[ok]))
-        if full.any():
-            ball = tree.query_ball_point(xp[idx[full]], r, workers=workers)
-            i2 = np.repeat(idx[full], [len(b) for b in ball]); j2 = np.concatenate(ball).astype(np.int64)
-            parts.append((i2, j2, np.linalg.norm(xp[i2] - tree.data[j2], axis=1)))
-    if not parts: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    i, j, v = (np.concatenate(p) for p in zip(*parts))
-    return i, j.astype(np.int64), arcsec_of_chord(v)
+_all_ = ['MAS', 'unit_vectors', 'radec', 'chord', 'arcsec_of_chord', 'sky_order', 'candidate_pairs',
+         'SURVEYS', 'Catalogue', 'read_catalogue']
 
 # %% ../nbs/02_crossmatch.ipynb
 def resolve_pairs(ip, # index in the first list of each candidate pair
@@ -109,105 +46,6 @@ def resolve_pairs(ip, # index in the first list of each candidate pair
     cont_p, cont_q = np.zeros(n_p, bool), np.zeros(n_q, bool)
     cont_p[ip[hard]], cont_q[iq[hard]] = True, True
     return match, cont_p, cont_q
-
-# %% ../nbs/02_crossmatch.ipynb
-SURVEYS = {  # epoch: of the catalogue positions (2MASS ~2000.0, Gaia DR2 2015.5, J2000 for Gaia-ESO)
-    'apogee': dict(path='sdss/' + ALLSTAR_PATH, epoch=2000.0, id='APOGEE_ID', ra='RA', dec='DEC',
-                   pm=('GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC'), gaia='GAIAEDR3_SOURCE_ID', snr='SNR',
-                   cols={'apogee_id': 'APOGEE_ID', 'telescope': 'TELESCOPE', 'field': 'FIELD',
-                         'gaiaedr3_source_id': 'GAIAEDR3_SOURCE_ID', 'teff_apogee': 'TEFF', 'logg_apogee': 'LOGG',
-                         'fe_h_apogee': 'FE_H', 'rv_apogee': 'VHELIO_AVG', 'snr_apogee': 'SNR'}),
-    'galah': dict(path='galah/' + GALAH_CATALOGUE_PATH, epoch=2015.5, id='sobject_id', ra='ra_dr2', dec='dec_dr2',
-                  pm=('pmra', 'pmdec'), gaia='dr3_source_id', snr='snr_c2_iraf',
-                  cols={'sobject_id': 'sobject_id', 'star_id': 'star_id', 'dr3_source_id': 'dr3_source_id',
-                        'teff_galah': 'teff', 'logg_galah': 'logg', 'fe_h_galah': 'fe_h', 'rv_galah': 'rv_galah',
-                        'snr_galah': 'snr_c2_iraf'}),
-    'ges': dict(path='gaiaeso/GES_DR4_catalogue.fits', epoch=2000.0, id='CNAME', ra='RA', dec='DEC', pm=None, gaia=None,
-                snr='SNR', cols={'cname': 'CNAME', 'ges_object': 'OBJECT', 'ges_field': 'GES_FLD', 'teff_ges': 'TEFF',
-                                 'logg_ges': 'LOGG', 'fe_h_ges': 'FEH', 'rv_ges': 'VRAD', 'snr_ges': 'SNR'}),
-}
-
-# %% ../nbs/02_crossmatch.ipynb
-@dataclass
-class Catalogue:
-    "Positions, motions, Gaia ids and carried columns of one survey catalogue, checked."
-    name: str  # survey key ('apogee', 'galah', 'ges')
-    epoch: float  # epoch of the positions (Julian year)
-    ra: np.ndarray  # (N,) deg
-    dec: np.ndarray  # (N,) deg
-    pmra: np.ndarray  # (N,) mas/yr, includes cos dec; NaN: no proper motion
-    pmdec: np.ndarray  # (N,) mas/yr
-    gaia: np.ndarray  # (N,) int64 Gaia source id; <= 0: none
-    cols: dict  # output column name -> (N,) array carried into the common catalogue
-    has_pm: bool = True  # whether the catalogue carries proper motions at all
-    path: str = ''  # where it was read from (for messages)
-    notes: tuple = ()  # what was missing or repaired
-
-    def __len__(self): return len(self.ra)
-
-# %% ../nbs/02_crossmatch.ipynb
-def _column(data, names, name):
-    "A column of a FITS table by case-insensitive name, as a plain array (strings decoded and stripped)."
-    x = np.asarray(data[names[name.upper()]])
-    return np.char.strip(x.astype('U')) if x.dtype.kind in 'SU' else x.astype(x.dtype.newbyteorder('='))
-
-def _open_table(path):
-    "The first binary table of a FITS file as (HDUList, data, {UPPER name: name}); clear error otherwise."
-    if not Path(path).is_file(): raise FileNotFoundError(f'{path}: catalogue not found')
-    hl = fits.open(path, memmap=True)
-    hdu = next((h for h in hl[1:] if isinstance(h, fits.BinTableHDU)), None)
-    if hdu is None:
-        hl.close(); raise ValueError(f'{path}: no binary table HDU')
-    return hl, hdu.data, {n.upper(): n for n in hdu.columns.names}
-
-# %% ../nbs/02_crossmatch.ipynb
-def _dedupe(ids, snr, path, dedupe):
-    "Row indices to keep: all if ids are unique; else an error, or (dedupe) the highest-S/N row of each id."
-    order = np.lexsort((-np.nan_to_num(snr, nan=-np.inf), ids))
-    first = np.r_[True, ids[order][1:] != ids[order][:-1]]
-    if first.all(): return np.arange(len(ids))
-    dup = np.unique(ids[order][~first])
-    if not dedupe: raise ValueError(f'{path}: {len(dup)} duplicated identifiers (e.g. {list(dup[:3])}); '
-                                    'a star must appear once (pass dedupe=True to keep the highest-S/N row of each)')
-    return np.sort(order[first])
-
-# %% ../nbs/02_crossmatch.ipynb
-def read_catalogue(path, # FITS catalogue
-                   survey:str, # 'apogee', 'galah' or 'ges' (a key of SURVEYS)
-                   dedupe:bool=False, # keep the highest-S/N row of duplicated ids instead of stopping
-                   use_proper_motion:bool=True): # False: ignore the catalogue's proper motions
-    "Read and check the columns the cross-match needs from a survey catalogue."
-    hl, data, names = _open_table(path)
-    with hl: return _read_checked(data, names, path, survey, dedupe, use_proper_motion)
-
-def _read_checked(data, names, path, survey, dedupe, use_proper_motion):
-    "The body of `read_catalogue` on an open table (every array copied out of the memory map)."
-    spec, notes = SURVEYS[survey], []
-    need = [spec['id'], spec['ra'], spec['dec']]
-    if missing := [c for c in need if c.upper() not in names]:
-        raise ValueError(f'{path}: {survey} catalogue lacks column(s) {missing}; it has {sorted(names.values())[:12]}...')
-    get = lambda c: _column(data, names, c)
-    ids, ra, dec = get(spec['id']), get(spec['ra']).astype(float), get(spec['dec']).astype(float)
-    for c, x in [(spec['ra'], ra), (spec['dec'], dec)]:
-        if (bad := ~np.isfinite(x) | ((np.abs(x) > 90) if x is dec else False)).any():
-            raise ValueError(f'{path}: {bad.sum()} rows with invalid {c} (e.g. {spec["id"]} {list(ids[bad][:3])})')
-    n, snr = len(ra), get(spec['snr']).astype(float) if spec['snr'].upper() in names else np.zeros(len(ra))
-    keep = _dedupe(ids, snr, path, dedupe)
-    if len(keep) < n: notes.append(f'{n - len(keep)} duplicated rows dropped')
-    pmra = pmdec = np.full(n, np.nan)
-    has_pm = bool(spec['pm']) and all(c.upper() in names for c in spec['pm']) and use_proper_motion
-    if has_pm:
-        pmra, pmdec = (get(c).astype(float) for c in spec['pm'])
-        if np.isinf(pmra).any() or np.isinf(pmdec).any(): raise ValueError(f'{path}: infinite proper motions')
-        pmra, pmdec = (np.where(np.isnan(pmra) | np.isnan(pmdec), np.nan, x) for x in (pmra, pmdec))
-    elif spec['pm'] and use_proper_motion: notes.append(f'no proper-motion columns {spec["pm"]}')
-    gaia = get(spec['gaia']).astype(np.int64) if spec['gaia'] and spec['gaia'].upper() in names else np.full(n, -1)
-    cols = {}
-    for out, c in spec['cols'].items():
-        if c.upper() in names: cols[out] = get(c)[keep]
-        else: notes.append(f'no column {c}')
-    for s in notes: warnings.warn(f'{path}: {s}')
-    return Catalogue(survey, spec['epoch'], ra[keep], dec[keep], pmra[keep], pmdec[keep], gaia[keep], cols, has_pm, str(path), tuple(notes))
 
 # %% ../nbs/02_crossmatch.ipynb
 def _row_values(rows, cats, get, order=None):
