@@ -10,7 +10,7 @@ import numpy as np
 import h5py
 from stellar_spectra.atomic import atomic_write
 from stellar_spectra.resample import common_grid
-from stellar_spectra.regridded import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
+from stellar_spectra.h5chunks import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
 
 FIELDS = ('norm_flux', 'norm_ivar', 'weight')  # what training reads
 COVER = {'apogee': [(15140, 15800), (15860, 16430), (16480, 16960)],  # rest-frame vacuum Å, chip gaps left out

@@ -216,7 +216,7 @@ def make_chunks(plan:pd.DataFrame, # from `work_plan`
     return [(f'{recs[i]["spec_id"]:09d}', recs[i:i + chunk_size]) for i in range(0, len(recs), chunk_size)]
 
 # %% ../nbs/06a_preprocess.ipynb
-_CODE = ('preprocess', 'readers', 'spectrum', 'linelist', 'resample', 'masks', 'continuum', 'alignment', 'storage', 'regridded', 'native', 'fitsfile', 'apogee', 'optical')  # modules the shards depend on
+_CODE = ('preprocess', 'readers', 'spectrum', 'linelist', 'resample', 'masks', 'continuum', 'alignment', 'storage', 'regridded', 'native', 'fitsfile', 'apogee', 'optical', 'h5chunks')  # modules the shards depend on
 
 def _config(plan, grid, chunk_size, method):
     "What decides the content of the shards (the plan, the settings, the code): a rerun with anything else must not reuse them."

@@ -14,10 +14,13 @@ from fastcore.basics import patch
 from .atomic import atomic_path
 from .resample import Grid, common_grid
 from .spectrum import PixelFlag
+from .h5chunks import CHUNK_ROWS, CHUNK_PX, COMPRESSION
+from .h5chunks import _RUNS, _chunk_table, _chunked, _direct_ok, _read_direct, _read_rows, _runs_match, _store_runs, _write_rows
+_all_ = ['CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION']  # the layout (06d_h5chunks), importable from here as before
 
 # %% auto 0
-__all__ = ['CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION', 'FORMAT', 'DTYPES', 'StoreError', 'demo_sample', 'write_regridded',
-           'RegriddedStore', 'open_regridded']
+__all__ = ['FORMAT', 'DTYPES', 'StoreError', 'demo_sample', 'write_regridded', 'RegriddedStore', 'open_regridded', 'CHUNK_ROWS',
+           'CHUNK_PX', 'COMPRESSION']
 
 # %% ../nbs/06b_regridded.ipynb
 class StoreError(ValueError):
@@ -49,92 +52,6 @@ def demo_sample(n:int=12, # number of spectra
                              rv_used=rng.normal(0, 30, n), snr=rng.uniform(20, 200, n), teff=rng.uniform(4000, 6500, n),
                              logg=rng.uniform(1, 5, n), fe_h=rng.normal(0, .3, n), flags=np.zeros(n, np.int64)))
     return grid, arrays, meta
-
-# %% ../nbs/06b_regridded.ipynb
-CHUNK_ROWS, CHUNK_PX, COMPRESSION = 1, 2048, None  # the layout chosen in bench/storage.py
-FORMAT = 'stellar_spectra.regridded/1'  # the format tag in the file's attributes
-
-def _bits(a):
-    "An unsigned-integer view of `a` (zero exactly where every bit is zero)."
-    a = np.ascontiguousarray(a)
-    return a.view(f'u{a.dtype.itemsize}') if a.dtype.itemsize in (1, 2, 4, 8) else a.view('u1')
-
-def _chunked(shape, dtype, chunk_rows=None, chunk_px=None, compression=COMPRESSION):
-    "h5py `create_dataset` options for an (N, n) array: (rows, px) chunks, fill 0, the compression."
-    n_rows, n_px = shape
-    chunks = (max(1, min(chunk_rows or CHUNK_ROWS, n_rows)), max(1, min(chunk_px or CHUNK_PX, n_px)))
-    kw = dict(shape=shape, dtype=dtype, chunks=chunks, fillvalue=np.zeros((), dtype)[()])
-    if n_rows == 0: return dict(shape=shape, dtype=dtype)  # nothing to chunk
-    if compression == 'gzip': kw.update(compression='gzip', compression_opts=1, shuffle=True)
-    elif compression: kw.update(compression=compression)
-    return kw
-
-# %% ../nbs/06b_regridded.ipynb
-def _write_rows(ds, # h5py dataset (N, n), chunked
-                r0:int, # first row of `block`
-                block): # (k, n) rows to write
-    "Write `block` at row `r0`, chunk-run by chunk-run, leaving all-zero chunks unallocated."
-    if not len(block): return
-    cr, cp = ds.chunks; n = ds.shape[1]; nc = -(-n // cp)
-    v = _bits(block); v = np.pad(v, ((0, 0), (0, nc * cp - n))) if nc * cp != n else v
-    for a in range(0, len(block), cr):
-        nz = v[a:a + cr].reshape(-1, nc, cp).any(axis=(0, 2))
-        edges = np.flatnonzero(np.diff(np.r_[0, nz.astype(np.int8), 0]))
-        for c0, c1 in zip(edges[::2], edges[1::2]):
-            ds[r0 + a:r0 + a + cr, c0 * cp:min(c1 * cp, n)] = block[a:a + cr, c0 * cp:min(c1 * cp, n)]
-
-# %% ../nbs/06b_regridded.ipynb
-def _chunk_table(ds):
-    "Runs of allocated chunks of a one-row-chunk, unfiltered dataset: (rowptr, lo, hi, file offset); row r's runs are rowptr[r]:rowptr[r+1]."
-    n_rows, n = ds.shape
-    if ds.chunks is None:  # contiguous: each row is one run
-        return np.arange(n_rows + 1), np.zeros(n_rows, np.int64), np.full(n_rows, n), ds.id.get_offset() + np.arange(n_rows) * n * ds.dtype.itemsize
-    cp = ds.chunks[1]; nb = cp * ds.dtype.itemsize
-    off = np.full((n_rows, -(-n // cp)), -1, np.int64)
-    def cb(si): off[si.chunk_offset[0], si.chunk_offset[1] // cp] = si.byte_offset
-    if n_rows: ds.id.chunk_iter(cb)
-    ok = off >= 0; joined = np.zeros_like(ok)  # joined: this chunk continues the previous one's run
-    joined[:, 1:] = ok[:, 1:] & ok[:, :-1] & (off[:, 1:] == off[:, :-1] + nb)
-    rs, cs = np.nonzero(ok & ~joined); _, ce = np.nonzero(ok & ~np.c_[joined[:, 1:], np.zeros((n_rows, 1), bool)])
-    return np.searchsorted(rs, np.arange(n_rows + 1)), cs * cp, np.minimum((ce + 1) * cp, n), off[rs, cs]
-
-def _direct_ok(ds):
-    "Whether `ds` can be read by `_read_direct`: native byte order and either contiguous (allocated) or one-row chunks, no filters, fill 0."
-    if not ds.dtype.isnative or ds.compression is not None or ds.shuffle or ds.fletcher32: return False
-    return ds.id.get_offset() is not None if ds.chunks is None else ds.chunks[0] == 1 and ds.fillvalue == 0
-
-def _read_direct(fd:int, # open file descriptor of the .h5
-                 table, # `_chunk_table` of the dataset
-                 rows, # rows to read, any order
-                 out): # zeroed (len(rows), n) output
-    "Read the chunk runs of `rows` into `out`, one `os.preadv` per run."
-    ptr, lo, hi, fo = table; isz, rb = out.dtype.itemsize, out.shape[1] * out.dtype.itemsize
-    mv = memoryview(out.reshape(-1)).cast('B'); ptr = ptr.tolist()
-    for i, r in enumerate(np.asarray(rows).tolist()):
-        for j in range(ptr[r], ptr[r + 1]):
-            a, b = i * rb + int(lo[j]) * isz, i * rb + int(hi[j]) * isz
-            if os.preadv(fd, [mv[a:b]], int(fo[j])) != b - a: raise OSError(f'short read at byte {fo[j]}')
-    return out
-
-# %% ../nbs/06b_regridded.ipynb
-_RUNS = ('ptr', 'lo', 'hi', 'offset')
-
-def _store_runs(f):
-    "Store the chunk-run table of every directly readable array of the open store `f` (after flushing its chunks)."
-    f.flush()
-    for k, ds in f['arrays'].items():
-        if _direct_ok(ds) and ds.chunks is not None:
-            g = f.require_group(f'runs/{k}')
-            for name, x in zip(_RUNS, _chunk_table(ds)): g.create_dataset(name, data=x)
-
-def _runs_match(ds, tab, n_check:int=16):
-    "Whether a stored run table still agrees with HDF5's chunk index (checked on `n_check` runs spread over it)."
-    ptr, lo, hi, fo = tab
-    if len(ptr) != ds.shape[0] + 1 or ptr[-1] != len(fo): return False
-    for j in np.unique(np.linspace(0, len(fo) - 1, min(n_check, len(fo))).astype(int)):
-        r = int(np.searchsorted(ptr, j, side='right') - 1)
-        if ds.id.get_chunk_info_by_coord((r, int(lo[j]))).byte_offset != fo[j]: return False
-    return True
 
 # %% ../nbs/06b_regridded.ipynb
 def _write_meta(g, # h5py group
@@ -170,6 +87,7 @@ def _read_index(g):
     return {k.item() if hasattr(k, 'item') else k: rows[a:b] for k, a, b in zip(keys, start[:-1], start[1:])}
 
 # %% ../nbs/06b_regridded.ipynb
+FORMAT = 'stellar_spectra.regridded/1'  # the format tag in the file's attributes
 DTYPES = dict(flux=np.float32, ivar=np.float32, norm_flux=np.float32, norm_ivar=np.float32, flags=np.int32, weight=np.float32)
 
 def _create_store(f, grid:Grid|None, n_rows:int, dtypes:dict, **layout):
@@ -278,26 +196,6 @@ def _check(self:RegriddedStore):
 def open_regridded(path): # an .h5 file written by `write_regridded` or `merge_shards`
     "Open a regridded store (also a context manager)."
     return RegriddedStore(path)
-
-# %% ../nbs/06b_regridded.ipynb
-def _runs(u):
-    "(start, stop) index pairs of the runs of consecutive integers in sorted distinct `u`."
-    b = np.flatnonzero(np.diff(u) != 1) + 1
-    return zip(np.r_[0, b], np.r_[b, len(u)]) if len(u) else zip()
-
-def _read_rows(ds, # h5py dataset (N, n)
-               rows): # row numbers, any order, duplicates allowed
-    "Rows of `ds` in the given order: contiguous runs of the sorted distinct rows read in place."
-    rows = np.asarray(rows, np.int64).ravel()
-    u, first, inv = np.unique(rows, return_index=True, return_inverse=True)
-    out = np.empty((len(rows), ds.shape[1]), ds.dtype)
-    for a, b in _runs(u):
-        if first[b - 1] - first[a] == b - a - 1:  # lands contiguously in the output: read in place
-            ds.read_direct(out, np.s_[u[a]:u[b - 1] + 1], np.s_[first[a]:first[b - 1] + 1])
-        else: out[first[a:b]] = ds[u[a]:u[b - 1] + 1]
-    dup = np.flatnonzero(first[inv] != np.arange(len(rows)))
-    if len(dup): out[dup] = out[first[inv[dup]]]
-    return out
 
 # %% ../nbs/06b_regridded.ipynb
 @patch
