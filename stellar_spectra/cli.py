@@ -5,6 +5,7 @@
 # %% ../nbs/cli.ipynb 3
 from __future__ import annotations
 import argparse, ast, importlib, importlib.util, inspect, json, sys, typing
+from collections import Counter
 from pathlib import Path
 from fastcore.docments import docments
 
@@ -158,8 +159,12 @@ def _truth_counts(path:Path) -> dict:
 
 # %% ../nbs/cli.ipynb
 def stage_facts(path:Path) -> list:
-    "Printable lines from the stage summaries (summary.json, store_summary.json) found in `path`."
+    "Printable lines from the stage summaries (download.lock.json, summary.json, store_summary.json) found in `path`."
     out, p = [], Path(path)
+    if (p/'download.lock.json').exists():
+        d = json.loads((p/'download.lock.json').read_text()); st = Counter(str(r.get('status')) for r in d.get('failed', {}).values())
+        out.append(f"    fetched and verified: {len(d.get('files', {}))} files, {_mb(sum(r.get('size', 0) for r in d.get('files', {}).values())).strip()}; "
+                   f"failed: {len(d.get('failed', {}))}" + (' (' + ', '.join(f'HTTP {k}: {v}' for k, v in st.items()) + ')' if st else ''))
     if (p/'summary.json').exists():
         d = json.loads((p/'summary.json').read_text())
         if d.get('counts'): out.append('    spectra processed / planned: ' + ', '.join(f"{k}: {v['processed']}/{v['planned']}" for k, v in d['counts'].items()))

@@ -1,6 +1,6 @@
 """The project as a user meets it: the console command, the DVC pipeline (repro, no-op repro, push/pull
 round trip into a fresh clone) and the stage dependencies declared in dvc.yaml."""
-import ast, hashlib, os, re, shutil, subprocess, sys
+import ast, hashlib, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 
@@ -74,16 +74,19 @@ def project(tmp_path_factory):
 def test_dvc_repro_push_pull(project):
     dvc = BIN/'dvc'
     out = sh(dvc, 'repro', cwd=project)
-    for stage in ('mocksky', 'crossmatch', 'preprocess', 'store'): assert f"Running stage '{stage}'" in out
+    for stage in ('mocksky', 'download', 'crossmatch', 'preprocess', 'store'): assert f"Running stage '{stage}'" in out
     assert (project/'data'/'crossmatch'/'common_stars.parquet').exists()
     assert (project/'data'/'store'/'regridded.h5').exists() and (project/'data'/'preprocess'/'alignment.csv').exists()
     sky = project/'data'/'mock_sky'
     assert (sky/'truth'/'stars.parquet').exists() and (project/'papermill_runs'/'a4_mocksky.ipynb').exists()
+    lock = json.loads((project/'data'/'archive'/'download.lock.json').read_text())  # the later stages read the fetched copy
+    assert lock['files'] and all((project/'data'/'archive'/p).read_bytes() == (sky/p).read_bytes() for p in lock['files'])
+    assert all(r['status'] == 404 and not (sky/p).exists() for p, r in lock['failed'].items())
     out = sh(dvc, 'repro', cwd=project)          # nothing changed: nothing runs
     assert 'Running stage' not in out and ('up to date' in out or "didn't change" in out)
     out = sh(BIN/'stellar-spectra', 'summary', cwd=project)
     assert 'mock_sky' in out and 'truth' in out
-    assert 'spectra processed / planned' in out and 'alignment guard' in out and 'stored spectra' in out and 'regridded.h5' in out
+    assert 'fetched and verified' in out and 'spectra processed / planned' in out and 'alignment guard' in out and 'stored spectra' in out and 'regridded.h5' in out
     sh(dvc, 'push', cwd=project)
     assert (project.parent/'stellar_spectra_dvc_remote').is_dir()   # the default remote sits beside the clone
     sh('git', 'add', '-A', cwd=project)
@@ -92,7 +95,7 @@ def test_dvc_repro_push_pull(project):
     sh('git', 'clone', '-q', project, clone, cwd=project.parent)
     assert not (clone/'data'/'mock_sky').exists()
     sh(dvc, 'pull', cwd=clone)
-    for out in ('mock_sky', 'crossmatch', 'preprocess', 'store'):
+    for out in ('mock_sky', 'archive', 'crossmatch', 'preprocess', 'store'):
         assert _hashes(clone/'data'/out) == _hashes(project/'data'/out), out
     assert 'Running stage' not in sh(dvc, 'repro', cwd=clone)  # the pulled outputs are current
 
