@@ -340,7 +340,23 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
     if n_workers < 1 or per_host < 1: raise ValueError(f'n_workers ({n_workers}) and per_host ({per_host}) must be at least 1')
     if base_url and '://' not in base_url: base_url = Path(base_url).resolve().as_uri()  # a plain folder
     t0, dest = time.monotonic(), Path(dest); dest.mkdir(parents=True, exist_ok=True)
-    entries, lock = list({e.path: e for e in _entries(manifest)}.values()), LockFile(dest/LOCK_NAME)
+    args = (dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress)
+    entries = list({e.path: e for e in _entries(manifest)}.values())
+    out, known = _fetch_all(entries, *args), {e.path for e in entries}
+    if isinstance(manifest, (str, Path)) and Path(manifest).is_dir():  # what was fetched may list more: apStar headers name the visits
+        new = out['ok']
+        while new and (more := [e for e in _entries(manifest) if e.path not in known]):
+            known |= {e.path for e in more}; nxt = _fetch_all(more, *args); new = nxt['ok']
+            out = {k: out[k] + nxt[k] for k in out}
+    out = dict(ok=out['ok'], skipped=out['skipped'], failed=len(out['failures']), bytes=out['bytes'], seconds=round(time.monotonic() - t0, 3),
+               retries=out['retries'], failures=out['failures'], lock=str(dest/LOCK_NAME))
+    if progress: print(f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
+                       f"{out['bytes']/2**20:.1f} MiB in {out['seconds']:.1f} s" + ''.join(f"\n  FAILED {f['path']}: {f['error']}" for f in out['failures']))
+    return out
+
+def _fetch_all(entries, dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress):
+    "One pass of `download` over `entries`: plan, queue, worker threads; returns counts, bytes and failures."
+    lock = LockFile(dest/LOCK_NAME)
     if verify:  # hashing what is on disk: in parallel
         with ThreadPoolExecutor(n_workers) as ex: plan = list(ex.map(lambda e: _plan_one(e, dest, lock, True), entries))
     else: plan = [_plan_one(e, dest, lock, False) for e in entries]
@@ -362,11 +378,7 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
     bar.close()
     if errors: raise errors[0]
     lock.save()
-    out = dict(ok=stats['ok'], skipped=stats['skipped'], failed=len(failures), bytes=stats['bytes'],
-               seconds=round(time.monotonic() - t0, 3), retries=stats['retries'], failures=failures, lock=str(lock.fname))
-    if progress: print(f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
-                       f"{out['bytes']/2**20:.1f} MiB in {out['seconds']:.1f} s" + ''.join(f"\n  FAILED {f['path']}: {f['error']}" for f in failures))
-    return out
+    return dict(ok=stats['ok'], skipped=stats['skipped'], bytes=stats['bytes'], retries=stats['retries'], failures=failures)
 
 # %% ../nbs/01_download.ipynb
 def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):

@@ -317,6 +317,13 @@ def test_mock_sky_through_its_catalogues(server, tmp_path):
         s = download(dest=dest, **kw, **FAST)
         assert (s['ok'], s['failed']) == (len(good), len(gone)) and same(dest, server.root, good)
         assert {f['path'] for f in s['failures']} == gone and all(f['status'] == 404 for f in s['failures'])
+    cat = tmp_path/'archive'  # only the catalogues to start from, as a user would: one call fetches what they list, then the visits the apStar headers name
+    cats = [e.path for e in es if e.path.endswith(('allStar-dr17-synspec_rev1.fits', 'GALAH_DR3_main_allstar_v2.fits'))] + [
+            'gaiaeso/GES_DR4_catalogue.fits', 'gaiaeso/eso_archive_query.csv']
+    for c in cats: (cat/c).parent.mkdir(parents=True, exist_ok=True); (cat/c).write_bytes((server.root/c).read_bytes())
+    s = download(cat, cat, base_url=server.url, **FAST)
+    visits = {e.path for e in good if '/visit/' in e.path}
+    assert visits and (s['ok'], s['skipped'], s['failed']) == (len(good) - 2, 2, len(gone)) and same(cat, server.root, good)
 
 
 def test_progress_bar_and_summary(server, tmp_path, capsys):
