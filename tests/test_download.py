@@ -232,6 +232,42 @@ def test_unknown_length_body_is_verified(server, tmp_path):
     assert [lock[e.path]['size'] for e in es] == [e.size for e in es]
 
 
+def redirector(target:str):
+    "An HTTP server on 127.0.0.1 that answers every GET with 302 to `target` + path (a loop when `target` is its own URL); returns it."
+    from http.server import BaseHTTPRequestHandler
+    class Redirect(BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+        def log_message(self, *a): pass
+        def do_GET(self):
+            body = b'moved'
+            self.send_response(302); self.send_header('Location', (self.server.target or self.server.url) + self.path.lstrip('/'))
+            self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    srv = FaultServer(('127.0.0.1', 0), Redirect)
+    srv.url, srv.target = f'http://127.0.0.1:{srv.server_port}/', target
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_redirects_followed_resumed_and_loops_refused(server, tmp_path):
+    "Archives hand files out through redirects: the final URL goes in the lock file, a resumed transfer sends its Range on to it, a loop fails without retries."
+    es = make_files(server.root, [2000, 500_000])
+    hop = redirector(server.url)
+    try:
+        server.faults[es[1].path] = ['drop:100000']
+        s = download(es, tmp_path/'d', base_url=hop.url, **FAST)
+        assert (s['ok'], s['retries']) == (2, 1) and same(tmp_path/'d', server.root, es)
+        lock = json.loads((tmp_path/'d'/LOCK_NAME).read_text())['files']
+        assert all(lock[e.path]['url'] == server.url + e.path for e in es)  # where the redirect ended
+        big = [r for r in server.log if r['path'] == es[1].path]
+        assert big[1]['range'] == f'bytes={big[0]["sent"]}-' and server.sent(es[1].path) <= es[1].size + CHUNK
+    finally: hop.shutdown(); hop.server_close()
+    loop = redirector(None)
+    try:
+        s = download(es[:1], tmp_path/'loop', base_url=loop.url, **FAST)
+        assert s['failed'] == 1 and s['retries'] == 0 and 'too many redirects' in s['failures'][0]['error']
+    finally: loop.shutdown(); loop.server_close()
+
+
 def test_file_url_mirror(tmp_path):
     root = tmp_path/'mirror'
     es = make_files(root, [0, 5000, 1_500_000])
