@@ -213,7 +213,7 @@ def _splice(self:Fetcher, resp, fd:int, done:int, total:int, hs:dict, meta:dict,
                 pending.append(self.hasher().submit(_hash_range, hs, fd, hashed, done)); hashed = done
     finally:
         for p in pending: p.result()
-        os.close(pipe[0]); os.close(pipe[1])
+        pipe.close()
     return done
 
 @patch

@@ -4,11 +4,11 @@
 
 # %% ../nbs/01b_http1.ipynb 3
 from __future__ import annotations
-import fcntl, mmap, os, socket, ssl, struct
+import errno, fcntl, os, socket, ssl, struct
 
 # %% auto 0
 __all__ = ['SPLICE', 'ProtocolError', 'Closed', 'Connection', 'Response', 'get', 'readinto', 'read', 'spliceable', 'buffered',
-           'open_pipe', 'splice_into']
+           'Pipe', 'open_pipe', 'splice_into']
 
 # %% ../nbs/01b_http1.ipynb
 class ProtocolError(ConnectionError):
@@ -176,25 +176,51 @@ def buffered(self:Response) -> int:
     "Body bytes the connection already holds in its buffer (read with the header block)."
     return 0 if self.done else min(self.conn.w - self.conn.r, self.length if self.length is not None else self.conn.w)
 
-def open_pipe(size:int=1 << 20):
-    "A pipe (r, w) for `splice_into`, enlarged to `size` bytes where the system allows."
-    r, w = os.pipe()
-    try: fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
-    except (OSError, AttributeError): pass  # the default 64 KiB works, in more calls
-    return r, w
+_NO_SPLICE = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV)  # this socket or file system does not take part in splice
+
+class Pipe:
+    "A kernel pipe for `splice_into`, enlarged to `size` bytes where the system allows; remembers what refused to splice."
+    def __init__(self, size:int=1 << 20):
+        self.r, self.w = os.pipe(); self.sock_ok = self.file_ok = True
+        try: fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, size)
+        except (OSError, AttributeError): pass  # the default 64 KiB works, in more calls
+    def close(self): os.close(self.r); os.close(self.w)
+    def __enter__(self): return self
+    def __exit__(self, *a): self.close()
+
+def open_pipe(size:int=1 << 20): return Pipe(size)
+
+def _pwrite_all(fd, b, offset):
+    while b: k = os.pwrite(fd, b, offset); b, offset = b[k:], offset + k
+
+def _splice_in(c:Connection, pipe:Pipe, n:int) -> int:
+    "Up to `n` bytes from `c`'s socket into `pipe`; -1 (and never again on this pipe) if the socket does not splice."
+    try: return os.splice(c.sock.fileno(), pipe.w, n)
+    except BlockingIOError: raise TimeoutError(f'{c.netloc}: no data for {c.timeout:g} s') from None
+    except OSError as e:
+        if e.errno not in _NO_SPLICE: raise
+        pipe.sock_ok = False; return -1
 
 def splice_into(self:Response, fd:int, # file opened for writing
                 offset:int, # where the bytes go in the file
                 n:int, # at most this many bytes
-                pipe:tuple) -> int: # (r, w) from `open_pipe`
+                pipe:Pipe) -> int: # from `open_pipe`
     "Move up to `n` body bytes from the socket to file `fd` at `offset` inside the kernel; 0 when the server closed the connection."
     c = self.conn; n = min(n, self.length)
     if c.r < c.w: raise ValueError(f'{c.netloc}: read the {c.w - c.r} buffered bytes with readinto first')
-    try: k = os.splice(c.sock.fileno(), pipe[1], n)
-    except BlockingIOError: raise TimeoutError(f'{c.netloc}: no data for {c.timeout:g} s') from None
-    if not k: c.close(); return 0
-    left = k
-    while left: j = os.splice(pipe[0], fd, left, offset_dst=offset + k - left); left -= j
+    k = _splice_in(c, pipe, n) if pipe.sock_ok else -1
+    if k < 0:  # the socket refused: an ordinary recv and write
+        b = bytearray(n); k = c._recv(memoryview(b))
+        if k: _pwrite_all(fd, memoryview(b)[:k], offset)
+    else:
+        left = k
+        while left:
+            if pipe.file_ok:
+                try: left -= os.splice(pipe.r, fd, left, offset_dst=offset + k - left); continue
+                except OSError as e:
+                    if e.errno not in _NO_SPLICE: raise
+                    pipe.file_ok = False  # this file system takes no splice: the bytes leave the pipe through a buffer from now on
+            b = os.read(pipe.r, left); _pwrite_all(fd, b, offset + k - left); left -= len(b)
     self.length -= k
     if not self.length: self._finish()
     return k

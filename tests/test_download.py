@@ -76,9 +76,10 @@ def server(tmp_path):
     timer.cancel(); srv.shutdown(); srv.server_close()
 
 
-@pytest.fixture(params=['spliced', 'buffered'])
+@pytest.fixture(params=['spliced', 'buffered', 'file system refuses splice'])
 def body_path(request, monkeypatch):
-    "Run a test on both ways a body reaches its file: os.splice (Linux, plain HTTP) and reads into buffers; counts spliced calls."
+    "Run a test on the ways a body reaches its file: os.splice (Linux, plain HTTP), reads into buffers, and splice into a file system that refuses it (EINVAL); counts spliced calls."
+    import errno
     import stellar_spectra.http1 as http1
     calls = Counter()
     if request.param == 'buffered': monkeypatch.setattr(http1, 'SPLICE', False)
@@ -87,8 +88,15 @@ def body_path(request, monkeypatch):
         orig = http1.Response.splice_into
         def counted(self, *a): calls['splice'] += 1; return orig(self, *a)
         monkeypatch.setattr(http1.Response, 'splice_into', counted)
+        if request.param.startswith('file system'):
+            real = os.splice
+            def refusing(src, dst, n, offset_src=None, offset_dst=None, **kw):
+                if offset_dst is not None: calls['refused'] += 1; raise OSError(errno.EINVAL, 'Invalid argument')
+                return real(src, dst, n, offset_src=offset_src, offset_dst=offset_dst, **kw)
+            monkeypatch.setattr(os, 'splice', refusing)
     yield request.param, calls
-    assert (calls['splice'] > 0) == (request.param == 'spliced')  # the path under test was the one taken
+    assert (calls['splice'] > 0) == (request.param != 'buffered')  # the path under test was the one taken
+    assert (calls['refused'] > 0) == request.param.startswith('file system')
 
 
 def make_files(root, sizes, seed=0, sub='sdss/d'):
