@@ -84,7 +84,7 @@ def main():
     shutil.rmtree(work); load1 = os.getloadavg()
     fmt = lambda l: ' / '.join(f'{x:.2f}' for x in l)
     lines = ['# Preprocess stage throughput', '',
-             f'Machine: {platform.machine()}, {os.cpu_count()} cores, load average (1 / 5 / 15 min) {fmt(load0)} before the runs '
+             f'Measured {time.strftime("%Y-%m-%d %H:%M")}. Machine: {platform.machine()}, {os.cpu_count()} cores, load average (1 / 5 / 15 min) {fmt(load0)} before the runs '
              f'and {fmt(load1)} after them (the runs themselves bring it to about the number of workers). '
              f'Python {platform.python_version()}. Run: `.venv/bin/python bench/preprocess.py --stars {a.stars} --copies {a.copies}`.', '',
              f'Input: a mock sky of {a.stars} stars generated once, its cross-match replicated {a.copies} times '

@@ -73,9 +73,21 @@ def work_plan(src, # root of a mock sky or archive mirror (sdss/, galah/, gaiaes
     return plan.rename_axis('spec_id').reset_index().astype({'spec_id': np.int64})
 
 # %% ../nbs/06a_preprocess.ipynb
+class _Operators(OrderedDict):
+    "Resamplers in least-recently-used order, with the running total of their non-zeros (`nnz`)."
+    nnz = 0
+    def __setitem__(self, key, r):
+        if key in self: self.nnz -= self[key].A.nnz
+        super().__setitem__(key, r); self.nnz += r.A.nnz
+    def popitem(self, last=True):
+        key, r = super().popitem(last); self.nnz -= r.A.nnz
+        return key, r
+    def clear(self): super().clear(); self.nnz = 0
+
+# %% ../nbs/06a_preprocess.ipynb
 RV_LATTICE = 32  # velocity lattice: fractions of a common-grid pixel
 CACHE_NNZ = 60_000_000  # per-process operator cache budget in non-zeros (12 bytes each: ~0.7 GB); holds every lattice operator of 2 UVES setups
-_OPS, _SEEN = OrderedDict(), set()  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
+_OPS, _SEEN = _Operators(), set()  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
 
 @functools.lru_cache(maxsize=4)
 def grid_wave(grid:Grid): # the common grid
@@ -91,7 +103,7 @@ def _cached_operator(wave, grid, R, frac, max_masked):
     r = Resampler(wave, grid, R, C_KMS * np.expm1(frac * grid.dln), max_masked)
     if h in _SEEN:
         _OPS[key] = r
-        while sum(o.A.nnz for o in _OPS.values()) > CACHE_NNZ and len(_OPS) > 1: _OPS.popitem(last=False)
+        while _OPS.nnz > CACHE_NNZ and len(_OPS) > 1: _OPS.popitem(last=False)
     _SEEN.add(h)
     return r
 
