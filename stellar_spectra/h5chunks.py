@@ -31,9 +31,12 @@ def _bits(a):
 
 def _write_rows(ds, # h5py dataset (N, n), chunked
                 r0:int, # first row of `block`
-                block): # (k, n) rows to write
+                block, # (k, n) rows to write
+                direct:bool=True): # hand one-row, unfiltered chunks' bytes straight to HDF5 (False: always through h5py's selections)
     "Write `block` at row `r0`, chunk-run by chunk-run, leaving all-zero chunks unallocated."
     if not len(block): return
+    if direct and ds.chunks[0] == 1 and not (ds.compression or ds.shuffle or ds.fletcher32) and block.dtype == ds.dtype:
+        return _write_chunks(ds, r0, block)
     cr, cp = ds.chunks; n = ds.shape[1]; nc = -(-n // cp)
     v = _bits(block); v = np.pad(v, ((0, 0), (0, nc * cp - n))) if nc * cp != n else v
     for a in range(0, len(block), cr):
@@ -41,6 +44,14 @@ def _write_rows(ds, # h5py dataset (N, n), chunked
         edges = np.flatnonzero(np.diff(np.r_[0, nz.astype(np.int8), 0]))
         for c0, c1 in zip(edges[::2], edges[1::2]):
             ds[r0 + a:r0 + a + cr, c0 * cp:min(c1 * cp, n)] = block[a:a + cr, c0 * cp:min(c1 * cp, n)]
+
+def _write_chunks(ds, r0:int, x):
+    "`_write_rows` for one-row, unfiltered chunks: each non-zero chunk's bytes go straight to HDF5 (`write_direct_chunk`)."
+    cp = ds.chunks[1]; x = np.ascontiguousarray(x); b, m = _bits(x), x.shape[1] - x.shape[1] % cp
+    nz = np.c_[b[:, :m].reshape(len(x), -1, cp).any(2), b[:, m:].any(1)] if m < x.shape[1] else b.reshape(len(x), -1, cp).any(2)
+    for r, c in zip(*np.nonzero(nz)):
+        part = x[r, c * cp:(c + 1) * cp]  # the last chunk of a row is padded to the chunk's size
+        ds.id.write_direct_chunk((r0 + int(r), int(c) * cp), part if len(part) == cp else np.r_[part, np.zeros(cp - len(part), x.dtype)])
 
 # %% ../nbs/06d_h5chunks.ipynb
 def _chunk_table(ds):

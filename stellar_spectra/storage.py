@@ -17,7 +17,6 @@ from .resample import Grid, common_grid
 from .regridded import StoreError, COMPRESSION
 from .regridded import _check_arrays, _create_store, _finish_store, _read_meta, _read_rows, _store_runs, _write_rows
 from .native import NATIVE_SCHEMA, _row_group_rows, _to_table
-from .h5chunks import _bits
 
 # %% auto 0
 __all__ = ['SPEC_KEY', 'SPEC_ORDER', 'write_shard', 'completed_shards', 'merge_shards', 'CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION',
@@ -32,17 +31,6 @@ _all_ = ['CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION', 'FORMAT', 'DTYPES', 'NATIVE_SC
 
 # %% ../nbs/06_storage.ipynb
 _DICT_COLUMNS = [f.name for f in NATIVE_SCHEMA if not pa.types.is_list(f.type)]  # shard columns worth a Parquet dictionary
-
-def _put_chunks(ds, # new h5py dataset (n, m): one-row chunks, no filter
-                x): # (n, m) array of its dtype
-    "Fill `ds` with `x`, handing each non-zero chunk's bytes straight to HDF5; all-zero chunks stay unallocated (as `_write_rows`)."
-    if ds.chunks is None or ds.chunks[0] != 1 or ds.compression or ds.shuffle or ds.fletcher32 or x.dtype != ds.dtype:
-        return _write_rows(ds, 0, x)
-    cp = ds.chunks[1]; x = np.ascontiguousarray(x); b, m = _bits(x), x.shape[1] - x.shape[1] % cp
-    nz = np.c_[b[:, :m].reshape(len(x), -1, cp).any(2), b[:, m:].any(1)] if m < x.shape[1] else b.reshape(len(x), -1, cp).any(2)
-    for r, c in zip(*np.nonzero(nz)):
-        part = x[r, c * cp:(c + 1) * cp]  # the last chunk of a row is padded to the chunk's size
-        ds.id.write_direct_chunk((int(r), int(c) * cp), part if len(part) == cp else np.r_[part, np.zeros(cp - len(part), x.dtype)])
 
 # %% ../nbs/06_storage.ipynb
 _KEY = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
@@ -69,7 +57,7 @@ def write_shard(shard_dir, # folder of the shards
     n_px = grid.n if grid else (next(iter(arrays.values())).shape[1] if arrays else 0)
     with atomic_path(h5) as tmp, h5py.File(tmp, 'w', libver='latest') as f:
         dss = _create_store(f, grid, len(meta), {k: x.dtype for k, x in arrays.items()}, **({} if grid else {'n_px': n_px}))
-        for k, x in arrays.items(): _put_chunks(dss[k], x)
+        for k, x in arrays.items(): _write_rows(dss[k], 0, x)
         _finish_store(f, meta); f.attrs.update(shard_token=token, has_native=native is not None)
     return h5
 
