@@ -14,9 +14,9 @@ from urllib.request import url2pathname
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .atomic import atomic_write
-from .http1 import Closed, Connection, open_pipe, spliceable
+from .http1 import Closed, Connection, _pwrite_all, open_pipe, spliceable
 from .mirror import RangeRequestHandler, serve_directory
-from .manifest import (MANIFEST_FIELDS, Entry, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
+from .manifest import (MANIFEST_FIELDS, Entry, _hash_into, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
                                       catalogue_manifest, galah_entries, ges_entries, hash_file, read_manifest, write_manifest)
 _all_ = ['RangeRequestHandler', 'serve_directory']  # the local mirror (01c_mirror), importable from here as before
 
@@ -149,15 +149,6 @@ def _unlink(fname):
     try: os.unlink(fname)
     except FileNotFoundError: pass
 
-def _write(fd, b):
-    "Write all of `b` to the file descriptor `fd`."
-    while b: b = b[os.write(fd, b):]
-
-def _hash_into(hs, fname, buf):
-    "Feed the bytes of `fname` to the hashers `hs`, through `buf`."
-    with open(fname, 'rb', buffering=0) as f:
-        while n := f.readinto(buf): _update(hs, buf[:n])
-
 HASH_WINDOW = 8 << 20  # bytes hashed at a time from a spliced file's pages
 
 def _hash_range(hs, fd:int, a:int, b:int):
@@ -183,7 +174,7 @@ def _copy(self:Fetcher, stream, fd:int, done:int, total:int|None, hs:dict, meta:
             if not n:
                 if total is None: break
                 raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
-            _write(fd, mv[:n])
+            _pwrite_all(fd, mv[:n], done)
             if big: pending.append(self.hasher().submit(_update, hs, mv[:n]))
             else: _update(hs, mv[:n])
             done += n
@@ -199,7 +190,7 @@ def _splice(self:Fetcher, resp, fd:int, done:int, total:int, hs:dict, meta:dict,
     while resp.buffered and done < total:  # bytes the connection read along with the header block
         n = resp.readinto(mv[:min(len(mv), total - done)])
         if not n: break
-        os.pwrite(fd, mv[:n], done); _update(hs, mv[:n]); done += n; hashed = done
+        _pwrite_all(fd, mv[:n], done); _update(hs, mv[:n]); done += n; hashed = done
         if on_bytes: on_bytes(n)
     pipe = open_pipe(self.chunk)
     try:
@@ -225,7 +216,7 @@ def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on
     elif big: atomic_write(mfile, json.dumps(meta), sync=False)  # validators, for a later resume
     fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
     try:
-        if offset: os.ftruncate(fd, offset); os.lseek(fd, offset, os.SEEK_SET)
+        if offset: os.ftruncate(fd, offset)
         spliced = big and total is not None and spliceable(stream)
         done = (self._splice if spliced else self._copy)(stream, fd, offset, total, hs, meta, on_bytes)
     finally: os.close(fd)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import csv, hashlib, io, json, re
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 import numpy as np
@@ -158,10 +157,13 @@ def _hashers(md5=False): return {'sha256': hashlib.sha256(), **({'md5': hashlib.
 def _update(hs, b):
     for h in hs.values(): h.update(b)
 
+def _hash_into(hs, fname, buf):
+    "Feed the bytes of `fname` to the hashers `hs`, read into the buffer `buf` (a memoryview)."
+    with open(fname, 'rb', buffering=0) as f:
+        while n := f.readinto(buf): _update(hs, buf[:n])
+
 def hash_file(fname, # file to hash
               md5:bool=False): # also compute md5
     "Hex digests of a file, streaming: {'sha256': ..., ['md5': ...]}."
-    hs = _hashers(md5)
-    with open(fname, 'rb') as f:
-        for b in iter(partial(f.read, 1 << 20), b''): _update(hs, b)
+    _hash_into(hs := _hashers(md5), fname, memoryview(bytearray(1 << 20)))
     return {k: h.hexdigest() for k, h in hs.items()}
