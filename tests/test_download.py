@@ -62,15 +62,22 @@ class FaultServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address): pass  # clients hang up on purpose here
 
 
-@pytest.fixture
-def server(tmp_path):
-    "A fault-injecting HTTP server on an ephemeral port serving tmp_path/src; shuts itself down after 100 s."
-    root = tmp_path/'src'; root.mkdir()
+def fault_server(root, tls=None):
+    "A fault-injecting server on an ephemeral port of 127.0.0.1 serving `root`, behind TLS when given an `ssl.SSLContext`."
+    root.mkdir()
     srv = FaultServer(('127.0.0.1', 0), partial(FaultHandler, directory=str(root)))
-    srv.root, srv.url, srv.lock, srv.log = root, f'http://127.0.0.1:{srv.server_port}/', threading.Lock(), []
+    if tls: srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+    srv.root, srv.url, srv.lock, srv.log = root, f'{"https" if tls else "http"}://127.0.0.1:{srv.server_port}/', threading.Lock(), []
     srv.faults, srv.always, srv.active, srv.max_active = defaultdict(list), {}, 0, 0
     srv.sent = lambda path: sum(r['sent'] for r in srv.log if r['path'] == path)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture
+def server(tmp_path):
+    "A fault-injecting HTTP server serving tmp_path/src; shuts itself down after 100 s."
+    srv = fault_server(tmp_path/'src')
     timer = threading.Timer(100, srv.shutdown); timer.daemon = True; timer.start()
     yield srv
     timer.cancel(); srv.shutdown(); srv.server_close()
@@ -291,14 +298,8 @@ def tls_server(tmp_path):
     key, cert = tmp_path/'key.pem', tmp_path/'cert.pem'
     subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '1',
                     '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], check=True, capture_output=True)
-    root = tmp_path/'tls_src'; root.mkdir()
-    srv = FaultServer(('127.0.0.1', 0), partial(FaultHandler, directory=str(root)))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    srv.root, srv.url, srv.lock, srv.log, srv.cert = root, f'https://127.0.0.1:{srv.server_port}/', threading.Lock(), [], cert
-    srv.faults, srv.always, srv.active, srv.max_active = defaultdict(list), {}, 0, 0
-    srv.sent = lambda path: sum(r['sent'] for r in srv.log if r['path'] == path)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = fault_server(tmp_path/'tls_src', tls=ctx); srv.cert = cert
     yield srv
     srv.shutdown(); srv.server_close()
 
