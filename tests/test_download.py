@@ -16,32 +16,39 @@ CHUNK = 1 << 16  # client chunk in these tests: the slack allowed on a resumed t
 FAST = dict(progress=False, backoff=0.01, chunk=CHUNK, timeout=5.0)
 
 
+class _StampedWrites:
+    "A handler's output stream that notes when each write starts: the client cannot have the answer's last byte before that."
+    def __init__(self, handler, wfile): self.handler, self.wfile = handler, wfile
+    def write(self, b):
+        if (log := getattr(self.handler, 'log', None)) is not None: log['t1'] = time.monotonic()
+        return self.wfile.write(b)
+    def __getattr__(self, k): return getattr(self.wfile, k)
+
+
 class FaultHandler(RangeRequestHandler):
-    "RangeRequestHandler that counts bytes per file and plays the faults queued for a path."
+    "RangeRequestHandler that counts bytes per file, notes when each request is in progress, and plays the faults queued for a path."
+    def setup(self): super().setup(); self.wfile = _StampedWrites(self, self.wfile)
+
     def do_GET(self):
         rel = unquote(urlsplit(self.path).path).lstrip('/')
         srv = self.server
         with srv.lock:
             self.fault = srv.faults[rel].pop(0) if srv.faults[rel] else srv.always.get(rel)
-            srv.active += 1; srv.max_active = max(srv.max_active, srv.active)
-            self.log = dict(path=rel, range=self.headers.get('Range'), fault=self.fault, sent=0)
+            self.log = dict(path=rel, range=self.headers.get('Range'), fault=self.fault, sent=0, t0=time.monotonic())
             srv.log.append(self.log)
-        try:
-            if self.fault in ('500', '404'): return self.send_error(int(self.fault))
-            if self.fault == 'norange' and 'Range' in self.headers: del self.headers['Range']
-            if self.fault == 'chunked':  # no Content-Length: the body in chunks, a zero-length chunk marks its end
-                body = (Path(self.directory)/rel).read_bytes()
-                self.send_response(200); self.send_header('Transfer-Encoding', 'chunked'); self.end_headers()
-                for i in range(0, len(body), 100_000): self.wfile.write(b'%x\r\n%s\r\n' % (len(body[i:i + 100_000]), body[i:i + 100_000]))
-                self.wfile.write(b'0\r\n\r\n'); self.log['sent'] = len(body); return
-            if self.fault == 'badrange':  # a 206 that does not start where asked
-                body = (Path(self.directory)/rel).read_bytes()
-                self.send_response(206); self.send_header('Content-Length', str(len(body) - 1))
-                self.send_header('Content-Range', f'bytes 1-{len(body) - 1}/{len(body)}'); self.end_headers()
-                return self.send_body(open(Path(self.directory)/rel, 'rb'), 1, len(body) - 1)
-            super().do_GET()
-        finally:
-            with srv.lock: srv.active -= 1
+        if self.fault in ('500', '404'): return self.send_error(int(self.fault))
+        if self.fault == 'norange' and 'Range' in self.headers: del self.headers['Range']
+        if self.fault == 'chunked':  # no Content-Length: the body in chunks, a zero-length chunk marks its end
+            body = (Path(self.directory)/rel).read_bytes()
+            self.send_response(200); self.send_header('Transfer-Encoding', 'chunked'); self.end_headers()
+            for i in range(0, len(body), 100_000): self.wfile.write(b'%x\r\n%s\r\n' % (len(body[i:i + 100_000]), body[i:i + 100_000]))
+            self.wfile.write(b'0\r\n\r\n'); self.log['sent'] = len(body); return
+        if self.fault == 'badrange':  # a 206 that does not start where asked
+            body = (Path(self.directory)/rel).read_bytes()
+            self.send_response(206); self.send_header('Content-Length', str(len(body) - 1))
+            self.send_header('Content-Range', f'bytes 1-{len(body) - 1}/{len(body)}'); self.end_headers()
+            return self.send_body(open(Path(self.directory)/rel, 'rb'), 1, len(body) - 1)
+        super().do_GET()
 
     def send_body(self, f, start, length):
         kind, _, arg = (self.fault or '').partition(':')
@@ -62,14 +69,21 @@ class FaultServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address): pass  # clients hang up on purpose here
 
 
+def _max_overlap(log):
+    "Most requests in progress at once: each from its arrival to the start of its answer's last write (when the client can next ask)."
+    events = sorted([(r['t0'], 1) for r in log] + [(r['t1'], -1) for r in log])  # at equal times an end comes before a start
+    return max(np.cumsum([d for _, d in events]), default=0)
+
+
 def fault_server(root, tls=None):
     "A fault-injecting server on an ephemeral port of 127.0.0.1 serving `root`, behind TLS when given an `ssl.SSLContext`."
     root.mkdir()
     srv = FaultServer(('127.0.0.1', 0), partial(FaultHandler, directory=str(root)))
     if tls: srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     srv.root, srv.url, srv.lock, srv.log = root, f'{"https" if tls else "http"}://127.0.0.1:{srv.server_port}/', threading.Lock(), []
-    srv.faults, srv.always, srv.active, srv.max_active = defaultdict(list), {}, 0, 0
+    srv.faults, srv.always = defaultdict(list), {}
     srv.sent = lambda path: sum(r['sent'] for r in srv.log if r['path'] == path)
+    srv.max_active = lambda: _max_overlap(srv.log)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -234,7 +248,7 @@ def test_per_host_bound_and_no_partial_file_under_a_final_name(server, tmp_path)
     try: s = download(es, dest, base_url=server.url, n_workers=8, per_host=2, **FAST)
     finally: stop.set(); t.join()
     assert (s['ok'], s['retries'], bad) == (12, 3, []) and same(dest, server.root, es)
-    assert server.max_active <= 2
+    assert server.max_active() == 2  # parallel, and never more than per_host
 
 
 def test_unknown_length_body_is_verified(server, tmp_path):
