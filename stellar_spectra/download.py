@@ -99,7 +99,7 @@ def request(self:Fetcher, url, headers):
         for again in (False, True):
             reused = conn.sock is not None
             try: resp = conn.get((u.path or '/') + (f'?{u.query}' if u.query else ''), headers); break
-            except (Closed, ConnectionResetError, BrokenPipeError):  # closed while idle: one more try on a new connection
+            except Closed:  # closed while idle: one more try on a new connection
                 if not reused or again: raise
         if resp.status in (301, 302, 303, 307, 308) and resp.getheader('Location'):
             resp.read(); url = urljoin(url, resp.getheader('Location')); continue

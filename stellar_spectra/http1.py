@@ -124,7 +124,9 @@ def get(self:Connection, target:str, # path and query, e.g. '/sas/dr17/x.fits'
         try: self.sock.sendall(req.encode('latin-1'))
         except BlockingIOError: raise TimeoutError(f'{self.netloc}: could not send for {self.timeout:g} s') from None
         while 100 <= (resp := self._head()).status < 200: pass
-    except BaseException: self.close(); raise  # reset, timeout, bad answer: the next request starts afresh
+    except (ConnectionResetError, BrokenPipeError) as e:  # how a dropped idle connection shows when the send or the first read meets its reset
+        self.close(); raise Closed(f'{self.netloc}: connection closed before an answer ({e.strerror or e})') from e
+    except BaseException: self.close(); raise  # timeout, bad answer: the next request starts afresh
     if not resp.done: self.active = resp
     return resp
 
