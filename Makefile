@@ -4,6 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.lab-installed
 export PATH := $(BIN):$(PATH)
 export PYTHONWARNINGS := ignore::UserWarning:nbdev.doclinks
 NBWORKERS ?= 2
@@ -53,9 +54,13 @@ docs: $(STAMP)
 readme: $(STAMP)
 	python docs/build.py --readme
 
-lab: $(STAMP)
-	python -m pip install -q -c constraints.txt jupyterlab
+# JupyterLab (pinned in constraints.txt) and the kernel: installed once, again only when the environment or the pins change.
+$(LAB_STAMP): $(STAMP) constraints.txt
+	{ python -m pip install -q -c constraints.txt jupyterlab 2>&1; } | { grep -v 'is ignored: it is neither a file' || true; }
 	python -m ipykernel install --sys-prefix --name stellar_spectra --display-name "stellar_spectra"
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
 	jupyter lab nbs/
 
 clean:

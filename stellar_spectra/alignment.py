@@ -211,13 +211,14 @@ def survey_row(grid:Grid, # the common grid
                flux, ivar, bad, # (M,) its stacked spectrum (outliers left out), e.g. from `stack`
                lines=None): # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
     "One survey's row of the report: stacked offset and error, per-spectrum median and scatter, outliers."
-    o = per['offset_px'].dropna()
+    out = per['outlier'].astype(bool); o = per['offset_px'].dropna(); oi = per.loc[~out, 'offset_px'].dropna()  # measured; inliers
+    ids = (per['spec_id'] if 'spec_id' in per else pd.Series(per.index, index=per.index))[out]
     r = measure_lines(grid, flux, ivar, bad, lines) if (np.asarray(ivar) > 0).any() else None
     m, e, nl = robust_mean(r['offset'], r['err']) if r is not None else ([np.nan], [np.nan], [0])
     return dict(survey=survey, n_spectra=len(per), n_measured=len(o), n_lines=int(nl[0]), offset_px=m[0], offset_err_px=e[0],
-                offset_kms=m[0] * grid.dln * C_KMS, median_px=o.median() if len(o) else np.nan,
-                scatter_px=1.4826 * (o - o.median()).abs().median() if len(o) else np.nan, noise_px=per['err_px'].median(),
-                n_outliers=int(per['outlier'].astype(bool).sum()), max_abs_px=o.abs().max() if len(o) else np.nan)
+                offset_kms=m[0] * grid.dln * C_KMS, median_px=oi.median() if len(oi) else np.nan,
+                scatter_px=1.4826 * (oi - oi.median()).abs().median() if len(oi) else np.nan, noise_px=per['err_px'].median(),
+                n_outliers=int(out.sum()), max_abs_px=o.abs().max() if len(o) else np.nan, outliers=[int(i) for i in ids])
 
 # %% ../nbs/05a_alignment.ipynb
 def alignment_report(grid:Grid, # the common grid
@@ -238,6 +239,11 @@ def alignment_report(grid:Grid, # the common grid
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_alignment.ipynb
+def _named(ids, n:int=10):
+    "' (id, id, ...)' naming the first `n` outlying spectra; '' when there are none (or the report has no `outliers`)."
+    if not isinstance(ids, (list, tuple)) or not ids: return ''
+    return f" ({', '.join(map(str, ids[:n]))}{', ...' if len(ids) > n else ''})"
+
 def check_alignment(report:pd.DataFrame, # from `alignment_report`
                     tol_px:float=0.1, # tolerance, pixels of the common grid
                     max_outlier_fraction:float=0.5): # fail when more than this fraction of a survey's spectra are outliers
@@ -246,7 +252,8 @@ def check_alignment(report:pd.DataFrame, # from `alignment_report`
     for r in report.itertuples():
         why = []
         if abs(r.offset_px) > tol_px: why.append(f'stacked lines off by {r.offset_px:+.3f} ± {r.offset_err_px:.3f} px')
-        if r.n_outliers > max_outlier_fraction * max(r.n_measured, 1): why.append(f'{r.n_outliers} of {r.n_measured} spectra individually off by > 0.5 px')
+        if r.n_outliers > max_outlier_fraction * max(r.n_measured, 1):
+            why.append(f'{r.n_outliers} of {r.n_measured} spectra individually off by > 0.5 px{_named(getattr(r, "outliers", None))}')
         if r.scatter_px > tol_px + 3 * r.noise_px: why.append(f'per-spectrum offsets scatter by {r.scatter_px:.3f} px (noise {r.noise_px:.3f} px)')
         if why: bad.append((r.survey, why))
         elif r.n_spectra and np.isnan(r.offset_px): warnings.warn(f'alignment of {r.survey} cannot be verified: no spectrum has enough measurable lines')

@@ -20,6 +20,11 @@ def _fsync(path):
         finally: os.close(fd)
     except OSError: pass
 
+def _umask():
+    "The process's file-creation mask (read without changing it where /proc allows)."
+    try: return int(next(l for l in open('/proc/self/status') if l.startswith('Umask:')).split()[1], 8)
+    except (OSError, StopIteration, ValueError): u = os.umask(0o022); os.umask(u); return u
+
 @contextmanager
 def atomic_path(path, # final file name
                 sync:bool=True): # fsync before the rename (durable; a little slower)
@@ -29,6 +34,7 @@ def atomic_path(path, # final file name
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 600: give it the mode a plain open() would
         if sync: _fsync(tmp)
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)

@@ -58,8 +58,10 @@ def _column(data, names, name):
 def _open_table(path):
     "The first binary table of a FITS file as (HDUList, data, {UPPER name: name}); clear error otherwise."
     if not Path(path).is_file(): raise FileNotFoundError(f'{path}: catalogue not found')
-    hl = fits.open(path, memmap=True)
-    hdu = next((h for h in hl[1:] if isinstance(h, fits.BinTableHDU)), None)
+    try:
+        hl = fits.open(path, memmap=True)
+        hdu = next((h for h in hl[1:] if isinstance(h, fits.BinTableHDU)), None)
+    except (OSError, ValueError) as err: raise ValueError(f'{path}: not a readable FITS catalogue ({err})') from None
     if hdu is None:
         hl.close(); raise ValueError(f'{path}: no binary table HDU')
     return hl, hdu.data, {n.upper(): n for n in hdu.columns.names}

@@ -4,14 +4,14 @@
 
 # %% ../nbs/cli.ipynb 3
 from __future__ import annotations
-import argparse, ast, importlib, importlib.util, inspect, json, sys, typing
+import argparse, ast, importlib, importlib.util, inspect, json, math, sys, typing
 from collections import Counter
 from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto 0
-__all__ = ['STAGES', 'missing_reason', 'short_help', 'load', 'arg_type', 'add_func_args', 'build_parser', 'main', 'dir_summary',
-           'stage_facts', 'pipeline_summary', 'summary']
+__all__ = ['STAGES', 'missing_reason', 'short_help', 'load', 'arg_type', 'finite_float', 'add_func_args', 'build_parser',
+           'exit_code', 'error_line', 'main', 'dir_summary', 'stage_facts', 'pipeline_summary', 'summary']
 
 # %% ../nbs/cli.ipynb
 STAGES = {
@@ -21,6 +21,8 @@ STAGES = {
     'crossmatch': 'stellar_spectra.crossmatch:crossmatch_surveys',
     'preprocess': 'stellar_spectra.preprocess:run_preprocess',
     'store': 'stellar_spectra.storage:merge_shards',
+    'pack': 'stellar_spectra.training:export_packed',
+    'train': 'stellar_spectra.training:run_training',
     'summary': 'stellar_spectra.cli:summary',
 }
 
@@ -84,6 +86,12 @@ def _params(func):
         yield p.name, hints.get(p.name, p.annotation), p.default, docs.get(p.name) or ''
 
 # %% ../nbs/cli.ipynb
+def finite_float(s:str) -> float: # the option's text
+    "A float option's value: a finite number, or an argparse error."
+    x = float(s)
+    if not math.isfinite(x): raise argparse.ArgumentTypeError(f'{s!r} is not a finite number')
+    return x
+
 def add_func_args(parser:argparse.ArgumentParser, # parser (or subparser) to fill
                   func): # function whose parameters become the arguments
     "Add one argument per parameter of `func` to `parser`; returns the names it could not express."
@@ -91,6 +99,7 @@ def add_func_args(parser:argparse.ArgumentParser, # parser (or subparser) to fil
     for name, anno, default, doc in _params(func):
         kw = arg_type(anno, default)
         if kw is None: fixed.append(name); continue
+        if kw.get('type') is float: kw['type'] = finite_float  # nan and inf are never a useful setting
         if default is inspect.Parameter.empty: parser.add_argument(name, help=doc, **kw); continue
         flags = dict.fromkeys([f'--{name.replace("_", "-")}', f'--{name}'])
         parser.add_argument(*flags, dest=name, default=default, help=f'{doc} (default: {default})'.strip(), **kw)
@@ -105,6 +114,9 @@ def build_parser(registry:dict=None): # subcommand -> 'module:function' (default
     parser = argparse.ArgumentParser(prog='stellar-spectra', epilog=epilog,
         description='Reproducible pipeline for APOGEE DR17, GALAH DR3 and Gaia-ESO DR4 spectra. '
                     'Run `stellar-spectra COMMAND --help` for the options of a command.')
+    from stellar_spectra import __version__
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (also after COMMAND)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, target in registry.items():
         if name not in missing: sub.add_parser(name, help=short_help(target))
@@ -117,10 +129,24 @@ def _show(res):
     print(json.dumps(res, indent=1, default=str) if isinstance(res, (dict, list)) else res)
 
 # %% ../nbs/cli.ipynb
+def exit_code(err:Exception) -> int|None:
+    "Exit code for an error a stage raised: its `exit_code`, 2 for bad input (ValueError, OSError), None for a bug."
+    if (code := getattr(err, 'exit_code', None)) is not None: return code
+    return 2 if isinstance(err, (ValueError, OSError)) else None
+
+def error_line(err:Exception) -> str:
+    "One line naming the file and the problem: `<file>: <problem>`."
+    if isinstance(err, OSError) and err.filename is not None and err.strerror: msg = f'{err.filename}: {err.strerror}'
+    else: msg = str(err) or type(err).__name__
+    if isinstance(err, OSError) and ': ' not in msg: msg += ': ' + {FileNotFoundError: 'no such file', IsADirectoryError: 'is a directory',
+                                                                PermissionError: 'permission denied'}.get(type(err), type(err).__name__)
+    return ' '.join(msg.split())
+
 def main(argv:list=None, # arguments (default: sys.argv[1:])
          registry:dict=None): # subcommand -> 'module:function' (default: `STAGES`)
     "Entry point of the `stellar-spectra` console command."
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = '--debug' in argv; argv = [a for a in argv if a != '--debug']
     registry = STAGES if registry is None else registry
     parser = build_parser(registry)
     if not argv or argv[0] not in registry or missing_reason(registry[argv[0]]):
@@ -131,7 +157,12 @@ def main(argv:list=None, # arguments (default: sys.argv[1:])
     sp = argparse.ArgumentParser(prog=f'stellar-spectra {argv[0]}', description=inspect.getdoc(func))
     fixed = add_func_args(sp, func)
     if fixed: sp.epilog = 'fixed to their defaults here: ' + ', '.join(fixed)
-    _show(func(**vars(sp.parse_args(argv[1:]))))
+    kw = vars(sp.parse_args(argv[1:]))
+    try: res = func(**kw)
+    except Exception as err:
+        if debug or (code := exit_code(err)) is None: raise
+        print(f'stellar-spectra {argv[0]}: error: {error_line(err)}', file=sys.stderr); raise SystemExit(code) from None
+    _show(res)
 
 # %% ../nbs/cli.ipynb
 def dir_summary(path:Path) -> dict:
@@ -171,6 +202,13 @@ def stage_facts(path:Path) -> list:
         for r in d.get('alignment', []):
             out.append(f"    alignment guard, {r['survey']:<7} offset {r['offset_px']:+.4f} ± {r['offset_err_px']:.4f} px "
                        f"({r['offset_kms']:+.3f} km/s), scatter {r['scatter_px']:.3f} px, outliers {r['n_outliers']}/{r['n_spectra']}")
+    if (p/'summary.json').exists() and 'best_val' in (d := json.loads((p/'summary.json').read_text())):
+        out.append(f"    trained on {d['spectra']} spectra of {d['stars']} stars, {d['steps']} steps, {d['n_params']:,} parameters; "
+                   f"{d['spectra_per_s']:.0f} spectra/s, {d['data_wait']:.1%} of step time waiting for data")
+        bl = d.get('baselines_val', {})
+        for s, v in (d.get('val') or {}).items():
+            out.append(f"    held-out reduced chi2, {s:<7} {v:9.2f}   (mean spectrum {bl.get('mean', {}).get(s, float('nan')):9.2f}, "
+                       f"flat continuum {bl.get('flat', {}).get(s, float('nan')):9.2f})")
     if (p/'store_summary.json').exists():
         d = json.loads((p/'store_summary.json').read_text())
         out.append(f"    stored spectra: {d['n_spectra']} (" + ', '.join(f'{k}: {v}' for k, v in d.get('per_survey', {}).items()) + ')')

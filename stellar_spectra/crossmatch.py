@@ -241,6 +241,8 @@ def crossmatch_surveys(src:str=None, # root of a mock sky or archive mirror (sds
                        progress:bool=True, # show a progress bar
                       ) -> dict:
     "Cross-match APOGEE, GALAH and Gaia-ESO into one catalogue of stars; returns the counts."
+    for k, v, ok in (('radius_arcsec', radius_arcsec, 0 < radius_arcsec < 3600), ('epoch', epoch, 1900 <= epoch <= 2100), ('workers', workers, workers >= 1)):
+        if not (np.isfinite(v) and ok): raise ValueError(f'{k} = {v} is out of range (radius_arcsec in (0, 3600), epoch in [1900, 2100], workers >= 1)')
     paths = catalogue_paths(src, apogee, galah, ges)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')

@@ -36,8 +36,11 @@ class GONConfig:
     w0: float = 30.0              # SIREN frequency factor sin(w0 * (W h + b))
     conditioning: str = 'film'    # 'concat': z joins the first layer; 'film': z scales and shifts every layer
     inner_steps: int = 1          # GON gradient steps from z0 = 0
+    step: str = 'fisher'          # 'fisher': z = -eta (F + lambda I)^-1 grad, F the Fisher information of the inner chi2 (a latent
+                                  # that does not scale with S/N); 'gradient': z = -eta grad (the original GON step)
+    prior_precision: float = 1.0  # lambda of the 'fisher' step: the latent's prior precision, which bounds z where F is small
     learn_step: bool = True       # learn the inner step size eta (as log eta)
-    step_init: float = 1e-5       # initial eta; the inner chi2 is a SUM over pixels, so eta scales like 1/(ivar * pixels)
+    step_init: float|None = None  # initial eta (None: 1 for 'fisher'; 1e-5 for 'gradient', whose chi2 is a SUM over pixels)
     shared_origin: bool = True    # compute the first step once per distinct coordinate (exact, since z0 = 0)
     n_surveys: int = 3            # per-survey linear continuum residuals (0: none)
     line_window_weight: float = 0.0  # extra loss weight inside line windows (0: uniform)
@@ -57,6 +60,9 @@ class GONConfig:
         assert self.decoder in ('siren', 'fourier'), f"decoder must be 'siren' or 'fourier', not {self.decoder!r}"
         assert self.conditioning in ('concat', 'film'), f"conditioning must be 'concat' or 'film', not {self.conditioning!r}"
         assert self.latent_dim > 0 and self.hidden > 0 and self.n_layers > 0 and self.inner_steps > 0
+        assert self.step in ('fisher', 'gradient'), f"step must be 'fisher' or 'gradient', not {self.step!r}"
+        self.step_init = float(self.step_init if self.step_init is not None else 1.0 if self.step == 'fisher' else 1e-5)
+        assert self.prior_precision > 0
         ln = self.grid.ln_wave[[0, -1]]
         self.lnlam_min = float(ln[0] if self.lnlam_min is None else self.lnlam_min)
         self.lnlam_max = float(ln[1] if self.lnlam_max is None else self.lnlam_max)
@@ -89,7 +95,7 @@ def check_grid(cfg:GONConfig, # the model's configuration
 
 # %% ../nbs/07a_decoders.ipynb
 class Decoder(nn.Module):
-    "f(z, x) -> normalised flux; z (B, D) or (B, P, D), x (B, P) in [-1, 1] -> (B, P)."
+    "f(z, x) -> normalised flux; z (B, D) or (B, P, D), x (B, P) or (P,) shared by every row, in [-1, 1] -> (B, P)."
     def __init__(self, cfg:GONConfig):
         super().__init__()
         self.cfg, H, L = cfg, cfg.hidden, cfg.n_layers
@@ -117,17 +123,17 @@ class Decoder(nn.Module):
 
 # %% ../nbs/07a_decoders.ipynb
 def _encode_coord(dec:Decoder, x):
-    "Fourier features of x: (B, P) -> (B, P, 2F), or (B, P, 1) without features."
+    "Fourier features of x: (..., P) -> (..., P, 2F), or (..., P, 1) without features."
     if not dec.cfg.n_fourier: return x[..., None]
     a = math.pi * x[..., None] * dec.freqs
     return torch.cat([torch.sin(a), torch.cos(a)], -1)
 
 def _decoder_forward(self:Decoder, z, x):
     c = self.cfg
-    assert x.dim() == 2 and z.shape[-1] == c.latent_dim, f"need x (B, P) and z (B, D={c.latent_dim}); got {tuple(x.shape)}, {tuple(z.shape)}"
+    assert x.dim() in (1, 2) and z.shape[-1] == c.latent_dim, f"need x (B, P) or (P,) and z (B, D={c.latent_dim}); got {tuple(x.shape)}, {tuple(z.shape)}"
     if z.dim() == 2: z = z[:, None, :]                          # (B, 1, D): one latent per spectrum
-    h = _encode_coord(self, x)                                   # (B, P, E)
-    film = self.film(z).chunk(2 * c.n_layers, -1) if self.film is not None else None
+    h = _encode_coord(self, x)                                   # (B, P, E), or (P, E) for shared coordinates: the first
+    film = self.film(z).chunk(2 * c.n_layers, -1) if self.film is not None else None  # layer then runs once per pixel
     for i, lin in enumerate(self.layers):
         a = lin(h)                                               # (B, P, H)
         if i == 0 and self.z_in is not None: a = a + self.z_in(z)

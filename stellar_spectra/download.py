@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_download.ipynb 3
 from __future__ import annotations
-import heapq, io, json, mmap, os, random, re, ssl, threading, time
+import csv, heapq, io, json, math, mmap, os, random, re, ssl, threading, time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write
 from .http1 import Closed, Connection, _pwrite_all, open_pipe, spliceable
 from .mirror import RangeRequestHandler, serve_directory
-from .manifest import (MANIFEST_FIELDS, Entry, _hash_into, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
+from .manifest import (MANIFEST_FIELDS, URL_SCHEMES, Entry, _hash_into, _hashers, _update, add_checksums, apogee_entries, apvisit_entries,
                                       catalogue_manifest, galah_entries, ges_entries, hash_file, read_manifest, write_manifest)
 _all_ = ['RangeRequestHandler', 'serve_directory']  # the local mirror (01c_mirror), importable from here as before
 
 
 # %% auto 0
 __all__ = ['LOCK_NAME', 'RETRY_STATUS', 'HASH_WINDOW', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job',
-           'JobQueue', 'download', 'RangeRequestHandler', 'serve_directory']
+           'JobQueue', 'download', 'DownloadFailed', 'RangeRequestHandler', 'serve_directory']
 
 # %% ../nbs/01_download.ipynb
 LOCK_NAME = 'download.lock.json'
@@ -326,15 +326,21 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
              timeout:float=30.0, # socket timeout in seconds (a stalled transfer fails after this)
              backoff:float=1.0, # delay before the first retry in seconds; doubles each time
              chunk:int=1 << 20, # bytes read, written and hashed at a time
-             progress:bool=True): # show a progress bar and print the summary
-    "Fetch every file of a manifest into `dest`: parallel, resumable, verified, recorded in `download.lock.json`."
-    if n_workers < 1 or per_host < 1: raise ValueError(f'n_workers ({n_workers}) and per_host ({per_host}) must be at least 1')
+             progress:bool=True, # show a progress bar and print the summary
+             missing_ok:bool=False, # a 404 (a file the archive does not have) is not a failure
+             stars:str=None): # common_stars.parquet of the cross-match: fetch only these stars' spectra
+    "Fetch every file of a manifest into `dest`: parallel, resumable, verified, recorded in `download.lock.json`; raises `DownloadFailed` if any file failed."
+    _check_args(n_workers=(n_workers, 1), per_host=(per_host, 1), n_large=(n_large, 1), retries=(retries, 0), timeout=(timeout, 1e-3),
+                backoff=(backoff, 0), chunk=(chunk, 1))
     if base_url and '://' not in base_url: base_url = Path(base_url).resolve().as_uri()  # a plain folder
-    t0, dest = time.monotonic(), Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    if base_url and urlsplit(base_url).scheme not in URL_SCHEMES: raise ValueError(f'{base_url}: base_url is not http(s)://, file:// or a folder')
+    t0, dest = time.monotonic(), Path(dest)
     args = (dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress)
-    entries = list({e.path: e for e in _entries(manifest)}.values())
+    entries = list({e.path: e for e in _entries(manifest)}.values())  # a bad manifest fails here, before dest is made
+    entries = _only_stars(entries, stars, _listings(manifest, base_url, dest))
+    dest.mkdir(parents=True, exist_ok=True)
     out, known = _fetch_all(entries, *args), {e.path for e in entries}
-    if isinstance(manifest, (str, Path)) and Path(manifest).is_dir():  # what was fetched may list more: apStar headers name the visits
+    if isinstance(manifest, (str, Path)) and Path(manifest).is_dir() and not stars:  # what was fetched may list more: apStar headers name the visits
         new = out['ok']
         while new and (more := [e for e in _entries(manifest) if e.path not in known]):
             known |= {e.path for e in more}; nxt = _fetch_all(more, *args); new = nxt['ok']
@@ -343,6 +349,7 @@ def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalog
                retries=out['retries'], failures=out['failures'], lock=str(dest/LOCK_NAME))
     if progress: print(f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
                        f"{out['bytes']/2**20:.1f} MiB in {out['seconds']:.1f} s" + ''.join(f"\n  FAILED {f['path']}: {f['error']}" for f in out['failures']))
+    if bad := [f for f in out['failures'] if not (missing_ok and f['status'] == 404)]: raise DownloadFailed(out, len(bad))
     return out
 
 def _fetch_all(entries, dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress):
@@ -353,7 +360,9 @@ def _fetch_all(entries, dest, base_url, n_workers, per_host, n_large, retries, v
     else: plan = [_plan_one(e, dest, lock, False) for e in entries]
     jobs = [Job(e, u, urlsplit(u).netloc or 'local', large=(e.size or 0) > LARGE_FILE)
             for e, p in zip(entries, plan) if p == 'fetch' for u in [e.source(base_url)]]
-    bar = tqdm(total=sum(j.entry.size or 0 for j in jobs) or None, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
+    if progress: print(f'download: {len(jobs)} files to fetch' + (f', {_size(jobs)/2**20:.1f} MiB' if all(j.entry.size is not None for j in jobs) else '')
+                       + (f' ({len(entries) - len(jobs)} already there)' if len(jobs) < len(entries) else ''), flush=True)
+    bar = tqdm(total=_size(jobs) or None, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
                desc='download', postfix=f'files 0/{len(jobs)}')
     q, stats, failures, errors = JobQueue(jobs, per_host, n_large or max(2, (os.cpu_count() or 2) // 2)), Counter(skipped=len(entries) - len(jobs)), [], []
     def work():
@@ -396,3 +405,40 @@ def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):
     rec = dict(path=job.entry.path, url=job.url, status=status, error=msg, attempts=job.attempts)
     with q.cond: failures.append(rec)
     lock.fail(job.entry.path, rec); q.done(job)
+
+# %% ../nbs/01_download.ipynb
+class DownloadFailed(Exception):
+    "Some files of a `download` failed; `summary` is its result, `exit_code` what the command line exits with."
+    exit_code = 1
+    def __init__(self, summary:dict, n:int):
+        st = Counter(f"HTTP {f['status']}" if f['status'] else 'other' for f in summary['failures'])
+        super().__init__(f"{summary['lock']}: {n} of {n + summary['ok'] + summary['skipped']} files failed ("
+                         + ', '.join(f'{k}: {v}' for k, v in st.items()) + ')')
+        self.summary = summary
+
+def _check_args(**kw):
+    "Raise ValueError naming the first option that is not a finite number at least its minimum (`name=(value, minimum)`)."
+    for k, (v, lo) in kw.items():
+        if v is not None and not (math.isfinite(v) and v >= lo): raise ValueError(f'{k} must be a finite number >= {lo}, not {v}')
+
+def _size(jobs): return sum(j.entry.size or 0 for j in jobs)
+
+def _listings(manifest, base_url, dest):
+    "Where an ESO query listing may be: under a folder of catalogues, a local mirror, or what is already fetched."
+    roots = [manifest] if isinstance(manifest, (str, Path)) and Path(manifest).is_dir() else []
+    if base_url and base_url.startswith('file:'): roots.append(url2pathname(urlsplit(base_url).path))
+    return [os.path.join(r, 'gaiaeso', 'eso_archive_query.csv') for r in roots + [dest]]
+
+def _only_stars(entries:list, # manifest entries
+                stars:str|None, # common_stars.parquet of the cross-match (None: keep every entry)
+                listings=()): # ESO query listings (CSV: ARCFILE, OBJECT, CNAME) that name each Gaia-ESO file's star
+    "The entries whose file name names one of the stars in the cross-match table `stars`."
+    if not stars: return entries
+    import pandas as pd
+    t = pd.read_parquet(stars)
+    ids = {str(v).strip() for c in ('apogee_id', 'sobject_id', 'ges_object', 'cname') if c in t for v in t[c]} - {'', '-1', 'None', 'nan'}
+    if not ids: raise ValueError(f'{stars}: no star ids (apogee_id, sobject_id, ges_object, cname)')
+    for f in filter(os.path.isfile, listings):
+        with open(f, newline='') as fh: ids |= {r['ARCFILE'].strip() for r in csv.DictReader(fh) if ids & {r.get('CNAME', '').strip(), r.get('OBJECT', '').strip()}}
+    pat = re.compile('|'.join(map(re.escape, sorted(ids, key=len, reverse=True))))
+    return [e for e in entries if pat.search(Path(e.path).name)]

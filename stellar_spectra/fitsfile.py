@@ -149,6 +149,22 @@ def _column_key(h, name, key):
     return str(h.get(f'{key}{k}', '')).strip()
 
 # %% ../nbs/00c_fitsfile.ipynb
+@patch
+def find(self:FitsFile, extname:str): # EXTNAME to look for (case-insensitive)
+    "Index of the first extension whose EXTNAME is `extname`, or None."
+    return next((i for i in range(1, self.n_hdus) if str(self.header(i).get('EXTNAME', '')).strip().lower() == extname.lower()), None)
+
+@patch
+def extension(self:FitsFile, extname:str, # EXTNAME the format gives the extension
+              what:str) -> int: # what it holds (for the error message)
+    "Index of the extension named `extname`; a `SpectrumReadError` naming the file and the missing extension if there is none."
+    i = self.find(extname)
+    if i is None:
+        names = [str(self.header(j).get('EXTNAME', '')).strip() or f'HDU {j} (unnamed)' for j in range(1, self.n_hdus)]
+        raise SpectrumReadError(self.path, f"lacks extension '{extname}' ({what}); its extensions are {names}")
+    return i
+
+# %% ../nbs/00c_fitsfile.ipynb
 @contextmanager
 def open_fits(path, # FITS file
               memmap:bool=False): # let astropy memory-map the data (catalogues: copy what you keep before leaving the block)

@@ -15,10 +15,12 @@ from .formats import (ALLSTAR_PATH, GALAH_BASE_URL, GALAH_CATALOGUE_PATH, SDSS_B
                                      apvisit_path, galah_file_url, galah_filename, galah_tarball_path)
 
 # %% auto 0
-__all__ = ['MANIFEST_FIELDS', 'ESO_FILE_URL', 'Entry', 'write_manifest', 'read_manifest', 'apogee_entries', 'apvisit_entries',
-           'galah_entries', 'ges_entries', 'catalogue_manifest', 'add_checksums', 'hash_file']
+__all__ = ['URL_SCHEMES', 'MANIFEST_FIELDS', 'ESO_FILE_URL', 'Entry', 'write_manifest', 'read_manifest', 'apogee_entries',
+           'apvisit_entries', 'galah_entries', 'ges_entries', 'catalogue_manifest', 'add_checksums', 'hash_file']
 
 # %% ../nbs/01a_manifest.ipynb
+URL_SCHEMES = ('http', 'https', 'file')  # what `download` can fetch
+
 @dataclass
 class Entry:
     "One file to fetch: its path in the archive layout, its archive URL, and what it must be."
@@ -31,8 +33,12 @@ class Entry:
     def __post_init__(self):
         p = Path(self.path)
         if not self.path or p.is_absolute() or '..' in p.parts: raise ValueError(f'bad manifest path {self.path!r}')
+        if self.url and urlsplit(self.url).scheme not in URL_SCHEMES: raise ValueError(f'{self.path}: url {self.url!r} is not http(s):// or file://')
         self.size = None if self.size in (None, '') else int(self.size)
+        if self.size is not None and self.size < 0: raise ValueError(f'{self.path}: negative size {self.size}')
         self.sha256, self.md5 = (self.sha256 or '').lower(), (self.md5 or '').lower()
+        for k, n in (('sha256', 64), ('md5', 32)):
+            if (v := getattr(self, k)) and not re.fullmatch(f'[0-9a-f]{{{n}}}', v): raise ValueError(f'{self.path}: {k} {v!r} is not {n} hex digits')
 
     def source(self, base_url:str|None=None):
         "The URL to fetch: under the mirror `base_url` when given, else the archive URL."
@@ -56,15 +62,26 @@ def write_manifest(entries, # iterable of `Entry`
     return Path(fname)
 
 # %% ../nbs/01a_manifest.ipynb
-def read_manifest(fname): # a manifest written by `write_manifest` (or by hand)
-    "Load a manifest file as a list of `Entry`."
+def _rows(fname):
+    "(row number, dict) for each row of a CSV or JSON-lines manifest."
     with open(fname, newline='') as f:
-        if str(fname).endswith('.csv'): rows = list(csv.DictReader(f))
-        else: rows = [json.loads(l) for l in f if l.strip()]
-    out = []
-    for i, r in enumerate(rows, 1):
-        try: out.append(Entry(**{k: r.get(k) for k in MANIFEST_FIELDS if r.get(k) not in (None, '')}))
-        except (TypeError, ValueError) as err: raise ValueError(f'{fname}: row {i}: {err}') from None
+        if str(fname).endswith('.csv'): yield from enumerate(csv.DictReader(f), 1); return
+        for i, line in enumerate(filter(str.strip, f), 1):
+            try: r = json.loads(line)
+            except ValueError as err: raise ValueError(f'{fname}: row {i}: not JSON ({err})') from None
+            if not isinstance(r, dict): raise ValueError(f'{fname}: row {i}: not a JSON object')
+            yield i, r
+
+def read_manifest(fname): # a manifest written by `write_manifest` (or by hand)
+    "Load a manifest file as a list of `Entry`, each problem named by file and row; a path listed twice must agree."
+    out, seen = [], {}
+    try:
+        for i, r in _rows(fname):
+            try: e = Entry(**{k: r.get(k) for k in MANIFEST_FIELDS if r.get(k) not in (None, '')})
+            except (TypeError, ValueError) as err: raise ValueError(f'{fname}: row {i}: {err}') from None
+            if e.path in seen and out[seen[e.path][1]] != e: raise ValueError(f'{fname}: row {i}: {e.path} is already in row {seen[e.path][0]} with other values')
+            if e.path not in seen: seen[e.path] = (i, len(out)); out.append(e)
+    except UnicodeDecodeError: raise ValueError(f'{fname}: not a text manifest (CSV or JSON lines)') from None
     return out
 
 # %% ../nbs/01a_manifest.ipynb

@@ -109,6 +109,9 @@ def generate_mock_sky(outdir=None, # root directory (None: a new temporary direc
                       fast_fraction:float=0.02, # fraction of fast movers (hundreds of mas/yr)
                       progress:bool=True): # show a progress bar
     "Write a mock sky (catalogues, spectra in the surveys' formats, truth) under `outdir`; returns a summary dict."
+    for k, v, lo, hi in (('n_stars', n_stars, 1, np.inf), ('n_workers', n_workers, 1, np.inf), ('seed', seed, 0, np.inf),
+                         ('crowded_fraction', crowded_fraction, 0, 1), ('fast_fraction', fast_fraction, 0, 1)):
+        if not (np.isfinite(v) and lo <= v <= hi): raise ValueError(f'{k} must be a finite number in [{lo}, {hi}], not {v}')
     outdir = Path(outdir or tempfile.mkdtemp(prefix='mocksky_'))
     stars = draw_stars(n_stars, seed=seed, crowded_fraction=crowded_fraction, fast_fraction=fast_fraction)
     cats = make_catalogues(stars, seed=seed)

@@ -10,7 +10,7 @@ import numpy as np
 from .formats import (GALAH_COVERAGE, GALAH_R, UVES_FLUX_COLUMNS, UVES_R, UVES_SETUPS, C_KMS, linear_wavelength,
                                      galah_filename)
 from .linelist import air_to_vacuum
-from .spectrum import Spectrum, PixelFlag, stitch
+from .spectrum import Spectrum, PixelFlag, stitch, flag_spikes
 from .fitsfile import SpectrumReadError, ReaderWarning, open_fits, _expect, _column_key
 
 # %% auto 0
@@ -27,7 +27,10 @@ def _sobject_id(path):
     m = re.fullmatch(r'(\d{15})([1-4])\.fits', Path(path).name)
     return (int(m[1]), int(m[2])) if m else (None, None)
 
-def _has_ext4(hdul): return hdul.n_hdus > 4 and hdul.spans[4][2] > 0
+def _galah_ext4(hdul):
+    "Index of the normalised spectrum: the first unnamed non-empty 1-D image extension (GALAH gives it no EXTNAME), or None."
+    return next((i for i in range(1, hdul.n_hdus) if not str(hdul.header(i).get('EXTNAME', '')).strip()
+                 and hdul.header(i).get('XTENSION') == 'IMAGE' and hdul.header(i).get('NAXIS') == 1 and hdul.spans[i][2] > 0), None)
 
 # %% ../nbs/00e_optical.ipynb
 def _galah_camera(hdul, path, normalised=False):
@@ -35,23 +38,23 @@ def _galah_camera(hdul, path, normalised=False):
     _expect(hdul, path, 'galah', 'camera'); h = hdul.header(0)
     flux = hdul.image(0, 'flux')
     if flux.ndim != 1: raise SpectrumReadError(path, f'flux has shape {flux.shape}, expected one dimension')
-    rel = hdul.image(1, 'relative error (input_sigma)', flux.shape)
+    rel = hdul.image(hdul.extension('input_sigma', 'relative error'), 'relative error (input_sigma)', flux.shape)
     cdelt, crval = float(h['CDELT1']), float(h['CRVAL1'])
     air = linear_wavelength(crval, cdelt, flux.size, h.get('CRPIX1', 1)); ccd = _galah_ccd(air)
-    h4 = hdul.header(4) if _has_ext4(hdul) else None  # without astropy parsing the long headers of ext 2 and 3
+    i4 = _galah_ext4(hdul); h4 = hdul.header(i4) if i4 is not None else None
     rv = C_KMS * (cdelt / h4['CDELT1'] - 1) if h4 is not None else np.nan
     sid = _sobject_id(path)[0]
     meta = {'ccd': ccd, 'sobject_id': sid, 'has_ext4': h4 is not None, 'medium_in_file': 'air', 'normalised': normalised,
             **{k: h[k] for k in ('UTMJD', 'EXPOSED', 'MEANRA', 'MEANDEC', 'OBJECT') if k in h}}
     kw = dict(R=GALAH_R, survey='galah', product=f'ccd{ccd}', star_id=str(sid or ''), rv=rv, meta=meta)
-    if not normalised: return Spectrum.from_sigma(air_to_vacuum(air), flux, np.abs(flux) * rel, frame='barycentric', flux_unit='ct', **kw)
+    if not normalised: return flag_spikes(Spectrum.from_sigma(air_to_vacuum(air), flux, np.abs(flux) * rel, frame='barycentric', flux_unit='ct', **kw))
     if h4 is None: raise SpectrumReadError(path, 'no extension 4 (normalised spectrum)')
-    norm = hdul.image(4, 'normalised flux')
+    norm = hdul.image(i4, 'normalised flux')
     off = h4['CRVAL1'] / h4['CDELT1'] - crval / cdelt  # ext-0 pixel where ext 4 starts
     i0 = int(round(off))
     if abs(off - i0) > 0.01 or i0 < 0 or i0 + norm.size > flux.size: raise SpectrumReadError(path, f'extension 4 does not align with extension 0 (offset {off:.3f} px)')
     air4 = linear_wavelength(h4['CRVAL1'], h4['CDELT1'], norm.size, h4.get('CRPIX1', 1)); meta['ext4_offset'] = i0
-    return Spectrum.from_sigma(air_to_vacuum(air4), norm, np.abs(norm) * rel[i0:i0 + norm.size], frame='rest', **kw)
+    return flag_spikes(Spectrum.from_sigma(air_to_vacuum(air4), norm, np.abs(norm) * rel[i0:i0 + norm.size], frame='rest', **kw))
 
 # %% ../nbs/00e_optical.ipynb
 def _snr(s): return float(np.median(np.abs(s.flux[~s.mask]) * np.sqrt(s.ivar[~s.mask]))) if (~s.mask).any() else np.nan
@@ -106,7 +109,11 @@ def _uves_columns(path, t, flux_column, error_column):
 def _uves(hdul, path, flux_column=None, error_column=None):
     "Spectrum of an open ESO Phase-3 UVES file."
     _expect(hdul, path, 'ges', 'uves'); h = hdul.header(0)
-    t, th = hdul.table_row(1, 'SPECTRUM table'), hdul.header(1)
+    i = hdul.find('SPECTRUM')
+    if i is None and hdul.n_hdus > 1 and hdul.header(1).get('XTENSION') == 'BINTABLE':
+        i = 1; warnings.warn(f"{path}: no extension named 'SPECTRUM'; read the binary table in HDU 1", ReaderWarning)
+    if i is None: i = hdul.extension('SPECTRUM', 'spectrum table')
+    t, th = hdul.table_row(i, 'SPECTRUM table'), hdul.header(i)
     wcol, fcol, ecol = _uves_columns(path, t, flux_column, error_column)
     ucd = _column_key(th, wcol, 'TUCD')
     if not ucd: warnings.warn(f'{path}: no UCD for the wavelength column; taken as air', ReaderWarning)
@@ -120,12 +127,13 @@ def _uves(hdul, path, flux_column=None, error_column=None):
     meta = {'wave_column': wcol, 'flux_column': fcol, 'error_column': ecol, 'medium_in_file': 'air' if air else 'vacuum',
             'wave_ucd': ucd, 'setup': setup if setup in UVES_SETUPS else '', 'has_qual': qual is not None,
             **{k: h[k] for k in ('MJD-OBS', 'EXPTIME', 'PROG_ID', 'CONTNORM', 'SPECSYS', 'ARCFILE', 'TELESCOP') if k in h}}
-    return Spectrum.from_sigma(air_to_vacuum(wave) if air else wave, flux, err, flags=flags, survey_flags=qual,
+    s = Spectrum.from_sigma(air_to_vacuum(wave) if air else wave, flux, err, flags=flags, survey_flags=qual,
                                frame=_SPECSYS.get(str(h.get('SPECSYS', 'TOPOCENT')).strip(), 'observed'),
                                R=float(h.get('SPEC_RES', UVES_R)), survey='ges', product='uves', star_id=str(h.get('OBJECT', '')).strip(),
                                visit_id=str(h.get('ARCFILE', Path(path).name)), ra=float(h.get('RA', np.nan)), dec=float(h.get('DEC', np.nan)),
                                snr=float(h.get('SNR', np.nan)), bc=float(h.get('ESO QC VRAD BARYCOR', np.nan)),
                                flux_unit=_column_key(th, fcol, 'TUNIT'), meta=meta)
+    return s if qual is not None else flag_spikes(s)  # no pixel mask: flag cosmic-ray hits
 
 def read_uves(path, # ESO Phase-3 UVES spectrum (ADP.*.fits)
               flux_column:str|None=None, # flux column to use (default: first of formats.UVES_FLUX_COLUMNS present)

@@ -15,7 +15,7 @@ from .formats import apstar_path, galah_filename, C_KMS
 from .readers import read_spectrum, SpectrumReadError
 from .spectrum import Spectrum, PixelFlag, BAD
 from .resample import Grid, Resampler, common_grid, to_rest_grid
-from .continuum import normalise
+from .continuum import normalise, METHODS
 from .masks import flag_atmosphere, flags_on_grid, loss_weights
 from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
 from .storage import write_shard, completed_shards
@@ -23,7 +23,7 @@ from .storage import write_shard, completed_shards
 # %% auto 0
 __all__ = ['SURVEYS', 'RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid',
            'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks', 'run_chunks', 'gather_offsets',
-           'guard_report', 'run_preprocess']
+           'guard_report', 'check_params', 'run_preprocess']
 
 # %% ../nbs/06a_preprocess.ipynb
 SURVEYS = ('apogee', 'galah', 'ges')  # survey order inside a star
@@ -190,6 +190,14 @@ def chunk_offsets(grid:Grid, # the common grid
         sums[f'{s}/w'], sums[f'{s}/wf'] = w.sum(0), (w * st['norm_flux'][k]).sum(0)
     return per, sums
 
+def _bad_file(src, row, e):
+    "The chunk report's entry for a plan row that failed: the file actually at fault (a GALAH star's other camera, say) and why."
+    f = Path(getattr(e, 'path', '') or Path(src) / row['relpath'])
+    try: f = f.relative_to(src)
+    except ValueError: pass
+    return {'file': f.as_posix(), 'spec_id': int(row['spec_id']), 'star': int(row['star']), 'survey': row['survey'], 'relpath': row['relpath'],
+            'problem': e.problem if isinstance(e, SpectrumReadError) else f'{type(e).__name__}: {e}'}
+
 _META = ('product', 'star_id', 'visit_id', 'frame', 'rv_used', 'snr', 'R_native', 'n_native')  # added by preprocess_spectrum
 
 def process_chunk(key:str, # shard key (stable: from the plan rows)
@@ -202,14 +210,13 @@ def process_chunk(key:str, # shard key (stable: from the plan rows)
     clock, natives, arrays, metas, errors = {'read': 0.0, 'process': 0.0, 'guard': 0.0, 'write': 0.0}, [], [], [], []
     for row in rows:
         try: spec, a, m = _one(src, row, grid, method, clock)
-        except (SpectrumReadError, ValueError) as e:
-            errors.append({'file': row['relpath'], 'spec_id': int(row['spec_id']), 'star': int(row['star']), 'survey': row['survey'],
-                           'problem': e.problem if isinstance(e, SpectrumReadError) else f'{type(e).__name__}: {e}'}); continue
+        except (SpectrumReadError, ValueError) as e: errors.append(_bad_file(src, row, e)); continue
         natives.append(spec); arrays.append(a); metas.append({**row, **m})
     st, t = _stack(arrays, grid.n), time.perf_counter()
-    meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=[*rows[0], *_META])
+    meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=list(dict.fromkeys([*rows[0], *_META])))
     per, sums = chunk_offsets(grid, st, meta['survey'].to_numpy(str))
     for c in per: meta[c] = per[c].to_numpy()
+    st['weight'][per['outlier'].to_numpy(bool)] = 0  # an outlying spectrum is reported, and the model does not learn from it
     clock['guard'] = time.perf_counter() - t
     report = {'key': key, 'n': len(metas), 'errors': errors, 'clock': clock,
               'offsets': {k: meta[k].tolist() for k in ('spec_id', 'star', 'survey', *_PER)}}
@@ -304,6 +311,11 @@ def guard_report(grid:Grid, # the common grid
 # %% ../nbs/06a_preprocess.ipynb
 def _plain(o): return o.item() if hasattr(o, 'item') else str(o)  # numpy scalars (and anything else) for json
 
+def _outliers(plan, per):
+    "The spectra the guard found individually off (id, star, survey, file, offsets): for the summary."
+    o = per[per['outlier'].astype(bool)].merge(plan[['spec_id', 'relpath']], on='spec_id')
+    return o[['spec_id', 'star', 'survey', 'relpath', 'offset_px', 'segment_px']].to_dict('records')
+
 def _summary(plan, reports, guard, wall, n_run, **kw):
     "The stage summary: counts per survey, failed files, guard offsets, timings."
     errors = sorted((e for r in reports for e in r['errors']), key=lambda e: e['spec_id'])
@@ -317,6 +329,20 @@ def _summary(plan, reports, guard, wall, n_run, **kw):
             'timings': {'wall_s': wall, 'worker_s': clock, 'spectra_per_s': n_done / wall if wall > 0 else None}}
 
 # %% ../nbs/06a_preprocess.ipynb
+def _isint(x): return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+def check_params(chunk_size:int=64, # spectra per chunk: an integer >= 1
+                 n_workers:int=2, # LocalCluster workers: an integer >= 0
+                 method:str='gaussian', # continuum method: one of `continuum.METHODS`
+                 tol_px:float=0.1): # alignment tolerance: a finite number > 0 (pixels)
+    "Raise `ValueError` naming the first stage parameter that cannot work, before any spectrum is read."
+    if not (_isint(chunk_size) and chunk_size >= 1): raise ValueError(f'preprocess: chunk_size must be an integer >= 1, not {chunk_size!r}')
+    if not (_isint(n_workers) and n_workers >= 0): raise ValueError(f'preprocess: n_workers must be an integer >= 0, not {n_workers!r}')
+    if method not in METHODS: raise ValueError(f'preprocess: unknown continuum method {method!r}, expected one of {list(METHODS)}')
+    if not (isinstance(tol_px, (int, float, np.number)) and not isinstance(tol_px, bool) and np.isfinite(tol_px) and tol_px > 0):
+        raise ValueError(f'preprocess: tol_px must be a finite number > 0 (pixels), not {tol_px!r}')
+
+# %% ../nbs/06a_preprocess.ipynb
 def run_preprocess(src, # root of a mock sky or archive mirror
                    crossmatch, # common_stars.parquet
                    outdir, # stage output: shards/, reports/, plan.parquet, alignment.csv, summary.json
@@ -328,6 +354,7 @@ def run_preprocess(src, # root of a mock sky or archive mirror
                    grid:Grid|None=None, # the common grid (default `common_grid()`)
                    progress:bool=True) -> dict: # show a progress bar
     "Preprocess every spectrum of every cross-matched star into resumable shards; alignment guard; summary."
+    check_params(chunk_size, n_workers, method, tol_px)
     t0, outdir, grid = time.perf_counter(), Path(outdir), grid or common_grid()
     plan = work_plan(src, crossmatch)
     _prepare(outdir, _config(plan, grid, chunk_size, method))
@@ -340,14 +367,14 @@ def run_preprocess(src, # root of a mock sky or archive mirror
               disable=not progress) as bar:
         for rep in run_chunks(todo, scheduler, n_workers): ran[rep['key']] = {**rep, '_ran': True}; bar.update(size[rep['key']])
     reports, sums = _reports(outdir, size); reports = [ran.get(r['key'], r) for r in reports]
-    guard = guard_report(grid, gather_offsets(reports), sums)
+    per = gather_offsets(reports); guard = guard_report(grid, per, sums)
     atomic_write(outdir / 'alignment.csv', guard.to_csv(index=False))
     try: check_alignment(guard, tol_px); err = None
     except MisalignedGridError as e: err = e
     summary = _summary(plan, reports, guard, time.perf_counter() - t0, len(todo), src=str(src), crossmatch=str(crossmatch),
                        outdir=str(outdir), chunk_size=chunk_size, method=method, scheduler=scheduler,
                        n_workers=n_workers if scheduler is None else None, tol_px=tol_px,
-                       aligned=err is None, misaligned=None if err is None else str(err))
+                       aligned=err is None, misaligned=None if err is None else str(err), outliers=_outliers(plan, per))
     atomic_write(outdir / 'summary.json', json.dumps(summary, indent=1, default=_plain))
     if err is not None: raise err
     return summary

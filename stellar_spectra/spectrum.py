@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 
 # %% auto 0
-__all__ = ['BAD', 'FRAMES', 'PixelFlag', 'Spectrum', 'stitch']
+__all__ = ['BAD', 'FRAMES', 'PixelFlag', 'Spectrum', 'stitch', 'flag_spikes']
 
 # %% ../nbs/00a_spectrum.ipynb
 class PixelFlag(IntFlag):
@@ -125,13 +125,32 @@ def stitch(spectra:list, # `Spectrum`s of one star in one frame, non-overlapping
     return Spectrum(cat('wave'), cat('flux'), cat('ivar'), flags=cat('flags'), survey_flags=sf, **{**first, 'meta': meta, **kw})
 
 # %% ../nbs/00a_spectrum.ipynb
+def flag_spikes(s:Spectrum, # a spectrum of one detector, from a format without a pixel mask (flags set in place)
+                nsigma:float=10., # excess over the flanks, in units of the pixel's own sigma
+                rel:float=1., # ... and in units of the flanks' level
+                gap:int=8, # flanks start this many pixels away (> half the widest hit)
+                reach:int=20): # ... and end this many pixels away
+    "Flag `COSMIC_RAY` on narrow positive outliers far above the noise; absorption lines and broad features are left alone."
+    from scipy.ndimage import maximum_filter, label
+    k = np.arange(-reach, reach + 1); flank = maximum_filter(s.flux, footprint=np.abs(k) >= gap, mode='nearest')
+    sig = s.sigma; good = s.ivar > 0
+    runs, n = label(good & (s.flux - flank > nsigma * sig) & (s.flux - flank > rel * np.abs(flank)))
+    for r in range(1, n + 1):
+        a, b = np.flatnonzero(runs == r)[[0, -1]]; level = flank[a:b + 1].max()
+        while a > 0 and good[a - 1] and s.flux[a - 1] - level > 3 * sig[a - 1]: a -= 1
+        while b < len(s) - 1 and good[b + 1] and s.flux[b + 1] - level > 3 * sig[b + 1]: b += 1
+        s.flags[a:b + 1] |= PixelFlag.COSMIC_RAY
+    return s
+
+# %% ../nbs/00a_spectrum.ipynb
 _FIELDS = ('frame', 'R', 'survey', 'product', 'star_id', 'visit_id', 'ra', 'dec', 'snr', 'rv', 'bc', 'flux_unit')
 
 def _unit(s:str):
-    "astropy unit of a `flux_unit` string (dimensionless if empty or not parseable)."
+    "astropy unit of a `flux_unit` string ('' is dimensionless); an unknown unit is refused, not made dimensionless."
     import astropy.units as u
     un = u.Unit(s or '', parse_strict='silent')
-    return u.dimensionless_unscaled if isinstance(un, u.UnrecognizedUnit) else un
+    if isinstance(un, u.UnrecognizedUnit): raise ValueError(f'unknown flux unit {s!r}: astropy cannot parse it (give an astropy unit string)')
+    return un
 
 @patch
 def to_specutils(self:Spectrum):
@@ -150,6 +169,7 @@ def _ivar_of(unc, flux_unit):
     "Inverse variance (in 1/flux_unit²) of an astropy NDUncertainty."
     from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
     a = np.asarray(unc.array, np.float64)
+    if (a < 0).any(): raise ValueError(f'{type(unc).__name__} has {(a < 0).sum()} negative value(s): an uncertainty cannot be negative')
     scale = lambda p: 1.0 if unc.unit is None else (unc.unit).to(flux_unit ** p)
     with np.errstate(divide='ignore', invalid='ignore'):
         if isinstance(unc, InverseVariance): return a * scale(-2)
@@ -165,6 +185,7 @@ def from_specutils(cls:Spectrum, s, # a 1-D `specutils.Spectrum`
     meta = dict(s.meta or {}); extra = dict(meta.pop('stellar_spectra', {}) or {})
     wave = s.spectral_axis.to_value(u.AA, equivalencies=u.spectral())
     if s.uncertainty is None: raise ValueError('the specutils spectrum has no uncertainty: cannot make an inverse variance')
+    if isinstance(s.flux.unit, u.UnrecognizedUnit): raise ValueError(f'unknown flux unit {s.flux.unit.to_string()!r}: astropy cannot parse it')
     ivar = _ivar_of(s.uncertainty, s.flux.unit)
     flags = extra.pop('flags', None)
     if flags is None: flags = np.where(np.zeros(len(wave), bool) if s.mask is None else np.asarray(s.mask), int(PixelFlag.BAD_PIXEL), 0)

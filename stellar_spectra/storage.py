@@ -83,6 +83,16 @@ def completed_shards(shard_dir): # folder of the shards
     return out
 
 # %% ../nbs/06_storage.ipynb
+def _check_guard(shard_dir):
+    "StoreError if the preprocess run that wrote `shard_dir` failed its alignment guard (its summary.json, beside the shards, says so)."
+    p = Path(shard_dir).parent / 'summary.json'
+    try: s = json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError) as e: raise StoreError(p, f'cannot read the summary of the preprocess run: {e}') from None
+    if isinstance(s, dict) and s.get('aligned') is False:
+        raise StoreError(p, f"the preprocess run failed its alignment guard, so its shards are not stored ({s.get('misaligned')}); "
+                            'fix the cause and rerun preprocess')
+
+# %% ../nbs/06_storage.ipynb
 SPEC_KEY = ('survey', 'source', 'visit_id')  # identity of a spectrum across shards
 SPEC_ORDER = ('star', 'survey', 'source', 'visit_id')  # order of the merged store
 
@@ -176,6 +186,7 @@ def merge_shards(shard_dir, # folder of the shards (`write_shard`)
                  block:int=256, # rows copied at a time
                  progress:bool=True): # show progress bars
     "Merge the complete shards into the final stores, every spectrum exactly once, sorted by `SPEC_ORDER`."
+    _check_guard(shard_dir)
     keys = sorted(completed_shards(shard_dir))
     if not keys: raise StoreError(shard_dir, 'no complete shards to merge')
     t, grids, dtypes, n_dup = _plan(shard_dir, keys); grid = _merge_grid(shard_dir, grids, grid)

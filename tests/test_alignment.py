@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from stellar_spectra.resample import common_grid
 from stellar_spectra.readers import read_spectrum
-from stellar_spectra.alignment import (FAULTS, MisalignedGridError, alignment_report, check_alignment, line_offsets,
+from stellar_spectra.alignment import (FAULTS, MisalignedGridError, alignment_report, check_alignment, line_offsets, survey_row,
                                        process_for_check, spectrum_offsets, stack)
 
 GRID = common_grid()
@@ -124,3 +124,18 @@ def test_error_pickles_and_stack_weights():
     assert e.surveys == ['ges'] and isinstance(e, ValueError)
     f, i, b = stack(np.array([[1., 1], [3, 1]]), np.array([[1., 0], [1, 0]]), np.zeros((2, 2), bool))
     assert f[0] == 2 and b[1] and i[0] == 2
+
+
+def test_outliers_named_and_left_out_of_the_scatter():
+    """Two of four spectra individually off (a wrong wavelength solution, an SB2: the Gaia-ESO survey of the 8-star sky of seed
+    2) do not fail the survey: they are named, and the scatter is that of the others. Most spectra off still fails, naming them."""
+    per = pd.DataFrame(dict(spec_id=[2, 9, 11, 13], offset_px=[0.005, 3.02, -0.006, -3.73], err_px=0.006, outlier=[False, True, False, True]))
+    flat = np.ones(GRID.n)
+    row = survey_row(GRID, 'ges', per, flat, np.zeros(GRID.n), np.ones(GRID.n, bool))
+    assert row['outliers'] == [9, 13] and row['n_outliers'] == 2 and row['scatter_px'] < 0.02
+    row['offset_px'] = row['offset_err_px'] = 0.0  # a stack on the lines
+    check_alignment(pd.DataFrame([row]))
+    per.loc[0, ['offset_px', 'outlier']] = [1.2, True]
+    row = {**survey_row(GRID, 'ges', per, flat, np.zeros(GRID.n), np.ones(GRID.n, bool)), 'offset_px': 0.0, 'offset_err_px': 0.0}
+    with pytest.raises(MisalignedGridError, match=r'ges: 3 of 4 spectra individually off by > 0.5 px \(2, 9, 13\)'):
+        check_alignment(pd.DataFrame([row]))

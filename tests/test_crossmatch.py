@@ -185,7 +185,7 @@ def test_explicit_paths_and_dedupe(tmp_path):
 
 
 def test_real_mock_sky_layout(tmp_path):
-    mocksky = pytest.importorskip('stellar_spectra.mocksky')
+    from stellar_spectra import mocksky
     mocksky.generate_mock_sky(tmp_path / 'sky', n_stars=12, seed=3, progress=False)
     s = crossmatch_surveys(tmp_path / 'sky', tmp_path / 'o.parquet', progress=False)
     t = Table.read(tmp_path / 'o.parquet')

@@ -9,8 +9,14 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
-from stellar_spectra.download import (LOCK_NAME, Entry, RangeRequestHandler, add_checksums, catalogue_manifest, download,
+from stellar_spectra.download import (LOCK_NAME, DownloadFailed, Entry, RangeRequestHandler, add_checksums, catalogue_manifest,
                                       write_manifest)
+from stellar_spectra.download import download as fetch_all
+
+def download(*args, **kw):
+    "`download`'s summary, also when some files failed (the `DownloadFailed` it raises then carries it)."
+    try: return fetch_all(*args, **kw)
+    except DownloadFailed as err: return err.summary
 
 CHUNK = 1 << 16  # client chunk in these tests: the slack allowed on a resumed transfer
 FAST = dict(progress=False, backoff=0.01, chunk=CHUNK, timeout=5.0)
@@ -358,7 +364,7 @@ def test_killed_client_process_restarts_and_finishes(server, tmp_path):
 
 def test_mock_sky_through_its_catalogues(server, tmp_path):
     "A tiny mock sky fetched over HTTP through a manifest built from its own catalogues, and copied through file://."
-    mocksky = pytest.importorskip('stellar_spectra.mocksky')
+    from stellar_spectra import mocksky
     mocksky.generate_mock_sky(server.root, n_stars=4, progress=False)
     es = add_checksums(catalogue_manifest(server.root), server.root)
     meta = json.loads((server.root/'truth'/'meta.json').read_text())
@@ -391,3 +397,6 @@ def test_progress_bar_and_summary(server, tmp_path, capsys):
     out = capsys.readouterr()
     assert s['ok'] == 3 and 'download: 3 fetched, 0 already there, 1 failed' in out.out and 'FAILED sdss/none.fits' in out.out
     assert 'files 3/4' in out.err  # the bar: bytes, rate and files
+    assert 'download: 4 files to fetch' in out.out  # said before it starts (no bytes: the manifest lacks sizes)
+    with pytest.raises(DownloadFailed, match=r'1 of 4 files failed \(HTTP 404: 1\)'): fetch_all(es + [Entry('sdss/none.fits')], tmp_path/'d', base_url=server.url, **FAST)
+    assert fetch_all(es + [Entry('sdss/none.fits')], tmp_path/'d', base_url=server.url, missing_ok=True, **FAST)['failed'] == 1

@@ -121,3 +121,73 @@ def test_existing_scheduler(sky, serial, tmp_path):
     assert summary['scheduler'] == c.scheduler_address and summary['errors'] == []
     meta, arr = merged(tmp_path / 'sched', tmp_path / 'store')
     for k in FIELDS: assert np.array_equal(serial[2][1][k], arr[k]), k
+
+
+def test_unreadable_chunk_and_truncated_galah_camera(sky, tmp_path):
+    """A chunk none of whose files can be read writes an empty shard and its report (no crash in h5py); a GALAH star whose second
+    camera is truncated is reported under that camera's file, not under the first camera the plan names."""
+    from stellar_spectra.formats import galah_filename
+    root = tmp_path / 'sky'; shutil.copytree(sky[0], root, symlinks=True)
+    plan = work_plan(root, sky[1])
+    first = plan.relpath.iloc[:2].tolist()  # the first chunk (chunk_size=2)
+    for rel in first: (root / rel).write_bytes((root / rel).read_bytes()[:5000])
+    g = plan[(plan.survey == 'galah') & (plan.spec_id >= 2)].iloc[0]
+    cam2 = str(Path(g.relpath).with_name(galah_filename(int(g.survey_id), 2)))
+    assert cam2 != g.relpath and (root / cam2).is_file()
+    (root / cam2).write_bytes((root / cam2).read_bytes()[:5000])
+    summary = run_preprocess(root, sky[1], tmp_path / 'out', chunk_size=2, n_workers=0, progress=False)
+    files = {e['file']: e for e in summary['errors']}
+    assert set(files) == {*first, cam2}
+    assert files[cam2]['relpath'] == g.relpath and 'truncated' in files[cam2]['problem']
+    assert '000000000' in completed_shards(tmp_path / 'out' / 'shards')
+    rep = json.loads((tmp_path / 'out' / 'reports' / '000000000.json').read_text())
+    assert rep['n'] == 0 and len(rep['errors']) == 2
+    meta, _ = merged(tmp_path / 'out', tmp_path / 'store')
+    assert len(meta) == len(plan) - 3 and not {*first, g.relpath} & set(meta['source'])
+
+
+@pytest.mark.parametrize('kw,what', [(dict(chunk_size=0), 'chunk_size must be an integer >= 1'),
+                                     (dict(n_workers=-1), 'n_workers must be an integer >= 0'),
+                                     (dict(method='spline'), "unknown continuum method 'spline'"),
+                                     (dict(tol_px=float('inf')), 'tol_px must be a finite number > 0'),
+                                     (dict(tol_px=-0.1), 'tol_px must be a finite number > 0')])
+def test_stage_parameters_checked_at_start(sky, tmp_path, kw, what):
+    from stellar_spectra.continuum import METHODS
+    with pytest.raises(ValueError, match=what) as e: run_preprocess(*sky, tmp_path / 'out', progress=False, **kw)
+    if 'method' in kw: assert str(list(METHODS)) in str(e.value)
+    assert not (tmp_path / 'out').exists()  # refused before anything was read or written
+
+
+def test_store_refuses_shards_of_a_failed_guard(sky, tmp_path):
+    from stellar_spectra.storage import StoreError
+    xm = pd.read_parquet(sky[1]); xm['rv_ges'] = xm['rv_ges'] + 25.0
+    p = tmp_path / 'common_stars.parquet'; xm.to_parquet(p)
+    with pytest.raises(MisalignedGridError): run_preprocess(sky[0], p, tmp_path / 'out', chunk_size=4, n_workers=0, progress=False)
+    with pytest.raises(StoreError, match='summary.json: the preprocess run failed its alignment guard'):
+        merge_shards(tmp_path / 'out' / 'shards', tmp_path / 'store', progress=False)
+    assert not (tmp_path / 'store' / 'regridded.h5').exists()
+    r = subprocess.run([sys.executable, '-c', 'from stellar_spectra.cli import main; main()', 'store', str(tmp_path / 'out' / 'shards'), str(tmp_path / 'store'),
+                        '--no-progress'], capture_output=True, text=True)
+    assert r.returncode != 0 and 'failed its alignment guard' in r.stderr
+
+
+@pytest.fixture(scope='module')
+def sky_seed2(tmp_path_factory):
+    "The 8-star mock sky of seed 2: two of its four Gaia-ESO spectra are injected anomalies (a wrong wavelength solution, an SB2)."
+    root = tmp_path_factory.mktemp('sky2')
+    generate_mock_sky(root, n_stars=8, seed=2, progress=False)
+    return root, Path(crossmatch_surveys(root, root / 'xm' / 'common_stars.parquet', progress=False)['out'])
+
+
+def test_outliers_named_not_fatal(sky_seed2, tmp_path):
+    summary = run_preprocess(*sky_seed2, tmp_path / 'out', n_workers=0, progress=False)  # used to fail: ges scatter 2.2 px
+    assert summary['aligned']
+    ges = next(r for r in summary['alignment'] if r['survey'] == 'ges')
+    assert ges['n_outliers'] == 2 and ges['scatter_px'] < 0.1
+    out = pd.DataFrame(summary['outliers'])
+    assert (out.survey == 'ges').sum() == 2 and sorted(ges['outliers']) == sorted(out.loc[out.survey == 'ges', 'spec_id'])
+    obs = pd.read_parquet(sky_seed2[0] / 'truth' / 'observations.parquet')
+    assert set(obs.loc[obs.fault == 'wrong_wavelength', 'relpath']) <= set(out.relpath)  # the injected fault is named
+    meta, arr = merged(tmp_path / 'out', tmp_path / 'store')
+    bad = meta['plan_id'].isin(out.spec_id).to_numpy()
+    assert bad.sum() == len(out) and (arr['weight'][bad] == 0).all() and (arr['weight'][~bad].sum(1) > 0).all()

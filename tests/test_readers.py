@@ -10,7 +10,7 @@ from astropy.table import Table
 from stellar_spectra.formats import (APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_NWAVE, APOGEE_CHIPS, APOGEE_PIXMASK, GALAH_COVERAGE,
                                      GALAH_DISPERSION, C_KMS, UCD_AIR, UCD_VACUUM, apogee_wavelength, linear_wavelength)
 from stellar_spectra.linelist import air_to_vacuum
-from stellar_spectra.spectrum import Spectrum, PixelFlag
+from stellar_spectra.spectrum import Spectrum, PixelFlag, flag_spikes
 from stellar_spectra.readers import (SpectrumReadError, ReaderWarning, identify, read_spectrum, read_many, read_apstar,
                                      read_apstar_visits, read_apvisit, read_galah, read_uves, read_allstar, read_galah_catalogue,
                                      read_ges_catalogue, open_fits)
@@ -235,7 +235,7 @@ def test_broken_files(tmp_path):
     with pytest.raises(SpectrumReadError, match=r'shape \(4, 8575\), expected \(5, NWAVE\)'): read_apstar(p)
     g = tmp_path / 'g'; g.mkdir(); write_galah(g, cameras=(1,))
     with fits.open(g / f'{SID}1.fits') as h: fits.HDUList([h[0].copy()]).writeto(g / 'x.fits')
-    with pytest.warns(ReaderWarning), pytest.raises(SpectrumReadError, match=r'missing HDU 1 \(relative error'): read_spectrum(g / 'x.fits')
+    with pytest.warns(ReaderWarning), pytest.raises(SpectrumReadError, match=r"lacks extension 'input_sigma' \(relative error"): read_spectrum(g / 'x.fits')
     err = SpectrumReadError('a.fits', 'broken'); back = pickle.loads(pickle.dumps(err))
     assert (back.path, back.problem, str(back)) == ('a.fits', 'broken', 'a.fits: broken')
 
@@ -399,3 +399,93 @@ def test_mock_catalogues(sky):
     assert sorted(a['APOGEE_ID']) == sorted(stars.apogee_id[stars.in_apogee])
     assert sorted(g['sobject_id']) == sorted(stars.sobject_id[stars.in_galah])
     assert sorted(e['CNAME']) == sorted(stars.cname[stars.in_ges]) and 'OBJECT' in e.colnames
+
+
+# ---------------------------------------------------------------- issue #16: bad input and failures
+def _galah_without(src, dst, drop=(), order=None):
+    "Copy of a GALAH camera file with the extensions named in `drop` removed and/or the extensions reordered."
+    with fits.open(src) as h:
+        hdus = [h[0].copy()] + [x.copy() for x in h[1:] if x.header.get('EXTNAME') not in drop]
+    if order: hdus = [hdus[0]] + [hdus[i] for i in order]
+    fits.HDUList(hdus).writeto(dst)
+    return dst
+
+
+def test_galah_extensions_by_name(tmp_path):
+    src = REAL / f'{SID}4.fits'
+    no_sigma = _galah_without(src, tmp_path / f'{SID}4.fits', drop=('input_sigma',))
+    with pytest.raises(SpectrumReadError, match=r"lacks extension 'input_sigma' \(relative error\)") as e:
+        read_galah(no_sigma, stitch=False)                       # was read with sigma/flux = 3404 from no_sky_subspectrum
+    assert e.value.path == str(no_sigma) and 'no_sky_subspectrum' in e.value.problem
+    d = tmp_path / 'shuffled'; d.mkdir()
+    moved = _galah_without(src, d / f'{SID}4.fits', order=[4, 2, 3, 1])   # ext 4 first, input_sigma last
+    ref, s = read_galah(src, stitch=False), read_galah(moved, stitch=False)
+    np.testing.assert_array_equal(s.sigma, ref.sigma); assert np.nanmedian(s.sigma / s.flux) == pytest.approx(0.0104, abs=1e-3)
+    np.testing.assert_array_equal(read_galah(moved, normalised=True, stitch=False).flux, read_galah(src, normalised=True, stitch=False).flux)
+
+
+def test_uves_spectrum_table_by_name(tmp_path):
+    p = write_uves(tmp_path / 'ADP.a.fits')
+    with fits.open(p) as h:
+        junk = fits.BinTableHDU(Table({'WAVE': [[1.0, 2.0]], 'FLUX': [[9.0, 9.0]], 'ERR': [[1.0, 1.0]]}), name='OTHER')
+        fits.HDUList([h[0].copy(), junk, h[1].copy()]).writeto(tmp_path / 'ADP.b.fits')
+        t = h[1].copy(); del t.header['EXTNAME']; fits.HDUList([h[0].copy(), t]).writeto(tmp_path / 'ADP.c.fits')
+    np.testing.assert_array_equal(read_uves(tmp_path / 'ADP.b.fits').flux, read_uves(p).flux)    # SPECTRUM in HDU 2
+    with pytest.warns(ReaderWarning, match="no extension named 'SPECTRUM'"): assert len(read_uves(tmp_path / 'ADP.c.fits')) == 2000
+
+
+def test_real_galah_spike_flagged():
+    g = read_galah(REAL / f'{SID}1.fits')
+    cr = {n: np.flatnonzero(g.flags[a:b] & PixelFlag.COSMIC_RAY) for n, a, b in g.meta['segments']}
+    assert all(len(cr[f'ccd{c}']) == 0 for c in (1, 2, 3))
+    f4 = fits.getdata(REAL / f'{SID}4.fits', 0); peak = int(np.argmax(f4))
+    assert f4[peak] > 2e5 and np.median(f4) < 3000 and peak in cr['ccd4']                   # the 213,000-count hit
+    a4 = g.meta['segments'][3][1]; assert g.mask[a4 + peak] and g.ivar[a4 + peak] > 0        # masked, data untouched
+    assert set(range(peak - 3, peak + 4)) <= set(cr['ccd4']) and len(cr['ccd4']) < 25
+    n = read_galah(REAL / f'{SID}1.fits', normalised=True); a, b = n.meta['segments'][3][1:]
+    assert n.mask[a + peak - 1483] and (n.flags[:a] & PixelFlag.COSMIC_RAY).sum() == 0
+
+
+def test_flag_spikes_mock_lines_and_hits():
+    rng = np.random.default_rng(0); x = np.arange(4000.)
+    lines = np.prod([1 - rng.uniform(0.2, 0.98) * np.exp(-0.5 * ((x - c) / 2.) ** 2) for c in rng.uniform(0, 4000, 350)], axis=0)
+    sig = np.full(x.size, 0.004); f = lines + rng.normal(0, 0.004, x.size)
+    quiet = flag_spikes(Spectrum.from_sigma(5000 + 0.05 * x, f, sig))
+    assert not (quiet.flags & PixelFlag.COSMIC_RAY).any()                                     # no line core, no continuum peak
+    hit = f.copy(); core = int(np.argmin(lines)); hit[core] += 3.0; hit[1000] += 2.0; hit[3000] += 0.02
+    s = flag_spikes(Spectrum.from_sigma(5000 + 0.05 * x, hit, sig))
+    got = set(np.flatnonzero(s.flags & PixelFlag.COSMIC_RAY))
+    assert {core, 1000} <= got <= {core - 1, core, core + 1, 999, 1000, 1001} and 3000 not in got
+
+
+def test_from_specutils_refuses_negative_uncertainty_and_unknown_unit():
+    import astropy.units as u
+    from astropy.nddata import StdDevUncertainty, VarianceUncertainty, InverseVariance
+    from specutils import Spectrum as SU
+    for U in (StdDevUncertainty, VarianceUncertainty, InverseVariance):
+        su = SU(flux=[1.0, 2.0] * u.Jy, spectral_axis=[5000.0, 5001.0] * u.AA, uncertainty=U([0.1, -0.1]))
+        with pytest.raises(ValueError, match='negative'): Spectrum.from_specutils(su)
+    odd = SU(flux=u.Quantity([1.0, 2.0], u.Unit('counts_per_blarg', parse_strict='silent')), spectral_axis=[5000.0, 5001.0] * u.AA,
+             uncertainty=StdDevUncertainty([0.1, 0.1]))
+    with pytest.raises(ValueError, match="unknown flux unit 'counts_per_blarg'"): Spectrum.from_specutils(odd)
+    with pytest.raises(ValueError, match='unknown flux unit'): Spectrum([1.0, 2.0], [1, 1], [1, 1], flux_unit='blarg').to_specutils()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize('recipe,ok', [("echo '5 passed, 1 warning in 3.2s'", True), ("echo 'no tests ran in 0.1s'; exit 5", False),
+                                       ("echo 'no tests ran'; echo '1 failed in 1s'; exit 1", False), ("echo fine", False),
+                                       ("echo '3 skipped in 0.1s'", False)])
+def test_ci_run_fails_on_failures_and_empty_runs(tmp_path, recipe, ok):
+    import subprocess
+    (tmp_path / '.ci').mkdir(); shutil.copy(ROOT / '.ci' / 'run', tmp_path / '.ci' / 'run')
+    (tmp_path / 'Makefile').write_text(f'test:\n\t@bash -c "{recipe}"\n')
+    rc = subprocess.run(['bash', str(tmp_path / '.ci' / 'run')], capture_output=True, env={**os.environ, 'TMPDIR': str(tmp_path)}).returncode
+    assert (rc == 0) == ok
+
+
+def test_nbdev_reads_every_test_flag():
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / 'settings.ini')
+    assert cfg['DEFAULT']['tst_flags'].split() == ['notest', 'slow', 'gpu']   # nbdev_test splits tst_flags on whitespace

@@ -319,3 +319,30 @@ def test_verify_finds_a_flipped_data_byte(tmp_path):
     with open_regridded(tmp_path / 'out' / 'regridded.h5') as st: assert st.verify() == st.fields
     with h5py.File(tmp_path / 'out' / 'regridded.h5', 'a') as f: del f['arrays/flux'].attrs['sha256']  # a store written before checksums
     with open_regridded(tmp_path / 'out' / 'regridded.h5') as st, pytest.raises(StoreError, match="'flux' has no stored sha256"): st.verify()
+
+
+@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_files_follow_the_umask(tmp_path, umask, mode):
+    "Every file written through the atomic writer gets the mode a plain open() would give it, not mkstemp's 0600."
+    from stellar_spectra.atomic import atomic_write
+    grid, arrays, meta = demo_sample(4, GRID)
+    old = os.umask(umask)
+    try:
+        files = [write_regridded(tmp_path / 'r.h5', grid, arrays, meta), atomic_write(tmp_path / 'a.json', '{}'),
+                 write_shard(tmp_path / 'shards', 'c0', arrays, meta, grid=grid)]
+        merge_shards(tmp_path / 'shards', tmp_path / 'store', progress=False)
+        files += [tmp_path / 'store' / 'regridded.h5', tmp_path / 'store' / 'store_summary.json']
+    finally: os.umask(old)
+    assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: mode for f in files}
+
+
+def test_merge_refuses_shards_of_a_failed_guard(tmp_path):
+    import json
+    grid, arrays, meta = demo_sample(4, GRID)
+    write_shard(tmp_path / 'run' / 'shards', 'c0', arrays, meta, grid=grid)
+    (tmp_path / 'run' / 'summary.json').write_text(json.dumps({'aligned': True}))
+    assert merge_shards(tmp_path / 'run' / 'shards', tmp_path / 'ok', progress=False)['n_spectra'] == 4
+    (tmp_path / 'run' / 'summary.json').write_text(json.dumps({'aligned': False, 'misaligned': 'ges: stacked lines off by +2.5 px'}))
+    with pytest.raises(StoreError, match=r'summary\.json: the preprocess run failed its alignment guard.*ges: stacked lines off'):
+        merge_shards(tmp_path / 'run' / 'shards', tmp_path / 'bad', progress=False)
+    assert not (tmp_path / 'bad').exists()
