@@ -76,7 +76,7 @@ def _observed_pixels(store, rows_by_survey, block):
 
 def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
                rows=None, # store rows to take (default: all)
-               surveys=SURVEYS, # surveys that must be present
+               surveys=None, # surveys that must be present and are taken (None: those the store has)
                block:int=128, # rows read at a time: the host memory used is block x grid pixels x 3 arrays
                progress:bool=False): # show a progress bar
     "Read the stored spectra into a `PackedSample`: observed pixels only, flux, weight x ivar, star and row."
@@ -89,6 +89,7 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
     sv = np.asarray(meta['survey'])[rows]
     unknown = sorted(set(sv) - set(SURVEYS))
     if unknown: raise ValueError(f"{store.path}: surveys {unknown} are not among the model's {SURVEYS}")
+    surveys = [s for s in SURVEYS if (sv == s).any()] if surveys is None else list(surveys)
     missing = [s for s in surveys if not (sv == s).any()]
     if missing: raise ValueError(f"{store.path}: no spectra of {missing} (it has {sorted(set(sv))}); "
                                  f"train on the surveys it has with surveys={sorted(set(sv))}")

@@ -205,38 +205,6 @@ def test_cross_survey_prediction_beats_mean_spectrum(trained, src, dst):
     assert e_gon < 0.5 * e_mean, (e_gon, e_mean)
 
 
-_PEAK_RSS = """
-import resource, sys, torch
-from stellar_spectra.decoders import GONConfig
-from stellar_spectra.gon import GON
-from stellar_spectra.gon_batches import draw_params, mock_batch
-from stellar_spectra.inference import fit_latent
-from stellar_spectra.resample import common_grid
-torch.set_num_threads(1)
-n, chunk = int(sys.argv[1]), int(sys.argv[2])
-wave = common_grid().wave; wave = wave[(wave > 5600) & (wave < 5900)]
-b, _ = mock_batch(draw_params(n, seed=1), wave, {0: wave > 0}, toy=True)
-m = GON(GONConfig.window(5600, 5900, latent_dim=4, hidden=128, n_layers=3, n_fourier=32, fourier_scale=60.0))
-fit_latent(m, b, n_steps=1, chunk=chunk)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-
-def test_fit_latent_memory_is_bounded_by_the_chunk():
-    "Peak memory of fitting 24 spectra 3 at a time stays near that of fitting 3; all 24 at once take far more."
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    runs = {nc: subprocess.Popen([sys.executable, '-c', _PEAK_RSS, *map(str, nc)], cwd=ROOT, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for nc in ((3, 3), (24, 3), (24, 24))}
-    rss = {}
-    for nc, p in runs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-        rss[nc] = int(out.split()[-1]) / 1024                           # MiB (Linux reports KiB)
-    extra_chunked, extra_whole = rss[24, 3] - rss[3, 3], rss[24, 24] - rss[3, 3]
-    assert extra_whole > 400, rss                                       # the test can tell: per-pixel Jacobians of 24 spectra
-    assert extra_chunked < 0.1 * extra_whole, rss
-
-
 # ---- the regridded store ---------------------------------------------------------------------------------------------
 
 def _write_store(path, grid, pars, rng):

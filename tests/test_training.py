@@ -338,7 +338,7 @@ def test_bad_input_gets_a_clear_error(store, sample, tmp_path):
 
     two = mock_store(tmp_path / 'two.h5', n_stars=9, patterns=[(0,), (1,), (0, 1)])
     with pytest.raises(ValueError, match=r"two\.h5: no spectra of \['ges'\].*surveys=\['apogee', 'galah'\]"):
-        pack_store(two['path'])
+        pack_store(two['path'], surveys=SURVEYS)
     assert pack_store(two['path'], surveys=('apogee', 'galah')).surveys == ['apogee', 'galah']
 
     def nan_at(A, meta):
