@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 from .resample import Grid
 from .atomic import atomic_path, atomic_write
 from .decoders import GONConfig, check_grid
@@ -97,7 +96,7 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
     by = {s: rows[sv == s] for s in SURVEYS if (sv == s).any() and s in surveys}
     pix = _observed_pixels(store, by, block)
     out = {k: {} for k in ('flux', 'wivar', 'star', 'row')}
-    bar = tqdm(total=sum(map(len, by.values())), disable=not progress, desc='pack')
+    bar = _bar(sum(map(len, by.values())), progress, 'pack')
     for s, r in by.items():
         fl, wi = np.zeros((len(r), len(pix[s])), np.float32), np.zeros((len(r), len(pix[s])), np.float32)
         for a in range(0, len(r), block):
@@ -117,6 +116,18 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
         out['star'][s], out['row'][s] = np.asarray(meta['star'])[r].astype(np.int64), r.astype(np.int64)
     bar.close()
     return PackedSample(store.grid, pix, **out)
+
+def _bar(total, progress, desc):
+    "A tqdm bar, or a stand-in where tqdm is absent or progress is off."
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, disable=not progress, desc=desc)
+    except ImportError:
+        class _Quiet:
+            def update(self, n=1): pass
+            def close(self): pass
+            def set_postfix(self, **kw): pass
+        return _Quiet()
 
 # %% ../nbs/09_gon_training.ipynb
 def save_packed(sample:PackedSample, # the sample
@@ -434,7 +445,7 @@ def train(sample:PackedSample, # spectra (`pack_store`)
         from torch.nn.parallel import DistributedDataParallel
         stepper = DistributedDataParallel(stepper, device_ids=[dev.index] if dev.type == 'cuda' else None)
     trs = np.sort(split['train']); run = {}
-    bar = tqdm(total=cfg.steps, disable=not (progress and rank == 0), desc='train'); bar.update(step)
+    bar = _bar(cfg.steps, progress and rank == 0, 'train'); bar.update(step)
     t_wait = t_all = 0.0; n_spec = 0; t0 = time.perf_counter()
     while step < cfg.steps:
         step += 1
