@@ -104,9 +104,9 @@ def to_markdown(nb, name, outdir):
     return m.group(1).strip() if m else name
 
 def readme(dst=ROOT/'README.md'):
-    "README.md from nbs/index.ipynb (markdown cells as they are)."
+    "README.md from nbs/index.ipynb: markdown cells as they are, visible code cells as Python blocks (without their outputs)."
     nb = process(NBS/'index.ipynb', run_showdoc=False)
-    text = '\n\n'.join(c.source for c in nb.cells if c.cell_type == 'markdown')
+    text = '\n\n'.join(c.source if c.cell_type == 'markdown' else f'```python\n{c.source}\n```' for c in nb.cells if c.source)
     Path(dst).write_text('<!-- generated from nbs/index.ipynb by `make readme`: edit the notebook -->\n\n' + text + '\n')
 
 MKDOCS = """site_name: stellar_spectra

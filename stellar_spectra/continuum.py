@@ -4,11 +4,13 @@
 
 # %% ../nbs/04_continuum.ipynb 3
 from __future__ import annotations
+from typing import Literal
 import numpy as np
 from numba import njit
 
 # %% auto 0
-__all__ = ['METHODS', 'good_pixels', 'clipped_fit', 'gaussian_continuum', 'chebyshev_continuum', 'median_continuum', 'normalise']
+__all__ = ['METHODS', 'ContinuumMethod', 'good_pixels', 'clipped_fit', 'gaussian_continuum', 'chebyshev_continuum',
+           'median_continuum', 'normalise']
 
 # %% ../nbs/04_continuum.ipynb
 _FM = {'reassoc', 'contract', 'nsz', 'arcp'}  # fast-math flags that keep NaN and inf semantics
@@ -307,6 +309,7 @@ def median_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,); wave 
 
 # %% ../nbs/04_continuum.ipynb
 METHODS = {'gaussian': gaussian_continuum, 'chebyshev': chebyshev_continuum, 'median': median_continuum}
+ContinuumMethod = Literal[tuple(METHODS)]  # the method names as a type: a signature that takes one lets the command line offer the choices
 
 @_jit()
 def _divide(flux, ivar, m, c, nf, niv):
@@ -319,7 +322,7 @@ def _divide(flux, ivar, m, c, nf, niv):
             nf[n, p] = x / cc if ok else 1.0; niv[n, p] = i * cc * cc if ok else 0.0
 
 def normalise(wave, flux, ivar, mask=None, # arrays (N, P) or (P,)
-              method:str='gaussian', # 'gaussian', 'chebyshev' or 'median'
+              method:ContinuumMethod='gaussian', # one of `METHODS`
               **kw): # options of the method
     "Continuum-normalised flux and ivar: (flux / c, ivar * c²), flux 1 and ivar 0 where unusable."
     if method not in METHODS: raise ValueError(f"normalise: unknown method {method!r}, expected one of {list(METHODS)}")

@@ -170,7 +170,7 @@ def open_fits(path, # FITS file
               memmap:bool=False): # let astropy memory-map the data (catalogues: copy what you keep before leaving the block)
     "Open a FITS file checked to be FITS and complete, as a `FitsFile`; closed on exit; read errors become `SpectrumReadError`."
     p = Path(path)
-    if not p.is_file(): raise SpectrumReadError(p, 'no such file')
+    if not p.is_file(): raise SpectrumReadError(p, 'is a directory, not a file' if p.is_dir() else 'no such file')
     size = p.stat().st_size
     with open(p, 'rb') as fh:
         if not fh.read(10).startswith(b'SIMPLE  ='): raise SpectrumReadError(p, 'not a FITS file (no "SIMPLE  =" at the start)')

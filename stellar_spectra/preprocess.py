@@ -15,7 +15,7 @@ from .formats import apstar_path, galah_filename, C_KMS
 from .readers import read_spectrum, SpectrumReadError
 from .spectrum import Spectrum, PixelFlag, BAD
 from .resample import Grid, Resampler, common_grid, to_rest_grid
-from .continuum import normalise, METHODS
+from .continuum import normalise, METHODS, ContinuumMethod
 from .masks import flag_atmosphere, flags_on_grid, loss_weights
 from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
 from .storage import write_shard, completed_shards
@@ -333,7 +333,7 @@ def _isint(x): return isinstance(x, (int, np.integer)) and not isinstance(x, boo
 
 def check_params(chunk_size:int=64, # spectra per chunk: an integer >= 1
                  n_workers:int=2, # LocalCluster workers: an integer >= 0
-                 method:str='gaussian', # continuum method: one of `continuum.METHODS`
+                 method:ContinuumMethod='gaussian', # continuum method: one of `continuum.METHODS`
                  tol_px:float=0.1): # alignment tolerance: a finite number > 0 (pixels)
     "Raise `ValueError` naming the first stage parameter that cannot work, before any spectrum is read."
     if not (_isint(chunk_size) and chunk_size >= 1): raise ValueError(f'preprocess: chunk_size must be an integer >= 1, not {chunk_size!r}')
@@ -349,7 +349,7 @@ def run_preprocess(src, # root of a mock sky or archive mirror
                    chunk_size:int=64, # spectra per chunk (one shard each)
                    scheduler:str|None=None, # address of an existing Dask scheduler (None: a LocalCluster)
                    n_workers:int=2, # LocalCluster workers; 0 or 1 (without scheduler): serial
-                   method:str='gaussian', # continuum method
+                   method:ContinuumMethod='gaussian', # continuum method: one of `continuum.METHODS`
                    tol_px:float=0.1, # alignment tolerance (pixels of the common grid)
                    grid:Grid|None=None, # the common grid (default `common_grid()`)
                    progress:bool=True) -> dict: # show a progress bar

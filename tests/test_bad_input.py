@@ -44,6 +44,12 @@ def test_read_bad_file(capsys, corpus, name):
     assert code == 2 and not new
     one_error(err, name)
 
+def test_read_directory_says_so(capsys, corpus):
+    "A folder given where a file belongs: the one line says it is a directory (not 'no such file', which sends the user looking for a typo)."
+    code, err, new = run(capsys, corpus, 'read', corpus/'folder.fits')
+    assert code == 2 and not new
+    assert one_error(err, 'folder.fits').endswith('folder.fits: is a directory, not a file'), err
+
 def test_read_no_permission(capsys, corpus, monkeypatch):
     "A file the user may not read. As root chmod 000 stops nothing, so there the refusal is the one `open` would give."
     f = corpus/'secret.fits'; shutil.copy(corpus/'truncated.fits', f); f.chmod(0)
@@ -136,6 +142,8 @@ def test_preprocess_bad_input(capsys, corpus):
     one_error(err, 'missing.parquet')
     code, err, _ = run(capsys, corpus, 'preprocess', corpus, corpus/'text.fits', corpus/'pre', '--method', 'magic', '--no-progress')
     assert code == 2 and 'magic' in err and 'Traceback' not in err
+    from stellar_spectra.continuum import METHODS
+    assert f"choose from {', '.join(map(repr, METHODS))}" in err, err   # argparse offers the one list of methods
 
 def test_store_and_train_bad_input(capsys, corpus):
     code, err, new = run(capsys, corpus, 'store', corpus/'folder.fits', corpus/'store', '--no-progress')

@@ -10,9 +10,10 @@ import torch
 from stellar_spectra.formats import C_KMS
 from stellar_spectra.resample import common_grid
 from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, batch_from_store, chi2, draw_params, encode, gon_loss,
-                                 grid_window, load_checkpoint, mock_batch, mock_spectrum, pad_spectra, save_checkpoint,
-                                 split_by_star, survey_pixels)
-from stellar_spectra.training import PackedSample, TrainConfig, train
+                                 grid_window, latent_step, load_checkpoint, mock_batch, mock_spectrum, pad_spectra,
+                                 save_checkpoint, split_by_star, survey_pixels)
+from stellar_spectra import training
+from stellar_spectra.training import DeviceSample, PackedSample, TrainConfig, packed_chi2, train
 from stellar_spectra.inference import anomaly_score, fit_latent, fit_prior, impute, predict_survey
 
 torch.set_num_threads(1)
@@ -26,6 +27,17 @@ PIXEL_KMS = C_KMS * GRID.dln                           # one pixel of the common
 
 def small_cfg(**kw):
     return GONConfig.window(5600, 5900, **{**dict(latent_dim=6, hidden=32, n_layers=2, n_fourier=32, fourier_scale=60.0), **kw})
+
+
+def spread(pull):
+    "Robust standard deviation of pulls (1.4826 x median |pull|): 1 for a unit normal, little moved by the odd badly rendered star."
+    return float(1.4826 * np.median(np.abs(pull)))
+
+
+# Honest errors: the pulls of many spectra spread like a unit normal, neither less (errors stated too large) nor more.
+# Measured on 30 new stars (60 pulls) for six draws and two trained models: velocities 0.94-1.53, imputation 0.74-0.94.
+# Errors stated 3x too large then give at most 0.51, 3x too small at least 2.2: both fall outside SPREAD_OK.
+SPREAD_OK = (0.6, 1.8)
 
 
 @pytest.fixture(scope='module')
@@ -65,6 +77,33 @@ def test_gon_gradient_matches_finite_differences(kw):
         assert abs(g[idx].item() - fd) < 1e-5 * max(1.0, abs(fd)), (n, g[idx].item(), fd)
 
 
+@pytest.mark.parametrize('step', ['fisher', 'gradient'])
+def test_training_loss_is_differentiated_through_the_inner_step(step, monkeypatch):
+    """The loss `train` differentiates (`training.packed_chi2`) reaches the decoder through the one-step latent as well as through
+    the rendering: its gradient matches finite differences, and a detached inner step (the decoder trained on frozen latents)
+    would change it by 7-23% (the check asks for 2%)."""
+    b, _ = mock_batch(draw_params(4, seed=7), WAVE, HALVES, snr=50, seed=7)
+    torch.manual_seed(2)
+    m = GON(small_cfg(hidden=16, step=step)).double()
+    data = DeviceSample(PackedSample.from_batch(b, GRID), m, 'cpu')
+    stars = np.sort(data.sample.stars())
+    groups = [dict(g, flux=g['flux'].double(), wivar=g['wivar'].double()) for g in data.batch(stars)]
+    params = dict(m.named_parameters())
+    names = ['decoder.layers.0.weight', 'decoder.layers.1.weight', 'decoder.out.weight']
+    loss = lambda: sum(c for c, _ in packed_chi2(m, groups, len(stars), data.u))
+    grads = torch.autograd.grad(loss(), [params[n] for n in names])
+    for n, g in zip(names, grads):
+        idx = tuple(min(1, s - 1) for s in g.shape)
+        p, eps = params[n], 1e-6
+        p.data[idx] += eps; lp = loss().item(); p.data[idx] -= 2 * eps; lm = loss().item(); p.data[idx] += eps   # the loss needs autograd
+        fd = (lp - lm) / (2 * eps)
+        assert abs(g[idx].item() - fd) < 1e-5 * max(1.0, abs(fd)), (n, g[idx].item(), fd)
+    monkeypatch.setattr(training, 'latent_step', lambda *a, **k: latent_step(*a, **k).detach())   # the inner step detached
+    frozen = torch.autograd.grad(loss(), [params[n] for n in names])
+    for n, g, h in zip(names, grads, frozen):
+        assert float((g - h).norm()) > 0.02 * float(g.norm()), (n, float((g - h).norm()), float(g.norm()))
+
+
 def test_star_latent_sums_its_spectra():
     "One latent per star: the first GON step of a star is the sum of its spectra's steps."
     b, _ = mock_batch(draw_params(2, seed=6), WAVE, HALVES, seed=6, toy=True)
@@ -87,6 +126,20 @@ def test_training_beats_continuum_baseline(trained):
     # chi2 per pixel is 1 for a perfect model: the excess over the noise must fall at least tenfold
     assert held - 1 < 0.1 * (base - 1), (held, base)
     assert trained['hist']['val']['all'][-1] - 1 < 0.1 * (base - 1)
+
+
+def test_trained_latent_explains_the_star(trained):
+    """Training through the inner step makes the one-step latent carry the star: on held-out stars the excess chi2 at the GON latent
+    is under a tenth of the mean spectrum's. (Measured: 0.16 against 3.9. Trained with the inner step detached, the same run
+    leaves 1.04, and with the latent held at zero, i.e. a decoder alone, 3.9.)"""
+    data, tri, te = trained['data'], trained['tri'], trained['data'][trained['tei']]
+    mean = torch.zeros_like(te.flux)
+    for k in (0, 1):
+        tr = data[tri][data[tri].survey == k]; w = tr.weight * tr.ivar
+        mean[te.survey == k] = ((w * tr.flux).sum(0) / w.sum(0).clamp(min=1e-30))[None]
+    base = float(chi2(mean, te).sum() / te.weight.sum())
+    with torch.no_grad(): held = float(gon_loss(trained['model'], te))
+    assert held - 1 < 0.1 * (base - 1), (held, base)
 
 
 def test_split_is_by_star():
@@ -123,10 +176,25 @@ def test_rv_recovered_with_honest_errors(trained):
     sh, _ = mock_batch([trained['pars'][i] for i in stars], WAVE, HALVES, snr=300, seed=31, rv=vt)
     fit = fit_latent(trained['model'], sh, trained['prior'], fit_rv=True)
     dv = fit['rv'].numpy() - np.repeat(vt, 2)
-    pull = dv / fit['rv_err'].numpy()
     assert np.abs(dv).max() < 0.1 * PIXEL_KMS, dv
-    assert np.abs(pull).max() < 3.5, pull
-    assert (fit['rv_err'].numpy() < 0.05 * PIXEL_KMS).all()
+    assert (fit['rv_err'].numpy() < 0.05 * PIXEL_KMS).all()       # whether they are honest: `test_rv_errors_are_honest`
+
+
+def new_stars(n=30, seed=2):
+    "`n` stars drawn afresh from the mock population (the model never saw them), each seen by both pseudo-surveys; the draw's seeds."
+    return draw_params(n, seed=100 + seed), np.random.default_rng(seed)
+
+
+def test_rv_errors_are_honest(trained):
+    "60 velocities of 30 unseen stars, fitted per spectrum and jointly per star: the pulls spread like a unit normal (two-sided)."
+    pars, rng = new_stars()
+    vt = rng.uniform(-150, 150, (len(pars), 2))                                   # (star, survey) km/s
+    b, _ = mock_batch(pars, WAVE, HALVES, snr=100, seed=202, rv=vt)
+    for by_star in (False, True):
+        fit = fit_latent(trained['model'], b, trained['prior'], fit_rv=True, by_star=by_star)
+        pull = (fit['rv'].numpy() - vt.reshape(-1)) / fit['rv_err'].numpy()
+        assert SPREAD_OK[0] < spread(pull) < SPREAD_OK[1], (by_star, spread(pull), pull.round(1))
+        assert abs(np.median(pull)) < 0.5, (by_star, pull.round(1))             # and are not biased
 
 
 def test_joint_latent_and_per_spectrum_rvs_across_surveys(trained):
@@ -139,9 +207,7 @@ def test_joint_latent_and_per_spectrum_rvs_across_surveys(trained):
     joint = fit_latent(m, b, prior, fit_rv=True, by_star=True)
     assert joint['z'].shape == (len(stars), 6) and joint['rv'].shape == (2 * len(stars),)
     dv = joint['rv'].numpy() - vt.reshape(-1)
-    pull = dv / joint['rv_err'].numpy()
-    assert np.abs(dv).max() < 0.15 * PIXEL_KMS, dv                              # a small fraction of a pixel
-    assert np.abs(pull).max() < 3.5 and np.sqrt(np.mean(pull ** 2)) < 2.0, pull  # honest errors
+    assert np.abs(dv).max() < 0.15 * PIXEL_KMS, dv                              # a small fraction of a pixel (errors: `test_rv_errors_are_honest`)
     single = [fit_latent(m, b[b.survey == k], prior, fit_rv=True) for k in (0, 1)]
     tr = lambda c: c.diagonal(dim1=1, dim2=2).sum(1)
     assert (tr(joint['z_cov']) < torch.minimum(tr(single[0]['z_cov']), tr(single[1]['z_cov']))).all()
@@ -173,7 +239,18 @@ def test_imputed_gap_beats_linear_interpolation(trained):
         assert (sig > 0).all()
         cover.append(float(((mu - true).abs() < 2 * sig).float().mean()))
     assert np.mean(rms_gon) < 0.5 * np.mean(rms_lin), (rms_gon, rms_lin)
-    assert np.mean(cover) > 0.75, cover                                   # honest gap uncertainties
+    assert np.mean(cover) > 0.75, cover                                   # whether the errors are honest: below
+
+
+def test_imputation_errors_are_honest(trained):
+    "A 15-pixel gap in each of 60 spectra of 30 unseen stars: the pulls of the imputed flux spread like a unit normal (two-sided)."
+    pars, _ = new_stars()
+    b, truth = mock_batch(pars, WAVE, HALVES, snr=100, seed=302)
+    gap = slice(74, 89); w = b.weight.clone(); w[:, gap] = 0
+    fit = fit_latent(trained['model'], SpectraBatch(b.lnlam, b.flux, b.ivar, w, b.survey, b.star), trained['prior'])
+    mu, sig = impute(trained['model'], fit, b.lnlam[:, gap], b.survey)
+    pull = ((mu - torch.tensor(np.stack([t[gap] for t in truth]), dtype=torch.float32)) / sig).numpy()
+    assert SPREAD_OK[0] < spread(pull) < SPREAD_OK[1], spread(pull)
 
 
 def test_double_lined_binary_scores_anomalous(trained):
