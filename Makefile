@@ -48,7 +48,8 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
 
-docs: $(STAMP)
+# The site (docs/site/index.html) and the methodology PDF (docs/site/methodology.pdf: every page, in site order, checked page by page).
+docs: $(STAMP) chromium
 	python docs/build.py
 
 readme: $(STAMP)

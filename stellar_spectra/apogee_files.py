@@ -7,13 +7,11 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 import numpy as np
-from astropy.io import fits
-from astropy.table import Table
 from scipy.ndimage import median_filter, uniform_filter1d
 from .formats import (C_KMS, APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_NWAVE, APOGEE_PIXMASK, APOGEE_R, apogee_wavelength,
     apogee_chip_mask, apstar_path, apvisit_path)
-from .synth import telluric_transmission
-from .instrument import write_file, orbit_velocity, model_flux, _sky, _noise, _new_obs, _cosmics, _bad_stretch
+from .instrument import (write_file, fits_card, image_hdu, table_hdu, orbit_velocity, _model_telluric, _sky, _noise,
+                                        _new_obs, _cosmics, _bad_stretch)
 
 # %% auto 0
 __all__ = ['galactic', 'write_apogee']
@@ -42,8 +40,7 @@ def _pixmask(flux, err, tell, sky, bad, cr):
 def _apogee_spectrum(rng, star, obs, wave, fault=None):
     "Flux, error, mask, sky, telluric (and their errors) of one APOGEE spectrum on vacuum file-frame `wave`."
     on = np.isfinite(wave)
-    model = model_flux(star, obs, wave)
-    tm = telluric_transmission(wave * obs['tell_factor'], airmass=obs['airmass'], pwv=obs['pwv'])
+    model, tm = _model_telluric(star, obs, wave)
     raw_model = model * tm ** (1 - obs['tpow'])  # before the telluric correction
     sky = _sky(obs, wave)
     err, noise = _noise(rng, raw_model, sky, obs['snr'])
@@ -59,7 +56,7 @@ def _apogee_spectrum(rng, star, obs, wave, fault=None):
 
 # %% ../nbs/a4b_apogee_files.ipynb
 def _visit_table(star, vis):
-    "The 1-row BINTABLE (HDU 11) of an apVisit: velocities, S/N and flags."
+    "The columns of the 1-row BINTABLE (HDU 11) of an apVisit: velocities, S/N and flags."
     cols = [('APOGEE_ID', 'U30', star['apogee_id']), ('TELESCOPE', 'U6', star['telescope']), ('FIELD', 'U20', star['field']),
             ('PLATE', 'U8', str(vis['plate'])), ('MJD', np.int32, vis['mjd5']), ('FIBERID', np.int16, vis['fiber']),
             ('RA', np.float64, star['ra_2000']), ('DEC', np.float64, star['dec_2000']), ('JD', np.float64, vis['jd']),
@@ -68,7 +65,7 @@ def _visit_table(star, vis):
             ('RV_TEFF', np.float32, round(star['teff'], -2)), ('RV_LOGG', np.float32, round(star['logg'] * 2) / 2),
             ('RV_FEH', np.float32, round(star['fe_h'] * 2) / 2), ('SNR', np.float32, vis['snr']),
             ('STARFLAG', np.int64, vis['starflag']), ('N_COMPONENTS', np.int16, 2 if star['anomaly'] == 'sb2' else 1)]
-    return Table([np.array([v], dtype=d) for _, d, v in cols], names=[c[0] for c in cols])
+    return [(n, np.array([v], dtype=d)) for n, d, v in cols]
 
 # %% ../nbs/a4b_apogee_files.ipynb
 def _write_apvisit(outdir, rng, star, vis, obs, fault):
@@ -78,19 +75,17 @@ def _write_apvisit(outdir, rng, star, vis, obs, fault):
     arrs = _apogee_spectrum(rng, star, obs, wave.ravel(), fault if fault == 'bad_stretch' else None)
     flux, err, mask, sky, skyerr, tell, tellerr = [a.reshape(3, 4096) for a in arrs]
     shown = wave * (1 + obs['fault_shift_kms'] / C_KMS)
-    h = fits.Header()
-    for k, v in [('OBJID', star['apogee_id']), ('RA', star['ra_2000']), ('DEC', star['dec_2000']), ('SNR', vis['snr']),
-                 ('MJD5', vis['mjd5']), ('FIBERID', vis['fiber']), ('PLATE', str(vis['plate'])), ('FIELD', star['field']),
-                 ('TELESCOP', star['telescope']), ('DATE-OBS', vis['dateobs']), ('EXPTIME', 4006.5), ('NCOMBINE', 8),
-                 ('JD-MID', vis['jd']), ('STARFLAG', vis['starflag'])]: h[k] = v
-    hdus = [fits.PrimaryHDU(header=h), fits.ImageHDU(flux.astype(np.float32)), fits.ImageHDU(err.astype(np.float32)),
-            fits.ImageHDU(mask.astype(np.int16)), fits.ImageHDU(shown),
-            *[fits.ImageHDU(a.astype(np.float32)) for a in (sky, skyerr, tell, tellerr)],
-            fits.ImageHDU(coef * np.r_[np.ones(6), (1 + obs['fault_shift_kms'] / C_KMS) * np.ones(8)]),
-            fits.ImageHDU(np.tile(np.r_[np.zeros(4), 1.2, 0.15, np.zeros(20)], (3, 1))), fits.BinTableHDU(_visit_table(star, vis))]
-    hdus[1].header['BUNIT'] = 'Flux (10^-17 erg/s/cm^2/Ang)'
+    h = [fits_card(k, v) for k, v in [
+         ('OBJID', star['apogee_id']), ('RA', star['ra_2000']), ('DEC', star['dec_2000']), ('SNR', vis['snr']), ('MJD5', vis['mjd5']),
+         ('FIBERID', vis['fiber']), ('PLATE', str(vis['plate'])), ('FIELD', star['field']), ('TELESCOP', star['telescope']),
+         ('DATE-OBS', vis['dateobs']), ('EXPTIME', 4006.5), ('NCOMBINE', 8), ('JD-MID', vis['jd']), ('STARFLAG', vis['starflag'])]]
+    hdus = [image_hdu(None, h, primary=True), image_hdu(flux.astype(np.float32), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
+            image_hdu(err.astype(np.float32)), image_hdu(mask.astype(np.int16)), image_hdu(shown),
+            *[image_hdu(a.astype(np.float32)) for a in (sky, skyerr, tell, tellerr)],
+            image_hdu(coef * np.r_[np.ones(6), (1 + obs['fault_shift_kms'] / C_KMS) * np.ones(8)]),
+            image_hdu(np.tile(np.r_[np.zeros(4), 1.2, 0.15, np.zeros(20)], (3, 1))), table_hdu(_visit_table(star, vis))]
     rel = apvisit_path(star['telescope'], star['field'], vis['plate'], vis['mjd5'], vis['fiber'])
-    write_file(Path(outdir) / 'sdss' / rel, fits.HDUList(hdus))
+    write_file(Path(outdir) / 'sdss' / rel, b''.join(hdus))
     obs.update(relpath='sdss/' + rel, bc=vis['bc'], visit=vis['k'])
     return obs
 
@@ -107,7 +102,7 @@ def galactic(ra, dec):
 
 # %% ../nbs/a4b_apogee_files.ipynb
 def _ccf_table(star, visits, filenames):
-    "apStar visit table (HDU 9) or combined table (HDU 10): velocities, S/N, flags and CCFs."
+    "Columns of the apStar visit table (HDU 9) or combined table (HDU 10): velocities, S/N, flags and CCFs."
     lag = np.arange(-200, 201) * 2.0
     def ccf(v): return (np.exp(-0.5 * ((lag - v) / 12) ** 2)).astype(np.float32)
     cols = {'FILENAME': np.array(filenames, 'U64'), 'TELESCOPE': np.array([star['telescope']] * len(visits), 'U6'),
@@ -117,12 +112,12 @@ def _ccf_table(star, visits, filenames):
             'STARFLAG': np.array([v['starflag'] for v in visits], np.int64)}
     for c in ['VREL', 'VRELERR', 'VHELIO', 'BC']: cols[c] = np.array([v[c.lower()] for v in visits], np.float32)
     cols['CCF'] = np.stack([ccf(v['vrel']) for v in visits])
-    return Table(cols)
+    return list(cols.items())
 
 # %% ../nbs/a4b_apogee_files.ipynb
 def _apstar_header(star, visits, snr):
-    "Primary header of an apStar: WCS of the rest grid, star, and per-visit keywords."
-    h = fits.Header()
+    "Primary header cards of an apStar: WCS of the rest grid, star, and per-visit keywords."
+    h = []
     glon, glat = galactic(star['ra_2000'], star['dec_2000'])
     v = np.array([x['vhelio'] for x in visits])
     for k, val in [('CRVAL1', APOGEE_CRVAL1), ('CDELT1', APOGEE_CDELT1), ('CRPIX1', 1), ('CTYPE1', 'LOG-LINEAR'), ('DC-FLAG', 1),
@@ -132,11 +127,11 @@ def _apstar_header(star, visits, snr):
                    ('NVISITS', len(visits)), ('STARFLAG', int(np.bitwise_or.reduce([x['starflag'] for x in visits]))),
                    ('ANDFLAG', int(np.bitwise_and.reduce([x['starflag'] for x in visits]))), ('VHELIO', float(v.mean())),
                    ('VSCATTER', float(v.std())), ('VERR', 0.05), ('RV_TEFF', round(star['teff'], -2)),
-                   ('RV_LOGG', round(star['logg'] * 2) / 2), ('RV_FEH', round(star['fe_h'] * 2) / 2)]: h[k] = val
+                   ('RV_LOGG', round(star['logg'] * 2) / 2), ('RV_FEH', round(star['fe_h'] * 2) / 2)]: h.append(fits_card(k, val))
     for n, x in enumerate(visits, 1):
         for k, val in [('SFILE', x['file']), ('DATE', x['dateobs']), ('JD', x['jd']), ('FIBER', x['fiber']), ('BC', x['bc']),
                        ('VRAD', x['vrel']), ('VERR', x['vrelerr']), ('VHELIO', x['vhelio']), ('SNRVIS', x['snr']),
-                       ('FLAG', x['starflag'])]: h[f'{k}{n}'] = val
+                       ('FLAG', x['starflag'])]: h.append(fits_card(f'{k}{n}', val))
     return h
 
 # %% ../nbs/a4b_apogee_files.ipynb
@@ -161,14 +156,13 @@ def _write_apstar(outdir, rng, star, visits, visit_obs):
     stack = lambda i, c0, c1: np.vstack([c0, c1, *[r[i] for r in rows]]) if len(visits) > 1 else np.vstack([c0, c1])
     snr = float(np.median((f0 / e0)[on]))
     name = Path(apstar_path(star['telescope'], star['field'], star['apogee_id']))
-    hdus = [fits.PrimaryHDU(header=_apstar_header(star, visits, snr)),
-            fits.ImageHDU(stack(0, f0, f1)), fits.ImageHDU(stack(1, e0, e1)), fits.ImageHDU(stack(2, mand, mand).astype(np.int64)),
-            *[fits.ImageHDU(np.vstack([r[i] for r in rows[:1]] * 2 + [r[i] for r in rows] * (len(visits) > 1))) for i in (3, 4, 5, 6)],
-            fits.ImageHDU(), fits.BinTableHDU(_ccf_table(star, visits, [v['file'] for v in visits])),
-            fits.BinTableHDU(_ccf_table(star, [dict(visits[0], vrel=float(np.mean([v['vrel'] for v in visits])),
-                                                   snr=snr)], [name.name]))]
-    hdus[1].header['BUNIT'] = 'Flux (10^-17 erg/s/cm^2/Ang)'; hdus[2].header['BUNIT'] = 'Err (10^-17 erg/s/cm^2/Ang)'
-    write_file(Path(outdir) / 'sdss' / name, fits.HDUList(hdus))
+    hdus = [image_hdu(None, _apstar_header(star, visits, snr), primary=True),
+            image_hdu(stack(0, f0, f1), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
+            image_hdu(stack(1, e0, e1), [fits_card('BUNIT', 'Err (10^-17 erg/s/cm^2/Ang)')]), image_hdu(stack(2, mand, mand).astype(np.int64)),
+            *[image_hdu(np.vstack([r[i] for r in rows[:1]] * 2 + [r[i] for r in rows] * (len(visits) > 1))) for i in (3, 4, 5, 6)],
+            image_hdu(), table_hdu(_ccf_table(star, visits, [v['file'] for v in visits])),
+            table_hdu(_ccf_table(star, [dict(visits[0], vrel=float(np.mean([v['vrel'] for v in visits])), snr=snr)], [name.name]))]
+    write_file(Path(outdir) / 'sdss' / name, b''.join(hdus))
     for o in obs_rows: o['relpath'] = f'sdss/{name}'
     return obs_rows
 

@@ -23,6 +23,7 @@ STAGES = {
     'store': 'stellar_spectra.storage:merge_shards',
     'pack': 'stellar_spectra.training:export_packed',
     'train': 'stellar_spectra.training:run_training',
+    'evaluate': 'stellar_spectra.results:run_evaluation',
     'summary': 'stellar_spectra.cli:summary',
 }
 
@@ -209,6 +210,11 @@ def stage_facts(path:Path) -> list:
         for s, v in (d.get('val') or {}).items():
             out.append(f"    held-out reduced chi2, {s:<7} {v:9.2f}   (mean spectrum {bl.get('mean', {}).get(s, float('nan')):9.2f}, "
                        f"flat continuum {bl.get('flat', {}).get(s, float('nan')):9.2f})")
+    if (p/'table.md').exists() and (p/'results.json').exists():
+        d = json.loads((p/'results.json').read_text())
+        out.append(f"    evaluated on the test split: {d['n']['test']} stars, {d['n']['test_spectra']} spectra ({d['wall_s']:.0f} s); "
+                   f"the table (results.csv, figures/ beside it):")
+        out += ['    ' + l for l in (p/'table.md').read_text().splitlines()]
     if (p/'store_summary.json').exists():
         d = json.loads((p/'store_summary.json').read_text())
         out.append(f"    stored spectra: {d['n_spectra']} (" + ', '.join(f'{k}: {v}' for k, v in d.get('per_survey', {}).items()) + ')')

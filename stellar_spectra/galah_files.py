@@ -4,13 +4,14 @@
 
 # %% ../nbs/a4c_galah_files.ipynb 3
 from __future__ import annotations
-import zlib, functools
+import io, zlib, functools
 from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from .formats import C_KMS, GALAH_COVERAGE, GALAH_DISPERSION, GALAH_NPIX, GALAH_R, galah_filename, linear_wavelength
 from .linelist import air_to_vacuum
-from .instrument import write_file, orbit_velocity, model_flux, _baseline, _sky, _noise, _new_obs, _cosmics, _bad_stretch
+from .instrument import (write_file, fits_card, header_bytes, image_hdu, data_bytes, orbit_velocity, model_flux, _baseline,
+                                        _sky, _noise, _new_obs, _cosmics, _bad_stretch)
 
 # %% auto 0
 __all__ = ['write_galah']
@@ -219,8 +220,7 @@ def _galah_template():
     return fits.Header([fits.Card.fromstring(c.ljust(80)) for c in _GALAH_CARDS.strip('\n').split('\n')])
 
 def _galah_header(star, ccd, night, ut, crval, cdelt, field):
-    "IRAF/AAO primary header of a GALAH camera file (keywords as in the DR3 files)."
-    h = _galah_template().copy()
+    "The keywords of a GALAH camera file's primary header that differ from the template: {keyword: (value, new comment or None)}."
     det, spid, grat, lpmm, lam, disp, cid = _GALAH_CCD[ccd]
     sid = int(star['sobject_id']); run = sid // 10**5 % 10**4
     date = f'20{night[:2]}-{night[2:4]}-{night[4:6]}'
@@ -229,6 +229,7 @@ def _galah_header(star, ccd, night, ut, crval, cdelt, field):
     hh = lambda t: f'{int(t) % 24:02d}:{int(t * 60) % 60:02d}:{int(t * 3600) % 60:02d}'
     fid = field if field.isdigit() else str(100 + zlib.crc32(field.encode()) % 900)
     ra0, dec0 = star['_field_ra'], star['_field_dec']
+    h = {}
     for k, v in [('DATE', f'{date}T{hh(ut + 1.3)}'), ('IRAF-TLM', f'{date}T{hh(ut + 1.31)}'),
                  ('OBJECT', f'fieldfile=galahfields_0, fieldid={fid}, datafile=galahic_0, omvename=0.0.3'),
                  ('DETECTOR', det), ('CONFIGID', cid), ('DETECTID', cid), ('SPECTID', spid), ('GRATID', grat), ('GRATLPMM', lpmm),
@@ -238,27 +239,64 @@ def _galah_header(star, ccd, night, ut, crval, cdelt, field):
                  ('UTSTART', hh(ut)), ('UTEND', hh(ut + 1200 / 3600)), ('UTMJD', mjd), ('MEANRA', ra0), ('MEANDEC', dec0),
                  ('FILEORIG', f'/data/aatobs/OptDet_data/{night}/ccd_{ccd}/{night[4:6]}{mon}{ccd}{run:04d}.fits'),
                  ('DCLOG1', f'REFSPEC1 = {night[4:6]}{mon}{ccd}{run - 2:04d}.ms'), ('APNUM1', f'{sid % 1000} {sid % 1000} 60.60 66.60'),
-                 ('CRVAL1', crval), ('CDELT1', cdelt), ('CD1_1', cdelt)]: h[k] = v
-    h.comments['MEANRA'], h.comments['MEANDEC'] = _sexa(ra0, True), _sexa(dec0)
-    for i in range(6): h[f'COMB{i}'] = int(f'{night}{run + i:04d}00{sid % 1000:03d}{ccd}')
+                 ('CRVAL1', crval), ('CDELT1', cdelt), ('CD1_1', cdelt)]: h[k] = v, None
+    h['MEANRA'], h['MEANDEC'] = (ra0, _sexa(ra0, True)), (dec0, _sexa(dec0))
+    for i in range(6): h[f'COMB{i}'] = int(f'{night}{run + i:04d}00{sid % 1000:03d}{ccd}'), None
     return h
 
 # %% ../nbs/a4c_galah_files.ipynb
-def _galah_hdus(header, flux, rel, nosky, nosky_rel, norm, crval4, cdelt4, cut):
-    "The five HDUs of a GALAH camera file (extension 4 optional)."
-    hdus = [fits.PrimaryHDU(flux.astype(np.float32), header=header)]
-    for name, data in [('input_sigma', rel), ('no_sky_subspectrum', nosky), ('no_sky_sigma', nosky_rel)]:
+@functools.lru_cache(None)
+def _galah_layout():
+    "HDUs 0–3 of a GALAH file as astropy lays them out from the template: per HDU, [keyword, card image(s)] in order (built once)."
+    header, z = _galah_template().copy(), np.zeros(GALAH_NPIX, np.float32)
+    hdus = [fits.PrimaryHDU(z, header=header)]
+    for name in ['input_sigma', 'no_sky_subspectrum', 'no_sky_sigma']:
         h = header.copy(); h.remove('SIMPLE', ignore_missing=True); h.remove('EXTEND', ignore_missing=True)
         if name != 'no_sky_subspectrum': h.remove('APSCATTE', ignore_missing=True)
-        hdu = fits.ImageHDU(data.astype(np.float32), header=h)
+        hdu = fits.ImageHDU(z, header=h)
         hdu.header.set('EXTNAME', name, 'Extension name', after='GCOUNT'); hdu.header.set('INHERIT', False, 'Inherits global header', after='ORIGIN')
         hdus.append(hdu)
     for hdu, nblank in zip(hdus, [25, 23, 22, 23]):  # the IRAF headers end in blank cards
         for _ in range(nblank): hdu.header.append(fits.Card(), useblanks=False, bottom=True)
+    buf = io.BytesIO(); fits.HDUList(hdus).writeto(buf); raw = buf.getvalue().decode('ascii', 'replace')
+    layout, pos = [], 0
+    for _ in hdus:
+        cards = []
+        while not raw.startswith('END     ', pos):
+            c = raw[pos:pos + 80]; pos += 80
+            if c.startswith('CONTINUE') and cards: cards[-1][1] += c  # a long string's continuation belongs to its keyword
+            else: cards.append([c[:8].rstrip(), c])
+        pos += 80; pos += -pos % 2880 + len(data_bytes(z))
+        layout.append(cards)
+    return layout
+
+# %% ../nbs/a4c_galah_files.ipynb
+@functools.lru_cache(None)
+def _template_cards():
+    "keyword -> (value, comment, card image) of the template (astropy's card properties are slow to read)."
+    return {c.keyword: (c.value, c.comment, c.image) for c in _galah_template().cards}
+
+def _galah_cards(updates): # {keyword: (value, new comment or None)}, from `_galah_header`
+    "Card images of the updated keywords as astropy sets them on the template: an unchanged value keeps the template's card."
+    t, out = _template_cards(), {}
+    for k, (v, comment) in updates.items():
+        old, old_comment, image = t[k]; comment = old_comment if comment is None else comment
+        if isinstance(v, str) and isinstance(old, str): same = v.rstrip() == old.rstrip()
+        elif isinstance(v, bool) or isinstance(old, bool): same = v is old
+        else: same = v == old and isinstance(v, type(old))
+        if not same: out[k] = fits_card(k, v, comment)
+        elif comment != old_comment: c = fits.Card.fromstring(image); c.comment = comment; out[k] = str(c)
+    return out
+
+def _galah_hdus(updates, flux, rel, nosky, nosky_rel, norm, crval4, cdelt4, cut):
+    "A GALAH camera file as bytes: the template's headers with the `updates` (`_galah_header`), the data, extension 4 optional."
+    new = _galah_cards(updates)
+    out = [header_bytes([new.get(k, img) for k, img in cards]) + data_bytes(a.astype(np.float32))
+           for cards, a in zip(_galah_layout(), [flux, rel, nosky, nosky_rel])]
     if norm is not None:
-        h4 = fits.Header([('CRPIX1', 1.0), ('CRVAL1', crval4), ('CDELT1', cdelt4), ('CUNIT1', 'Angstroms')])
-        hdus.append(fits.ImageHDU(norm[cut:].astype(np.float64), header=h4))
-    return fits.HDUList(hdus)
+        out.append(image_hdu(norm[cut:].astype(np.float64), [fits_card('CRPIX1', 1.0), fits_card('CRVAL1', crval4),
+                                                             fits_card('CDELT1', cdelt4), fits_card('CUNIT1', 'Angstroms')]))
+    return b''.join(out)
 
 # %% ../nbs/a4c_galah_files.ipynb
 def write_galah(outdir, # root of the mock sky
@@ -287,15 +325,15 @@ def write_galah(outdir, # root of the mock sky
         if fault == 'bad_stretch' and ccd == 2: _bad_stretch(rng, o, flux)
         if fault == 'wrong_wavelength' and ccd == 2: o.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
         shown = crval * (1 + o['fault_shift_kms'] / C_KMS); shown_d = cdelt * (1 + o['fault_shift_kms'] / C_KMS)
+        o['has_ext4'] = not no_ext4
+        if ccd == missing: continue
         safe = lambda f: np.where(np.abs(f) > 1e-6, f, 1e-6)
         norm = flux / _baseline(star, o, vac)
         cut = int(np.searchsorted(air, 7694.0)) if ccd == 4 else 0
-        o['has_ext4'] = not no_ext4
-        hdul = _galah_hdus(_galah_header(star, ccd, night, ut, shown, shown_d, star['field']), flux, err / safe(flux),
+        data = _galah_hdus(_galah_header(star, ccd, night, ut, shown, shown_d, star['field']), flux, err / safe(flux),
                            flux + sky, err / safe(flux + sky), None if no_ext4 else norm,
                            (shown + cut * shown_d) / (1 + rv / C_KMS), shown_d / (1 + rv / C_KMS), cut)
-        if ccd == missing: continue
         rel = f'galah/GALAH_DR3/spectra/{galah_filename(sid, ccd)}'
-        write_file(Path(outdir) / rel, hdul); o['relpath'] = rel
+        write_file(Path(outdir) / rel, data); o['relpath'] = rel
         out.append(o)
     return out

@@ -6,10 +6,9 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
-from astropy.io import fits
 from .formats import C_KMS, UVES_SETUPS, UVES_R, UCD_AIR
 from .linelist import air_to_vacuum
-from .instrument import write_file, model_flux, _sky, _noise, _new_obs, _cosmics, _bad_stretch
+from .instrument import write_file, fits_card, header_bytes, image_hdu, model_flux, _sky, _noise, _new_obs, _cosmics, _bad_stretch
 
 # %% auto 0
 __all__ = ['write_ges']
@@ -27,25 +26,23 @@ def _uves_table(wave_nm, fr, er, f, e, q):
                         ('FLUX', f, 'D', flux_u, 'phot.flux.density;em.wl;src.net;meta.main'),
                         ('ERR', e, 'D', flux_u, 'stat.error;phot.flux.density;meta.main'),
                         ('QUAL', q, 'J', None, 'meta.code.qual;meta.main')] if c[1] is not None]
-    h = fits.Header([('XTENSION', 'BINTABLE', 'binary table extension'), ('BITPIX', 8, 'array data type'),
-                     ('NAXIS', 2, 'number of array dimensions'), ('NAXIS1', n * sum(8 if c[2] == 'D' else 4 for c in cols), 'length of dimension 1'),
-                     ('NAXIS2', 1, 'length of dimension 2'), ('PCOUNT', 0, 'number of group parameters'),
-                     ('GCOUNT', 1, 'number of groups'), ('TFIELDS', len(cols), 'number of table fields')])
+    h = [fits_card(*c) for c in [('XTENSION', 'BINTABLE', 'binary table extension'), ('BITPIX', 8, 'array data type'),
+         ('NAXIS', 2, 'number of array dimensions'), ('NAXIS1', n * sum(8 if c[2] == 'D' else 4 for c in cols), 'length of dimension 1'),
+         ('NAXIS2', 1, 'length of dimension 2'), ('PCOUNT', 0, 'number of group parameters'),
+         ('GCOUNT', 1, 'number of groups'), ('TFIELDS', len(cols), 'number of table fields')]]
     for i, (name, _, fmt, unit, ucd) in enumerate(cols, 1):
-        h[f'TTYPE{i}'], h[f'TFORM{i}'] = name, f'{n}{fmt}'
-        if unit: h[f'TUNIT{i}'] = unit
-    h['EXTNAME'] = ('SPECTRUM', 'extension name')
-    for i, c in enumerate(cols, 1): h[f'TUCD{i}'] = c[4]
-    h['VOCLASS'], h['VOPUB'], h['NELEM'] = 'SPECTRUM v2.0', 'ESO/SAF', n
+        h += [fits_card(f'TTYPE{i}', name), fits_card(f'TFORM{i}', f'{n}{fmt}')] + ([fits_card(f'TUNIT{i}', unit)] if unit else [])
+    h.append(fits_card('EXTNAME', 'SPECTRUM', 'extension name'))
+    h += [fits_card(f'TUCD{i}', c[4]) for i, c in enumerate(cols, 1)]
+    h += [fits_card('VOCLASS', 'SPECTRUM v2.0'), fits_card('VOPUB', 'ESO/SAF'), fits_card('NELEM', n)]
     data = b''.join(np.asarray(c[1], '>f8' if c[2] == 'D' else '>i4').tobytes() for c in cols)
-    return h.tostring().encode() + data + b'\0' * (-len(data) % 2880)
+    return header_bytes(h) + data + b'\0' * (-len(data) % 2880)
 
 # %% ../nbs/a4d_ges_files.ipynb
 def _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile):
-    "ESO Phase-3 primary header of a UVES 1-D spectrum."
-    h = fits.Header()
+    "ESO Phase-3 primary header of a UVES 1-D spectrum (the primary HDU's bytes)."
     date = (np.datetime64('1858-11-17') + np.timedelta64(int(round(mjd * 86400e3)), 'ms')).astype(str)[:23]
-    for k, v, c in [('ORIGIN', 'ESO', 'European Southern Observatory'), ('TELESCOP', 'ESO-VLT-U2', 'ESO Telescope Designation'),
+    cards = [fits_card(k, v, c) for k, v, c in [('ORIGIN', 'ESO', 'European Southern Observatory'), ('TELESCOP', 'ESO-VLT-U2', 'ESO Telescope Designation'),
                     ('INSTRUME', 'UVES', 'Instrument used'), ('OBJECT', star['_ges_object'], 'Original target'),
                     ('RA', star['ra_2000'], '[deg] Pointing position'), ('DEC', star['dec_2000'], '[deg] Pointing position'),
                     ('EQUINOX', 2000.0, 'Standard FK5'), ('RADESYS', 'FK5', 'Coordinate reference frame'),
@@ -60,9 +57,8 @@ def _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile):
                     ('SNR', snr, 'Median signal to noise ratio per order'), ('DISPELEM', f'CD#3', 'Dispersive element name'),
                     ('PROCSOFT', 'uves/5.4.3', 'Reduction software version'), ('REFERENC', '', 'Bibliographic reference'),
                     ('HIERARCH ESO INS PATH', 'RED', 'Optical path'), ('HIERARCH ESO INS GRAT2 WLEN', float(setup[1:]), 'Grating central wavelength'),
-                    ('HIERARCH ESO QC VRAD BARYCOR', round(bc, 4), '[km/s] Barycentric correction')]:
-        h[k] = (v, c)
-    return h
+                    ('HIERARCH ESO QC VRAD BARYCOR', round(bc, 4), '[km/s] Barycentric correction')]]
+    return image_hdu(None, cards, primary=True, extend=False)
 
 # %% ../nbs/a4d_ges_files.ipynb
 def write_ges(outdir, # root of the mock sky
@@ -89,8 +85,8 @@ def write_ges(outdir, # root of the mock sky
     arcfile = f'ADP.{stamp}.fits'
     wave_nm = air / 10 * (1 + o['fault_shift_kms'] / C_KMS)
     snr = float(np.median((flux / np.where(err > 0, err, np.inf))[~gap]))
-    primary = fits.PrimaryHDU(header=_uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)).header
+    primary = _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)
     table = _uves_table(wave_nm, flux, err, flux * resp, err * resp, q if o['has_qual'] else None)
     rel = f'gaiaeso/spectra/{arcfile}'
-    write_file(Path(outdir) / rel, primary.tostring().encode() + table); o['relpath'] = rel
+    write_file(Path(outdir) / rel, primary + table); o['relpath'] = rel
     return [o]

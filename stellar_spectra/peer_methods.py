@@ -142,7 +142,7 @@ def fit(self:WeightedPCA, m:StarMatrix, # training stars
     swx = sum(((W[p] * X[p]).sum(0, dtype=np.float64) for p in parts), np.zeros(P))
     self.mean = np.where(seen, swx / np.where(seen, sw, 1), 1.0).astype(np.float32)
     self.V = np.linalg.qr(np.random.default_rng(seed).normal(size=(P, k)))[0].T.astype(np.float32)
-    self.blocks, self.history = dict(m.blocks), []
+    self.blocks, self.history, best = dict(m.blocks), [], (np.inf, self.mean, self.V)
     for it in (bar := tqdm(range(n_iter), desc='weighted PCA', disable=not progress)):
         A, b, Cs = np.zeros((P, (k + 1) ** 2)), np.zeros((P, k + 1)), []
         for p in parts:                                  # the C step, and the V step's normal equations, a block of rows at a time
@@ -157,7 +157,9 @@ def fit(self:WeightedPCA, m:StarMatrix, # training stars
         C = np.concatenate(Cs) @ r.T.astype(np.float32)
         self.history.append(sum(float((W[p] * (X[p] - self.mean - C[p] @ self.V) ** 2).sum()) for p in parts))
         bar.set_postfix(chi2=f"{self.history[-1] / max((W > 0).sum(), 1):.4g}")
+        if self.history[-1] < best[0]: best = (self.history[-1], self.mean, self.V)
         if it and self.history[-2] - self.history[-1] <= tol * self.history[-2]: break
+    self.mean, self.V = best[1:]                                         # the best alternation (float32 round-off can undo the last)
     C = self.coefficients(m, chunk)[0]                                   # principal axes: uncorrelated C, by variance
     self.V = (np.linalg.eigh(C.T.astype(np.float64) @ C)[1][:, ::-1].T @ self.V).astype(np.float32)
     self.fit_s = time.perf_counter() - t0

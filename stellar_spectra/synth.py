@@ -128,12 +128,22 @@ def _profile_sum(x, centre, weight, sigma, gamma=None, eps=1e-5):
     return out
 
 # %% ../nbs/a2_synth.ipynb
-def _deblend(lnw, ew, sigma, gamma):
+def _deblend(lnw, ew, sigma, gamma, eps=1e-5):
     "Equivalent widths (ln λ) scaled down where the summed absorption near a line approaches 1 (lnw sorted)."
     w = np.maximum(ew, 0.0)
     pts = np.sort(np.concatenate([lnw, (lnw[1:] + lnw[:-1]) / 2]))  # centres and midpoints, interleaved
+    g, v = gamma == 0, gamma != 0
+    pix_g, line_g = _pairs(pts, lnw[g], 7 * sigma[g])  # Gaussian lines: the same pairs and shapes every round
+    u = (pts[pix_g] - lnw[g][line_g]) / sigma[g][line_g]; shape_g = np.exp(-0.5 * u * u)
+    reach = lambda w: np.minimum(np.maximum(7 * sigma[v], np.sqrt(np.abs(w[v]) * gamma[v] / (np.pi * eps))), 0.05)
+    pix_v, line_v = _pairs(pts, lnw[v], reach(w))  # widths only shrink: the first round's Voigt pairs hold every later one
+    shape_v = voigt_profile(pts[pix_v] - lnw[v][line_v], sigma[v][line_v], gamma[v][line_v])
     for _ in range(5):  # the neighbours shrink too: a few rounds settle the sums below 1
-        s = _profile_sum(pts, lnw, w, sigma, gamma)
+        s = np.zeros(len(pts))  # = _profile_sum(pts, lnw, w, sigma, gamma, eps), term for term in the same order
+        s += np.bincount(pix_g, weights=(w[g] / (sigma[g] * np.sqrt(2 * np.pi)))[line_g] * shape_g, minlength=len(pts))
+        if v.any():
+            half = reach(w); k = (pts[pix_v] >= (lnw[v] - half)[line_v]) & (pts[pix_v] < (lnw[v] + half)[line_v])
+            s += np.bincount(pix_v[k], weights=w[v][line_v[k]] * shape_v[k], minlength=len(pts))
         mid = np.concatenate([[0.0], s[1::2], [0.0]])
         s = np.maximum(s[::2], np.maximum(mid[1:], mid[:-1]))  # a blend of close lines peaks between them
         w = w * (1 + (s / 0.95) ** 16) ** (-1 / 16)
@@ -147,10 +157,50 @@ def _line_columns():
     c['lnw'] = np.log(c['wave_vac'])
     return c
 
-def _select(c, lo, hi):
-    "Columns of the lines with ln(wave) in [lo, hi]."
-    i, j = np.searchsorted(c['lnw'], [lo, hi])
-    return {k: v[i:j] for k, v in c.items()}
+# %% ../nbs/a2_synth.ipynb
+def _params_key(params):
+    "Hashable key of the parameters a spectrum depends on (dicts and table rows alike)."
+    ab = _opt(params, 'abund_offsets') or {}
+    return (float(params['teff']), float(params['logg']), float(params['fe_h']), float(params['alpha_fe']),
+            float(_opt(params, 'vsini') or 0.0), float(_opt(params, 'emission') or 0.0),
+            tuple(sorted((str(k), float(v)) for k, v in ab.items())))
+
+@lru_cache(maxsize=8)
+def _star_lines(key):
+    "A star's line quantities over the whole line list, with room for its blends and spectra (cached by `_params_key`)."
+    teff, logg, fe_h, alpha_fe, vsini, emission, ab = key
+    p = dict(teff=teff, logg=logg, fe_h=fe_h, alpha_fe=alpha_fe, vsini=vsini, emission=emission, abund_offsets=dict(ab))
+    c = _line_columns()
+    strength = _strength(p, c); d = _depth(p, c, strength)
+    (sig_loc, sig_star), gam = _widths(p, c['mass'], strength), _gamma(p, c['gamma'], c['group'])
+    return dict(lnw=c['lnw'], on=np.abs(d) > 1e-5, ew=d / voigt_profile(0.0, sig_loc, gam), sig_star=sig_star, gam=gam,
+                blends={}, spectra={})
+
+# %% ../nbs/a2_synth.ipynb
+def _absorption(star, # `_star_lines` of the star
+                xs, # sorted rest-frame ln λ
+                R): # resolving power
+    "Summed line absorption of a star at `xs`, from the lines within 0.06 in ln λ (no line's window reaches further)."
+    i, j = np.searchsorted(star['lnw'], [xs[0] - 0.06, xs[-1] + 0.06])
+    if (i, j) not in star['blends']:  # the blends depend on the lines considered: the same lines, the same blends
+        if len(star['blends']) >= 16: star['blends'].clear()
+        on = star['on'][i:j]
+        lnw, sig, gam = star['lnw'][i:j][on], star['sig_star'][i:j][on], star['gam'][i:j][on]
+        star['blends'][i, j] = lnw, _deblend(lnw, star['ew'][i:j][on], sig, gam), sig, gam
+    lnw, w, sig_star, gam = star['blends'][i, j]
+    return _profile_sum(xs, lnw, w, np.sqrt(sig_star ** 2 + sigma_lnlam(R) ** 2), gam)
+
+def _sort_order(x):
+    "None if `x` is increasing, else the permutation that sorts it (the reversal when decreasing)."
+    d = np.diff(x)
+    return None if np.all(d > 0) else np.arange(len(x))[::-1] if np.all(d < 0) else np.argsort(x)
+
+def _in_order(x, f):
+    "`f` (a function of sorted ln λ) evaluated at the sorted `x`, returned in the order of `x`."
+    order = _sort_order(x)
+    if order is None: return f(x)
+    out = np.empty(len(x)); out[order] = f(x[order])
+    return out
 
 # %% ../nbs/a2_synth.ipynb
 def normalised_spectrum(wave, # vacuum wavelengths (Å) in the observer's frame
@@ -161,20 +211,12 @@ def normalised_spectrum(wave, # vacuum wavelengths (Å) in the observer's frame
     wave = np.asarray(wave, float); shape = wave.shape
     x = np.log(wave.ravel()) - np.log1p(rv / C_KMS)
     if x.size == 0: return np.ones(shape)
-    order = None if np.all(np.diff(x) > 0) else np.argsort(x)
-    xs = x if order is None else x[order]
-    c = _select(_line_columns(), xs[0] - 0.06, xs[-1] + 0.06)
-    strength = _strength(params, c); d = _depth(params, c, strength)
-    (sig_loc, sig_star), gam = _widths(params, c['mass'], strength), _gamma(params, c['gamma'], c['group'])
-    on = np.abs(d) > 1e-5
-    lnw, sig_loc, sig_star, gam = c['lnw'][on], sig_loc[on], sig_star[on], gam[on]
-    w = _deblend(lnw, d[on] / voigt_profile(0.0, sig_loc, gam), sig_star, gam)
-    sig = np.sqrt(sig_star ** 2 + sigma_lnlam(R) ** 2)
-    absorbed = _profile_sum(xs, lnw, w, sig, gam)
-    flux = np.empty_like(x)
-    if order is None: flux[:] = 1 - absorbed
-    else: flux[order] = 1 - absorbed
-    return flux.reshape(shape)
+    star = _star_lines(_params_key(params))
+    key = (R, rv, x.tobytes())  # the same pixels, resolution and velocity again: rendered once
+    if key not in star['spectra']:
+        if len(star['spectra']) >= 4: star['spectra'].clear()
+        star['spectra'][key] = 1 - _in_order(x, lambda xs: _absorption(star, xs, R))
+    return star['spectra'][key].reshape(shape).copy()
 
 # %% ../nbs/a2_synth.ipynb
 TELLURIC_SIGMA = 1.4e-5  # Gaussian sigma (ln λ) of telluric and sky lines, ~ the surveys' resolution
@@ -195,6 +237,12 @@ def _forest(rng, lo_air, hi_air, tau_max, per_angstrom):
     env = np.sin(np.pi * (w - w.min()) / np.ptp(w)) ** 0.5
     return np.log(w), tau_max * env * rng.random(n) ** 3
 
+def _sorted_lines(lnw, peak):
+    "(ln λ, peak) sorted by wavelength once, for `_gauss_peaks` (no two lines at the same wavelength)."
+    srt = np.argsort(lnw); lnw, peak = lnw[srt], peak[srt]
+    assert np.all(np.diff(lnw) > 0)
+    return lnw, peak
+
 @lru_cache(maxsize=1)
 def _telluric_lines():
     "Cached telluric lines: 'dry' (O2, CO2, CH4) and 'wet' (H2O) as (ln λ, peak τ at airmass 1, pwv 2 mm)."
@@ -208,16 +256,12 @@ def _telluric_lines():
     wet = [_forest(rng, lo, hi, tau, dens) for lo, hi, tau, dens in
            [(5870, 6000, 0.04, 0.5), (6470, 6600, 0.26, 1.0), (7160, 7340, 1.5, 1.5), (8120, 8340, 0.8, 1.5),
             (8950, 9800, 2.5, 1.5), (15100, 15350, 0.35, 0.3), (16750, 17000, 0.3, 0.3), (15100, 17000, 0.03, 0.1)]]
-    cat = lambda parts: tuple(np.concatenate(a) for a in zip(*parts))
-    return {'dry': cat(dry), 'wet': cat(wet)}
+    return {'dry': _sorted_lines(*map(np.concatenate, zip(*dry))), 'wet': _sorted_lines(*map(np.concatenate, zip(*wet)))}
 
 # %% ../nbs/a2_synth.ipynb
-def _gauss_peaks(x, centre, peak, sigma=TELLURIC_SIGMA):
-    "Sum of Gaussians of given peak heights and common sigma at ln-wavelengths x (any order)."
-    order = np.argsort(x); out = np.empty(len(x))
-    srt = np.argsort(centre)
-    out[order] = _profile_sum(x[order], centre[srt], peak[srt] * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma))
-    return out
+def _gauss_peaks(xs, centre, peak, sigma=TELLURIC_SIGMA):
+    "Sum of Gaussians of given peak heights and common sigma at sorted ln-wavelengths `xs` (`centre` sorted too)."
+    return _profile_sum(xs, centre, peak * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma))
 
 def telluric_transmission(wave, # observed-frame vacuum wavelengths (Å)
                           airmass:float=1.0, # airmass of the observation
@@ -225,7 +269,7 @@ def telluric_transmission(wave, # observed-frame vacuum wavelengths (Å)
     "Transmission of the Earth's atmosphere, in [0, 1]."
     wave = np.asarray(wave, float); x = np.log(wave.ravel())
     t = _telluric_lines()
-    tau = _gauss_peaks(x, *t['dry']) + pwv / 2.0 * _gauss_peaks(x, *t['wet'])
+    tau = _in_order(x, lambda xs: _gauss_peaks(xs, *t['dry']) + pwv / 2.0 * _gauss_peaks(xs, *t['wet']))
     return np.exp(-airmass * tau).reshape(wave.shape)
 
 # %% ../nbs/a2_synth.ipynb
@@ -251,10 +295,10 @@ def _sky_lines():
     "Cached sky emission lines: (ln λ, peak) of OH, [O I] and Na D."
     atoms = air_to_vacuum(np.array([5577.338, 6300.304, 6363.776, 5889.951, 5895.924]))
     lnw, peak = _oh_bands()
-    return np.concatenate([lnw, np.log(atoms)]), np.concatenate([peak, [0.6, 0.3, 0.1, 0.08, 0.08]])
+    return _sorted_lines(np.concatenate([lnw, np.log(atoms)]), np.concatenate([peak, [0.6, 0.3, 0.1, 0.08, 0.08]]))
 
 def sky_emission(wave, # observed-frame vacuum wavelengths (Å)
                  strength:float=1.0): # overall brightness of the sky
     "Additive night-sky spectrum (OH airglow, [O I], Na D, faint continuum), in units of a stellar continuum of 1."
     wave = np.asarray(wave, float)
-    return (strength * (0.003 + _gauss_peaks(np.log(wave.ravel()), *_sky_lines()))).reshape(wave.shape)
+    return (strength * (0.003 + _in_order(np.log(wave.ravel()), lambda xs: _gauss_peaks(xs, *_sky_lines())))).reshape(wave.shape)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_gon_training.ipynb 3
 from __future__ import annotations
-import json, math, os, time
+import json, math, os, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -110,10 +110,12 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
                                  f"pixels of weight > 0")
             fl[a:a + len(f)] = np.where(used, f, 0); wi[a:a + len(f)] = np.where(used, w * iv, 0)
             bar.update(len(f))
-        empty = ~(wi > 0).any(1)
-        if empty.any(): raise ValueError(f"{store.path}: rows {r[empty][:10].tolist()} ({s}) have no pixel with weight x ivar > 0")
-        out['flux'][s], out['wivar'][s] = fl, wi
-        out['star'][s], out['row'][s] = np.asarray(meta['star'])[r].astype(np.int64), r.astype(np.int64)
+        keep = (wi > 0).any(1)                                           # rows with no usable pixel (the alignment guard's
+        if not keep.all():                                               # outliers have weight 0 everywhere) carry nothing
+            warnings.warn(f"{store.path}: {int((~keep).sum())} {s} spectra have no pixel with weight x ivar > 0 and are left out "
+                          f"(rows {r[~keep][:10].tolist()}; the alignment guard's outliers have weight 0)")
+        out['flux'][s], out['wivar'][s] = fl[keep], wi[keep]
+        out['star'][s], out['row'][s] = np.asarray(meta['star'])[r][keep].astype(np.int64), r[keep].astype(np.int64)
     bar.close()
     return PackedSample(store.grid, pix, **out)
 

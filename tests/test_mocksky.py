@@ -1,7 +1,8 @@
 """Integration tests of the mock sky: the files match the survey formats (and the real GALAH files), lines sit
-where the truth puts them, noise matches the stated errors, surveys agree with each other, and generation is
-deterministic and independent of the number of workers."""
-import filecmp, tarfile
+where the truth puts them, noise matches the stated errors, surveys agree with each other, generation is
+deterministic and independent of the number of workers, and the fast generator writes exactly the files of the
+reference synthesis and of astropy's writers."""
+import filecmp, io, tarfile, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from astropy.io import fits
@@ -11,6 +12,7 @@ from stellar_spectra.formats import (C_KMS, APOGEE_PIXMASK, APOGEE_BAD_PIXMASK, 
 from stellar_spectra.linelist import air_to_vacuum, vacuum_to_air
 from stellar_spectra.formats import sigma_lnlam as instrumental_sigma_lnlam
 from stellar_spectra.mocksky import generate_mock_sky, model_flux, truth_spectrum, _baseline
+from stellar_spectra import instrument, synth
 
 REAL = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'galah_dr3_format'
 N_STARS, SEED = 14, 7
@@ -288,3 +290,99 @@ def test_deterministic_and_worker_independent(tmp_path):
     assert fa == fb and len(fa) > 10
     for r in fa: assert filecmp.cmp(tmp_path / 'a' / r, tmp_path / 'b' / r, shallow=False), r
     assert a['files'] == b['files']
+
+
+# ---------------------------------------------------------------- the fast generator against the reference
+# The generator caches a star's line quantities, blends and spectra, evaluates the blends' profiles once, sorts the
+# telluric and sky lines once, and writes FITS bytes itself. The reference below is the synthesis as it was before
+# (issue #15): every spectrum computed afresh from the lines in its window, five full profile sums per blend, argsorts
+# on every call. The physics functions it calls (strengths, depths, widths, profile sums) are the package's own.
+def _ref_deblend(lnw, ew, sigma, gamma):
+    w = np.maximum(ew, 0.0)
+    pts = np.sort(np.concatenate([lnw, (lnw[1:] + lnw[:-1]) / 2]))
+    for _ in range(5):
+        s = synth._profile_sum(pts, lnw, w, sigma, gamma)
+        mid = np.concatenate([[0.0], s[1::2], [0.0]])
+        s = np.maximum(s[::2], np.maximum(mid[1:], mid[:-1]))
+        w = w * (1 + (s / 0.95) ** 16) ** (-1 / 16)
+    return np.where(ew > 0, w, ew)
+
+
+def _ref_normalised_spectrum(wave, params, R, rv=0.0):
+    wave = np.asarray(wave, float); shape = wave.shape
+    x = np.log(wave.ravel()) - np.log1p(rv / C_KMS)
+    order = np.argsort(x); xs = x[order]
+    lines = synth._line_columns()
+    i, j = np.searchsorted(lines['lnw'], [xs[0] - 0.06, xs[-1] + 0.06])
+    c = {k: v[i:j] for k, v in lines.items()}
+    strength = synth._strength(params, c); d = synth._depth(params, c, strength)
+    (sig_loc, sig_star), gam = synth._widths(params, c['mass'], strength), synth._gamma(params, c['gamma'], c['group'])
+    on = np.abs(d) > 1e-5
+    lnw, sig_loc, sig_star, gam = c['lnw'][on], sig_loc[on], sig_star[on], gam[on]
+    from scipy.special import voigt_profile
+    w = _ref_deblend(lnw, d[on] / voigt_profile(0.0, sig_loc, gam), sig_star, gam)
+    flux = np.empty_like(x)
+    flux[order] = 1 - synth._profile_sum(xs, lnw, w, np.sqrt(sig_star ** 2 + instrumental_sigma_lnlam(R) ** 2), gam)
+    return flux.reshape(shape)
+
+
+def _ref_gauss_peaks(x, centre, peak, sigma=synth.TELLURIC_SIGMA):
+    order = np.argsort(x); out = np.empty(len(x)); srt = np.argsort(centre)
+    out[order] = synth._profile_sum(x[order], centre[srt], peak[srt] * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma))
+    return out
+
+
+def _ref_telluric(wave, airmass=1.0, pwv=2.0):
+    wave = np.asarray(wave, float); x = np.log(wave.ravel()); t = synth._telluric_lines()
+    return np.exp(-airmass * (_ref_gauss_peaks(x, *t['dry']) + pwv / 2.0 * _ref_gauss_peaks(x, *t['wet']))).reshape(wave.shape)
+
+
+def _ref_sky(wave, strength=1.0):
+    wave = np.asarray(wave, float)
+    return (strength * (0.003 + _ref_gauss_peaks(np.log(wave.ravel()), *synth._sky_lines()))).reshape(wave.shape)
+
+
+def test_spectra_equal_reference_synthesis(sky, tmp_path, monkeypatch):
+    "Exact: the same stars written with the reference synthesis give the same files, byte for byte (spectra, truth, tarballs)."
+    out = sky[0]
+    monkeypatch.setattr(instrument, 'normalised_spectrum', _ref_normalised_spectrum)
+    monkeypatch.setattr(instrument, 'telluric_transmission', _ref_telluric)
+    monkeypatch.setattr(instrument, 'sky_emission', _ref_sky)
+    generate_mock_sky(tmp_path / 'ref', n_stars=N_STARS, seed=SEED, progress=False)
+    files = sorted(p.relative_to(out) for p in out.rglob('*') if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / 'ref') for p in (tmp_path / 'ref').rglob('*') if p.is_file())
+    assert {'sb2', 'bad_stretch', 'wrong_wavelength'} & set(sky[2].anomaly) and len(files) > 50
+    for r in files: assert filecmp.cmp(out / r, tmp_path / 'ref' / r, shallow=False), r
+
+
+def _hdu_bytes(raw):
+    "(header cards, data bytes) of each HDU of a FITS file."
+    out, pos = [], 0
+    while pos < len(raw):
+        cards = []
+        while True:
+            c = raw[pos:pos + 80].decode(); pos += 80; cards.append(c)
+            if c.startswith('END     '): break
+        pos += -pos % 2880
+        kv = {c[:8].strip(): c[10:].split('/')[0].strip() for c in cards if c[8:10] == '= '}
+        shape = [int(kv[f'NAXIS{j}']) for j in range(1, int(kv['NAXIS']) + 1)]
+        n = abs(int(kv['BITPIX'])) // 8 * int(np.prod(shape)) if shape else 0
+        out.append((cards, raw[pos:pos + n])); pos += n + (-n % 2880)
+    return out
+
+
+def test_files_are_what_astropy_writes(sky):
+    "Exact: every spectrum file, read by astropy and written back by astropy, is the same bytes (the UVES primary header has no EXTEND, which astropy adds)."
+    out, _, _, obs = sky
+    for rel in sorted(set(obs['relpath'])):
+        raw = (out / rel).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with fits.open(io.BytesIO(raw)) as f: buf = io.BytesIO(); f.writeto(buf)
+        mine, theirs = _hdu_bytes(raw), _hdu_bytes(buf.getvalue())
+        if rel.startswith('gaiaeso/'): theirs[0] = ([c for c in theirs[0][0] if not c.startswith('EXTEND  ')], theirs[0][1])
+        assert mine == theirs, rel
+    for t in (out / 'galah/GALAH_DR3/spectra/tar_files').glob('*_com.tar.gz'):  # the tarballs hold the camera files
+        with tarfile.open(t) as tf:
+            for m in tf.getmembers():
+                assert tf.extractfile(m).read() == (out / 'galah/GALAH_DR3/spectra' / Path(m.name).name).read_bytes(), m.name

@@ -345,6 +345,13 @@ def test_bad_input_gets_a_clear_error(store, sample, tmp_path):
         r = int(np.flatnonzero(meta.survey == 'galah')[2]); A['norm_flux'][r, np.flatnonzero(MASKS['galah'])[5]] = np.nan
         A['norm_flux'][0, ~MASKS[meta.survey[0]]] = np.nan                   # NaN where the weight is 0 is fine
         meta.attrs['bad'] = r
+    def guard_outlier(A, meta):                                          # the alignment guard zeroes an outlier's weight
+        r = int(np.flatnonzero(meta.survey == 'apogee')[1]); A['weight'][r] = 0; meta.attrs['out'] = r
+    out = mock_store(tmp_path / 'outlier.h5', n_stars=7, edit=guard_outlier)
+    with pytest.warns(UserWarning, match=rf"outlier\.h5: 1 apogee spectra have no pixel .* left out \(rows \[{out['meta'].attrs['out']}\]"):
+        kept = pack_store(out['path'])
+    assert out['meta'].attrs['out'] not in kept.row['apogee'] and len(kept) == len(out['meta']) - 1
+
     bad = mock_store(tmp_path / 'nan.h5', n_stars=7, edit=nan_at)
     with pytest.raises(ValueError, match=rf"nan\.h5: row {bad['meta'].attrs['bad']} \(galah\) has NaN/inf flux or ivar at 1 pixels of weight > 0"):
         pack_store(bad['path'])
