@@ -1,15 +1,22 @@
-"""Regridded HDF5 store: random-batch read throughput and file size of the chosen layout against contiguous, h5py's
-default (auto-chunked, gzip) and one-chunk-per-spectrum layouts; loading the whole sample against reading the file; with --checksums, what checksumming the chunks (HDF5's fletcher32
-filter) or the arrays (sha256, `RegriddedStore.verify`) costs, written as a dated section of the results.
+"""Regridded HDF5 store. With --compact: the store's compact rows (`precision='noise'`) against the previous format (whole-grid
+arrays in one-row chunks) on the mock sky's pipeline output, in one run: bytes per spectrum, random batches, whole-sample loads
+(whole grid and pack_store's observed pixels) against reading the file's bytes, `training.pack_store`, and the chi2 check.
+Without it: the grid layout's chunk shapes and filters against contiguous, h5py's default (auto-chunked, gzip) and
+one-chunk-per-spectrum layouts; with --checksums, what checksumming the chunks (fletcher32) or the arrays (sha256) costs.
+Each writes a dated section of the results.
 
-Usage: .venv/bin/python bench/storage.py [--n 2000] [--out bench/results/storage.md] [--checksums]
+Usage: .venv/bin/python bench/storage.py --compact [--store data/store/regridded.h5 | --stars 200] [--tile 4]
+       .venv/bin/python bench/storage.py [--n 2000] [--out bench/results/storage.md] [--checksums]
 """
-import argparse, hashlib, os, platform, sys, tempfile, time
+import argparse, hashlib, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import h5py
 from stellar_spectra.atomic import atomic_write
 from stellar_spectra.resample import common_grid
+from stellar_spectra.regridded import RegriddedStore, write_regridded, open_regridded
 from stellar_spectra.h5chunks import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
 
 FIELDS = ('norm_flux', 'norm_ivar', 'weight')  # what training reads
@@ -107,6 +114,7 @@ def time_load(path):
     return t_load, time.perf_counter() - t
 
 CHECKSUMS = '## Checksums'  # heading of the section written by --checksums (kept when the main table is rewritten)
+COMPACT = '## Compact rows against the previous format'  # heading of the section written by --compact
 
 def _fletcher_table(ds):
     "(row, chunk) -> file offset (-1: unallocated) of a one-row-chunk dataset, and the stored chunk size (data + 4 checksum bytes)."
@@ -184,16 +192,22 @@ def checksums(a, grid, batches):
     return '\n'.join(lines)
 
 def replace_section(path, text):
-    "The results file with its checksum section replaced by (or extended with) `text`."
-    old = Path(path).read_text() if Path(path).exists() else ''
-    head = old.split('\n' + CHECKSUMS)[0].rstrip('\n') if old else '# Storage benchmark'
-    return head + '\n\n' + text
+    "The results file with the section that `text` heads (`CHECKSUMS` or `COMPACT`) replaced by (or extended with) `text`."
+    old = Path(path).read_text() if Path(path).exists() else '# Storage benchmark'
+    parts = ('\n' + old).split('\n## '); name = text.split('\n')[0][3:]
+    keep = [p for p in parts[1:] if p.split('\n')[0] != name]
+    return parts[0].strip('\n') + '\n\n' + ''.join('## ' + p.rstrip('\n') + '\n\n' for p in keep) + text
 
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=2000); ap.add_argument('--batch', type=int, default=256)
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'storage.md')); ap.add_argument('--dir', default=None)
     ap.add_argument('--checksums', action='store_true', help='only the checksum section'); ap.add_argument('--reps', type=int, default=3)
+    ap.add_argument('--compact', action='store_true', help='only the compact-rows section')
+    ap.add_argument('--store', default=None, help='--compact: a regridded store to take the spectra from (default: a new mock sky of --stars stars)')
+    ap.add_argument('--stars', type=int, default=200); ap.add_argument('--tile', type=int, default=4, help='--compact: copies of the sample timed')
     a = ap.parse_args(); grid = common_grid(); n = a.n
+    if a.compact:
+        text = compact(a); atomic_write(a.out, replace_section(a.out, text)); print(text); return
     rng = np.random.default_rng(1); batches = [rng.choice(n, a.batch, replace=False) for _ in range(200)]
     if a.checksums:
         text = checksums(a, grid, batches); atomic_write(a.out, replace_section(a.out, text)); print(text); return
@@ -246,7 +260,109 @@ def main():
               f"One random batch of {a.batch} (3 fields) takes {a.batch / chosen['ours_c'][0] * 1e3:.0f} ms wall "
               f"({a.batch / chosen['ours_c'][1] * 1e3:.0f} ms of CPU) cold.", '']
     old = Path(a.out).read_text() if Path(a.out).exists() else ''
-    keep = old[old.index('\n' + CHECKSUMS):] if '\n' + CHECKSUMS in old else ''  # the checksum section, measured separately
+    keep = '\n## ' + old.split('\n## ', 1)[1] if '\n## ' in old else ''  # the sections measured separately (--checksums, --compact)
     atomic_write(a.out, "\n".join(lines) + keep); print('\n'.join(lines))
+
+
+
+def pipeline_sample(a, d):
+    "(grid, full-precision arrays, table) of the spectra of a store (--store) or of a new mock sky of --stars stars, as `preprocess_spectrum` makes them."
+    if a.store:
+        with open_regridded(a.store) as st:
+            if st.codec is not None and st.codec.streams != st.codec.pixel_fields: sys.exit(f'{a.store} holds noise-precision rows: give a store of full precision, or --stars')
+            return st.grid, st.load(st.fields), st.meta
+    from stellar_spectra.mocksky import generate_mock_sky
+    from stellar_spectra.crossmatch import crossmatch_surveys
+    from stellar_spectra.preprocess import work_plan, preprocess_spectrum
+    from stellar_spectra.readers import read_spectrum
+    generate_mock_sky(d / 'sky', n_stars=a.stars, seed=42, progress=False)
+    plan = work_plan(d / 'sky', crossmatch_surveys(d / 'sky', d / 'xm.parquet', progress=False)['out']); grid, rows, meta = common_grid(), [], []
+    for r in plan.itertuples():
+        x, m = preprocess_spectrum(read_spectrum(d / 'sky' / r.relpath), grid, rv=r.rv); rows.append(x); meta.append(dict(m, star=r.star, source=r.relpath))
+    shutil.rmtree(d / 'sky')
+    return grid, {k: np.stack([x[k] for x in rows]) for k in rows[0]}, pd.DataFrame(meta)
+
+def cpu_name():
+    "The processor's model name (from /proc/cpuinfo), else the machine type."
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.machine()
+
+def time_reads(path, rows_list, pix=None, cold=True, threads=None):
+    "Spectra per second (wall, and per CPU-second) reading the training fields of these batches of rows."
+    if cold: drop_cache(path)
+    with open_regridded(path) as st:
+        if threads: st.threads = threads
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        for rows in rows_list: st.read(rows, FIELDS, pix); n += len(rows)
+        return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+def time_file(path):
+    "MB/s reading the file's bytes, cold."
+    drop_cache(path); t = time.perf_counter()
+    with open(path, 'rb') as fh:
+        while fh.read(16 << 20): pass
+    return Path(path).stat().st_size / (time.perf_counter() - t) / 1e6
+
+def chi2_check(grid, arrays, path):
+    "Largest relative change of a spectrum's chi2 (and of the total) against a model at the noise level, stored rows against full precision."
+    with open_regridded(path) as st: got = st.load(FIELDS)
+    nf, ni, w = (arrays[k].astype(np.float64) for k in FIELDS)
+    model = nf + np.random.default_rng(0).normal(size=nf.shape) / np.sqrt(np.where(ni > 0, ni, np.inf))
+    c0 = (w * ni * (nf - model) ** 2).sum(1); c1 = (got['weight'] * got['norm_ivar'] * (got['norm_flux'] - model) ** 2).sum(1); ok = c0 > 0
+    return np.abs(c1[ok] / c0[ok] - 1).max(), abs(c1.sum() / c0.sum() - 1), (c0[ok] / (w * ni > 0).sum(1)[ok]).mean()
+
+def compact(a):
+    "The compact-rows section: bytes, reads and chi2 of the store stage's rows against the previous format, on the pipeline's spectra."
+    from stellar_spectra.training import pack_store
+    d = Path(tempfile.mkdtemp(dir=a.dir)); load0 = os.getloadavg(); t0 = time.perf_counter()
+    grid, arrays, meta = pipeline_sample(a, d); N = len(meta); print(f'{N} spectra in {time.perf_counter() - t0:.0f} s', flush=True)
+    fmt = {'previous format (whole-grid arrays, one-row chunks)': dict(layout='grid'), 'compact rows, noise precision (the store stage)': dict(precision='noise')}
+    size, tw = {}, {}
+    for name, kw in fmt.items():  # bytes on the sample itself (after a first write and read: numba's compiled loops are loaded once per process)
+        with open_regridded(write_regridded(d / 'warm.h5', grid, {k: v[:2] for k, v in arrays.items()}, meta[:2], **kw)) as st: st.read([1, 0], FIELDS)
+        t = time.perf_counter(); p = write_regridded(d / 'one.h5', grid, arrays, meta, **kw); tw[name] = N / (time.perf_counter() - t); size[name] = p.stat().st_size
+    with h5py.File(d / 'one.h5') as f: row_bytes = np.diff(f['rows/offset'][()])
+    per_survey = {s: row_bytes[meta['survey'].to_numpy() == s].mean() for s in sorted(set(meta['survey']))}
+    tiled = {k: np.tile(v, (a.tile, 1)) for k, v in arrays.items()}; tmeta = pd.concat([meta] * a.tile, ignore_index=True)
+    tmeta['star'] = np.repeat(np.arange(a.tile), N) * (meta['star'].max() + 1) + np.tile(meta['star'].to_numpy(), a.tile)
+    paths = {name: write_regridded(d / f'{i}.h5', grid, tiled, tmeta, **kw) for i, (name, kw) in enumerate(fmt.items())}
+    NT, rng = N * a.tile, np.random.default_rng(1); batches = [rng.choice(NT, min(a.batch, NT), replace=False) for _ in range(max(8, 4 * NT // a.batch))]
+    pix = np.flatnonzero(arrays['weight'].any(0))  # pack_store's pixels (here the union over surveys)
+    runs = {name: [] for name in paths}
+    for rep in range(a.reps):  # interleaved, so that a change in the machine's load hits both formats alike; medians
+        for name, p in paths.items():
+            r = {}; r['batch cold'] = time_reads(p, batches); r['batch warm'] = time_reads(p, batches, cold=False)
+            r['batch pix cold'] = time_reads(p, batches, pix); r['batch 1 thread'] = time_reads(p, batches, cold=False, threads=1)
+            r['load'] = time_reads(p, [np.arange(NT)]); r['load pix'] = time_reads(p, [np.arange(NT)], pix); r['load pix 1 thread'] = time_reads(p, [np.arange(NT)], pix, threads=1)
+            r['file'] = time_file(p)
+            drop_cache(p); t = time.perf_counter(); pack_store(str(p)); r['pack_store'] = NT / (time.perf_counter() - t)
+            runs[name].append(r); print(name, r, flush=True)
+    res = {name: {k: np.median([r[k] for r in v], axis=0) for k in v[0]} for name, v in runs.items()}
+    c_max, c_tot, c_px = chi2_check(grid, arrays, d / 'one.h5')
+    prev, new = list(fmt)
+    for p in [d / 'one.h5', d / 'warm.h5', *paths.values()]: p.unlink()
+    f = lambda x: f'{x[0]:,.0f} ({x[1]:,.0f})'
+    lines = [COMPACT, '', f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `python bench/storage.py --compact{' --store ' + a.store if a.store else f' --stars {a.stars}'} --tile {a.tile}`; "
+             f"{cpu_name()}, {os.cpu_count()} CPUs shared with other work (load average {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end), "
+             f"no GPU; Python {platform.python_version()}, h5py {h5py.__version__}, pyarrow {pa.__version__}.", '',
+             f"The spectra: {N} from the mock sky's pipeline ({', '.join(f'{(meta.survey == s).sum()} {s}' for s in per_survey)}), full precision as `preprocess_spectrum` makes them, "
+             f"all six fields. Bytes are measured on them; reads on {a.tile} copies of them ({NT} spectra, {NT * grid.n * 12 / 1e9:.2f} GB as whole-grid arrays of the 3 training fields). "
+             f"Random batches of {min(a.batch, NT)} rows, the 3 training fields (norm_flux, norm_ivar, weight), as whole-grid arrays or at pack_store's {len(pix):,} observed pixels ('pix'); "
+             f"'cold' evicts the file from the page cache first (the host may still cache it). Spectra per second, wall (per CPU-second), median of {a.reps} interleaved runs; "
+             f"the reader decodes on {RegriddedStore.threads} threads unless one is said.", '',
+             f"| | {prev} | {new} |", '|---|---|---|',
+             f"| file size | {size[prev] / 1e6:,.1f} MB | {size[new] / 1e6:,.2f} MB |",
+             f"| **bytes per spectrum** | **{size[prev] / N / 1e3:,.0f} KB** | **{size[new] / N / 1e3:,.1f} KB** (rows alone: {row_bytes.mean() / 1e3:.1f} KB; "
+             + ', '.join(f'{s} {v / 1e3:.1f}' for s, v in per_survey.items()) + f"; equal mix of the three {np.mean(list(per_survey.values())) / 1e3:.1f}) |",
+             f"| write (spectra/s) | {tw[prev]:,.0f} | {tw[new]:,.0f} |"]
+    for k, label in [('batch cold', 'random batches, whole grid, cold'), ('batch warm', 'random batches, whole grid, warm'), ('batch 1 thread', '... warm, one thread'),
+                     ('batch pix cold', 'random batches at the observed pixels, cold'), ('load', 'whole sample, whole grid, cold'), ('load pix', 'whole sample at the observed pixels, cold'),
+                     ('load pix 1 thread', '... one thread'),
+                     ('pack_store', '`training.pack_store` as it is today, cold')]:
+        lines.append(f"| {label} | {f(res[prev][k]) if k != 'pack_store' else f'{res[prev][k]:,.0f}'} | {f(res[new][k]) if k != 'pack_store' else f'{res[new][k]:,.0f}'} |")
+    lines.append(f"| reading the file's bytes, cold (MB/s; spectra/s) | {res[prev]['file']:,.0f}; {res[prev]['file'] * 1e6 / (size[prev] / N):,.0f} | {res[new]['file']:,.0f}; {res[new]['file'] * 1e6 / (size[new] / N):,.0f} |")
+    lines += ['', f"chi2 of a model at the noise level (chi2 / pixel {c_px:.2f}) against the stored rows instead of full precision: largest change of a spectrum's chi2 "
+              f"{c_max:.1e}, of the total {c_tot:.1e} (`tests/test_storage.py` asserts < 1e-3 and < 1e-4, also for a smoothed model).", '']
+    return '\n'.join(lines)
 
 if __name__ == '__main__': main()

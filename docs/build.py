@@ -103,6 +103,8 @@ def to_markdown(nb, name, outdir):
     body = re.sub(r'^# # ', '# ', body, flags=re.M)  # titles written as '# # Title'
     body = re.sub(r'\[source\]\(https?://[^)]*\)(\{[^}]*\})?', '', body)  # show_doc links to a repository host
     body = math_to_mathml(body)
+    for rel in re.findall(r'!\[[^\]]*\]\(((?:docs|bench)/[^)\s]+)\)', body):   # figures a page takes from the repository (README's)
+        if (ROOT/rel).is_file(): (outdir/rel).parent.mkdir(parents=True, exist_ok=True); shutil.copy(ROOT/rel, outdir/rel)
     (outdir/f'{name}.md').write_text(body)
     m = re.search(r'^# (.+)$', body, re.M)
     return m.group(1).strip() if m else name

@@ -57,6 +57,7 @@ def _column(data, names, name):
 
 def _open_table(path):
     "The first binary table of a FITS file as (HDUList, data, {UPPER name: name}); clear error otherwise."
+    if Path(path).is_dir(): raise IsADirectoryError(f'{path}: is a directory, not a catalogue file')
     if not Path(path).is_file(): raise FileNotFoundError(f'{path}: catalogue not found')
     try:
         hl = fits.open(path, memmap=True)

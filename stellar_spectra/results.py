@@ -23,7 +23,7 @@ __all__ = ['LABELS', 'LABEL_UNITS', 'TRUTH_COLUMNS', 'HOLES', 'GOALS', 'load_tru
            'load_evaluation', 'packed_batch', 'one_step_latents', 'spectrum_chi2', 'map_fit', 'rv_metrics',
            'quality_thresholds', 'rv_flag', 'LabelRegressor', 'label_metrics', 'auc', 'mahalanobis2', 'anomaly_scores',
            'hole', 'imputation', 'transfer', 'matrix_chi2', 'EvalConfig', 'evaluate', 'results_table', 'table_markdown',
-           'plot_reconstruction', 'plot_labels', 'plot_rv_anomalies', 'run_evaluation']
+           'plot_reconstruction', 'plot_chi2', 'plot_labels', 'plot_rv_anomalies', 'run_evaluation']
 
 # %% ../nbs/09a_results.ipynb
 LABELS = ['teff', 'logg', 'fe_h', 'alpha_fe']  # the physical parameters predicted from the latent
@@ -237,7 +237,9 @@ class LabelRegressor:
         W = {a: self._solve(X, y_tr[ok], a) for a in self.alphas}
         err = {a: np.sqrt(((Xv @ W[a] - y_val[okv]) ** 2).mean(0)) for a in self.alphas}       # (L,) per alpha
         best = [min(self.alphas, key=lambda a: err[a][l]) for l in range(y_tr.shape[1])]
-        self.W = np.stack([W[a][:, l] for l, a in enumerate(best)], 1); self.alpha, self.sigma = best, np.array([err[a][l] for l, a in enumerate(best)])
+        self.W = np.stack([W[a][:, l] for l, a in enumerate(best)], 1); self.alpha = best
+        r = Xv @ self.W - y_val[okv]                                   # sigma: robust spread, so that a few odd stars do not set it
+        self.sigma = 1.4826 * np.median(np.abs(r - np.median(r, 0)), 0)
         return self
     def predict(self, z): # (n, D) -> (n, L) labels (NaN where z is) and (L,) 1-sigma
         z = np.asarray(z, float); ok = np.isfinite(z).all(1); out = np.full((len(z), self.W.shape[1]), np.nan)
@@ -406,17 +408,27 @@ def _survey_stats(df, col, how='median'): # a table with survey and col -> {surv
     out['all'] = f(df[col].to_numpy(float)); return out
 
 # %% ../nbs/09a_results.ipynb
+def _try(res:dict, name:str, fn, default=None):
+    "Run a section; where the sample is too small for it, record why under res['skipped'] and return `default`."
+    try: return fn()
+    except (ValueError, IndexError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
+        res.setdefault('skipped', {})[name] = str(err); return default
+
+_NO_MAP = (pd.DataFrame(columns=['survey', 'i', 'star', 'chi2_red', 'rv', 'rv_err']), pd.DataFrame(columns=['star', 'chi2', 'dof']), None)
+
+# %% ../nbs/09a_results.ipynb
 def evaluate(E:dict, # `load_evaluation` output
              cfg:EvalConfig=EvalConfig(),
              progress:bool=False):
     "All sections on the test split: results dict, per-spectrum and per-star tables, figure data."
     model, tr, va, te, grid = E['model'], E['train'], E['val'], E['test'], E['grid']
     st, tt = E['star_truth'], E['truth']; D, kms_px = model.cfg.latent_dim, 299_792.458 * grid.dln
+    if not len(te): raise ValueError("the test split has no spectra to evaluate")
     t0 = time.perf_counter(); res, timing = dict(n=dict(train=len(tr.stars()), val=len(va.stars()), test=len(te.stars()),
                                                     test_spectra=len(te))), {}
     s_tr, s_va, s_te = tr.stars(), va.stars(), te.stars()
     z_tr, z_va, z_te = (one_step_latents(model, x, s) for x, s in ((tr, s_tr), (va, s_va), (te, s_te)))
-    prior = latent_prior(torch.as_tensor(z_tr[np.isfinite(z_tr).all(1)]))
+    prior = _try(res, 'prior', lambda: latent_prior(torch.as_tensor(z_tr[np.isfinite(z_tr).all(1)])))
     timing['one_step'] = time.perf_counter() - t0
     # reconstruction: one step and MAP, per test spectrum
     spec = _by_spectrum(te, spectrum_chi2(model, te, s_te, z_te)).rename(columns=dict(value='chi2_one_step'))
@@ -424,43 +436,45 @@ def evaluate(E:dict, # `load_evaluation` output
     m_te, star_te, zmap_te = map_fit(model, te, s_te, prior, cfg.map_steps, rv_scan=cfg.rv_scan, progress=progress, desc='MAP test')
     rng = np.random.default_rng(cfg.seed)
     s_vm = np.sort(rng.choice(s_va, min(cfg.n_val_map, len(s_va)), replace=False))
-    m_va, star_va, zmap_va = map_fit(model, va, s_vm, prior, cfg.map_steps, rv_scan=cfg.rv_scan, progress=progress, desc='MAP val')
+    m_va, star_va, zmap_va = _try(res, 'validation MAP', lambda: map_fit(model, va, s_vm, prior, cfg.map_steps, rv_scan=cfg.rv_scan,
+                                                                      progress=progress, desc='MAP val'), _NO_MAP)
     timing['map'] = time.perf_counter() - t1
     spec = spec.merge(m_te.rename(columns=dict(chi2_red='chi2_map')), on=['survey', 'i', 'star'])
     spec = spec.join(tt[['truth_star', 'rv_true', 'anomaly', 'snr']], on='row')
     res['reconstruction'] = dict(gon_one_step=_survey_stats(spec, 'chi2_one_step'), gon_map=_survey_stats(spec, 'chi2_map'))
     # radial velocity, flagged with thresholds from the validation spectra
-    thr = quality_thresholds(m_va.chi2_red, m_va.rv_err, cfg.rv_flag_quantile)
+    thr = _try(res, 'RV flag', lambda: quality_thresholds(m_va.chi2_red.to_numpy(float), m_va.rv_err.to_numpy(float), cfg.rv_flag_quantile),
+               dict(chi2_red=np.inf, rv_err=np.inf, q=cfg.rv_flag_quantile))
     spec['rv_error'], spec['flagged'] = spec.rv - spec.rv_true, rv_flag(spec.chi2_map, spec.rv_err, thr)
     res['rv'] = {s: rv_metrics(g.rv_error, g.rv_err, g.flagged, kms_px) for s, g in [*spec.groupby('survey'), ('all', spec)]}
     res['rv_thresholds'], res['kms_per_px'] = thr, kms_px
     # labels from the latent: fitted on training stars, ridge and sigma from validation stars
     Y = lambda s: st.loc[s, LABELS].to_numpy(float)
-    reg = LabelRegressor().fit(z_tr, Y(s_tr), z_va, Y(s_va)); lab, sig = reg.predict(z_te)
-    res['labels'] = dict(gon=label_metrics(lab, sig, Y(s_te)))
+    reg = _try(res, 'labels', lambda: LabelRegressor().fit(z_tr, Y(s_tr), z_va, Y(s_va)))
+    lab, sig = reg.predict(z_te) if reg else (np.full((len(s_te), len(LABELS)), np.nan), np.full(len(LABELS), np.nan))
+    res['labels'], res['label_sigma'] = dict(gon=label_metrics(lab, sig, Y(s_te))), dict(zip(LABELS, np.asarray(sig).tolist()))
     stars = pd.DataFrame(dict(star=s_te, anomaly=st.loc[s_te, 'anomaly'].to_numpy())).set_index('star')
     for l, name in enumerate(LABELS): stars[name], stars[f'{name}_gon'] = Y(s_te)[:, l], lab[:, l]
-    res['label_sigma'] = dict(zip(LABELS, reg.sigma.tolist()))
     # cross-survey transfer of spectra and of labels
     surveys = [s for s in te.surveys if s in tr.surveys]
     tf, z_from = transfer(model, te, s_te, surveys)
-    res['transfer'] = tf.to_dict('records')
-    z_tr_s = {s: one_step_latents(model, tr, s_tr, [s]) for s in surveys}; z_va_s = {s: one_step_latents(model, va, s_va, [s]) for s in surveys}
-    res['label_transfer'] = {}
+    res['transfer'], res['label_transfer'] = tf.to_dict('records'), {}
     for a in surveys:
-        try: ra = LabelRegressor().fit(z_tr_s[a], Y(s_tr), z_va_s[a], Y(s_va))
-        except ValueError: continue
-        for b in surveys: res['label_transfer'][f'{a}->{b}'] = label_metrics(*ra.predict(z_from[b]), Y(s_te))
-    # anomalies: per test star, from the MAP fit
-    sa = star_va.set_index('star'); normal_va = st.loc[sa.index, 'anomaly'].to_numpy() == ''
-    chi_all = np.r_[(star_te.chi2 / star_te.dof.clip(lower=1)).to_numpy(), (sa.chi2 / sa.dof.clip(lower=1)).to_numpy()]
-    d2_all = np.r_[mahalanobis2(zmap_te, prior), mahalanobis2(zmap_va, prior)]
-    ref = np.r_[np.zeros(len(star_te), bool), normal_va]
-    sc = {k: v[:len(star_te)] for k, v in anomaly_scores(chi_all, d2_all, ref).items()}
-    cut = float(np.quantile(anomaly_scores(chi_all, d2_all, ref)['combined'][len(star_te):][normal_va], 1 - cfg.anomaly_fpr))
-    an = pd.DataFrame(dict(star=star_te.star.to_numpy(), **{f'score_{k}': v for k, v in sc.items()})).set_index('star')
-    stars = stars.join(an); stars['flagged'] = stars.score_combined > cut
-    res['anomalies'] = _anomaly_table(stars, [f'score_{k}' for k in sc]); res['anomaly_cut'] = cut
+        ra = _try(res, f'labels from {a}', lambda: LabelRegressor().fit(one_step_latents(model, tr, s_tr, [a]), Y(s_tr),
+                                                                        one_step_latents(model, va, s_va, [a]), Y(s_va)))
+        for b in surveys if ra else []: res['label_transfer'][f'{a}->{b}'] = label_metrics(*ra.predict(z_from[b]), Y(s_te))
+    # anomalies: per test star, from the MAP fit; scales and the cut from the validation stars that are not anomalous
+    def anomalies():
+        sa = star_va.set_index('star'); normal_va = st.loc[sa.index, 'anomaly'].to_numpy() == ''
+        if normal_va.sum() < 3: raise ValueError(f"{normal_va.sum()} validation stars without an anomaly: too few to set the scores' scale")
+        chi = np.r_[(star_te.chi2 / star_te.dof.clip(lower=1)).to_numpy(float), (sa.chi2 / sa.dof.clip(lower=1)).to_numpy(float)]
+        mz = np.r_[mahalanobis2(zmap_te, prior), mahalanobis2(zmap_va, prior)]
+        sc = anomaly_scores(chi, mz, np.r_[np.zeros(len(star_te), bool), normal_va]); n = len(star_te)
+        cut = float(np.quantile(sc['combined'][n:][normal_va], 1 - cfg.anomaly_fpr))
+        return pd.DataFrame(dict(star=star_te.star.to_numpy(), **{f'score_{k}': v[:n] for k, v in sc.items()})).set_index('star'), cut
+    an, cut = _try(res, 'anomalies', anomalies, (None, np.nan))
+    if an is not None: stars = stars.join(an); stars['flagged'] = stars.score_combined > cut
+    res['anomalies'], res['anomaly_cut'] = (_anomaly_table(stars, [c for c in stars if c.startswith('score_')]) if an is not None else {}), cut
     # imputation
     ok = [(s, i) for s in te.surveys for i in range(len(te.star[s])) if st.loc[te.star[s][i], 'anomaly'] == '']
     picks = [ok[j] for j in np.sort(rng.choice(len(ok), min(cfg.n_impute, len(ok)), replace=False))] if ok else []
@@ -469,10 +483,10 @@ def evaluate(E:dict, # `load_evaluation` output
     timing['imputation'] = time.perf_counter() - t1
     timing['gon_eval'] = time.perf_counter() - t0
     # the peer methods
-    peers, stars = _peers(E, cfg, stars, spec, reg, progress)
-    res.update(peers); res['timing'] = timing
+    peers, stars = _try(res, 'peer methods', lambda: _peers(E, cfg, stars, spec, progress), ({}, stars))
+    sk = peers.pop('skipped', {}); res.update(peers); res.setdefault('skipped', {}).update(sk); res['timing'] = timing
     if E.get('history', {}).get('time'): timing['gon_train'] = float(E['history']['time'][-1])
-    res['n_params'] = dict(gon=count_params(model), **res.pop('n_params_peers'))
+    res['n_params'] = dict(gon=count_params(model), **res.pop('n_params_peers', {}))
     fig = dict(spec=spec, stars=stars, example=example, z_te=z_te, s_te=s_te)
     return res, spec, stars, fig
 
@@ -487,7 +501,7 @@ def _anomaly_table(stars, cols): # per-star table with anomaly, flagged and scor
     return out
 
 # %% ../nbs/09a_results.ipynb
-def _peers(E, cfg:EvalConfig, stars, spec, reg, progress):
+def _peers(E, cfg:EvalConfig, stars, spec, progress):
     "PCA, the autoencoder and The Cannon on the same split and latent size: their rows of the results."
     model, tr, va, te = E['model'], E['train'], E['val'], E['test']; st, D = E['star_truth'], model.cfg.latent_dim
     m_tr, m_va, m_te = (star_matrix(x) for x in (tr, va, te))
@@ -502,11 +516,11 @@ def _peers(E, cfg:EvalConfig, stars, spec, reg, progress):
         c = matrix_chi2(te, m_te.stars, ren[name](enc[name](m_te)), m_te.blocks)
         spec[f'chi2_{name}'] = _by_spectrum(te, c).set_index(['survey', 'i'])['value'].reindex(pd.MultiIndex.from_frame(spec[['survey', 'i']])).to_numpy()
         out['peer_reconstruction'][name] = _survey_stats(spec, f'chi2_{name}')
-        r = LabelRegressor().fit(enc[name](m_tr), Y(m_tr.stars), enc[name](m_va), Y(m_va.stars))
-        out['peer_labels'][name] = label_metrics(*r.predict(enc[name](m_te)), Y(m_te.stars))
+        r = _try(out, f'{name} labels', lambda: LabelRegressor().fit(enc[name](m_tr), Y(m_tr.stars), enc[name](m_va), Y(m_va.stars)))
+        if r: out['peer_labels'][name] = label_metrics(*r.predict(enc[name](m_te)), Y(m_te.stars))
         per_star = spec.groupby('star')[f'chi2_{name}'].median()                 # anomaly score: the star's reconstruction chi2
-        stars[f'score_{name}'] = per_star.reindex(stars.index).to_numpy()
-        out['peer_anomalies'][name] = {k: v.get(f'auc_{name}') for k, v in _anomaly_table(stars, [f'score_{name}']).items() if k != 'normal'}
+        stars[f'peer_{name}'] = per_star.reindex(stars.index).to_numpy()
+        out['peer_anomalies'][name] = {k: v.get(f'auc_peer_{name}') for k, v in _anomaly_table(stars, [f'peer_{name}']).items() if k != 'normal'}
         for a in m_te.surveys:
             Ra = ren[name](enc[name](m_te.only(a)))
             for b in m_te.surveys:
@@ -573,7 +587,10 @@ def results_table(res:dict): # `evaluate` results
 # %% ../nbs/09a_results.ipynb
 def table_markdown(t:pd.DataFrame): # `results_table` output
     "The table as Markdown, numbers to 3 significant figures, goals marked met / not met."
-    fmt = lambda v: '' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:.3g}' if isinstance(v, (float, np.floating)) else str(v)
+    def fmt(v):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)): return ''
+        if isinstance(v, (float, np.floating, int, np.integer)) and float(v).is_integer() and abs(v) >= 1000: return f'{float(v):,.0f}'
+        return f'{v:.3g}' if isinstance(v, (float, np.floating)) else str(v)
     met = lambda v: 'met' if v is True or v is np.True_ else 'not met' if v is False or v is np.False_ else ''
     lines = ['| section | metric | survey | GON | PCA | autoencoder | other | goal | |', '|---|---|---|---|---|---|---|---|---|']
     lines += [f"| {r.section} | {r.metric} | {r.survey} | {fmt(r.gon)} | {fmt(r.pca)} | {fmt(r.autoencoder)} | {fmt(r.other)} | {r.goal} | {met(r.met)} |"
@@ -611,6 +628,19 @@ def _save(fig, path):
     return fig
 
 # %% ../nbs/09a_results.ipynb
+def plot_chi2(spec:pd.DataFrame, path=None): # per-spectrum table with chi2_* columns
+    "The distribution of the per-spectrum reduced chi2 of each method, one panel per survey."
+    import matplotlib.pyplot as plt
+    cols = [c for c in ('chi2_map', 'chi2_one_step', 'chi2_pca', 'chi2_autoencoder') if c in spec]
+    surveys = sorted(spec.survey.unique()); fig, axes = plt.subplots(1, len(surveys), figsize=(4 * len(surveys), 3), squeeze=False)
+    v = np.log10(spec[cols].to_numpy(float)); bins = np.linspace(np.nanmin(v) - 0.1, np.nanmax(v) + 0.1, 30)
+    for ax, s in zip(axes[0], surveys):
+        for c in cols: ax.hist(np.log10(spec.loc[spec.survey == s, c].dropna()), bins, histtype='step', label=c.removeprefix('chi2_').replace('_', ' '))
+        ax.axvline(0, color='k', lw=0.5); ax.set_xlabel('log10 reduced χ²'); ax.set_title(s, fontsize=9)
+    axes[0, 0].set_ylabel('test spectra'); axes[0, 0].legend(fontsize=7); fig.tight_layout()
+    return _save(fig, path)
+
+# %% ../nbs/09a_results.ipynb
 def plot_labels(stars:pd.DataFrame, sigma:dict, path=None): # per-star table with truth and *_gon columns; label sigmas
     "Predicted against true labels (top) and the residuals (bottom) of the test stars; injected anomalies in red."
     import matplotlib.pyplot as plt
@@ -639,6 +669,9 @@ def plot_rv_anomalies(spec:pd.DataFrame, stars:pd.DataFrame, kms_px:float, cut:f
     p = ((spec.rv_error / spec.rv_err)[~spec.flagged]).clip(-8, 8)
     ax[1].hist(p, 40, density=True, color='C0', alpha=0.7); xx = np.linspace(-8, 8, 200); ax[1].plot(xx, np.exp(-xx ** 2 / 2) / np.sqrt(2 * np.pi), 'k-', lw=0.8)
     ax[1].set_xlabel('pull (unflagged)')
+    if 'score_combined' not in stars:                                  # the anomaly section was skipped (too few stars)
+        for a in ax[2:]: a.text(0.5, 0.5, 'no anomaly scores', ha='center', transform=a.transAxes)
+        fig.tight_layout(); return _save(fig, path)
     neg = stars[stars.anomaly == ''].score_combined
     for cls, g in stars[stars.anomaly != ''].groupby('anomaly'):
         th = np.sort(np.r_[g.score_combined, neg])[::-1]
@@ -678,13 +711,15 @@ def run_evaluation(store:str='data/store/regridded.h5', # the regridded store (`
     cfg, t0 = EvalConfig(**opts), time.perf_counter()
     E = load_evaluation(store, model, truth, progress)
     res, spec, stars, fig = evaluate(E, cfg, progress)
-    res['config'], res['wall_s'] = asdict(cfg), time.perf_counter() - t0
     table = results_table(res); out = Path(outdir); (out / 'figures').mkdir(parents=True, exist_ok=True)
     import matplotlib; import matplotlib.pyplot as plt
     for name, f in (('reconstruction', lambda p: plot_reconstruction(E['model'], E['test'], fig['s_te'], fig['z_te'], spec, p)),
+                    ('chi2', lambda p: plot_chi2(spec, p)),
                     ('labels', lambda p: plot_labels(stars, res['label_sigma'], p)),
                     ('rv_anomalies', lambda p: plot_rv_anomalies(spec, stars, res['kms_per_px'], res['anomaly_cut'], p))):
-        plt.close(f(out / 'figures' / f'{name}.png'))
+        fg = _try(res, f'figure {name}', lambda: f(out / 'figures' / f'{name}.png'))
+        if fg is not None: plt.close(fg)
+    res['config'], res['wall_s'] = asdict(cfg), time.perf_counter() - t0
     atomic_write(out / 'results.json', json.dumps(_jsonable(res), indent=1))
     atomic_write(out / 'results.csv', table.to_csv(index=False)); atomic_write(out / 'table.md', table_markdown(table) + '\n')
     atomic_write(out / 'spectra.csv', spec.to_csv(index=False)); atomic_write(out / 'stars.csv', stars.to_csv())

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_storage.ipynb 3
 from __future__ import annotations
-import hashlib, json, os, re
+import json, os, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -14,14 +14,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 from .atomic import atomic_path, atomic_write
 from .resample import Grid, common_grid
+from .h5chunks import RowCodec, write_packed, read_packed
 from .regridded import StoreError, COMPRESSION
-from .regridded import _check_arrays, _create_store, _finish_store, _read_meta, _read_rows, _store_runs, _write_rows
+from .regridded import _check_arrays, _finish_store, _read_meta, _start_store, _write_compact
 from .native import NATIVE_SCHEMA, _row_group_rows, _to_table
 
 # %% auto 0
-__all__ = ['SPEC_KEY', 'SPEC_ORDER', 'write_shard', 'completed_shards', 'merge_shards', 'CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION',
-           'FORMAT', 'DTYPES', 'NATIVE_SCHEMA', 'ROW_GROUP_BYTES', 'StoreError', 'demo_sample', 'write_regridded',
-           'RegriddedStore', 'open_regridded', 'write_native', 'read_native', 'read_native_meta']
+__all__ = ['PRECISION', 'SPEC_KEY', 'SPEC_ORDER', 'write_shard', 'completed_shards', 'merge_shards', 'CHUNK_ROWS', 'CHUNK_PX',
+           'COMPRESSION', 'FORMAT', 'DTYPES', 'NATIVE_SCHEMA', 'ROW_GROUP_BYTES', 'StoreError', 'demo_sample',
+           'write_regridded', 'RegriddedStore', 'open_regridded', 'write_native', 'read_native', 'read_native_meta']
 
 # %% ../nbs/06_storage.ipynb
 from .regridded import CHUNK_ROWS, CHUNK_PX, FORMAT, DTYPES, demo_sample, write_regridded, RegriddedStore, open_regridded
@@ -33,6 +34,7 @@ _all_ = ['CHUNK_ROWS', 'CHUNK_PX', 'COMPRESSION', 'FORMAT', 'DTYPES', 'NATIVE_SC
 _DICT_COLUMNS = [f.name for f in NATIVE_SCHEMA if not pa.types.is_list(f.type)]  # shard columns worth a Parquet dictionary
 
 # %% ../nbs/06_storage.ipynb
+PRECISION = 'noise'  # how the pipeline keeps the regridded rows (`h5chunks.PRECISIONS`; the guarantee: `h5chunks.NOISE_PRECISION`)
 _KEY = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
 
 def _shard_files(shard_dir, key:str):
@@ -45,8 +47,9 @@ def write_shard(shard_dir, # folder of the shards
                 arrays:dict, # name -> (n, grid.n) arrays of the chunk's spectra
                 meta:pd.DataFrame, # one row per spectrum (star, survey, source, visit_id, ...)
                 native:list|None=None, # the chunk's native `Spectrum`s, one per row of `meta` (or None)
-                grid:Grid|None=None): # the grid of the arrays (stored, and checked by `merge_shards`)
-    "Write one work chunk's output atomically (native Parquet first, then the HDF5 that completes it)."
+                grid:Grid|None=None, # the grid of the arrays (stored, and checked by `merge_shards`)
+                precision:str=PRECISION): # how the rows are kept: 'noise' (the store's) or 'exact'
+    "Write one work chunk's output atomically (native Parquet first, then the HDF5 of compact rows that completes it)."
     h5, pqf = _shard_files(shard_dir, key); meta = meta.reset_index(drop=True)
     arrays = _check_arrays(arrays, meta, grid.n if grid else None)
     if native is not None and len(native) != len(meta): raise ValueError(f'shard {key}: {len(native)} native spectra for {len(meta)} rows')
@@ -56,8 +59,7 @@ def write_shard(shard_dir, # folder of the shards
         with atomic_path(pqf) as tmp: pq.write_table(t, tmp, compression='zstd', use_dictionary=_DICT_COLUMNS)
     n_px = grid.n if grid else (next(iter(arrays.values())).shape[1] if arrays else 0)
     with atomic_path(h5) as tmp, h5py.File(tmp, 'w', libver='latest') as f:
-        dss = _create_store(f, grid, len(meta), {k: x.dtype for k, x in arrays.items()}, **({} if grid else {'n_px': n_px}))
-        for k, x in arrays.items(): _write_rows(dss[k], 0, x)
+        _write_compact(f, grid, arrays, len(meta), precision, Path(tmp).parent, n_px=n_px)
         _finish_store(f, meta); f.attrs.update(shard_token=token, has_native=native is not None)
     return h5
 
@@ -97,17 +99,19 @@ SPEC_KEY = ('survey', 'source', 'visit_id')  # identity of a spectrum across sha
 SPEC_ORDER = ('star', 'survey', 'source', 'visit_id')  # order of the merged store
 
 def _plan(shard_dir, keys):
-    "The merged table (one row per spectrum, `_shard`/`_row` locating it), the shards' grids and array dtypes, duplicates dropped."
-    tabs, grids, dtypes = [], {}, {}
+    "The merged table (one row per spectrum, `_shard`/`_row` locating it), the shards' grids and row codecs, duplicates dropped."
+    tabs, grids, codecs = [], {}, {}
     for key in keys:
         h5 = _shard_files(shard_dir, key)[0]
         try:
             with h5py.File(h5, 'r') as f:
+                if 'rows' not in f: raise StoreError(h5, 'a shard of the previous format (whole-grid arrays): rerun the preprocessing')
                 m = _read_meta(f['meta']); g = f['grid'].attrs if 'grid' in f else None
-                grids[key] = (Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None,
-                              {k: f['arrays'][k].shape[1] for k in f['arrays']})
-                dtypes[key] = {k: f['arrays'][k].dtype for k in f['arrays']}
-        except (OSError, KeyError) as e: raise StoreError(h5, f'cannot read shard: {e}') from None
+                grids[key] = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
+                codecs[key] = RowCodec.from_json(f['rows'].attrs['codec'])
+        except (OSError, KeyError, ValueError) as e:
+            if isinstance(e, StoreError): raise
+            raise StoreError(h5, f'cannot read shard: {e}') from None
         if 'source' not in m and 'relpath' in m: m = m.rename(columns={'relpath': 'source'})
         if 'spec_id' in m: m = m.rename(columns={'spec_id': 'plan_id'})
         tabs.append(m.assign(_shard=key, _row=np.arange(len(m)), _mtime=h5.stat().st_mtime_ns))
@@ -116,39 +120,42 @@ def _plan(shard_dir, keys):
     if miss: raise StoreError(shard_dir, f'shard tables lack columns {miss}')
     n0 = len(t); t = t.sort_values(['_mtime', '_shard'], kind='stable').drop_duplicates(list(SPEC_KEY), keep='last')
     t = t.sort_values(list(SPEC_ORDER), kind='stable').reset_index(drop=True)
-    return t, grids, dtypes, n0 - len(t)
+    return t, grids, codecs, n0 - len(t)
 
 # %% ../nbs/06_storage.ipynb
-def _merge_grid(shard_dir, grids, grid):
-    "The one grid of all shards (given, stored in the shards, or the common grid), checked against the arrays."
-    stored = {g for g, _ in grids.values() if g is not None}
+def _merge_grid(shard_dir, grids, codecs, grid):
+    "The one grid of all shards (given, stored in the shards, or the common grid), checked against their rows."
+    stored = {g for g in grids.values() if g is not None}
     if len(stored) > 1: raise StoreError(shard_dir, f'shards on different grids: {stored}')
     grid = grid or (stored.pop() if stored else common_grid())
     if stored and grid not in stored: raise StoreError(shard_dir, f'shards are on {stored.pop()}, not on {grid}')
-    for key, (_, widths) in grids.items():
-        if any(w != grid.n for w in widths.values()): raise StoreError(shard_dir, f'shard {key}: arrays of width {widths}, grid has {grid.n} px')
+    for key, rc in codecs.items():
+        if rc.n_px != grid.n: raise StoreError(shard_dir, f'shard {key}: rows of {rc.n_px} px, grid has {grid.n} px')
     return grid
 
 # %% ../nbs/06_storage.ipynb
-def _copy_arrays(shard_dir, t:pd.DataFrame, dss:dict, block:int, progress:bool):
-    "Copy the rows of the merged table `t` from their shards into the output datasets, `block` rows at a time."
-    open_f, sha = {}, {k: hashlib.sha256() for k in dss}
+def _open_rows(shard_dir, key):
+    "(fd, heap offset, offsets, frames) of a shard's rows, for `read_packed`."
+    h5 = _shard_files(shard_dir, key)[0]
+    with h5py.File(h5, 'r') as f: g = f['rows']; base, off, frame = g['heap'].id.get_offset() or 0, g['offset'][()], g['frame'][()]
+    return os.open(h5, os.O_RDONLY), base, off, frame
+
+def _merged_rows(shard_dir, t:pd.DataFrame, block:int, progress:bool):
+    "The packed rows of the merged table `t` in its order, read from their shards `block` rows at a time (at most 8 shards open)."
+    open_f = {}
     try:
-        for r0 in tqdm(range(0, len(t), block), desc='merge arrays', disable=not progress, leave=False):
-            b = t.iloc[r0:r0 + block]
-            need = set(b['_shard'].unique())
+        for r0 in tqdm(range(0, len(t), block), desc='merge rows', disable=not progress, leave=False):
+            b = t.iloc[r0:r0 + block]; need = set(b['_shard'].unique())
             idle = [k for k in open_f if k not in need]  # close only shards this block does not read
-            for key in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: open_f.pop(key).close()
-            for key in need - set(open_f): open_f[key] = h5py.File(_shard_files(shard_dir, key)[0], 'r')
-            for k, ds in dss.items():
-                out = np.empty((len(b), ds.shape[1]), ds.dtype)
-                for key, rows in b.groupby('_shard', sort=False).indices.items():
-                    out[rows] = _read_rows(open_f[key]['arrays'][k], b['_row'].to_numpy()[rows])
-                _write_rows(ds, r0, out); sha[k].update(out)
-        for k, ds in dss.items(): ds.attrs['sha256'] = sha[k].hexdigest()  # checked by `RegriddedStore.verify`
+            for key in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: os.close(open_f.pop(key)[0])
+            for key in need - set(open_f): open_f[key] = _open_rows(shard_dir, key)
+            got = [None] * len(b)
+            for key, rows in b.groupby('_shard', sort=False).indices.items():
+                for i, x in zip(rows, read_packed(*open_f[key], b['_row'].to_numpy()[rows])): got[i] = x
+            yield from got
     except OSError as e: raise StoreError(shard_dir, f'cannot read a shard: {e}') from None
     finally:
-        for f in open_f.values(): f.close()
+        for x in open_f.values(): os.close(x[0])
 
 # %% ../nbs/06_storage.ipynb
 def _merge_native(shard_dir, outdir, t:pd.DataFrame, progress:bool):
@@ -180,26 +187,24 @@ def _merge_native(shard_dir, outdir, t:pd.DataFrame, progress:bool):
 def merge_shards(shard_dir, # folder of the shards (`write_shard`)
                  outdir, # output folder: regridded.h5, native_<survey>.parquet, store_summary.json
                  grid:Grid|None=None, # the common grid (default: the one stored in the shards, else `common_grid()`)
-                 chunk_rows:int|None=None, # HDF5 layout, as in `write_regridded`
-                 compression:str|None=COMPRESSION,
-                 chunk_px:int|None=None,
                  block:int=256, # rows copied at a time
                  progress:bool=True): # show progress bars
     "Merge the complete shards into the final stores, every spectrum exactly once, sorted by `SPEC_ORDER`."
     _check_guard(shard_dir)
     keys = sorted(completed_shards(shard_dir))
     if not keys: raise StoreError(shard_dir, 'no complete shards to merge')
-    t, grids, dtypes, n_dup = _plan(shard_dir, keys); grid = _merge_grid(shard_dir, grids, grid)
-    if len({tuple(sorted(v.items())) for v in dtypes.values()}) > 1: raise StoreError(shard_dir, f'shards hold different arrays: {dtypes}')
+    t, grids, codecs, n_dup = _plan(shard_dir, keys); grid = _merge_grid(shard_dir, grids, codecs, grid)
+    if len(set(codecs.values())) > 1: raise StoreError(shard_dir, f'shards hold different arrays or precisions: {sorted({c.fields for c in codecs.values()})}')
     t['spec_id'] = np.arange(len(t), dtype=np.int64); t['_has_native'] = t['_shard'].map({k: _shard_token(_shard_files(shard_dir, k)[0])[1] for k in keys})
     meta = t[['spec_id'] + [c for c in t.columns if c != 'spec_id' and not c.startswith('_')]]
     outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(outdir / 'regridded.h5') as tmp, h5py.File(tmp, 'w', libver='latest') as f:
-        dss = _create_store(f, grid, len(t), dtypes[keys[0]], chunk_rows=chunk_rows, chunk_px=chunk_px, compression=compression)
-        _copy_arrays(shard_dir, t, dss, block, progress); _finish_store(f, meta); _store_runs(f)
+        _start_store(f, grid); write_packed(f.create_group('rows'), codecs[keys[0]], _merged_rows(shard_dir, t, block, progress), len(t), outdir)
+        _finish_store(f, meta)
     native = _merge_native(shard_dir, outdir, t, progress)
     files = {p.name: p.stat().st_size for p in [outdir / 'regridded.h5', *native.values()]}
     summary = dict(n_spectra=len(t), n_shards=len(keys), n_duplicates_dropped=int(n_dup), grid_n=grid.n,
-                   per_survey={str(k): int(v) for k, v in t['survey'].value_counts().sort_index().items()}, files=files)
+                   per_survey={str(k): int(v) for k, v in t['survey'].value_counts().sort_index().items()}, files=files,
+                   regridded_bytes_per_spectrum=round(files['regridded.h5'] / max(1, len(t))))
     atomic_write(outdir / 'store_summary.json', json.dumps(summary, indent=1))
     return summary

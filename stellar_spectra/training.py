@@ -100,8 +100,8 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
     for s, r in by.items():
         fl, wi = np.zeros((len(r), len(pix[s])), np.float32), np.zeros((len(r), len(pix[s])), np.float32)
         for a in range(0, len(r), block):
-            d = store.read(r[a:a + block], ('norm_flux', 'norm_ivar', 'weight'))
-            f, iv, w = (d[k][:, pix[s]] for k in ('norm_flux', 'norm_ivar', 'weight'))
+            d = store.read(r[a:a + block], ('norm_flux', 'norm_ivar', 'weight'), pix=pix[s])   # the survey's pixels only
+            f, iv, w = d['norm_flux'], d['norm_ivar'], d['weight']
             used = w > 0
             bad = used & ~(np.isfinite(f) & np.isfinite(iv) & (iv >= 0))
             if bad.any():

@@ -1,5 +1,6 @@
-"""Storage: exact round trips (HDF5 and Parquet), random batches, shards merged exactly once, clear errors on bad stores."""
-import os, pickle, subprocess, sys
+"""Storage: compact rows within their stated precision (and the chi2 a model sees unchanged) on the mock sky's pipeline output, exact round trips
+(compact exact, grid layout, Parquet), random batches, shards merged exactly once, clear errors on bad stores."""
+import json, os, pickle, subprocess, sys
 from pathlib import Path
 import h5py
 import numpy as np
@@ -11,6 +12,7 @@ from stellar_spectra.resample import common_grid
 from stellar_spectra.spectrum import Spectrum, PixelFlag
 from stellar_spectra.storage import (StoreError, write_regridded, open_regridded, write_native, read_native, read_native_meta,
                                      write_shard, completed_shards, merge_shards, demo_sample, SPEC_ORDER)
+from stellar_spectra.h5chunks import NOISE_PRECISION
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = common_grid(wmin=5000, wmax=5600)  # 3,400 px: small, but several chunks wide with chunk_px=1000
@@ -32,11 +34,22 @@ def same_bits(a, b):
     np.testing.assert_array_equal(a.view(f'u{a.dtype.itemsize}'), b.view(f'u{b.dtype.itemsize}'))
 
 
-@pytest.mark.parametrize('compression', [None, 'lzf', 'gzip'])
-@pytest.mark.parametrize('chunk_px', [1000, None])
+def within(got:dict, want:dict):
+    "Compact rows of 'noise' precision: flags, weight and other exact fields bit for bit; fluxes within NOISE_PRECISION x sigma, ivars within it relatively."
+    for k, v in got.items():
+        w = want[k].astype(v.dtype)
+        if k not in NOISE_PRECISION: same_bits(v, w); continue
+        iv = want['norm_ivar' if k == 'norm_flux' else 'ivar' if k == 'flux' else k].astype(np.float64)
+        ok = iv > 0; same_bits(v[~ok], w[~ok])  # no noise to hide an error in: exact
+        err = np.abs(v[ok] - w[ok].astype(np.float64)) * np.sqrt(iv[ok]) if k.endswith('flux') else np.abs(v[ok] / w[ok].astype(np.float64) - 1)
+        assert err.max(initial=0) <= NOISE_PRECISION[k], (k, err.max())
+
+
+@pytest.mark.parametrize('compression,chunk_px', [(c, p) for c in (None, 'lzf', 'gzip') for p in (1000, None)] + [('compact', None)])
 def test_hdf5_round_trip_exact(tmp_path, compression, chunk_px):
     grid, arrays, meta = sample()
-    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression=compression, chunk_px=chunk_px)
+    kw = dict(compression=compression, chunk_px=chunk_px, layout='grid') if compression != 'compact' else {}  # compact: precision='exact'
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, **kw)
     assert [p.name for p in tmp_path.iterdir()] == ['r.h5']  # no temporary file left
     with open_regridded(tmp_path / 'r.h5') as st:
         assert st.grid == grid and len(st) == 30 and sorted(st.fields) == sorted(arrays)
@@ -59,16 +72,18 @@ def test_float64_and_missing_spec_id(tmp_path):
     assert not (tmp_path / 'bad.h5').exists()
 
 
-@pytest.mark.parametrize('compression', [None, 'gzip'])
+@pytest.mark.parametrize('compression', [None, 'gzip', 'compact'])
 def test_random_batches_right_rows(tmp_path, compression):
     grid, arrays, meta = sample(60, seed=3)
-    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression=compression, chunk_px=1000)
+    write_regridded(tmp_path / 'r.h5', grid, arrays, meta, **(dict(compression=compression, chunk_px=1000, layout='grid') if compression != 'compact' else {}))
     rng = np.random.default_rng(0)
     with open_regridded(tmp_path / 'r.h5') as st:
         for size in (1, 7, 40, 256):
             rows = rng.integers(0, 60, size)  # unsorted, with duplicates
             got = st.read(rows, fields=('norm_flux', 'flags', 'weight'))
             for k, v in got.items(): same_bits(v, arrays[k][rows])
+            pix = np.unique(rng.integers(0, grid.n, 50))
+            for k, v in st.read(rows, ('norm_flux', 'flags', 'weight'), pix=pix).items(): same_bits(v, arrays[k][rows][:, pix])
         got = st.read(np.arange(59, -1, -1), ('norm_flux',))['norm_flux']; same_bits(got, arrays['norm_flux'][::-1])
         seen = []
         for b in st.batches(16, seed=5, fields=('norm_ivar',)):
@@ -165,7 +180,7 @@ def check_merged(out, arrays, meta, native):
         assert st.meta.spec_id.tolist() == list(range(len(meta)))
         assert st.meta.source.tolist() == meta.source[order].tolist()
         assert not st.meta.duplicated(['survey', 'source', 'visit_id']).any()
-        for k, v in st.load(list(arrays)).items(): same_bits(v, arrays[k][order])
+        within(st.load(list(arrays)), {k: v[order] for k, v in arrays.items()})
     n = 0
     for s in sorted(set(meta.survey)):
         nm = read_native_meta(out / f'native_{s}.parquet'); rows = order[nm.spec_id.to_numpy()]; n += len(nm)
@@ -231,9 +246,10 @@ def test_merge_checks_grid_and_columns(tmp_path):
         assert sorted(st.meta.plan_id) == list(range(100, 106)) and st.meta.spec_id.tolist() == list(range(6))
 
 
-def test_bad_hdf5_stores(tmp_path):
+@pytest.mark.parametrize('layout', ['grid', 'compact'])
+def test_bad_hdf5_stores(tmp_path, layout):
     grid, arrays, meta = sample(6)
-    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta); raw = p.read_bytes()
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, layout=layout); raw = p.read_bytes()
     def err(path, match):
         with pytest.raises(StoreError, match=match) as e: open_regridded(path).read([0, 1], fields=('weight',))
         assert str(path) in str(e.value) and e.value.path == str(path)
@@ -242,14 +258,17 @@ def test_bad_hdf5_stores(tmp_path):
     (tmp_path / 'cut2.h5').write_bytes(raw[:-10]); err(tmp_path / 'cut2.h5', 'truncated or corrupt')
     (tmp_path / 'junk.h5').write_bytes(os.urandom(5000)); err(tmp_path / 'junk.h5', 'not a readable HDF5')
     (tmp_path / 'zero.h5').write_bytes(b'\0' * 64 + raw[64:]); err(tmp_path / 'zero.h5', 'not a readable HDF5')
-    for name, drop, match in [('nodata.h5', 'arrays/weight', "missing array 'weight'"), ('nometa.h5', 'meta', "missing 'meta'"),
-                              ('nogrid.h5', 'grid', "missing 'grid'")]:
+    drops = ([('nodata.h5', 'arrays/weight', "missing array 'weight'")] if layout == 'grid' else
+             [('norows.h5', 'rows', "missing 'rows'"), ('nooffset.h5', 'rows/offset', "cannot read the rows")])
+    for name, drop, match in drops + [('nometa.h5', 'meta', "missing 'meta'"), ('nogrid.h5', 'grid', "missing 'grid'")]:
         (tmp_path / name).write_bytes(raw)
         with h5py.File(tmp_path / name, 'a') as f: del f[drop]
         err(tmp_path / name, match)
     (tmp_path / 'short.h5').write_bytes(raw)
-    with h5py.File(tmp_path / 'short.h5', 'a') as f: del f['arrays/flux']; f['arrays/flux'] = np.zeros((5, grid.n), np.float32)
-    err(tmp_path / 'short.h5', r"array 'flux' has shape \(5, 3400\), expected \(6, 3400\)")
+    with h5py.File(tmp_path / 'short.h5', 'a') as f:
+        if layout == 'grid': del f['arrays/flux']; f['arrays/flux'] = np.zeros((5, grid.n), np.float32)
+        else: off = f['rows/offset'][()]; del f['rows/offset']; f['rows/offset'] = off[:-1]
+    err(tmp_path / 'short.h5', r"array 'flux' has shape \(5, 3400\), expected \(6, 3400\)" if layout == 'grid' else r"5 rows of 3400 px \(\d+ bytes\) do not match 6 spectra")
     with h5py.File(tmp_path / 'other.h5', 'w') as f: f['x'] = 1
     err(tmp_path / 'other.h5', 'not a regridded store')
 
@@ -258,10 +277,16 @@ def test_corrupt_compressed_chunk(tmp_path):
     "A damaged compressed chunk is reported by the read that meets it."
     grid, arrays, meta = sample(6)
     arrays = {'norm_flux': np.random.default_rng(0).normal(size=(6, grid.n)).astype(np.float32)}
-    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression='gzip')
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, compression='gzip', layout='grid')
     with h5py.File(p) as f: info = f['arrays/norm_flux'].id.get_chunk_info(0)
     b = bytearray(p.read_bytes()); b[info.byte_offset + 10:info.byte_offset + 200] = os.urandom(190); p.write_bytes(bytes(b))
     with open_regridded(p) as st, pytest.raises(StoreError, match="r.h5: cannot read array 'norm_flux'"): st.read([0], ('norm_flux',))
+    p = write_regridded(tmp_path / 'c.h5', grid, arrays, meta, precision='noise')  # compact rows: a damaged lz4 frame
+    with h5py.File(p) as f: at = f['rows/heap'].id.get_offset() + int(f['rows/offset'][2])
+    b = bytearray(p.read_bytes()); b[at:at + 30] = os.urandom(30); p.write_bytes(bytes(b))
+    with open_regridded(p) as st:
+        st.read([0, 1, 3], ('norm_flux',))  # other rows read
+        with pytest.raises(StoreError, match=r"c.h5: cannot read rows \(corrupt\?\)"): st.read([0, 2], ('norm_flux',))
 
 
 def test_bad_parquet_stores(tmp_path):
@@ -294,7 +319,7 @@ def test_store_stage_notebook(tmp_path):
 def test_stored_chunk_runs_checked(tmp_path):
     "The run table stored by the writer is used when it matches HDF5's chunk index, and rebuilt when it does not."
     grid, arrays, meta = sample(10)
-    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, chunk_px=1000)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, chunk_px=1000, layout='grid')
     with h5py.File(p, 'a') as f:
         assert sorted(f['runs']) == sorted(arrays)
         off = f['runs/weight/offset']; off[...] = off[()] + 4  # as if the file had been repacked
@@ -305,7 +330,7 @@ def test_stored_chunk_runs_checked(tmp_path):
 def test_verify_finds_a_flipped_data_byte(tmp_path):
     "Unfiltered chunks carry no checksum: a flipped pixel byte reads back silently, and `verify` (stored sha256 per array) reports it."
     grid, arrays, meta = sample(6)
-    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, layout='grid')
     with open_regridded(p) as st: assert st.verify() == st.fields
     with h5py.File(p) as f: at = f['arrays/norm_ivar'].id.get_chunk_info(3).byte_offset + 17
     b = bytearray(p.read_bytes()); b[at] ^= 0x01; p.write_bytes(bytes(b))
@@ -317,8 +342,11 @@ def test_verify_finds_a_flipped_data_byte(tmp_path):
     grid, arrays, meta, native = shard_inputs(6)  # the merged store carries its sha256 too
     write_chunks(tmp_path / 'shards', grid, arrays, meta, native, 4); merge_shards(tmp_path / 'shards', tmp_path / 'out', progress=False)
     with open_regridded(tmp_path / 'out' / 'regridded.h5') as st: assert st.verify() == st.fields
-    with h5py.File(tmp_path / 'out' / 'regridded.h5', 'a') as f: del f['arrays/flux'].attrs['sha256']  # a store written before checksums
-    with open_regridded(tmp_path / 'out' / 'regridded.h5') as st, pytest.raises(StoreError, match="'flux' has no stored sha256"): st.verify()
+    with h5py.File(tmp_path / 'out' / 'regridded.h5', 'a') as f: at = f['rows/heap'].id.get_offset() + int(f['rows/offset'][3]) + 40
+    b = bytearray((tmp_path / 'out' / 'regridded.h5').read_bytes()); b[at] ^= 0x10; (tmp_path / 'out' / 'regridded.h5').write_bytes(bytes(b))
+    with open_regridded(tmp_path / 'out' / 'regridded.h5') as st, pytest.raises(StoreError, match='the rows do not match their stored sha256'): st.verify()
+    with h5py.File(tmp_path / 'out' / 'regridded.h5', 'a') as f: del f['rows'].attrs['sha256']  # a store written without one
+    with open_regridded(tmp_path / 'out' / 'regridded.h5') as st, pytest.raises(StoreError, match='the rows have no stored sha256'): st.verify()
 
 
 @pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
@@ -346,3 +374,93 @@ def test_merge_refuses_shards_of_a_failed_guard(tmp_path):
     with pytest.raises(StoreError, match=r'summary\.json: the preprocess run failed its alignment guard.*ges: stacked lines off'):
         merge_shards(tmp_path / 'run' / 'shards', tmp_path / 'bad', progress=False)
     assert not (tmp_path / 'bad').exists()
+
+
+@pytest.fixture(scope='module')
+def pipeline_rows(tmp_path_factory):
+    "The full-precision arrays the preprocessing makes for a small mock sky (all three surveys), and their table."
+    from stellar_spectra.mocksky import generate_mock_sky
+    from stellar_spectra.crossmatch import crossmatch_surveys
+    from stellar_spectra.preprocess import work_plan, preprocess_spectrum
+    from stellar_spectra.readers import read_spectrum
+    root = tmp_path_factory.mktemp('sky'); generate_mock_sky(root, n_stars=8, seed=14, progress=False)
+    plan = work_plan(root, crossmatch_surveys(root, root / 'xm.parquet', progress=False)['out'])
+    grid, rows, meta = common_grid(), [], []
+    for r in plan.itertuples():
+        a, m = preprocess_spectrum(read_spectrum(root / r.relpath), grid, rv=r.rv); rows.append(a)
+        meta.append(dict(m, star=r.star, source=r.relpath))
+    assert {m['survey'] for m in meta} == {'apogee', 'galah', 'ges'}
+    return grid, {k: np.stack([a[k] for a in rows]) for k in rows[0]}, pd.DataFrame(meta)
+
+
+def test_compact_rows_within_stated_precision(pipeline_rows, tmp_path):
+    "The store stage's precision on real pipeline output: flags and weight exact, fluxes within 0.8% (1%) of sigma, ivars within 0.025%; <= 40 KB a spectrum."
+    grid, arrays, meta = pipeline_rows
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, precision='noise')
+    with open_regridded(p) as st:
+        got = st.load(list(arrays)); within(got, arrays)
+        for k in ('norm_flux', 'flux', 'ivar', 'norm_ivar', 'weight'): assert (got[k][arrays['flags'] == 8] == (k == 'norm_flux')).all()  # unobserved: as before
+        rows, pix = [3, 0, 3, len(st) - 1], np.flatnonzero(arrays['weight'].any(0))  # pack_store's read: the observed pixels only
+        for k, v in st.read(rows, list(arrays), pix=pix).items(): same_bits(v, got[k][rows][:, pix])
+        assert st.verify() == st.fields
+    with h5py.File(p) as f: per_row = np.diff(f['rows/offset'][()]) + 12  # a row's bytes and its entries in the offset and frame tables
+    assert per_row.mean() <= 40e3 and p.stat().st_size - per_row.sum() < 0.5e6, (per_row.mean(), p.stat().st_size)  # + the grid and table, once
+    again = write_regridded(tmp_path / 'again.h5', grid, got, meta, precision='noise')  # idempotent: nothing more is lost on a rewrite
+    with h5py.File(p) as f, h5py.File(again) as g: assert np.array_equal(f['rows/heap'][()], g['rows/heap'][()])
+
+
+def test_compact_rows_leave_chi2_unchanged(pipeline_rows, tmp_path):
+    "The chi2 of a reference model against the stored spectra, through the batches training builds, equals the one against full precision to << 1%."
+    import torch
+    from stellar_spectra.gon_batches import batch_from_store, chi2
+    grid, arrays, meta = pipeline_rows
+    full, noise = (write_regridded(tmp_path / f'{p}.h5', grid, arrays, meta, precision=p) for p in ('exact', 'noise'))
+    nf, ni = arrays['norm_flux'].astype(np.float64), arrays['norm_ivar'].astype(np.float64)
+    sigma = np.where(ni > 0, 1 / np.sqrt(np.where(ni > 0, ni, 1)), 0)
+    models = {'at the noise': nf + np.random.default_rng(0).normal(size=nf.shape) * sigma,  # chi2 / pixel ~ 1: the rounding matters most
+              'smoothed': np.stack([np.convolve(f, np.ones(7) / 7, 'same') for f in nf])}  # misses the lines: chi2 / pixel >> 1
+    def chi2_of(path, model):
+        with open_regridded(path) as st: b = batch_from_store(st, np.arange(len(st)))
+        px = np.clip(np.rint((b.lnlam.numpy() - grid.ln_lam0) / grid.dln).astype(int), 0, grid.n - 1)  # the grid pixel of each batch pixel (padding: weight 0)
+        return chi2(torch.as_tensor(np.take_along_axis(model, px, 1), dtype=torch.float64), b).numpy(), b.weight.sum(1).numpy()
+    for name, model in models.items():
+        (c0, n0), (c1, n1) = chi2_of(full, model), chi2_of(noise, model)
+        assert np.array_equal(n0, n1)  # the same pixels
+        if name == 'at the noise': assert 0.9 < (c0 / n0).mean() < 1.1
+        assert np.abs(c1 / c0 - 1).max() < 1e-3 and abs(c1.sum() / c0.sum() - 1) < 1e-4, (name, np.abs(c1 / c0 - 1).max(), c1.sum() / c0.sum() - 1)
+
+
+def test_noise_precision_keeps_odd_values(tmp_path):
+    "NaN, infinities, extreme flags, int16 arrays: kept exactly by the noise-precision rows too; the rest within the stated precision."
+    grid, arrays, meta = sample(12)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, precision='noise')
+    with open_regridded(p) as st:
+        got = st.load(list(arrays)); within({k: v for k, v in got.items()}, arrays)
+        same_bits(got['norm_flux'][0, :3], arrays['norm_flux'][0, :3]); same_bits(got['extra'], arrays['extra'])
+        assert 'noise' in repr(st) and st.codec.has('sigma')
+
+
+def test_merge_copies_the_shards_rows(tmp_path):
+    "The merge copies each row's bytes: the merged store holds what `write_regridded(precision='noise')` writes for the same spectra."
+    grid, arrays, meta, native = shard_inputs(10)
+    write_chunks(tmp_path / 'shards', grid, arrays, meta, native, 3); merge_shards(tmp_path / 'shards', tmp_path / 'out', progress=False)
+    order = meta.sort_values(list(SPEC_ORDER), kind='stable').index.to_numpy()
+    ref = write_regridded(tmp_path / 'ref.h5', grid, {k: v[order] for k, v in arrays.items()}, meta.loc[order], precision='noise')
+    with h5py.File(tmp_path / 'out' / 'regridded.h5') as f, h5py.File(ref) as g:
+        for k in ('heap', 'offset', 'frame'): assert np.array_equal(f[f'rows/{k}'][()], g[f'rows/{k}'][()]), k
+    s = json.loads((tmp_path / 'out' / 'store_summary.json').read_text())
+    assert s['regridded_bytes_per_spectrum'] == round(s['files']['regridded.h5'] / 10)
+
+
+def test_reads_fill_every_pixel(tmp_path):
+    "Unobserved pixels read back as their fill even where the output's memory held something else just before (freed NaN rows)."
+    grid, arrays, meta = sample(6)
+    p = write_regridded(tmp_path / 'r.h5', grid, arrays, meta, precision='noise')
+    with open_regridded(p) as st:
+        for i in range(6):
+            junk = [np.full(grid.n, np.nan, np.float32) for _ in range(16)]; del junk
+            got = st.read([i], ('norm_ivar', 'weight', 'flux', 'norm_flux'), pix=None if i % 2 else np.arange(0, grid.n, 3))
+            cols = slice(None) if i % 2 else slice(0, None, 3)
+            for k, v in got.items():
+                out = arrays['flags'][i, cols] == 8  # NO_DATA: the fill (and row 0's odd values), exactly
+                same_bits(v[0][out], arrays[k][i, cols][out])
