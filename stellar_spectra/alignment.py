@@ -4,12 +4,12 @@
 
 # %% ../nbs/05a_alignment.ipynb 3
 from __future__ import annotations
-import dataclasses, warnings
+import dataclasses, functools, warnings
 import numpy as np
 import pandas as pd
 from .formats import C_KMS, FWHM_SIGMA
 from .linelist import reference_lines, vacuum_to_air
-from .resample import Grid, to_rest_grid
+from .resample import Grid, to_rest_grid, jit
 from .continuum import normalise
 from .spectrum import Spectrum
 
@@ -27,12 +27,17 @@ class MisalignedGridError(ValueError):
     def __reduce__(self): return (type(self), (self.args[0], self.surveys))
 
 # %% ../nbs/05a_alignment.ipynb
+@functools.lru_cache(maxsize=8)
+def _reference_pixels(grid:Grid):
+    "Sorted pixel coordinates of `linelist.reference_lines()` on `grid`, computed once per grid (read-only)."
+    p = np.sort((np.log(np.asarray(reference_lines()['wave_vac'], float)) - grid.ln_lam0) / grid.dln); p.flags.writeable = False
+    return p
+
 def line_pixels(grid:Grid, # the common grid
                 lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
                 margin:float=0.0): # keep lines at least this many pixels inside the grid
     "Sorted pixel coordinates of the reference lines on `grid`."
-    w = np.asarray(reference_lines()['wave_vac'] if lines is None else lines, float)
-    p = np.sort((np.log(w) - grid.ln_lam0) / grid.dln)
+    p = _reference_pixels(grid) if lines is None else np.sort((np.log(np.asarray(lines, float)) - grid.ln_lam0) / grid.dln)
     return p[(p >= margin) & (p <= grid.n - 1 - margin)]
 
 # %% ../nbs/05a_alignment.ipynb
@@ -51,6 +56,33 @@ def _take(a, rows, cols):
     ok = (cols >= 0) & (cols < a.shape[-1])
     return np.where(ok, a[rows, np.clip(cols, 0, a.shape[-1] - 1)], 0), ok
 
+@functools.lru_cache(maxsize=4)
+def _line_masks(p:bytes, sigma:float, search:int):
+    "The Gaussian line masks of `line_ccf`, (L, lags, 2K+1), for the line pixels `p` (as bytes): computed once per line list."
+    p = np.frombuffer(p); pc = np.round(p).astype(int); K = search + int(np.ceil(4 * sigma)); j = np.arange(-K, K + 1)
+    u = j[None, :] - (p - pc)[:, None]
+    g = np.exp(-0.5 * ((u[:, None, :] - np.arange(-search, search + 1)[None, :, None]) / sigma) ** 2); g.flags.writeable = False
+    return g
+
+def _ccf_loop(flux, ivar, good, pc, g, R, which, one_f, one_i, ccf, cvar):
+    "`line_ccf` window by window: the products with the mask summed within R pixels of each lag (farther, the mask is < 1e-17)."
+    M = flux.shape[1]; S = ccf.shape[2] // 2; K = g.shape[2] // 2; a = np.zeros(2 * K + 1); v = np.zeros(2 * K + 1)
+    for n in range(flux.shape[0]):
+        for l in range(len(pc)):
+            if not which[n, l]: continue
+            for j in range(2 * K + 1):
+                c = pc[l] - K + j
+                if 0 <= c < M and good[n, c]:
+                    a[j] = min(max(one_f[0] - flux[n, c], -one_f[0]), one_f[0]); v[j] = one_i[0] / ivar[n, c]  # in the arrays' own precision
+                else: a[j] = 0.0; v[j] = 0.0
+            for k in range(2 * S + 1):
+                s = 0.0; sv = 0.0
+                for j in range(max(0, k + K - S - R), min(2 * K + 1, k + K - S + R + 1)):
+                    x = g[l, k, j]; s += a[j] * x; sv += v[j] * x * x
+                ccf[n, l, k] = s; cvar[n, l, k] = sv
+
+_ccf_nb = jit(_ccf_loop, error_model='numpy')
+
 def line_ccf(flux, # (N, M) normalised flux
              ivar, # (N, M) its inverse variance
              good, # (N, M) usable pixels
@@ -59,19 +91,12 @@ def line_ccf(flux, # (N, M) normalised flux
              search:int, # lags -search..search (pixels)
              which=None): # (N, L) windows to correlate (None: all); the others are 0
     "Per line, the absorption cross-correlated with a Gaussian line mask: (N, L, 2 search + 1), and its variance."
-    flux, ivar = np.broadcast_to(flux, np.shape(good)), np.broadcast_to(ivar, np.shape(good))
-    N, L = len(flux), len(p); pc = np.round(p).astype(int); K = search + int(np.ceil(4 * sigma)); j = np.arange(-K, K + 1)
-    which = np.ones((N, L), bool) if which is None else np.asarray(which, bool)
-    li, ni = np.nonzero(which.T); cols = pc[li][:, None] + j  # the windows, line by line: (P, 2K+1)
-    gw = _take(good, ni[:, None], cols)[0]
-    a = np.where(gw, np.clip(1 - _take(flux, ni[:, None], cols)[0], -1, 1), 0.0).astype(float)
-    with np.errstate(divide='ignore'): var = np.where(gw, 1 / np.where(gw, _take(ivar, ni[:, None], cols)[0], 1.0), 0.0).astype(float)
-    u = j[None, :] - (p - pc)[:, None]
-    g = np.exp(-0.5 * ((u[:, None, :] - np.arange(-search, search + 1)[None, :, None]) / sigma) ** 2)  # (L, lags, 2K+1)
-    ccf, cvar, g2 = np.zeros((N, L, 2 * search + 1)), np.zeros((N, L, 2 * search + 1)), g * g
-    ls, i0 = np.unique(li, return_index=True)
-    for l, s, e in zip(ls, i0, [*i0[1:], len(li)]):
-        ccf[ni[s:e], l], cvar[ni[s:e], l] = np.einsum('nj,kj->nk', a[s:e], g[l]), np.einsum('nj,kj->nk', var[s:e], g2[l])
+    good = np.ascontiguousarray(good, bool); flux, ivar = (np.ascontiguousarray(np.broadcast_to(x, good.shape)) for x in (flux, ivar))
+    N, L = len(flux), len(p); p = np.ascontiguousarray(p, float)
+    which = np.ones((N, L), bool) if which is None else np.ascontiguousarray(which, bool)
+    ccf, cvar = np.zeros((N, L, 2 * search + 1)), np.zeros((N, L, 2 * search + 1))
+    _ccf_nb(flux, ivar, good, np.round(p).astype(np.int64), _line_masks(p.tobytes(), float(sigma), int(search)), int(np.ceil(9 * sigma)),
+            which, np.ones(1, flux.dtype), np.ones(1, ivar.dtype), ccf, cvar)
     return ccf, cvar
 
 # %% ../nbs/05a_alignment.ipynb
@@ -102,25 +127,74 @@ def coarse_shifts(ccf, var, # (N, L, lags) from `line_ccf`
     return k0
 
 # %% ../nbs/05a_alignment.ipynb
+_BIG = float(np.finfo(np.float64).max)  # what `np.nan_to_num` makes of +inf
+
+def _solve_small(A, r, x, P):
+    "x = A⁻¹ r for a small dense A, by Gaussian elimination with partial pivoting (A and r are overwritten; P: scratch)."
+    n = len(r)
+    for c in range(n):
+        q = c
+        for i in range(c + 1, n):
+            if abs(A[i, c]) > abs(A[q, c]): q = i
+        if q != c:
+            for j in range(n): P[j] = A[c, j]; A[c, j] = A[q, j]; A[q, j] = P[j]
+            t = r[c]; r[c] = r[q]; r[q] = t
+        for i in range(c + 1, n):
+            g = A[i, c] / A[c, c]
+            for j in range(c, n): A[i, j] -= g * A[c, j]
+            r[i] -= g * r[c]
+    for i in range(n - 1, -1, -1):
+        t = r[i]
+        for j in range(i + 1, n): t -= A[i, j] * x[j]
+        x[i] = t / A[i, i]
+
+def _finite(v):
+    "`np.nan_to_num` of one number: NaN -> 0, ±inf -> ± the largest float."
+    return 0.0 if v != v else min(max(v, -_BIG), _BIG)
+
+def _fit_loop(f, w, x, d0, s0, niter, th, err):
+    "`fit_gaussians` window by window: damped Gauss-Newton on (a, b, d, mu, s) from depth d0, then the error of mu."
+    nw, W = f.shape
+    J, E = np.empty((W, 5)), np.empty(W); A, B = np.empty((5, 5)), np.empty((5, 5)); r, st, P = np.empty(5), np.empty(5), np.empty(5)
+    for n in range(nw):
+        t = th[n]; t[:] = 0.0; t[0] = 1.0; t[2] = d0[n]; t[4] = 1.2 * s0
+        for it in range(niter):
+            a, b, d, mu, s = t[0], t[1], t[2], t[3], t[4]
+            for k in range(W):
+                z = (x[n, k] - mu) / s; e = np.exp(-0.5 * z * z); E[k] = e
+                J[k, 0] = 1.0; J[k, 1] = x[n, k]; J[k, 2] = -e; J[k, 3] = -d * e * z / s; J[k, 4] = -d * e * z * z / s
+            for i in range(5):
+                for j in range(5):
+                    acc = 0.0
+                    for k in range(W): acc += J[k, i] * w[n, k] * J[k, j]
+                    A[i, j] = acc if np.isfinite(acc) else 0.0
+            for i in range(5): A[i, i] += 1e-9 + 1e-3 * A[i, i]  # Levenberg damping
+            for i in range(5):
+                acc = 0.0
+                for k in range(W): acc += J[k, i] * (w[n, k] * (f[n, k] - (a + b * x[n, k] - d * E[k])))
+                r[i] = _finite(acc)
+            B[:, :] = A; _solve_small(B, r, st, P)
+            for i in range(5): st[i] = _finite(st[i])
+            st[3] = min(max(st[3], -0.5), 0.5); st[4] = min(max(st[4], -0.5 * t[4]), 0.5 * t[4])
+            for i in range(5): t[i] += st[i]
+            t[4] = min(max(t[4], 0.2 * s0), 10 * s0)
+        B[:, :] = A; r[:] = 0.0; r[3] = 1.0; _solve_small(B, r, st, P)  # column 3 of A⁻¹
+        err[n] = np.sqrt(abs(st[3]))
+
+_solve_small, _finite = jit(_solve_small, error_model='numpy'), jit(_finite)
+_fit_nb = jit(_fit_loop, error_model='numpy')
+
 def fit_gaussians(f, # (..., W) flux in the windows
                   w, # (..., W) weights (inverse variances; 0 = unusable)
                   x, # (..., W) pixel positions relative to the window centre
                   s0:float, # expected line sigma (pixels): the starting width
                   niter:int=15): # Gauss-Newton iterations
     "Fits of a + b x - d exp(-(x - mu)²/2s²) to every window: parameters (..., 5) = (a, b, d, mu, s) and the error of mu."
-    th = np.zeros(f.shape[:-1] + (5,)); th[..., 0] = 1
-    th[..., 2] = np.clip(1 - f[..., f.shape[-1] // 2], 0.05, 1); th[..., 4] = 1.2 * s0
-    for _ in range(niter):
-        a, b, d, mu, s = (th[..., i, None] for i in range(5))
-        z = (x - mu) / s; e = np.exp(-0.5 * z * z)
-        J = np.stack(np.broadcast_arrays(np.ones_like(x), x, -e, -d * e * z / s, -d * e * z * z / s), -1)
-        A = np.nan_to_num(np.einsum('...wi,...w,...wj->...ij', J, w, J), posinf=0, neginf=0)
-        A += (1e-9 + 1e-3 * np.diagonal(A, axis1=-2, axis2=-1))[..., None] * np.eye(5)  # Levenberg damping
-        r = np.nan_to_num(np.einsum('...wi,...w->...i', J, w * (f - (a + b * x - d * e))))
-        step = np.nan_to_num(np.linalg.solve(A, r[..., None])[..., 0])
-        step[..., 3] = np.clip(step[..., 3], -0.5, 0.5); step[..., 4] = np.clip(step[..., 4], -0.5 * th[..., 4], 0.5 * th[..., 4])
-        th = th + step; th[..., 4] = np.clip(th[..., 4], 0.2 * s0, 10 * s0)
-    return th, np.sqrt(np.abs(np.linalg.inv(A)[..., 3, 3]))
+    f, w, x = np.broadcast_arrays(np.asarray(f), np.asarray(w), np.asarray(x)); shape, W = f.shape[:-1], f.shape[-1]
+    d0 = np.clip(1 - f[..., W // 2], 0.05, 1)  # the starting depth, in the flux's own precision
+    th, err, flat = np.empty((int(np.prod(shape)), 5)), np.empty(int(np.prod(shape))), lambda v: np.ascontiguousarray(v.reshape(-1, W), float)
+    _fit_nb(flat(f), flat(w), flat(x), np.ascontiguousarray(d0.ravel(), float), float(s0), int(niter), th, err)
+    return th.reshape(shape + (5,)), err.reshape(shape)
 
 # %% ../nbs/05a_alignment.ipynb
 def measure_lines(grid:Grid, # the common grid
@@ -133,11 +207,11 @@ def measure_lines(grid:Grid, # the common grid
     flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask))
     N, M = flux.shape; s0 = grid.sampling / FWHM_SIGMA; good = (ivar > 0) & ~mask & np.isfinite(flux)
     p = line_pixels(grid, lines, margin=half + 1); pc = np.round(p).astype(int); rows = np.arange(N)[:, None, None]
-    has = _take(good.astype(float), rows, pc[None, :, None] + np.arange(-half, half + 1))[0].sum(-1) >= 2 * half
+    has = _take(good, rows, pc[None, :, None] + np.arange(-half, half + 1))[0].sum(-1) >= 2 * half
     seg = coverage_segments(good, min_gap)[:, pc]
     k0 = coarse_shifts(*line_ccf(flux, ivar, good, p, s0, search, has), seg, has, search)
     centre = p + np.nan_to_num(k0); cols = np.round(centre).astype(int)[..., None] + np.arange(-half, half + 1)
-    (f, _), (w, _) = _take(flux, rows, cols), _take(np.where(good, ivar, 0.0), rows, cols)
+    f, w = _take(flux, rows, cols)[0], np.where(_take(good, rows, cols)[0], _take(np.broadcast_to(ivar, good.shape), rows, cols)[0], 0.0)
     th, err = np.full(has.shape + (5,), np.nan), np.full(has.shape, np.nan)  # windows without data are not fitted
     th[has], err[has] = fit_gaussians(f[has], w[has], (cols - centre[..., None])[has], s0)
     a, b, d, mu, s = np.moveaxis(th, -1, 0)
@@ -146,23 +220,53 @@ def measure_lines(grid:Grid, # the common grid
     return dict(offset=keep(k0 + mu), err=keep(err), depth=keep(d), width=keep(s), segment=seg, lines=p)
 
 # %% ../nbs/05a_alignment.ipynb
+def _robust_one(off, err, seg, segment, floor, clip, min_lines, o, s, d, keep):
+    "`robust_mean` of one row's lines (all of them if segment < -1, else those of `segment`): (mean, error, lines kept)."
+    n = 0
+    for i in range(len(off)):
+        if np.isfinite(off[i]) and np.isfinite(err[i]) and (segment < -1 or seg[i] == segment):
+            o[n] = off[i]; s[n] = np.hypot(err[i], floor); n += 1
+    if n < min_lines: return np.nan, np.nan, 0
+    c = np.median(o[:n]); sw = 0.0; kept = 0
+    for _ in range(5):
+        for i in range(n): d[i] = abs(o[i] - c)
+        mad = 1.4826 * np.median(d[:n]); sw = 0.0; swo = 0.0; kept = 0
+        for i in range(n):
+            keep[i] = d[i] <= clip * np.hypot(s[i], mad)
+            if keep[i]: wt = 1.0 / s[i] ** 2; sw += wt; swo += wt * o[i]; kept += 1
+        c = swo / sw
+    chi2 = 0.0
+    for i in range(n):
+        if keep[i]: chi2 += 1.0 / s[i] ** 2 * (o[i] - c) ** 2
+    return c, np.sqrt(max(chi2 / max(kept - 1, 1), 1.0) / sw), kept
+
+def _robust_loop(off, err, seg, per_segment, floor, clip, min_lines, max_err, m, e, k, worst):
+    "Per row: `robust_mean` of all lines (m, e, k) and, if `per_segment`, the offset of its worst detector segment (worst)."
+    L = off.shape[1]; o, s, d, keep = np.empty(L), np.empty(L), np.empty(L), np.empty(L, np.bool_)
+    for r in range(len(off)):
+        m[r], e[r], k[r] = _robust_one(off[r], err[r], seg[r], -2, floor, clip, min_lines, o, s, d, keep)
+        if not per_segment: continue
+        worst[r] = np.nan; last = -1
+        for _ in range(L):  # the segments >= 0 in increasing order; the first of the largest |offset| wins
+            nxt = -1
+            for i in range(L):
+                if seg[r, i] > last and (nxt < 0 or seg[r, i] < nxt): nxt = seg[r, i]
+            if nxt < 0: break
+            last = nxt; c, ce, _ = _robust_one(off[r], err[r], seg[r], nxt, floor, clip, min_lines, o, s, d, keep)
+            if ce <= max_err and (worst[r] != worst[r] or abs(c) > abs(worst[r])): worst[r] = c
+
+_robust_one = jit(_robust_one, error_model='numpy')
+_robust_nb = jit(_robust_loop, error_model='numpy')
+
 def robust_mean(off, # (N, L) or (L,) per-line offsets (NaN = no measurement)
                 err, # their errors
                 floor:float=0.03, # added in quadrature to every line's error (pixels)
                 clip:float=3.0, # rejection threshold (sigma)
                 min_lines:int=5): # fewer usable lines: NaN
     "Clipped weighted mean over lines: mean, error and lines kept, each (N,)."
-    off, err = np.atleast_2d(off), np.atleast_2d(err); n = len(off)
+    off, err = (np.ascontiguousarray(np.atleast_2d(v), float) for v in (off, err)); n = len(off)
     m, e, k = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, int)
-    for i in range(n):
-        ok = np.isfinite(off[i]) & np.isfinite(err[i]); o, s = off[i][ok], np.hypot(err[i][ok], floor)
-        if len(o) < min_lines: continue
-        c = np.median(o)
-        for _ in range(5):
-            keep = np.abs(o - c) <= clip * np.hypot(s, 1.4826 * np.median(np.abs(o - c)))
-            wt = keep / s ** 2; c = (wt * o).sum() / wt.sum()
-        chi2 = (wt * (o - c) ** 2).sum() / max(keep.sum() - 1, 1)
-        m[i], e[i], k[i] = c, np.sqrt(max(chi2, 1.0) / wt.sum()), keep.sum()
+    _robust_nb(off, err, np.zeros(off.shape, np.int64), False, float(floor), float(clip), int(min_lines), 0.0, m, e, k, np.empty(n))
     return m, e, k
 
 # %% ../nbs/05a_alignment.ipynb
@@ -185,15 +289,14 @@ def spectrum_offsets(grid:Grid, # the common grid
                      chunk:int=64, # spectra measured together
                      **kw): # `measure_lines` options
     "One row per spectrum: offset_px, err_px, n_lines, segment_px (its worst detector segment), outlier."
-    flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask)); rows = []
+    flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask)); parts = []
     for c in range(0, len(flux), chunk):
-        r = measure_lines(grid, flux[c:c + chunk], ivar[c:c + chunk], mask[c:c + chunk], lines, **kw)
-        m, e, k = robust_mean(r['offset'], r['err'])
-        for i in range(len(m)):
-            segs = [robust_mean(np.where(r['segment'][i] == s, r['offset'][i], np.nan), r['err'][i]) for s in np.unique(r['segment'][i]) if s >= 0]
-            segs = [float(x[0][0]) for x in segs if x[1][0] <= max_err]
-            rows.append((m[i] if e[i] <= max_err else np.nan, e[i], k[i], max(segs, key=abs) if segs else np.nan))
-    df = pd.DataFrame(rows, columns=['offset_px', 'err_px', 'n_lines', 'segment_px'])
+        r = measure_lines(grid, flux[c:c + chunk], ivar[c:c + chunk], mask[c:c + chunk], lines, **kw); n = len(r['offset'])
+        m, e, k, worst = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int64), np.full(n, np.nan)
+        _robust_nb(*(np.ascontiguousarray(r[x], t) for x, t in (('offset', float), ('err', float), ('segment', np.int64))), True,
+                   0.03, 3.0, 5, float(max_err), m, e, k, worst)  # `robust_mean`'s defaults, over all lines and per segment
+        parts.append(pd.DataFrame({'offset_px': np.where(e <= max_err, m, np.nan), 'err_px': e, 'n_lines': k, 'segment_px': worst}))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame([], columns=['offset_px', 'err_px', 'n_lines', 'segment_px'])
     df['outlier'] = (df['offset_px'].abs() > outlier_px) | (df['segment_px'].abs() > outlier_px)
     return df
 

@@ -239,6 +239,21 @@ def _fit(method, xb, fin, ivin, m, cp, B, niter, lo, up, floor, start_q, start_s
         _expand(cb, S, qb[1], b0, b1, B, reach, near, cont[n])
 
 # %% ../nbs/04_continuum.ipynb
+@_jit()
+def _usable_span(fin, ivin, m, cp):
+    "(lo, hi): the first and one past the last pixel usable in any row (as `_prep` decides); lo >= hi when none is."
+    N, P = fin.shape; lo, hi = P, 0
+    for n in range(N):
+        mn = m[min(n, len(m) - 1)]
+        for p in range(lo):
+            x, i = fin[n, p], ivin[n, p]
+            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]: lo = p; break
+        for p in range(P - 1, max(hi, lo) - 1, -1):
+            x, i = fin[n, p], ivin[n, p]
+            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]: hi = p + 1; break
+    return lo, hi
+
+# %% ../nbs/04_continuum.ipynb
 def _blocks_x(wave, block):
     "ln λ at the block centres (the last, partial block extrapolated) and the mean ln λ step per block."
     w = np.asarray(wave, float); P = len(w); nb = -(-P // block); j = np.arange(nb) * block + (block - 1) / 2
@@ -280,9 +295,13 @@ def clipped_fit(method:str, # 'gaussian', 'chebyshev' or 'median'
     xb, dxb = _blocks_x(wave, block); sig = width / dxb
     t = np.arange(-int(3 * sig + 0.5), int(3 * sig + 0.5) + 1); k = np.exp(-0.5 * (t / sig) ** 2); k /= k.sum()
     odd = lambda x: max(1, int(round(x))) | 1
-    cont = np.empty(flux_.shape)
-    _fit(code, xb, flux_, ivar, m, cp, block, niter, lower, upper, floor, start_q, odd(start_width / dxb), odd(width / dxb),
-         np.stack([k, k * t, k * t * t]), deg, max(min_gap // block, 1), max(1, reach // block), cont)
+    lo, hi = _usable_span(flux_, ivar, m, cp); b0, b1 = lo // block, -(-hi // block)  # the blocks holding usable pixels:
+    p0, p1 = b0 * block, min(P, b1 * block); cont = np.full(flux_.shape, np.nan)        # the rest is NaN (far from data)
+    if hi > lo:
+        c, part = np.empty((len(flux_), p1 - p0)), lambda a: np.ascontiguousarray(a[:, p0:p1])
+        _fit(code, xb[b0:b1], part(flux_), part(ivar), part(m), cp[p0:p1], block, niter, lower, upper, floor, start_q,
+             odd(start_width / dxb), odd(width / dxb), np.stack([k, k * t, k * t * t]), deg, max(min_gap // block, 1), max(1, reach // block), c)
+        cont[:, p0:p1] = c
     return cont[0] if np.ndim(flux) == 1 else cont
 
 # %% ../nbs/04_continuum.ipynb

@@ -26,6 +26,8 @@ class ReaderWarning(UserWarning):
     "A file was read, but something expected was missing (e.g. a GALAH camera or extension 4)."
 
 # %% ../nbs/00c_fitsfile.ipynb
+_CANDIDATES = re.compile(rb'[BNPGE]')  # first letters of BITPIX, NAXISn, PCOUNT, GCOUNT and END
+
 def _hdu_spans(fh, size, path) -> list:
     "(header offset, data offset, data bytes) of every HDU, from the raw header cards; raises on a truncated or corrupt structure."
     out, pos = [], 0
@@ -37,8 +39,8 @@ def _hdu_spans(fh, size, path) -> list:
             if len(blk) < 2880: raise SpectrumReadError(path, f'truncated FITS file: the header of HDU {len(out)} is cut off')
             if first and blk[:8] != (b'XTENSION' if out else b'SIMPLE  '): raise SpectrumReadError(path, f'corrupt FITS file: HDU {len(out)} does not start with XTENSION')
             first, end = False, False
-            for i in range(0, 2880, 80):
-                key = blk[i:i + 8]
+            for m in _CANDIDATES.finditer(blk[::80]):  # the cards whose first letter could start one of the keys read, or END
+                i = m.start() * 80; key = blk[i:i + 8]
                 if key == b'END     ': end = True; break
                 if key[:5] in (b'BITPI', b'NAXIS', b'PCOUN', b'GCOUN'): kv[key.rstrip()] = int(blk[i + 10:i + 80].split(b'/')[0])
             if end: break
@@ -68,17 +70,31 @@ def _card_value(v:str):
         except ValueError: pass
     return v or None
 
+def _card(c:str) -> tuple:
+    "(kind, key, value, fallback) of one 80-character card: kind 1 keyword = value, 2 CONTINUE, 0 END, 3 anything else."
+    key = c[:8].rstrip()
+    if key == 'END': return 0, None, None, None
+    if key == 'HIERARCH' and '=' in c: k, v = c[9:].split('=', 1); return 1, k.strip(), _card_value(v), None
+    plain = (1, key, _card_value(c[10:]), None) if c[8:10] == '= ' else (3, None, None, None)
+    return (2, key, _card_value(c[8:]), plain) if key == 'CONTINUE' else plain
+
+_CARDS = {}  # card text -> `_card` of it: the files of a survey repeat most of their cards, so most are parsed once per process
+_CARDS_MAX = 100_000  # cards remembered at most (about 25 MB); then the memory starts afresh
+
 def _parse_header(text:str) -> dict:
     "Keyword -> value of a raw FITS header (HIERARCH keys without the prefix, CONTINUE'd long strings joined)."
-    out, last = {}, None
+    out, last, memo = {}, None, _CARDS
     for j in range(0, len(text), 80):
-        c = text[j:j + 80]; key = c[:8].rstrip()
-        if key == 'END': break
-        if key == 'CONTINUE' and isinstance(out.get(last), str) and out[last].endswith('&'): out[last] = out[last][:-1] + _card_value(c[8:]); continue
-        if key == 'HIERARCH' and '=' in c: key, v = c[9:].split('=', 1); key = key.strip()
-        elif c[8:10] == '= ': v = c[10:]
-        else: continue
-        out[key] = _card_value(v); last = key
+        c = text[j:j + 80]; kv = memo.get(c)
+        if kv is None:
+            if len(memo) >= _CARDS_MAX: memo.clear()
+            kv = memo[c] = _card(c)
+        kind, key, v, plain = kv
+        if kind == 2:
+            if isinstance(out.get(last), str) and out[last].endswith('&'): out[last] = out[last][:-1] + v; continue
+            kind, key, v, _ = plain
+        if kind == 1: out[key] = v; last = key
+        elif kind == 0: break
     return out
 
 # %% ../nbs/00c_fitsfile.ipynb

@@ -9,11 +9,11 @@ import numpy as np
 from .formats import C_KMS
 from .linelist import air_to_vacuum
 from .spectrum import BAD, PixelFlag, Spectrum
-from .resample import Grid, Resampler
+from .resample import Grid, Resampler, jit
 
 # %% auto 0
 __all__ = ['OPTICAL_TELLURIC_BANDS', 'OPTICAL_SKY_LINES', 'OPTICAL_SKY_HALF_WIDTHS', 'V_BC_MAX', 'DEFAULT_WEIGHTS', 'frame_scale',
-           'in_regions', 'flag_atmosphere', 'grid_flags', 'flags_on_grid', 'loss_weights']
+           'in_regions', 'flag_atmosphere', 'grid_flags', 'reach_flags', 'flags_on_grid', 'loss_weights']
 
 # %% ../nbs/05_masks.ipynb
 _TELLURIC_AIR = [(5800., 5810.), (6470., 6600.), (6867., 6935.), (7160., 7340.), (7593., 7705.), (8120., 8340.), (8950., 9800.)]
@@ -73,12 +73,41 @@ def _as_flags(flags, P:int, what:str):
     if f.dtype.kind not in 'iub': raise TypeError(f'{what}: flags must be integers (PixelFlag bits), not {f.dtype}')
     return np.atleast_2d(f).astype(np.int64, copy=False)
 
-def _planes(A, f, bits):
-    "A @ [bit planes]: (M, len(bits), N) weights of the native pixels carrying each bit."
-    N, P = f.shape
-    X = np.empty((P, len(bits) * N))
-    for k, b in enumerate(bits): X[:, k * N:(k + 1) * N] = ((f & b) != 0).T
-    return np.asarray(A @ X).reshape(A.shape[0], len(bits), N)
+def _row_sums(r:Resampler):
+    "`A.sum(1)` of a resampler's operator (the weight of each grid pixel), computed once per operator (kept on the matrix, which shifted copies share)."
+    t = getattr(r.A, '_row_sums', None)
+    if t is None or len(t) != r.A.shape[0]: t = r.A._row_sums = np.asarray(r.A.sum(1)).ravel()
+    return t
+
+def _carry_loop(indptr, indices, data, tot, f, bits, min_weight, hole, covered_min, prop, covered):
+    "Per spectrum n and grid pixel j: the bits its native pixels carry (prop) and whether those with data reach covered_min."
+    w = np.zeros(len(bits))
+    for n in range(f.shape[0]):
+        for j in range(len(indptr) - 1):
+            w[:] = 0.0; wd = 0.0
+            for q in range(indptr[j], indptr[j + 1]):  # in the operator's order: the sums of a sparse product, to the bit
+                fl = f[n, indices[q]]; a = data[q]
+                if fl == 0: wd += a; continue  # most pixels: no bit to carry
+                for k in range(len(bits)):
+                    if fl & bits[k]: w[k] += a
+                if (fl & hole) == 0: wd += a
+            need = min_weight * tot[j] * (1 - 1e-9) if tot[j] > 1e-3 else np.inf  # rows the operator barely reaches carry no bits
+            p = 0
+            for k in range(len(bits)):
+                if w[k] >= need: p |= bits[k]
+            prop[n, j] = p; covered[n, j] = wd >= covered_min
+
+_carry_nb = jit(_carry_loop)
+
+def _carry(resampler:Resampler, f, min_weight:float, hole:int=0):
+    "(prop, covered), (N, M): bits carried to the grid pixels, and whether >= 1 - max_masked of a pixel's weight lacks `hole` bits."
+    present = int(np.bitwise_or.reduce(f, axis=None)) if f.size else 0
+    bits = np.array([1 << k for k in range(present.bit_length()) if present >> k & 1], np.int64)
+    A = resampler.A; shape = (len(f), A.shape[0])
+    prop, covered = np.zeros(shape, np.int32), np.zeros(shape, bool)
+    _carry_nb(A.indptr, A.indices, A.data, _row_sums(resampler), f, bits, float(min_weight), hole,
+              (1 - resampler.max_masked) * (1 - 1e-9), prop, covered)
+    return prop, covered
 
 # %% ../nbs/05_masks.ipynb
 def grid_flags(resampler:Resampler, # the operator that made the grid pixels
@@ -86,15 +115,7 @@ def grid_flags(resampler:Resampler, # the operator that made the grid pixels
                min_weight:float=0.1): # fraction of a grid pixel's weight that carries a bit to it
     "int32 (N, M) or (M,) bits on `resampler.wave`: a bit is set where its native pixels give >= min_weight of the weight."
     if not 0 < min_weight <= 1: raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
-    f = _as_flags(flags, resampler.P, 'grid_flags')
-    present = int(np.bitwise_or.reduce(f, axis=None)) if f.size else 0
-    bits = [1 << k for k in range(present.bit_length()) if present >> k & 1]
-    out = np.zeros((len(f), resampler.A.shape[0]), np.int32)
-    if bits:
-        w = _planes(resampler.A, f, bits)  # (M, k, N)
-        tot = np.asarray(resampler.A.sum(1)).ravel()
-        need = np.where(tot > 1e-3, min_weight * tot * (1 - 1e-9), np.inf)  # rows the operator barely reaches carry no bits
-        for k, b in enumerate(bits): out |= np.where(w[:, k, :].T >= need, b, 0).astype(np.int32)
+    out = _carry(resampler, _as_flags(flags, resampler.P, 'grid_flags'), min_weight)[0]
     return out if np.ndim(flags) == 2 else out[0]
 
 # %% ../nbs/05_masks.ipynb
@@ -108,6 +129,22 @@ def _full(x, grid:Grid, resampler:Resampler, N:int, what:str):
     raise ValueError(f'{what}: bad has shape {x.shape}; expected ({grid.n},) on the grid or ({M},) on resampler.wave (with N={N} rows)')
 
 # %% ../nbs/05_masks.ipynb
+def reach_flags(resampler:Resampler, # the operator that put the spectra on the grid
+                flags, # (N, P) native `PixelFlag` bits
+                bad, # (N, M) the resampler's refused pixels, on `resampler.wave`
+                min_weight:float=0.1): # fraction of a grid pixel's weight that carries a native bit to it
+    "`flags_on_grid` on the resampler's reach only: int32 (N, M), for the grid pixels `resampler.sl` (the rest is `NO_DATA`)."
+    if not 0 < min_weight <= 1: raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
+    hole = int(PixelFlag.NO_DATA | PixelFlag.DETECTOR_GAP)
+    prop, covered = _carry(resampler, _as_flags(flags, resampler.P, 'flags_on_grid'), min_weight, hole)
+    j = np.arange(covered.shape[1]); any_ = covered.any(1)
+    lo = np.where(any_, covered.argmax(1), covered.shape[1]); hi = np.where(any_, covered.shape[1] - 1 - covered[:, ::-1].argmax(1), -1)
+    inside = (j >= lo[:, None]) & (j <= hi[:, None])
+    prop &= ~np.int32(hole)  # coverage alone decides NO_DATA and DETECTOR_GAP
+    out = np.where(inside, np.where(covered, prop, prop | int(PixelFlag.DETECTOR_GAP)), int(PixelFlag.NO_DATA)).astype(np.int32)
+    out[np.asarray(bad, bool) & ((out & int(BAD)) == 0)] |= int(PixelFlag.BAD_PIXEL)
+    return out
+
 def flags_on_grid(grid:Grid, # the common grid
                   resampler:Resampler, # the operator that put the spectrum on `grid` (e.g. `to_rest_grid(...)['resampler']`)
                   flags, # (N, P) or (P,) native `PixelFlag` bits
@@ -117,17 +154,8 @@ def flags_on_grid(grid:Grid, # the common grid
     if resampler.grid != grid: raise ValueError(f'flags_on_grid: the resampler maps onto {resampler.grid}, not onto {grid}: build it for this grid')
     f = _as_flags(flags, resampler.P, 'flags_on_grid'); N = len(f); one = np.ndim(flags) == 1
     bad = _full(bad, grid, resampler, N, 'flags_on_grid')
-    prop = np.atleast_2d(grid_flags(resampler, f, min_weight))  # (N, M)
-    hole = int(PixelFlag.NO_DATA | PixelFlag.DETECTOR_GAP)
-    w = _planes(resampler.A, np.where((f & hole) == 0, 1, 0), [1])[:, 0, :].T  # (N, M) weight of pixels with data
-    covered = w >= (1 - resampler.max_masked) * (1 - 1e-9)
-    j = np.arange(covered.shape[1]); any_ = covered.any(1)
-    lo = np.where(any_, covered.argmax(1), covered.shape[1]); hi = np.where(any_, covered.shape[1] - 1 - covered[:, ::-1].argmax(1), -1)
-    inside = (j >= lo[:, None]) & (j <= hi[:, None])
-    prop &= ~np.int32(hole)  # coverage alone decides NO_DATA and DETECTOR_GAP
-    out = np.full((N, grid.n), int(PixelFlag.NO_DATA), np.int32)
-    out[:, resampler.sl] = np.where(inside, np.where(covered, prop, prop | int(PixelFlag.DETECTOR_GAP)), int(PixelFlag.NO_DATA))
-    out[bad & ((out & int(BAD)) == 0)] |= int(PixelFlag.BAD_PIXEL)
+    out = np.full((N, grid.n), int(PixelFlag.NO_DATA), np.int32)  # beyond the reach: NO_DATA, a bad bit already
+    out[:, resampler.sl] = reach_flags(resampler, f, bad[:, resampler.sl], min_weight)
     return out[0] if one else out
 
 # %% ../nbs/05_masks.ipynb

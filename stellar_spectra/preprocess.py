@@ -14,16 +14,16 @@ from .atomic import atomic_write
 from .formats import apstar_path, galah_filename, C_KMS
 from .readers import read_spectrum, SpectrumReadError
 from .spectrum import Spectrum, PixelFlag, BAD
-from .resample import Grid, Resampler, common_grid, to_rest_grid
+from .resample import Grid, Resampler, common_grid, to_rest_grid, jit
 from .continuum import normalise, METHODS, ContinuumMethod
-from .masks import flag_atmosphere, flags_on_grid, loss_weights
+from .masks import flag_atmosphere, reach_flags, loss_weights
 from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
 from .storage import write_shard, completed_shards
 
 # %% auto 0
 __all__ = ['SURVEYS', 'RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid',
-           'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks', 'run_chunks', 'gather_offsets',
-           'guard_report', 'check_params', 'run_preprocess']
+           'grid_rows', 'preprocess_into', 'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks',
+           'run_chunks', 'gather_offsets', 'guard_report', 'check_params', 'run_preprocess']
 
 # %% ../nbs/06a_preprocess.ipynb
 SURVEYS = ('apogee', 'galah', 'ges')  # survey order inside a star
@@ -139,9 +139,37 @@ def regrid(spec:Spectrum, # spectrum (vacuum, any frame), flags already set
     ops = lambda v, R: [lattice_resampler(spec.wave[a:b], grid, R, v, max_masked)[0] for a, b in cams]
     out = to_rest_grid(spec, grid, rv, max_masked=max_masked, resampler=ops); rs = out['resampler']
     flags = np.full(grid.n, int(PixelFlag.NO_DATA), np.int32)
-    for (a, b), r in zip(cams, rs): flags[r.sl] = flags_on_grid(grid, r, spec.flags[a:b], out['bad'][r.sl])[r.sl]
+    for (a, b), r in zip(cams, rs): flags[r.sl] = reach_flags(r, spec.flags[None, a:b], out['bad'][None, r.sl])[0]
     for r0, r1 in zip(rs[:-1], rs[1:]): flags[r0.sl.stop:r1.sl.start] = PixelFlag.DETECTOR_GAP
     return {**out, 'flags': flags}
+
+# %% ../nbs/06a_preprocess.ipynb
+_EMPTY = dict(flux=(np.float32, 0), ivar=(np.float32, 0), norm_flux=(np.float32, 1), norm_ivar=(np.float32, 0),
+              flags=(np.int32, int(PixelFlag.NO_DATA)), weight=(np.float32, 0))  # dtype, and the value beyond a spectrum's reach
+
+def grid_rows(n:int, # spectra
+              grid:Grid): # the common grid
+    "The arrays of `n` preprocessed spectra, (n, grid.n) each, as a spectrum that reaches no grid pixel has them."
+    return {k: np.full((n, grid.n), v, t) if v else np.zeros((n, grid.n), t) for k, (t, v) in _EMPTY.items()}  # zeros: pages mapped on first touch
+
+# %% ../nbs/06a_preprocess.ipynb
+def preprocess_into(out:dict, # arrays from `grid_rows`
+                    i:int, # the row to write
+                    spec:Spectrum, # a spectrum as read (any survey, any frame)
+                    grid:Grid, # the common grid
+                    rv:float|None=None, # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
+                    method:str='gaussian', # continuum method (`continuum.METHODS`)
+                    weights:dict|None=None): # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
+    "`preprocess_spectrum` into row `i` of `out`, writing only the grid pixels the spectrum reaches (once all is computed): meta."
+    s = flag_atmosphere(spec)
+    r = regrid(s, grid, rv=None if rv is None or not np.isfinite(rv) else float(rv)); flags = r['flags']
+    nf, ni = normalise(grid_wave(grid), r['flux'], r['ivar'], mask=r['bad'], method=method)
+    rs = r['resampler'] if isinstance(r['resampler'], list) else [r['resampler']]
+    w = slice(min(q.sl.start for q in rs), max(q.sl.stop for q in rs))  # the reach: beyond it every array holds its `_EMPTY` value
+    for k, x in dict(flux=r['flux'], ivar=r['ivar'], norm_flux=nf, norm_ivar=ni, flags=flags).items(): out[k][i, w] = x[w]
+    out['weight'][i, w] = loss_weights(flags[w], ni[w], weights)
+    return dict(survey=spec.survey, product=spec.product, star_id=spec.star_id, visit_id=spec.visit_id, frame=spec.frame,
+                rv_used=float(r['rv_used']), snr=float(spec.snr), R_native=float(spec.R), n_native=len(spec))
 
 # %% ../nbs/06a_preprocess.ipynb
 def preprocess_spectrum(spec:Spectrum, # a spectrum as read (any survey, any frame)
@@ -150,31 +178,28 @@ def preprocess_spectrum(spec:Spectrum, # a spectrum as read (any survey, any fra
                         method:str='gaussian', # continuum method (`continuum.METHODS`)
                         weights:dict|None=None): # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
     "Flag the atmosphere, move to the rest-frame grid, carry the flags, normalise, weight: (arrays of (grid.n,), meta)."
-    grid = grid or common_grid()
-    s = flag_atmosphere(spec)
-    r = regrid(s, grid, rv=None if rv is None or not np.isfinite(rv) else float(rv)); flags = r['flags']
-    nf, ni = normalise(grid_wave(grid), r['flux'], r['ivar'], mask=r['bad'], method=method)
-    arrays = dict(flux=r['flux'].astype(np.float32), ivar=r['ivar'].astype(np.float32), norm_flux=nf.astype(np.float32),
-                  norm_ivar=ni.astype(np.float32), flags=np.asarray(flags, np.int32), weight=loss_weights(flags, ni, weights))
-    meta = dict(survey=spec.survey, product=spec.product, star_id=spec.star_id, visit_id=spec.visit_id, frame=spec.frame,
-                rv_used=float(r['rv_used']), snr=float(spec.snr), R_native=float(spec.R), n_native=len(spec))
-    return arrays, meta
+    grid = grid or common_grid(); out = grid_rows(1, grid)
+    meta = preprocess_into(out, 0, spec, grid, rv, method, weights)
+    return {k: x[0] for k, x in out.items()}, meta
 
 # %% ../nbs/06a_preprocess.ipynb
-def _stack(arrays, n):
-    "Dict of (len(arrays), n) arrays from a list of per-spectrum dicts (empty arrays of the right dtypes for none)."
-    dt = dict(flux=np.float32, ivar=np.float32, norm_flux=np.float32, norm_ivar=np.float32, flags=np.int32, weight=np.float32)
-    return {k: np.stack([a[k] for a in arrays]) if arrays else np.zeros((0, n), t) for k, t in dt.items()}
-
-def _one(src, row, grid, method, clock):
-    "Read and preprocess one plan row: (native spectrum, arrays, meta); timings added to `clock`."
+def _one(src, row, grid, method, clock, out, i):
+    "Read one plan row and preprocess it into row `i` of `out`: (native spectrum, meta); timings added to `clock`."
     t0 = time.perf_counter(); spec = read_spectrum(Path(src) / row['relpath'])
-    t1 = time.perf_counter(); a, m = preprocess_spectrum(spec, grid, row['rv'], method)
+    t1 = time.perf_counter(); m = preprocess_into(out, i, spec, grid, row['rv'], method)
     clock['read'] += t1 - t0; clock['process'] += time.perf_counter() - t1
-    return spec, a, m
+    return spec, m
 
 # %% ../nbs/06a_preprocess.ipynb
 _PER = ('offset_px', 'err_px', 'n_lines', 'segment_px', 'outlier')  # columns of `alignment.spectrum_offsets`
+
+def _survey_sums(nf, niv, weight, rows, w, wf):
+    "w += the inverse variance and wf += ivar × flux of `rows`, where their weight is not 0, row after row (numpy's `sum(0)`, to the bit)."
+    for r in rows:
+        for p in range(nf.shape[1]):
+            if weight[r, p] != 0: x = np.float64(niv[r, p]); w[p] += x; wf[p] += x * np.float64(nf[r, p])
+
+_survey_sums_nb = jit(_survey_sums)
 
 def chunk_offsets(grid:Grid, # the common grid
                   st:dict, # the chunk's stacked arrays (norm_flux, norm_ivar, weight)
@@ -186,8 +211,9 @@ def chunk_offsets(grid:Grid, # the common grid
     use = (per['offset_px'].notna() & ~per['outlier']).to_numpy()
     sums = {}
     for s in dict.fromkeys(survey):
-        k = use & (survey == s); w = np.where(mask[k], 0.0, st['norm_ivar'][k].astype(np.float64))
-        sums[f'{s}/w'], sums[f'{s}/wf'] = w.sum(0), (w * st['norm_flux'][k]).sum(0)
+        w, wf = np.zeros(grid.n), np.zeros(grid.n)
+        _survey_sums_nb(*(np.ascontiguousarray(st[k]) for k in ('norm_flux', 'norm_ivar', 'weight')), np.flatnonzero(use & (survey == s)), w, wf)
+        sums[f'{s}/w'], sums[f'{s}/wf'] = w, wf
     return per, sums
 
 def _bad_file(src, row, e):
@@ -207,12 +233,13 @@ def process_chunk(key:str, # shard key (stable: from the plan rows)
                   grid:Grid, # the common grid
                   method:str='gaussian'): # continuum method
     "Preprocess the spectra of one chunk and write its shard (and its report JSON): returns the report."
-    clock, natives, arrays, metas, errors = {'read': 0.0, 'process': 0.0, 'guard': 0.0, 'write': 0.0}, [], [], [], []
+    clock, natives, metas, errors = {'read': 0.0, 'process': 0.0, 'guard': 0.0, 'write': 0.0}, [], [], []
+    st = grid_rows(len(rows), grid)  # the chunk's arrays, filled row by row (a failed spectrum leaves its row untouched)
     for row in rows:
-        try: spec, a, m = _one(src, row, grid, method, clock)
+        try: spec, m = _one(src, row, grid, method, clock, st, len(metas))
         except (SpectrumReadError, ValueError) as e: errors.append(_bad_file(src, row, e)); continue
-        natives.append(spec); arrays.append(a); metas.append({**row, **m})
-    st, t = _stack(arrays, grid.n), time.perf_counter()
+        natives.append(spec); metas.append({**row, **m})
+    st, t = {k: x[:len(metas)] for k, x in st.items()}, time.perf_counter()
     meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=list(dict.fromkeys([*rows[0], *_META])))
     per, sums = chunk_offsets(grid, st, meta['survey'].to_numpy(str))
     for c in per: meta[c] = per[c].to_numpy()

@@ -16,7 +16,7 @@ try: import numba
 except ImportError: numba = None
 
 # %% auto 0
-__all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'smoothed_overlap_matrix', 'gap_pixels',
+__all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'jit', 'smoothed_overlap_matrix', 'gap_pixels',
            'Resampler', 'resample', 'rest_velocity', 'to_rest_grid']
 
 # %% ../nbs/03_resample.ipynb
@@ -94,7 +94,7 @@ def _smoothed_reference(e_in, e_out, sigma, nsig=6.):
 
 
 # %% ../nbs/03_resample.ipynb
-def _jit(fn, **kw): # the Python function; `numba.njit` options
+def jit(fn, **kw): # the Python function; `numba.njit` options
     "`numba.njit` releasing the GIL, its machine code cached on disk where numba finds a place (beside the module, else its user cache)."
     try: return numba.njit(cache=True, nogil=True, **kw)(fn)
     except RuntimeError: return numba.njit(nogil=True, **kw)(fn)  # nowhere to cache (e.g. code run with exec)
@@ -129,14 +129,14 @@ def _cdf_pdf(t):
     else: q = 1.2533141373155003 * f * _horner(_ERFC_R, x) / _horner(_ERFC_S, x)
     return (1.0 - q, f) if t > 0 else (q, f)
 
-if numba: _horner, _cdf_pdf = _jit(_horner, inline='always'), _jit(_cdf_pdf)
+if numba: _horner, _cdf_pdf = jit(_horner, inline='always'), jit(_cdf_pdf)
 
 
 # %% ../nbs/03_resample.ipynb
 def _psi1(t):
     "Ψ(t) of one number."
     F, f = _cdf_pdf(t); return t * F + f
-if numba: _psi1 = _jit(_psi1)
+if numba: _psi1 = jit(_psi1)
 
 def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
     "CSR arrays (indptr, indices, data) of `smoothed_overlap_matrix`, row by row, each Ψ evaluated once (compiled with numba)."
@@ -166,7 +166,7 @@ def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
         indptr[j + 1] = n
     return indptr, indices[:n], data[:n]
 
-_smoothed_csr = _jit(_smoothed_loop) if numba else None
+_smoothed_csr = jit(_smoothed_loop) if numba else None
 
 
 # %% ../nbs/03_resample.ipynb
@@ -260,7 +260,7 @@ def _apply_loop(indptr, indices, data, flux, ivar, mask, max_masked, fill, out, 
             b = de < 1 - max_masked or not vn > 0
             out[s, j] = fill if b else nu / de; oiv[s, j] = 0.0 if b else de * de / vn; bad[s, j] = b
 
-_apply_numba = _jit(_apply_loop) if numba else None
+_apply_numba = jit(_apply_loop) if numba else None
 
 # %% ../nbs/03_resample.ipynb
 @patch

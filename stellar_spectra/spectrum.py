@@ -125,14 +125,20 @@ def stitch(spectra:list, # `Spectrum`s of one star in one frame, non-overlapping
     return Spectrum(cat('wave'), cat('flux'), cat('ivar'), flags=cat('flags'), survey_flags=sf, **{**first, 'meta': meta, **kw})
 
 # %% ../nbs/00a_spectrum.ipynb
+def _flanks(x, gap:int, reach:int):
+    "Largest of x[i-reach .. i-gap] and x[i+gap .. i+reach] at every i (edges repeated): two running maxima of one padded array."
+    from scipy.ndimage import maximum_filter1d
+    w = reach - gap + 1; m = maximum_filter1d(np.pad(x, reach, mode='edge'), w, mode='nearest'); P = len(x)
+    return np.maximum(m[w // 2:w // 2 + P], m[reach + gap + w // 2:reach + gap + w // 2 + P])
+
 def flag_spikes(s:Spectrum, # a spectrum of one detector, from a format without a pixel mask (flags set in place)
                 nsigma:float=10., # excess over the flanks, in units of the pixel's own sigma
                 rel:float=1., # ... and in units of the flanks' level
                 gap:int=8, # flanks start this many pixels away (> half the widest hit)
                 reach:int=20): # ... and end this many pixels away
     "Flag `COSMIC_RAY` on narrow positive outliers far above the noise; absorption lines and broad features are left alone."
-    from scipy.ndimage import maximum_filter, label
-    k = np.arange(-reach, reach + 1); flank = maximum_filter(s.flux, footprint=np.abs(k) >= gap, mode='nearest')
+    from scipy.ndimage import label
+    flank = _flanks(s.flux, gap, reach)
     sig = s.sigma; good = s.ivar > 0
     runs, n = label(good & (s.flux - flank > nsigma * sig) & (s.flux - flank > rel * np.abs(flank)))
     for r in range(1, n + 1):

@@ -1,6 +1,7 @@
 """The preprocess stage end to end on a tiny mock sky: a run killed with SIGKILL resumes to a complete, duplicate-free
 store; a Dask LocalCluster of two workers writes the same arrays as the serial path, bit for bit; a bad spectrum file is
-reported in the summary, not fatal; a wrong velocity trips the alignment guard."""
+reported in the summary, not fatal; a wrong velocity trips the alignment guard; the arrays are, bit for bit, those of the
+whole-grid recipe the stage used before its speed-ups (issue #15)."""
 import json, os, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
@@ -191,3 +192,72 @@ def test_outliers_named_not_fatal(sky_seed2, tmp_path):
     meta, arr = merged(tmp_path / 'out', tmp_path / 'store')
     bad = meta['plan_id'].isin(out.spec_id).to_numpy()
     assert bad.sum() == len(out) and (arr['weight'][bad] == 0).all() and (arr['weight'][~bad].sum(1) > 0).all()
+
+
+# --- the speed-ups of issue #15 leave the arrays as they were -----------------------------------------------------------
+
+def whole_grid_flags(grid, r, flags, bad, min_weight=0.1):
+    "`masks.flags_on_grid` as it was written before: every bit plane a column of one dense matrix, one sparse product, the whole grid."
+    from stellar_spectra.spectrum import BAD, PixelFlag as P
+    f = np.atleast_2d(flags).astype(np.int64); N, A, hole = len(f), r.A, int(P.NO_DATA | P.DETECTOR_GAP)
+    def planes(f, bits):
+        X = np.empty((f.shape[1], len(bits) * N))
+        for k, b in enumerate(bits): X[:, k * N:(k + 1) * N] = ((f & b) != 0).T
+        return np.asarray(A @ X).reshape(A.shape[0], len(bits), N)
+    present = int(np.bitwise_or.reduce(f, axis=None)); bits = [1 << k for k in range(present.bit_length()) if present >> k & 1]
+    prop = np.zeros((N, A.shape[0]), np.int32); tot = np.asarray(A.sum(1)).ravel()
+    if bits:
+        w = planes(f, bits); need = np.where(tot > 1e-3, min_weight * tot * (1 - 1e-9), np.inf)
+        for k, b in enumerate(bits): prop |= np.where(w[:, k, :].T >= need, b, 0).astype(np.int32)
+    covered = planes(np.where((f & hole) == 0, 1, 0), [1])[:, 0, :].T >= (1 - r.max_masked) * (1 - 1e-9)
+    j = np.arange(covered.shape[1]); any_ = covered.any(1)
+    lo = np.where(any_, covered.argmax(1), covered.shape[1]); hi = np.where(any_, covered.shape[1] - 1 - covered[:, ::-1].argmax(1), -1)
+    inside = (j >= lo[:, None]) & (j <= hi[:, None]); prop &= ~np.int32(hole)
+    out = np.full((N, grid.n), int(P.NO_DATA), np.int32); full_bad = np.ones((N, grid.n), bool); full_bad[:, r.sl] = bad
+    out[:, r.sl] = np.where(inside, np.where(covered, prop, prop | int(P.DETECTOR_GAP)), int(P.NO_DATA))
+    out[full_bad & ((out & int(BAD)) == 0)] |= int(P.BAD_PIXEL)
+    return out[0]
+
+
+def whole_grid_recipe(spec, grid, rv):
+    """`preprocess_spectrum` as it was written before: flags on the whole grid by sparse products, the continuum's loop over every block
+    of the grid (`continuum._usable_span` set to the whole grid by the caller), the weights and the float32 casts on whole-grid arrays."""
+    from stellar_spectra.preprocess import regrid, grid_wave
+    from stellar_spectra.masks import flag_atmosphere, loss_weights
+    from stellar_spectra.continuum import normalise
+    from stellar_spectra.spectrum import PixelFlag as P
+    s = flag_atmosphere(spec)
+    r = regrid(s, grid, rv=None if not np.isfinite(rv) else float(rv)); rs = r['resampler']
+    seg = [(a, b) for _, a, b in s.meta.get('segments', [])] if len(s.meta.get('segments', [])) > 1 else [(0, len(s))]
+    flags = np.full(grid.n, int(P.NO_DATA), np.int32)
+    for (a, b), q in zip(seg, rs): flags[q.sl] = whole_grid_flags(grid, q, s.flags[a:b], r['bad'][q.sl])[q.sl]
+    for q0, q1 in zip(rs[:-1], rs[1:]): flags[q0.sl.stop:q1.sl.start] = P.DETECTOR_GAP
+    nf, ni = normalise(grid_wave(grid), r['flux'], r['ivar'], mask=r['bad'])
+    return dict(flux=r['flux'].astype(np.float32), ivar=r['ivar'].astype(np.float32), norm_flux=nf.astype(np.float32),
+                norm_ivar=ni.astype(np.float32), flags=flags, weight=loss_weights(flags, ni))
+
+
+@pytest.mark.parametrize('which', ['sky', 'sky_seed2'])
+def test_arrays_as_before(which, request, tmp_path, monkeypatch):
+    """Every array the stage hands to the shard writer is, bit for bit, what the whole-grid recipe of before computes (flags by
+    sparse products, the continuum over every block, weights on the whole grid; an outlier's weights 0): the speed-ups of
+    issue #15 (flags in one compiled pass over the operator, the continuum on the blocks holding data, only each spectrum's
+    reach written into the chunk's arrays) change no stored value. The guard's own measurements are compiled loops whose
+    sums run in another order than numpy's: they agree with the numpy formulation to ~1e-13 px (nbs/05a_alignment tests it)."""
+    from stellar_spectra import preprocess as pp, continuum
+    from stellar_spectra.readers import read_spectrum
+    root, xm = request.getfixturevalue(which); got, write = {}, pp.write_shard
+    def capture(shard_dir, key, arrays, meta, native=None, grid=None, **kw):
+        got[key] = ({k: v.copy() for k, v in arrays.items()}, meta.copy())
+        return write(shard_dir, key, arrays, meta, native, grid=grid, **kw)
+    monkeypatch.setattr(pp, 'write_shard', capture)
+    run_preprocess(root, xm, tmp_path / 'out', chunk_size=3, n_workers=0, progress=False)
+    monkeypatch.setattr(continuum, '_usable_span', lambda fin, ivin, m, cp: (0, fin.shape[1]))  # the loop over every block, as before
+    grid, n = pp.common_grid(), 0
+    for arrays, meta in got.values():
+        for i, row in enumerate(meta.itertuples()):
+            ref = whole_grid_recipe(read_spectrum(root / row.relpath), grid, row.rv)
+            if row.outlier: ref['weight'][:] = 0
+            for k in FIELDS: assert arrays[k][i].dtype == ref[k].dtype and np.array_equal(arrays[k][i], ref[k]), (row.relpath, k)
+            n += 1
+    assert n == len(work_plan(root, xm)) and {m.survey.iloc[0] for _, m in got.values()} <= {'apogee', 'galah', 'ges'}
