@@ -18,7 +18,8 @@ from .gon_batches import SURVEYS
 from .training import PackedSample
 
 # %% auto 0
-__all__ = ['StarMatrix', 'star_matrix', 'row_chi2', 'WeightedPCA', 'SpectrumAutoencoder', 'cannon_labels', 'linear_interpolation']
+__all__ = ['StarMatrix', 'star_slots', 'star_matrix', 'row_chi2', 'WeightedPCA', 'SpectrumAutoencoder', 'cannon_labels',
+           'linear_interpolation']
 
 # %% ../nbs/09b_peer_methods.ipynb
 @dataclass
@@ -49,7 +50,8 @@ class StarMatrix:
                 + ', '.join(f"{s} {len(self.pix[s])} px, {has[s]} stars" for s in self.surveys) + ")")
 
 # %% ../nbs/09b_peer_methods.ipynb
-def _slots(stars, keys):
+def star_slots(stars, # (n,) distinct star keys, e.g. the rows of a `StarMatrix`
+               keys): # (m,) star keys to look up
     "Row of each key in `stars` (-1 where absent)."
     if not len(stars): return np.full(len(keys), -1)
     o = np.argsort(stars); i = np.searchsorted(stars[o], keys).clip(0, len(stars) - 1)
@@ -64,7 +66,7 @@ def star_matrix(sample:PackedSample, # packed spectra
     blocks = {s: slice(int(a), int(b)) for s, a, b in zip(sample.surveys, ends[:-1], ends[1:])}
     X, W = np.zeros((len(stars), ends[-1]), np.float32), np.zeros((len(stars), ends[-1]), np.float32)
     for s, sl in blocks.items():
-        pos = _slots(stars, sample.star[s]); keep = pos >= 0
+        pos = star_slots(stars, sample.star[s]); keep = pos >= 0
         pos, f, w = pos[keep], sample.flux[s][keep], sample.wivar[s][keep]
         u, first, cnt = np.unique(pos, return_index=True, return_counts=True)
         X[u[cnt == 1], sl], W[u[cnt == 1], sl] = f[first[cnt == 1]], w[first[cnt == 1]]

@@ -11,12 +11,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .atomic import atomic_write
+from .formats import C_KMS
 from .decoders import check_grid
 from .gon import GON, load_checkpoint, encode, count_params
 from .gon_batches import SURVEYS, SpectraBatch, chi2
 from .inference import fit_latent, latent_prior, render_theta, impute, coarse_rv, V_SCALE
 from .training import PackedSample, pack_store
-from .peer_methods import star_matrix, row_chi2, WeightedPCA, SpectrumAutoencoder, cannon_labels, linear_interpolation
+from .peer_methods import star_matrix, star_slots, row_chi2, WeightedPCA, SpectrumAutoencoder, cannon_labels, linear_interpolation
 
 # %% auto 0
 __all__ = ['LABELS', 'LABEL_UNITS', 'TRUTH_COLUMNS', 'HOLES', 'GOALS', 'load_truth', 'spectrum_truth', 'star_truth', 'load_split',
@@ -140,8 +141,7 @@ def one_step_latents(model:GON, # trained model
         sel = _rows_of(sample, stars[a:a + chunk], surveys)
         if not sum(map(len, sel.values())): continue
         b = packed_batch(sample, sel); zz, sidx = encode(model, b.to(next(model.parameters()).dtype))
-        key = torch.unique(b.star).numpy()
-        z[np.searchsorted(stars, key) if np.all(np.diff(stars) > 0) else [int(np.flatnonzero(stars == k)[0]) for k in key]] = zz.numpy()
+        z[star_slots(stars, torch.unique(b.star).numpy())] = zz.numpy()
     return z
 
 # %% ../nbs/09a_results.ipynb
@@ -156,8 +156,7 @@ def spectrum_chi2(model:GON, # trained model
     stars, z, out = np.asarray(stars, np.int64), torch.as_tensor(np.ascontiguousarray(z, np.float32)), {}
     for s in sample.surveys:
         if surveys is not None and s not in surveys: continue
-        slot = np.array([np.flatnonzero(stars == k)[0] if (stars == k).any() else -1 for k in sample.star[s]], np.int64)
-        ok = np.flatnonzero(slot >= 0); c2 = np.full(len(slot), np.nan)
+        slot = star_slots(stars, sample.star[s]); ok = np.flatnonzero(slot >= 0); c2 = np.full(len(slot), np.nan)
         ok = ok[np.isfinite(z[slot[ok]].numpy()).all(1)] if len(ok) else ok
         x = model.coord(torch.as_tensor(sample.grid.ln_wave[sample.pix[s]])[None])[0]
         for a in range(0, len(ok), chunk):
@@ -373,7 +372,7 @@ def matrix_chi2(sample:PackedSample, # packed spectra
     stars, out = np.asarray(stars, np.int64), {}
     for s in sample.surveys:
         if surveys is not None and s not in surveys: continue
-        slot = np.array([np.flatnonzero(stars == k)[0] if (stars == k).any() else -1 for k in sample.star[s]], np.int64)
+        slot = star_slots(stars, sample.star[s])
         c2, ok = np.full(len(slot), np.nan), slot >= 0
         if ok.any(): c2[ok] = row_chi2(sample.flux[s][ok], R[slot[ok]][:, blocks[s]], sample.wivar[s][ok])
         out[s] = c2
@@ -422,7 +421,7 @@ def evaluate(E:dict, # `load_evaluation` output
              progress:bool=False):
     "All sections on the test split: results dict, per-spectrum and per-star tables, figure data."
     model, tr, va, te, grid = E['model'], E['train'], E['val'], E['test'], E['grid']
-    st, tt = E['star_truth'], E['truth']; D, kms_px = model.cfg.latent_dim, 299_792.458 * grid.dln
+    st, tt = E['star_truth'], E['truth']; D, kms_px = model.cfg.latent_dim, C_KMS * grid.dln
     if not len(te): raise ValueError("the test split has no spectra to evaluate")
     t0 = time.perf_counter(); res, timing = dict(n=dict(train=len(tr.stars()), val=len(va.stars()), test=len(te.stars()),
                                                     test_spectra=len(te))), {}
