@@ -24,6 +24,7 @@ STAGES = {
     'pack': 'stellar_spectra.training:export_packed',
     'train': 'stellar_spectra.training:run_training',
     'evaluate': 'stellar_spectra.results:run_evaluation',
+    'scale': 'stellar_spectra.scale_run:run_scale',
     'summary': 'stellar_spectra.cli:summary',
 }
 

@@ -13,14 +13,15 @@ from astropy.io import fits
 from tqdm.auto import tqdm
 from . import __version__
 from .formats import SDSS_BASE_URL, ALLSTAR_PATH, GALAH_CATALOGUE_PATH, galah_tarball_path
-from .population import draw_stars, make_catalogues, survey_fields
+from .population import draw_stars, make_catalogues, survey_fields, OVERLAP_KEYS
 from .instrument import write_file, orbit_velocity, truth_spectrum, model_flux, _baseline, _star_dict
 from .apogee_files import galactic, write_apogee
 from .galah_files import write_galah
 from .ges_files import write_ges
 
 # %% auto 0
-__all__ = ['TAR_COMPRESSLEVEL', 'make_star_files', 'generate_mock_sky', 'write_file', 'orbit_velocity', 'truth_spectrum',
+__all__ = ['TAR_COMPRESSLEVEL', 'make_star_files', 'write_eso_table', 'write_truth', 'draw_sky', 'write_catalogues',
+           'write_spectra', 'sky_meta', 'generate_mock_sky', 'write_file', 'orbit_velocity', 'truth_spectrum',
            'model_flux', 'galactic']
 
 # %% ../nbs/a4_mocksky.ipynb
@@ -66,7 +67,10 @@ def _write_tarball(outdir, night, rels):
     write_file(Path(outdir) / 'galah' / galah_tarball_path(int(rels[0].split('/')[-1][:15])), buf.getvalue())
 
 # %% ../nbs/a4_mocksky.ipynb
-def _write_eso_csv(outdir, obs, stars, ges):
+def write_eso_table(outdir, # root of the mock sky
+                    obs:list, # observation rows of the files written (`make_star_files`)
+                    stars, # the truth table (`draw_stars`)
+                    ges): # the Gaia-ESO catalogue (`make_catalogues`)
     "eso_archive_query.csv: which ADP file holds which Gaia-ESO star."
     by = {int(i): r for i, r in zip(stars['star_index'], stars)}; obj = dict(zip(ges['CNAME'], ges['OBJECT']))
     rows = []
@@ -80,7 +84,10 @@ def _write_eso_csv(outdir, obs, stars, ges):
     write_file(Path(outdir) / 'gaiaeso' / 'eso_archive_query.csv', pd.DataFrame(rows).to_csv(index=False).encode())
 
 # %% ../nbs/a4_mocksky.ipynb
-def _write_truth(outdir, stars, obs, meta):
+def write_truth(outdir, # root of the mock sky
+                stars, # the truth table (`draw_stars`)
+                obs:list, # observation rows of every file written
+                meta:dict): # `sky_meta`
     "stars.parquet, observations.parquet and meta.json under truth/."
     d = Path(outdir) / 'truth'
     for name, df in [('stars', stars.to_pandas()), ('observations', pd.DataFrame(obs))]:
@@ -110,22 +117,66 @@ def _star_chunk(outdir, stars, seed):
     "`make_star_files` of several stars (one task for a worker process)."
     return [make_star_files(outdir, s, seed) for s in stars]
 
-def _write_spectra(outdir, todo, seed, n_workers, bar):
-    "Every star's files (chunks of stars in parallel when `n_workers > 1`), then the GALAH tarballs; returns (observations, tarballs)."
-    size = int(np.clip(len(todo) // (8 * n_workers), 1, 32))  # chunks: few round trips, yet all workers busy to the end
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+def draw_sky(n_stars:int=30, # number of stars
+             seed:int=42, # random seed
+             crowded_fraction:float=0.0, # fraction of stars 1–3" from another
+             fast_fraction:float=0.02, # fraction of fast movers
+             overlap:dict|None=None): # survey membership probabilities {'A','G','E','AG','AE','GE','AGE'} (None: the default mix)
+    "The stars (truth table), their catalogues, and one task per star for `write_spectra` (parameters checked first)."
+    for k, v, lo, hi in (('n_stars', n_stars, 1, np.inf), ('seed', seed, 0, np.inf),
+                         ('crowded_fraction', crowded_fraction, 0, 1), ('fast_fraction', fast_fraction, 0, 1)):
+        if not (np.isfinite(v) and lo <= v <= hi): raise ValueError(f'{k} must be a finite number in [{lo}, {hi}], not {v}')
+    if overlap is not None:
+        bad = {k: v for k, v in overlap.items() if k not in OVERLAP_KEYS or not (np.isfinite(v) and v >= 0)}
+        if bad or not sum(overlap.values()) > 0:
+            raise ValueError(f'overlap: probabilities >= 0 of {list(OVERLAP_KEYS)} with a positive sum, not {overlap}')
+    stars = draw_stars(n_stars, seed=seed, crowded_fraction=crowded_fraction, fast_fraction=fast_fraction, overlap=overlap)
+    cats = make_catalogues(stars, seed=seed)
+    fields = {r['name']: (float(r['ra']), float(r['dec'])) for r in survey_fields()}
+    ges_obj = {int(i): str(o) for i, o in zip(stars['star_index'][stars['in_ges']], cats['ges']['OBJECT'])}
+    return stars, cats, [_star_dict(r, fields, ges_obj, seed) for r in stars]
+
+def write_catalogues(outdir, # root of the mock sky
+                     cats:dict): # `make_catalogues` output
+    "The three survey catalogues, where the archives keep them."
+    _write_table(Path(outdir) / 'sdss' / ALLSTAR_PATH, cats['apogee'])
+    _write_table(Path(outdir) / 'galah' / GALAH_CATALOGUE_PATH, cats['galah'])
+    _write_table(Path(outdir) / 'gaiaeso' / 'GES_DR4_catalogue.fits', cats['ges'])
+
+def write_spectra(outdir, # root of the mock sky
+                  tasks:list, # star tasks (`draw_sky`), all or some of the sky's
+                  seed:int=42, # seed of the sky
+                  n_workers:int=1, # worker processes
+                  bar=None, # a tqdm bar to advance by one per star (None: none)
+                  tarballs:bool=True): # also write GALAH's per-night tarballs (the archive's format; preprocess reads the camera files)
+    "Every file of the stars of `tasks` (chunks of stars in parallel when `n_workers > 1`), then the tarballs; returns (observations, tarballs)."
+    size = int(np.clip(len(tasks) // (8 * n_workers), 1, 32))  # chunks: few round trips, yet all workers busy to the end
+    chunks, tick = [tasks[i:i + size] for i in range(0, len(tasks), size)], (bar.update if bar is not None else lambda n: None)
     if n_workers == 1:
         res = []
-        for c in chunks: res += _star_chunk(str(outdir), c, seed); bar.update(len(c))
-        obs = [o for r in res for o in r]; nights = _galah_nights(obs)
+        for c in chunks: res += _star_chunk(str(outdir), c, seed); tick(len(c))
+        obs = [o for r in res for o in r]; nights = _galah_nights(obs) if tarballs else {}
         for night, rels in sorted(nights.items()): _write_tarball(outdir, night, rels)
         return obs, len(nights)
     with ProcessPoolExecutor(n_workers) as ex:
         futs = {ex.submit(_star_chunk, str(outdir), c, seed): len(c) for c in chunks}
-        for f in as_completed(futs): bar.update(futs[f])
-        obs = [o for f in futs for r in f.result() for o in r]; nights = _galah_nights(obs)
+        for f in as_completed(futs): tick(futs[f])
+        obs = [o for f in futs for r in f.result() for o in r]; nights = _galah_nights(obs) if tarballs else {}
         for f in [ex.submit(_write_tarball, outdir, night, rels) for night, rels in sorted(nights.items())]: f.result()
     return obs, len(nights)
+
+def sky_meta(stars, # the truth table
+             obs:list, # observation rows of every file written
+             seed:int, crowded_fraction:float, fast_fraction:float, # the sky's parameters
+             overlap:dict|None=None):
+    "truth/meta.json: how the sky was made, epochs, and the faults a reader must meet (missing cameras, no extension 4)."
+    meta = {'seed': seed, 'n_stars': len(stars), 'crowded_fraction': crowded_fraction, 'fast_fraction': fast_fraction,
+            'versions': {'stellar_spectra': __version__, 'numpy': np.__version__, 'astropy': astropy.__version__},
+            'epochs': {'truth': 2016.0, 'apogee': 2000.0, 'galah': 2015.5, 'ges': 2000.0},
+            'missing_gaia_id': {'apogee': 0, 'galah': -1}, 'sources': {'sdss': SDSS_BASE_URL},
+            'galah_missing_cameras': _missing_cameras(stars, obs),
+            'galah_without_ext4': sorted({int(Path(o['relpath']).name[:15]) for o in obs if o['survey'] == 'galah' and not o['has_ext4']})}
+    return meta if overlap is None else {**meta, 'overlap': dict(overlap)}
 
 def generate_mock_sky(outdir=None, # root directory (None: a new temporary directory)
                       n_stars:int=30, # number of stars
@@ -133,28 +184,16 @@ def generate_mock_sky(outdir=None, # root directory (None: a new temporary direc
                       n_workers:int=1, # worker processes writing spectra
                       crowded_fraction:float=0.0, # fraction of stars 1–3" from another (cross-match ambiguity)
                       fast_fraction:float=0.02, # fraction of fast movers (hundreds of mas/yr)
+                      overlap:dict|None=None, # survey membership probabilities (None: the default mix of `population`)
                       progress:bool=True): # show a progress bar
     "Write a mock sky (catalogues, spectra in the surveys' formats, truth) under `outdir`; returns a summary dict."
-    for k, v, lo, hi in (('n_stars', n_stars, 1, np.inf), ('n_workers', n_workers, 1, np.inf), ('seed', seed, 0, np.inf),
-                         ('crowded_fraction', crowded_fraction, 0, 1), ('fast_fraction', fast_fraction, 0, 1)):
-        if not (np.isfinite(v) and lo <= v <= hi): raise ValueError(f'{k} must be a finite number in [{lo}, {hi}], not {v}')
+    if not (np.isfinite(n_workers) and n_workers >= 1): raise ValueError(f'n_workers must be a finite number in [1, inf], not {n_workers}')
+    stars, cats, tasks = draw_sky(n_stars, seed, crowded_fraction, fast_fraction, overlap)
     outdir = Path(outdir or tempfile.mkdtemp(prefix='mocksky_'))
-    stars = draw_stars(n_stars, seed=seed, crowded_fraction=crowded_fraction, fast_fraction=fast_fraction)
-    cats = make_catalogues(stars, seed=seed)
-    _write_table(outdir / 'sdss' / ALLSTAR_PATH, cats['apogee'])
-    _write_table(outdir / 'galah' / GALAH_CATALOGUE_PATH, cats['galah'])
-    _write_table(outdir / 'gaiaeso' / 'GES_DR4_catalogue.fits', cats['ges'])
-    fields = {r['name']: (float(r['ra']), float(r['dec'])) for r in survey_fields()}
-    ges_obj = {int(i): str(o) for i, o in zip(stars['star_index'][stars['in_ges']], cats['ges']['OBJECT'])}
-    todo = [_star_dict(r, fields, ges_obj, seed) for r in stars]
-    with tqdm(total=len(todo), desc='mock sky', unit='star', disable=not progress) as bar:
-        obs, n_tar = _write_spectra(outdir, todo, seed, int(n_workers), bar)
-    _write_eso_csv(outdir, obs, stars, cats['ges'])
-    meta = {'seed': seed, 'n_stars': n_stars, 'crowded_fraction': crowded_fraction, 'fast_fraction': fast_fraction,
-            'versions': {'stellar_spectra': __version__, 'numpy': np.__version__, 'astropy': astropy.__version__},
-            'epochs': {'truth': 2016.0, 'apogee': 2000.0, 'galah': 2015.5, 'ges': 2000.0},
-            'missing_gaia_id': {'apogee': 0, 'galah': -1}, 'sources': {'sdss': SDSS_BASE_URL},
-            'galah_missing_cameras': _missing_cameras(stars, obs),
-            'galah_without_ext4': sorted({int(Path(o['relpath']).name[:15]) for o in obs if o['survey'] == 'galah' and not o['has_ext4']})}
-    _write_truth(outdir, stars, obs, meta)
+    write_catalogues(outdir, cats)
+    with tqdm(total=len(tasks), desc='mock sky', unit='star', disable=not progress) as bar:
+        obs, n_tar = write_spectra(outdir, tasks, seed, int(n_workers), bar)
+    write_eso_table(outdir, obs, stars, cats['ges'])
+    write_truth(outdir, stars, obs, sky_meta(stars, obs, seed, crowded_fraction, fast_fraction, overlap))
     return _summary(outdir, stars, obs, n_tar)
+

@@ -8,7 +8,7 @@ import numpy as np
 from astropy.table import Table
 
 # %% auto 0
-__all__ = ['REF_EPOCH', 'EPOCHS', 'ANOMALIES', 'A', 'G', 'E', 'survey_fields', 'draw_stars', 'make_catalogues']
+__all__ = ['REF_EPOCH', 'EPOCHS', 'ANOMALIES', 'A', 'G', 'E', 'OVERLAP_KEYS', 'survey_fields', 'draw_stars', 'make_catalogues']
 
 # %% ../nbs/a3_population.ipynb
 REF_EPOCH = 2016.0  # epoch of the true positions (Gaia DR3)
@@ -133,13 +133,14 @@ def _source_ids(ra, dec, star_index):
 
 # %% ../nbs/a3_population.ipynb
 _COMBOS = [A, G, E, A | G, A | E, G | E, A | G | E]
+OVERLAP_KEYS = ('A', 'G', 'E', 'AG', 'AE', 'GE', 'AGE')  # the survey combinations of `overlap` (APOGEE, GALAH, Gaia-ESO)
 _COMBO_P = [0.40, 0.33, 0.05, 0.10, 0.04, 0.04, 0.04]
 _ANOM_P = [0.03, 0.02, 0.02, 0.02, 0.01, 0.01]
 
 def _place(rng, n, overlap=None):
     "Survey bits, field index and position of each star."
     fl = survey_fields()
-    p = _COMBO_P if overlap is None else [overlap.get(k, 0.0) for k in ['A', 'G', 'E', 'AG', 'AE', 'GE', 'AGE']]
+    p = _COMBO_P if overlap is None else [overlap.get(k, 0.0) for k in OVERLAP_KEYS]
     bits = _categorical(rng, n, _COMBOS, p).astype(int)
     fidx = np.zeros(n, int)
     for c in _COMBOS:

@@ -23,8 +23,8 @@ from .peer_methods import star_matrix, star_slots, row_chi2, WeightedPCA, Spectr
 __all__ = ['LABELS', 'LABEL_UNITS', 'TRUTH_COLUMNS', 'HOLES', 'GOALS', 'load_truth', 'spectrum_truth', 'star_truth', 'load_split',
            'load_evaluation', 'packed_batch', 'one_step_latents', 'spectrum_chi2', 'map_fit', 'rv_metrics',
            'quality_thresholds', 'rv_flag', 'LabelRegressor', 'label_metrics', 'auc', 'mahalanobis2', 'anomaly_scores',
-           'hole', 'imputation', 'transfer', 'matrix_chi2', 'EvalConfig', 'evaluate', 'results_table', 'table_markdown',
-           'plot_reconstruction', 'plot_chi2', 'plot_labels', 'plot_rv_anomalies', 'run_evaluation']
+           'hole', 'imputation', 'transfer', 'matrix_chi2', 'EvalConfig', 'cap_stars', 'evaluate', 'results_table',
+           'table_markdown', 'plot_reconstruction', 'plot_chi2', 'plot_labels', 'plot_rv_anomalies', 'run_evaluation']
 
 # %% ../nbs/09a_results.ipynb
 LABELS = ['teff', 'logg', 'fe_h', 'alpha_fe']  # the physical parameters predicted from the latent
@@ -386,6 +386,7 @@ class EvalConfig:
     map_steps: int = 10            # Gauss-Newton iterations of the MAP fits
     rv_scan: float = 400.          # the velocity fit starts at the best of a chi2 scan over +-rv_scan km/s (10 km/s steps)
     n_val_map: int = 64            # validation stars MAP-fitted for the thresholds (at most)
+    max_test_stars: int = 0        # test stars evaluated: 0 all; else a random subset of that many (drawn with seed), for every section
     rv_flag_quantile: float = 0.98 # the RV flag: reduced chi2 or velocity error above this quantile of the validation spectra's
     anomaly_fpr: float = 0.05      # the anomaly cut: this quantile from the top of the validation normals' scores
     n_impute: int = 16             # test spectra cut with holes
@@ -393,7 +394,22 @@ class EvalConfig:
     ae_steps: int = 100            # autoencoder steps
     ae_hidden: int = 32            # autoencoder encoder width
     cannon: bool = True            # train The Cannon per survey for the labels row
-    seed: int = 0                  # picks of the imputation spectra and holes
+    seed: int = 0                  # picks of the test subset, the imputation spectra and holes
+
+    def __post_init__(self):
+        k = self.max_test_stars
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"max_test_stars must be 0 (all test stars) or a positive number of stars, not {k!r}")
+
+# %% ../nbs/09a_results.ipynb
+def cap_stars(stars, # star keys
+              k:int=0, # how many to keep: 0 all
+              seed:int=0): # the draw's seed
+    "A random subset of `k` of the star keys, sorted and the same for the same seed; all of them where k is 0 or not below their number."
+    stars = np.unique(np.asarray(stars, np.int64))
+    if k < 0: raise ValueError(f"cap_stars: k must be 0 (all) or positive, not {k}")
+    if k == 0 or k >= len(stars): return stars
+    return np.sort(np.random.default_rng(seed).choice(stars, k, replace=False))
 
 # %% ../nbs/09a_results.ipynb
 def _by_spectrum(sample:PackedSample, values:dict): # survey -> (N_s,) values
@@ -419,12 +435,15 @@ _NO_MAP = (pd.DataFrame(columns=['survey', 'i', 'star', 'chi2_red', 'rv', 'rv_er
 def evaluate(E:dict, # `load_evaluation` output
              cfg:EvalConfig=EvalConfig(),
              progress:bool=False):
-    "All sections on the test split: results dict, per-spectrum and per-star tables, figure data."
-    model, tr, va, te, grid = E['model'], E['train'], E['val'], E['test'], E['grid']
+    "All sections on the test split (or `cfg.max_test_stars` of its stars): results dict, per-spectrum and per-star tables, figure data."
+    model, tr, va, te_all, grid = E['model'], E['train'], E['val'], E['test'], E['grid']
     st, tt = E['star_truth'], E['truth']; D, kms_px = model.cfg.latent_dim, C_KMS * grid.dln
-    if not len(te): raise ValueError("the test split has no spectra to evaluate")
+    if not len(te_all): raise ValueError("the test split has no spectra to evaluate")
+    keep = cap_stars(te_all.stars(), cfg.max_test_stars, cfg.seed)      # the test stars every section below sees
+    te = te_all if len(keep) == len(te_all.stars()) else te_all.subset(keep); E = {**E, 'test': te}
     t0 = time.perf_counter(); res, timing = dict(n=dict(train=len(tr.stars()), val=len(va.stars()), test=len(te.stars()),
-                                                    test_spectra=len(te))), {}
+                                                    test_spectra=len(te), test_total=len(te_all.stars()),
+                                                    test_spectra_total=len(te_all))), {}
     s_tr, s_va, s_te = tr.stars(), va.stars(), te.stars()
     z_tr, z_va, z_te = (one_step_latents(model, x, s) for x, s in ((tr, s_tr), (va, s_va), (te, s_te)))
     prior = _try(res, 'prior', lambda: latent_prior(torch.as_tensor(z_tr[np.isfinite(z_tr).all(1)])))
@@ -486,7 +505,7 @@ def evaluate(E:dict, # `load_evaluation` output
     sk = peers.pop('skipped', {}); res.update(peers); res.setdefault('skipped', {}).update(sk); res['timing'] = timing
     if E.get('history', {}).get('time'): timing['gon_train'] = float(E['history']['time'][-1])
     res['n_params'] = dict(gon=count_params(model), **res.pop('n_params_peers', {}))
-    fig = dict(spec=spec, stars=stars, example=example, z_te=z_te, s_te=s_te)
+    fig = dict(spec=spec, stars=stars, example=example, z_te=z_te, s_te=s_te, test=te)
     return res, spec, stars, fig
 
 # %% ../nbs/09a_results.ipynb
@@ -712,7 +731,7 @@ def run_evaluation(store:str='data/store/regridded.h5', # the regridded store (`
     res, spec, stars, fig = evaluate(E, cfg, progress)
     table = results_table(res); out = Path(outdir); (out / 'figures').mkdir(parents=True, exist_ok=True)
     import matplotlib; import matplotlib.pyplot as plt
-    for name, f in (('reconstruction', lambda p: plot_reconstruction(E['model'], E['test'], fig['s_te'], fig['z_te'], spec, p)),
+    for name, f in (('reconstruction', lambda p: plot_reconstruction(E['model'], fig['test'], fig['s_te'], fig['z_te'], spec, p)),
                     ('chi2', lambda p: plot_chi2(spec, p)),
                     ('labels', lambda p: plot_labels(stars, res['label_sigma'], p)),
                     ('rv_anomalies', lambda p: plot_rv_anomalies(spec, stars, res['kms_per_px'], res['anomaly_cut'], p))):

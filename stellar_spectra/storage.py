@@ -98,67 +98,67 @@ def _check_guard(shard_dir):
 SPEC_KEY = ('survey', 'source', 'visit_id')  # identity of a spectrum across shards
 SPEC_ORDER = ('star', 'survey', 'source', 'visit_id')  # order of the merged store
 
-def _plan(shard_dir, keys):
-    "The merged table (one row per spectrum, `_shard`/`_row` locating it), the shards' grids and row codecs, duplicates dropped."
+def _plan(shards:list):
+    "The merged table (one row per spectrum, `_shard` (index into `shards`, the .h5 files) and `_row` locating it), the shards' grids and row codecs, duplicates dropped."
     tabs, grids, codecs = [], {}, {}
-    for key in keys:
-        h5 = _shard_files(shard_dir, key)[0]
+    for i, h5 in enumerate(shards):
         try:
             with h5py.File(h5, 'r') as f:
                 if 'rows' not in f: raise StoreError(h5, 'a shard of the previous format (whole-grid arrays): rerun the preprocessing')
                 m = _read_meta(f['meta']); g = f['grid'].attrs if 'grid' in f else None
-                grids[key] = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
-                codecs[key] = RowCodec.from_json(f['rows'].attrs['codec'])
+                grids[i] = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
+                codecs[i] = RowCodec.from_json(f['rows'].attrs['codec'])
         except (OSError, KeyError, ValueError) as e:
             if isinstance(e, StoreError): raise
             raise StoreError(h5, f'cannot read shard: {e}') from None
         if 'source' not in m and 'relpath' in m: m = m.rename(columns={'relpath': 'source'})
         if 'spec_id' in m: m = m.rename(columns={'spec_id': 'plan_id'})
-        tabs.append(m.assign(_shard=key, _row=np.arange(len(m)), _mtime=h5.stat().st_mtime_ns))
+        tabs.append(m.assign(_shard=i, _row=np.arange(len(m)), _mtime=h5.stat().st_mtime_ns))
     t = pd.concat([x for x in tabs if len(x)] or tabs[:1], ignore_index=True)
     miss = [c for c in SPEC_ORDER if c not in t]
-    if miss: raise StoreError(shard_dir, f'shard tables lack columns {miss}')
+    if miss: raise StoreError(next(h5 for h5, x in zip(shards, tabs) if set(miss) - set(x)), f'shard tables lack columns {miss}')
     n0 = len(t); t = t.sort_values(['_mtime', '_shard'], kind='stable').drop_duplicates(list(SPEC_KEY), keep='last')
     t = t.sort_values(list(SPEC_ORDER), kind='stable').reset_index(drop=True)
     return t, grids, codecs, n0 - len(t)
 
 # %% ../nbs/06_storage.ipynb
-def _merge_grid(shard_dir, grids, codecs, grid):
-    "The one grid of all shards (given, stored in the shards, or the common grid), checked against their rows."
-    stored = {g for g in grids.values() if g is not None}
-    if len(stored) > 1: raise StoreError(shard_dir, f'shards on different grids: {stored}')
-    grid = grid or (stored.pop() if stored else common_grid())
-    if stored and grid not in stored: raise StoreError(shard_dir, f'shards are on {stored.pop()}, not on {grid}')
-    for key, rc in codecs.items():
-        if rc.n_px != grid.n: raise StoreError(shard_dir, f'shard {key}: rows of {rc.n_px} px, grid has {grid.n} px')
+def _merge_grid(shards, grids, codecs, grid):
+    "The one grid of all shards (given, stored in the shards, or the common grid), checked against their rows (one codec for all); a `StoreError` names the first shard that differs."
+    stored = [(shards[i], g) for i, g in grids.items() if g is not None]
+    for h5, g in stored[1:]:
+        if g != stored[0][1]: raise StoreError(h5, f'shards on different grids: {g}, and {stored[0][1]} in {stored[0][0]}')
+    grid = grid or (stored[0][1] if stored else common_grid())
+    if stored and grid != stored[0][1]: raise StoreError(stored[0][0], f'shards are on {stored[0][1]}, not on {grid}')
+    for i, rc in codecs.items():
+        if rc.n_px != grid.n: raise StoreError(shards[i], f'rows of {rc.n_px} px, grid has {grid.n} px')
+        if rc != codecs[0]: raise StoreError(shards[i], f'shards hold different arrays or precisions: {rc.fields}, and {codecs[0].fields} in {shards[0]}')
     return grid
 
 # %% ../nbs/06_storage.ipynb
-def _open_rows(shard_dir, key):
+def _open_rows(h5):
     "(fd, heap offset, offsets, frames) of a shard's rows, for `read_packed`."
-    h5 = _shard_files(shard_dir, key)[0]
     with h5py.File(h5, 'r') as f: g = f['rows']; base, off, frame = g['heap'].id.get_offset() or 0, g['offset'][()], g['frame'][()]
     return os.open(h5, os.O_RDONLY), base, off, frame
 
-def _merged_rows(shard_dir, t:pd.DataFrame, block:int, progress:bool):
+def _merged_rows(shards, t:pd.DataFrame, block:int, progress:bool):
     "The packed rows of the merged table `t` in its order, read from their shards `block` rows at a time (at most 8 shards open)."
-    open_f = {}
+    open_f, key = {}, 0
     try:
         for r0 in tqdm(range(0, len(t), block), desc='merge rows', disable=not progress, leave=False):
             b = t.iloc[r0:r0 + block]; need = set(b['_shard'].unique())
             idle = [k for k in open_f if k not in need]  # close only shards this block does not read
-            for key in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: os.close(open_f.pop(key)[0])
-            for key in need - set(open_f): open_f[key] = _open_rows(shard_dir, key)
+            for k in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: os.close(open_f.pop(k)[0])
+            for key in need - set(open_f): open_f[key] = _open_rows(shards[key])
             got = [None] * len(b)
             for key, rows in b.groupby('_shard', sort=False).indices.items():
                 for i, x in zip(rows, read_packed(*open_f[key], b['_row'].to_numpy()[rows])): got[i] = x
             yield from got
-    except OSError as e: raise StoreError(shard_dir, f'cannot read a shard: {e}') from None
+    except OSError as e: raise StoreError(shards[key], f'cannot read shard: {e}') from None
     finally:
         for x in open_f.values(): os.close(x[0])
 
 # %% ../nbs/06_storage.ipynb
-def _merge_native(shard_dir, outdir, t:pd.DataFrame, progress:bool):
+def _merge_native(shards, outdir, t:pd.DataFrame, progress:bool):
     "One native_<survey>.parquet per survey, rows in the merged order, with spec_id / star / source."
     tabs, written = {}, {}
     for survey, s in t[t['_has_native']].groupby('survey', sort=True):
@@ -168,7 +168,7 @@ def _merge_native(shard_dir, outdir, t:pd.DataFrame, progress:bool):
                 b = s.iloc[r0:r0 + 256]; parts = []
                 for key, rows in b.groupby('_shard', sort=False).indices.items():
                     if key not in tabs:
-                        tabs.clear(); pqf = _shard_files(shard_dir, key)[1]
+                        tabs.clear(); pqf = shards[key].with_suffix('.parquet')
                         try: tabs[key] = pq.read_table(pqf, schema=NATIVE_SCHEMA)
                         except (pa.ArrowException, OSError) as e: raise StoreError(pqf, f'cannot read shard: {e}') from None
                     parts.append((rows, tabs[key].take(pa.array(b['_row'].to_numpy()[rows]))))
@@ -184,26 +184,27 @@ def _merge_native(shard_dir, outdir, t:pd.DataFrame, progress:bool):
     return written
 
 # %% ../nbs/06_storage.ipynb
-def merge_shards(shard_dir, # folder of the shards (`write_shard`)
+def merge_shards(shard_dir, # folder of the shards (`write_shard`), or a list of such folders (a run preprocessed in parts)
                  outdir, # output folder: regridded.h5, native_<survey>.parquet, store_summary.json
                  grid:Grid|None=None, # the common grid (default: the one stored in the shards, else `common_grid()`)
                  block:int=256, # rows copied at a time
                  progress:bool=True): # show progress bars
     "Merge the complete shards into the final stores, every spectrum exactly once, sorted by `SPEC_ORDER`."
-    _check_guard(shard_dir)
-    keys = sorted(completed_shards(shard_dir))
-    if not keys: raise StoreError(shard_dir, 'no complete shards to merge')
-    t, grids, codecs, n_dup = _plan(shard_dir, keys); grid = _merge_grid(shard_dir, grids, codecs, grid)
-    if len(set(codecs.values())) > 1: raise StoreError(shard_dir, f'shards hold different arrays or precisions: {sorted({c.fields for c in codecs.values()})}')
-    t['spec_id'] = np.arange(len(t), dtype=np.int64); t['_has_native'] = t['_shard'].map({k: _shard_token(_shard_files(shard_dir, k)[0])[1] for k in keys})
+    one = isinstance(shard_dir, (str, os.PathLike)); dirs = [shard_dir] if one else list(shard_dir)
+    for sd in dirs: _check_guard(sd)
+    shards = [_shard_files(sd, k)[0] for sd in dirs for k in sorted(completed_shards(sd))]  # folder by folder, keys sorted
+    if not shards: raise StoreError(', '.join(map(str, dirs)), 'no complete shards to merge')
+    t, grids, codecs, n_dup = _plan(shards); grid = _merge_grid(shards, grids, codecs, grid)
+    t['spec_id'] = np.arange(len(t), dtype=np.int64); t['_has_native'] = t['_shard'].map({i: _shard_token(h5)[1] for i, h5 in enumerate(shards)})
     meta = t[['spec_id'] + [c for c in t.columns if c != 'spec_id' and not c.startswith('_')]]
     outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(outdir / 'regridded.h5') as tmp, h5py.File(tmp, 'w', libver='latest') as f:
-        _start_store(f, grid); write_packed(f.create_group('rows'), codecs[keys[0]], _merged_rows(shard_dir, t, block, progress), len(t), outdir)
+        _start_store(f, grid); write_packed(f.create_group('rows'), codecs[0], _merged_rows(shards, t, block, progress), len(t), outdir)
         _finish_store(f, meta)
-    native = _merge_native(shard_dir, outdir, t, progress)
+    native = _merge_native(shards, outdir, t, progress)
     files = {p.name: p.stat().st_size for p in [outdir / 'regridded.h5', *native.values()]}
-    summary = dict(n_spectra=len(t), n_shards=len(keys), n_duplicates_dropped=int(n_dup), grid_n=grid.n,
+    summary = dict(n_spectra=len(t), n_shards=len(shards), **({} if one else dict(n_folders=len(dirs))),  # single folder: the summary as before
+                   n_duplicates_dropped=int(n_dup), grid_n=grid.n,
                    per_survey={str(k): int(v) for k, v in t['survey'].value_counts().sort_index().items()}, files=files,
                    regridded_bytes_per_spectrum=round(files['regridded.h5'] / max(1, len(t))))
     atomic_write(outdir / 'store_summary.json', json.dumps(summary, indent=1))

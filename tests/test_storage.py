@@ -246,6 +246,33 @@ def test_merge_checks_grid_and_columns(tmp_path):
         assert sorted(st.meta.plan_id) == list(range(100, 106)) and st.meta.spec_id.tolist() == list(range(6))
 
 
+
+def test_merge_parts_with_colliding_keys(tmp_path):
+    "A run preprocessed in parts: each part numbers its shards from 0 (keys collide), one spectrum is in two parts; merged once, as from one folder."
+    grid, arrays, meta, native = shard_inputs(seed=3)
+    parts, one = [tmp_path / f'part_{i:04d}' / 'shards' for i in range(3)], tmp_path / 'one'
+    for i, (sd, sl) in enumerate(zip(parts, (slice(0, 10), slice(9, 17), slice(17, 24)))):  # row 9 in parts 0 and 1
+        part = ({k: v[sl] for k, v in arrays.items()}, meta[sl], native[sl])
+        write_chunks(sd, grid, *part, 4); write_chunks(one, grid, *part, 4, prefix=f'p{i}_')  # the same shards, distinct keys in one folder
+    assert completed_shards(parts[1]) == {'c00000', 'c00004'} <= completed_shards(parts[0])
+    s = merge_shards(tuple(parts[:1]) + (str(parts[1]), parts[2]), tmp_path / 'out', progress=False)
+    ref = merge_shards(one, tmp_path / 'ref', progress=False)
+    assert (s['n_spectra'], s['n_shards'], s['n_folders'], s['n_duplicates_dropped']) == (24, 7, 3, 1) and 'n_folders' not in ref
+    assert {k: v for k, v in s.items() if k != 'n_folders'} == ref
+    check_merged(tmp_path / 'out', arrays, meta, native)
+    with h5py.File(tmp_path / 'out' / 'regridded.h5') as f, h5py.File(tmp_path / 'ref' / 'regridded.h5') as g:
+        for k in ('rows/heap', 'rows/offset', 'rows/frame'): assert np.array_equal(f[k][()], g[k][()]), k
+    with open_regridded(tmp_path / 'out' / 'regridded.h5') as a, open_regridded(tmp_path / 'ref' / 'regridded.h5') as b:
+        pd.testing.assert_frame_equal(a.meta, b.meta)
+    for sv in sorted(set(meta.survey)):
+        pd.testing.assert_frame_equal(*[pq.read_table(tmp_path / o / f'native_{sv}.parquet').to_pandas() for o in ('out', 'ref')])
+    (parts[2].parent / 'summary.json').write_text(json.dumps({'aligned': False, 'misaligned': 'ges: off'}))  # each part's guard is checked
+    with pytest.raises(StoreError, match=r'part_0002/summary\.json: the preprocess run failed'): merge_shards(parts, tmp_path / 'bad', progress=False)
+    (parts[2].parent / 'summary.json').unlink(); (parts[1] / 'c00000.h5').write_bytes(b'\x89HDF junk')  # not complete: skipped, its rows lost
+    (parts[1] / 'c00004.parquet').write_bytes(b'x'); assert merge_shards(parts, tmp_path / 'out2', progress=False)['n_shards'] == 5
+    with pytest.raises(StoreError, match='no complete shards to merge'): merge_shards([tmp_path / 'x', tmp_path / 'y'], tmp_path / 'bad', progress=False)
+    assert not (tmp_path / 'bad').exists()
+
 @pytest.mark.parametrize('layout', ['grid', 'compact'])
 def test_bad_hdf5_stores(tmp_path, layout):
     grid, arrays, meta = sample(6)
