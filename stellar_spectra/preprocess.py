@@ -231,7 +231,8 @@ def process_chunk(key:str, # shard key (stable: from the plan rows)
                   src, # root of the sky / archive mirror
                   outdir, # stage output: shards/ and reports/ beneath
                   grid:Grid, # the common grid
-                  method:str='gaussian'): # continuum method
+                  method:str='gaussian', # continuum method
+                  native:bool=True): # also keep the native spectra (the shard's Parquet)
     "Preprocess the spectra of one chunk and write its shard (and its report JSON): returns the report."
     clock, natives, metas, errors = {'read': 0.0, 'process': 0.0, 'guard': 0.0, 'write': 0.0}, [], [], []
     st = grid_rows(len(rows), grid)  # the chunk's arrays, filled row by row (a failed spectrum leaves its row untouched)
@@ -250,7 +251,7 @@ def process_chunk(key:str, # shard key (stable: from the plan rows)
     t = time.perf_counter()
     atomic_write(Path(outdir) / 'reports' / f'{key}.npz', lambda tmp: np.savez(open(tmp, 'wb'), **sums))
     atomic_write(Path(outdir) / 'reports' / f'{key}.json', json.dumps(report, default=_plain))
-    write_shard(Path(outdir) / 'shards', key, st, meta, natives, grid=grid)
+    write_shard(Path(outdir) / 'shards', key, st, meta, natives if native else None, grid=grid)
     clock['write'] = time.perf_counter() - t
     return report
 
@@ -264,13 +265,13 @@ def make_chunks(plan:pd.DataFrame, # from `work_plan`
 # %% ../nbs/06a_preprocess.ipynb
 _CODE = ('preprocess', 'readers', 'spectrum', 'linelist', 'resample', 'masks', 'continuum', 'alignment', 'storage', 'regridded', 'native', 'fitsfile', 'apogee', 'optical', 'h5chunks')  # modules the shards depend on
 
-def _config(plan, grid, chunk_size, method):
+def _config(plan, grid, chunk_size, method, native=True):
     "What decides the content of the shards (the plan, the settings, the code): a rerun with anything else must not reuse them."
     h = hashlib.sha256(pd.util.hash_pandas_object(plan, index=False).values.tobytes()).hexdigest()
     here = Path(__file__).parent if '__file__' in globals() else Path(__import__('stellar_spectra').__file__).parent
     code = hashlib.sha256(b''.join((here / f'{m}.py').read_bytes() for m in _CODE)).hexdigest()
     return {'plan_sha256': h, 'n_plan': len(plan), 'chunk_size': int(chunk_size), 'method': method, 'code_sha256': code,
-            'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n}}
+            **({} if native else {'native': False}), 'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n}}
 
 def _prepare(outdir, config):
     "Create outdir; drop shards made with another configuration; record this one."
@@ -379,16 +380,17 @@ def run_preprocess(src, # root of a mock sky or archive mirror
                    method:ContinuumMethod='gaussian', # continuum method: one of `continuum.METHODS`
                    tol_px:float=0.1, # alignment tolerance (pixels of the common grid)
                    grid:Grid|None=None, # the common grid (default `common_grid()`)
+                   native:bool=True, # also keep every native spectrum (Parquet beside each shard; the store's native_<survey>.parquet)
                    progress:bool=True) -> dict: # show a progress bar
     "Preprocess every spectrum of every cross-matched star into resumable shards; alignment guard; summary."
     check_params(chunk_size, n_workers, method, tol_px)
     t0, outdir, grid = time.perf_counter(), Path(outdir), grid or common_grid()
     plan = work_plan(src, crossmatch)
-    _prepare(outdir, _config(plan, grid, chunk_size, method))
+    _prepare(outdir, _config(plan, grid, chunk_size, method, native))
     atomic_write(outdir / 'plan.parquet', lambda tmp: plan.to_parquet(tmp, index=False))
     chunks = make_chunks(plan, chunk_size); size = {k: len(r) for k, r in chunks}
     done = completed_shards(outdir / 'shards')
-    todo = [(k, rows, str(src), str(outdir), grid, method) for k, rows in chunks if k not in done]
+    todo = [(k, rows, str(src), str(outdir), grid, method, native) for k, rows in chunks if k not in done]
     ran = {}
     with tqdm(total=len(plan), initial=len(plan) - sum(len(t[1]) for t in todo), desc='preprocess', unit='spectrum',
               disable=not progress) as bar:
@@ -399,7 +401,7 @@ def run_preprocess(src, # root of a mock sky or archive mirror
     try: check_alignment(guard, tol_px); err = None
     except MisalignedGridError as e: err = e
     summary = _summary(plan, reports, guard, time.perf_counter() - t0, len(todo), src=str(src), crossmatch=str(crossmatch),
-                       outdir=str(outdir), chunk_size=chunk_size, method=method, scheduler=scheduler,
+                       outdir=str(outdir), chunk_size=chunk_size, method=method, native=native, scheduler=scheduler,
                        n_workers=n_workers if scheduler is None else None, tol_px=tol_px,
                        aligned=err is None, misaligned=None if err is None else str(err), outliers=_outliers(plan, per))
     atomic_write(outdir / 'summary.json', json.dumps(summary, indent=1, default=_plain))

@@ -20,7 +20,7 @@ __all__ = ['RUN_STAGES', 'ScaleConfig', 'scale_config', 'stage_params', 'star_pa
 
 # %% ../nbs/09c_scale_run.ipynb
 RUN_STAGES = ('sky', 'crossmatch', 'parts', 'truth', 'store', 'train', 'evaluate')  # in the order they run
-_SKY_KEYS = ('n_stars', 'seed', 'overlap', 'crowded_fraction', 'fast_fraction', 'part_stars', 'chunk_size', 'method')  # decide the data
+_SKY_KEYS = ('n_stars', 'seed', 'overlap', 'crowded_fraction', 'fast_fraction', 'part_stars', 'chunk_size', 'method', 'native')  # decide the data
 
 @dataclass
 class ScaleConfig:
@@ -34,6 +34,7 @@ class ScaleConfig:
     chunk_size: int = 64             # spectra per preprocess shard
     method: str = 'gaussian'         # continuum method (`continuum.METHODS`)
     keep_raw: bool = False           # keep every part's raw files (a whole mock sky's disk)
+    native: bool = False             # keep the native spectra too (Parquet, ~235 KB a spectrum: ~47 GB for the seed's sky in shards and store)
     train_preset: str|None = None    # a preset under `train: presets:` of the params file
     train: dict|None = None          # train options over that section and preset
     evaluate: dict|None = None       # evaluate options over the `evaluate:` section
@@ -129,7 +130,7 @@ def run_part(part:dict, # from `star_parts`
     xm.iloc[part['rows']].to_parquet(raw / 'common_stars.parquet', index=True)  # keeps the row numbers: the star keys
     t1 = time.perf_counter()
     summ = run_preprocess(raw, raw / 'common_stars.parquet', pre, cfg.chunk_size, scheduler=scheduler,
-                          n_workers=cfg.workers() if scheduler is None else 2, method=cfg.method, progress=False)
+                          n_workers=cfg.workers() if scheduler is None else 2, method=cfg.method, native=cfg.native, progress=False)
     t2 = time.perf_counter()
     rec = dict(name=name, n_rows=len(part['rows']), n_stars_written=len(part['stars']), n_files=len(obs),
                n_spectra=summ['n_spectra'], errors=len(summ['errors']), mocksky_s=t1 - t0, preprocess_s=t2 - t1,
