@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONWARNINGS := ignore::UserWarning:nbdev.doclinks
 NBWORKERS ?= 2
 
-.PHONY: install run test check-clean nbtest pytest docs lab readme chromium clean
+.PHONY: install run scale test check-clean nbtest pytest docs lab readme chromium clean
 
 # (Re)install only when the package definition or the pinned versions change.
 $(STAMP): setup.py settings.ini constraints.txt
@@ -23,6 +23,10 @@ run: $(STAMP)
 	dvc repro
 	@echo; echo "Pipeline outputs (dvc.yaml; parameters in params.yaml):"
 	stellar-spectra summary
+
+# The seed's scale end to end (params.yaml `scale:`; made for a GPU machine): `make scale SCALE_ARGS='--preset cpu'` on a CPU.
+scale: $(STAMP)
+	stellar-spectra scale --params params.yaml $(SCALE_ARGS)
 
 # Fails when a notebook is not clean or the package is out of sync with the notebooks.
 check-clean: $(STAMP)

@@ -12,7 +12,7 @@ import importlib.metadata as md
 names = ['astropy', 'pyerfa', 'astropy-iers-data', 'numba', 'llvmlite', 'pyarrow', 'dask', 'distributed', 'cloudpickle',
          'toolz', 'partd', 'locket', 'fsspec', 'msgpack', 'psutil', 'tornado', 'zict', 'tblib', 'sortedcontainers', 'click',
          'jinja2', 'markupsafe', 'PyYAML', 'fastcore', 'packaging', 'matplotlib', 'contourpy', 'cycler', 'fonttools', 'kiwisolver',
-         'pillow', 'pyparsing', 'importlib-metadata', 'zipp']
+         'pillow', 'pyparsing', 'importlib-metadata', 'zipp', 'lazy-importer']
 print(' '.join(f'{n}=={md.version(n)}' for n in names))
 PYEOF
 )

@@ -73,7 +73,7 @@ def main():
              f'{os.cpu_count()} cores, Python {platform.python_version()}; load average after the runs {load[0]:.2f}; '
              f'preset `{preset}` of params.yaml, {a.workers} workers.', '',
              '| stars | spectra | parts | workers | sky + cross-match (s) | parts: mock sky + preprocess (s) | truth + store (s) '
-             '| train (s) | evaluate (s) | mock sky (stars/s) | preprocess (spectra/s) | end to end (spectra/s) | disk peak (GB) '
+             '| train (s) | evaluate (s) | mock sky (stars/s) | preprocess (spectra/s) | end to end, stages run (spectra/s) | disk peak (GB) '
              '| store (KB/spectrum) |',
              '|' + '---|' * 14]
     lines += [fmt_row(r) for r in rows]

@@ -16,7 +16,7 @@ run)
   export PYTHONPATH=$PWD/.gpusite:$PWD PYTHONUNBUFFERED=1
   OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; DIR=${SCALE_DIR:-$PWD/data/scale}
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; df -h "$PWD" | tail -1
-  python3 -c "import torch, numba, pyarrow, astropy, distributed; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+  python3 -c "import torch, numba, pyarrow, astropy, distributed; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" || exit 1
   timeout ${SCALE_TIMEOUT:-580} python3 -c "from stellar_spectra.cli import main; main()" scale --params params.yaml --outdir "$DIR" \
     --no-progress "$@" > "$OUT/scale_summary.json" 2> "$OUT/scale_stderr.txt"
   echo "scale rc $?"; tail -5 "$OUT/scale_stderr.txt"

@@ -197,7 +197,7 @@ def _summary(root, cfg, stages, recs, store):
     n_spec, n_stars_w = sum(r['n_spectra'] for r in recs), sum(r['n_stars_written'] for r in recs)
     mock_s, pre_s = sum(r['mocksky_s'] for r in recs), sum(r['preprocess_s'] for r in recs)
     out = dict(outdir=str(root), n_stars=cfg.n_stars, n_parts=len(recs), n_workers=cfg.workers(), n_spectra=n_spec,
-               stage_s={k: round(v['s'], 2) for k, v in stages.items()},
+               stage_s={k: round(v['s'] + v.get('draw_s', 0), 2) for k, v in stages.items()},
                mocksky_stars_per_s=n_stars_w / mock_s if mock_s else None, preprocess_spectra_per_s=n_spec / pre_s if pre_s else None,
                disk_peak_bytes=max([r['disk_bytes'] for r in recs] + [v.get('disk_bytes', 0) for v in stages.values()]),
                raw_part_bytes_max=max((r['raw_bytes'] for r in recs), default=0))
@@ -225,8 +225,9 @@ def run_scale(outdir:str='data/scale', # the run's folder: sky/, crossmatch/, pr
         t = time.perf_counter(); res = fn() or {}
         stages[name] = dict(s=time.perf_counter() - t, disk_bytes=disk_bytes(root), **res)
         atomic_write(sp, json.dumps(stages, indent=1, default=str)); return stages[name]
-    sky = _load_sky(cfg); xm_path = root / 'crossmatch' / 'common_stars.parquet'
-    stage('sky', lambda: write_catalogues(root / 'sky', sky['cats']))
+    t = time.perf_counter(); sky = _load_sky(cfg); draw_s = time.perf_counter() - t    # drawn again on a resume
+    stage('sky', lambda: dict(draw_s=draw_s, **(write_catalogues(root / 'sky', sky['cats']) or {})))
+    xm_path = root / 'crossmatch' / 'common_stars.parquet'
     stage('crossmatch', lambda: dict(counts=crossmatch_surveys(root / 'sky', out=xm_path, workers=cfg.workers(), progress=progress)['counts']))
     recs, store = [], None
     if last >= RUN_STAGES.index('parts'):
