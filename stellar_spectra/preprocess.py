@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_preprocess.ipynb 3
 from __future__ import annotations
-import copy, functools, hashlib, json, os, shutil, time, warnings
+import ast, copy, functools, hashlib, json, os, shutil, time, warnings
 from collections import OrderedDict
 from pathlib import Path
 import numpy as np
@@ -23,7 +23,7 @@ from .storage import write_shard, completed_shards
 # %% auto 0
 __all__ = ['SURVEYS', 'RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid',
            'grid_rows', 'preprocess_into', 'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks',
-           'run_chunks', 'gather_offsets', 'guard_report', 'check_params', 'run_preprocess']
+           'code_modules', 'run_chunks', 'gather_offsets', 'guard_report', 'check_params', 'run_preprocess']
 
 # %% ../nbs/06a_preprocess.ipynb
 SURVEYS = ('apogee', 'galah', 'ges')  # survey order inside a star
@@ -263,13 +263,26 @@ def make_chunks(plan:pd.DataFrame, # from `work_plan`
     return [(f'{recs[i]["spec_id"]:09d}', recs[i:i + chunk_size]) for i in range(0, len(recs), chunk_size)]
 
 # %% ../nbs/06a_preprocess.ipynb
-_CODE = ('preprocess', 'readers', 'spectrum', 'linelist', 'resample', 'masks', 'continuum', 'alignment', 'storage', 'regridded', 'native', 'fitsfile', 'apogee', 'optical', 'h5chunks')  # modules the shards depend on
+def code_modules(module:str='preprocess'): # a module of the package
+    "The package modules `module` imports, directly or through others, itself included (read from their source): what its output depends on."
+    here, seen, todo = Path(__file__).parent if '__file__' in globals() else Path(__import__('stellar_spectra').__file__).parent, set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen: continue
+        seen.add(m)
+        for n in ast.walk(ast.parse((here / f'{m}.py').read_text())):
+            if not isinstance(n, ast.ImportFrom): continue
+            mod = n.module or ''
+            if n.level == 1 or mod.startswith('stellar_spectra'):     # `from .x import`, `from stellar_spectra.x import`, `from stellar_spectra import x`
+                sub = mod.removeprefix('stellar_spectra').lstrip('.')
+                todo += [sub.split('.')[0]] if sub else [a.name for a in n.names if (here / f'{a.name}.py').is_file()]
+    return sorted(seen)
 
 def _config(plan, grid, chunk_size, method, native=True):
     "What decides the content of the shards (the plan, the settings, the code): a rerun with anything else must not reuse them."
     h = hashlib.sha256(pd.util.hash_pandas_object(plan, index=False).values.tobytes()).hexdigest()
     here = Path(__file__).parent if '__file__' in globals() else Path(__import__('stellar_spectra').__file__).parent
-    code = hashlib.sha256(b''.join((here / f'{m}.py').read_bytes() for m in _CODE)).hexdigest()
+    code = hashlib.sha256(b''.join((here / f'{m}.py').read_bytes() for m in code_modules('preprocess'))).hexdigest()
     return {'plan_sha256': h, 'n_plan': len(plan), 'chunk_size': int(chunk_size), 'method': method, 'code_sha256': code,
             **({} if native else {'native': False}), 'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n}}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, os, shutil, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
+from typing import Literal
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from .atomic import atomic_write
@@ -16,10 +17,12 @@ from .preprocess import run_preprocess, check_params
 from .storage import merge_shards
 
 # %% auto 0
-__all__ = ['RUN_STAGES', 'ScaleConfig', 'scale_config', 'stage_params', 'star_parts', 'disk_bytes', 'run_part', 'run_scale']
+__all__ = ['RUN_STAGES', 'RunStage', 'ScaleConfig', 'scale_config', 'stage_params', 'star_parts', 'disk_bytes', 'run_part',
+           'run_scale']
 
 # %% ../nbs/09c_scale_run.ipynb
 RUN_STAGES = ('sky', 'crossmatch', 'parts', 'truth', 'store', 'train', 'evaluate')  # in the order they run
+RunStage = Literal[RUN_STAGES]  # the stage names as a type: the command line offers them as choices
 _SKY_KEYS = ('n_stars', 'seed', 'overlap', 'crowded_fraction', 'fast_fraction', 'part_stars', 'chunk_size', 'method', 'native')  # decide the data
 
 @dataclass
@@ -213,7 +216,7 @@ def run_scale(outdir:str='data/scale', # the run's folder: sky/, crossmatch/, pr
               n_stars:int|None=None, # override: stars drawn
               part_stars:int|None=None, # override: cross-matched stars per part
               n_workers:int|None=None, # override: processes (0: every core)
-              until:str|None=None, # override: last stage (sky, crossmatch, parts, truth, store, train, evaluate)
+              until:RunStage|None=None, # override: the last stage to run (`RUN_STAGES`)
               progress:bool=True): # progress bars
     "The seed-scale run: mock sky, cross-match, preprocessing in parts (raw files made and deleted), store, training, evaluation."
     cfg = scale_config(params, preset, n_stars=n_stars, part_stars=part_stars, n_workers=n_workers, until=until)

@@ -59,7 +59,7 @@ def test_killed_run_resumes_every_spectrum_once(tmp_path, params):
 
 
 def test_bad_settings_exit_2_before_writing(tmp_path, params):
-    for extra, words in ((['--until', 'results'], 'until must be one of'), (['--n-stars', '0'], 'n_stars must be an integer >= 1')):
+    for extra, words in ((['--until', 'results'], "invalid choice: 'results'"), (['--n-stars', '0'], 'n_stars must be an integer >= 1')):
         p = scale(tmp_path / 'x', params, *extra); out, err = p.communicate(timeout=120)
         assert p.returncode == 2 and words in err, err
         assert not (tmp_path / 'x').exists()
