@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from numpy.polynomial import chebyshev
 from stellar_spectra.formats import APOGEE_CHIPS, apogee_wavelength
-from stellar_spectra.resample import common_grid
-from stellar_spectra.synth import continuum as synth_continuum, normalised_spectrum
-from stellar_spectra.continuum import METHODS
+from stellar_spectra.pipeline.resample import common_grid
+from stellar_spectra.mock.synth import continuum as synth_continuum, normalised_spectrum
+from stellar_spectra.pipeline.continuum import METHODS
 
 
 def stars(wave, R):

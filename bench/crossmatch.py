@@ -3,7 +3,7 @@ catalogue A at epoch 2000.0 (2MASS-like, 1% without proper motions) and B at 201
 common, 2% fast movers. Compared, each in a fresh subprocess (time: best of 2; memory: peak RSS above the loaded data,
 and the tracemalloc peak):
 
-- ours: `stellar_spectra.crossmatch.merge_catalogue`: epoch correction, every candidate in the radius, one-to-many
+- ours: `stellar_spectra.pipeline.crossmatch.merge_catalogue`: epoch correction, every candidate in the radius, one-to-many
   resolved (and `crossmatch`, which also builds the output table);
 - astropy `search_around_sky` (all candidates, no resolution) and `match_to_catalog_sky` (nearest only), both after
   the linear proper-motion shift astroNN's `xmatch` applies (B moved to A's epoch: ra - pmra/cos(dec)*dt);
@@ -57,7 +57,8 @@ def astroNN_shift(ra, dec, pmra, pmdec, dt):
 def run_method(method, d, workers):
     "Run one method on the loaded data; returns (pairs: i in A, j in B) of its final matches."
     if method.startswith('ours'):
-        from stellar_spectra.crossmatch import Catalogue, merge_catalogue, crossmatch
+        from stellar_spectra.io.catalogues import Catalogue
+        from stellar_spectra.pipeline.crossmatch import merge_catalogue, crossmatch
         A = Catalogue('apogee', 2000.0, d['a_ra'], d['a_dec'], d['a_pmra'], d['a_pmdec'], np.full(len(d['a_ra']), -1), {})
         B = Catalogue('galah', 2015.5, d['b_ra'], d['b_dec'], d['b_pmra'], d['b_pmdec'], np.full(len(d['b_ra']), -1), {})
         if method == 'ours_table':
@@ -70,7 +71,7 @@ def run_method(method, d, workers):
         return rows['apogee'][m], rows['galah'][m]
     if method == 'scipy_kdtree':
         from scipy.spatial import cKDTree
-        from stellar_spectra.crossmatch import unit_vectors, chord
+        from stellar_spectra.pipeline.sky_index import unit_vectors, chord
         tree = cKDTree(unit_vectors(d['b_ra'], d['b_dec']))
         dist, j = tree.query(unit_vectors(d['a_ra'], d['a_dec']), k=1, distance_upper_bound=float(chord(RADIUS)))
         ok = np.isfinite(dist)
@@ -96,7 +97,7 @@ def _rss(field):
 def child(method, data, workers):
     "Subprocess body: load, reset the peak RSS, run (memory pass, then a timing pass), print JSON."
     d = dict(np.load(data))
-    import astropy.units, astropy.coordinates, scipy.spatial, stellar_spectra.crossmatch  # imports outside the measurement
+    import astropy.units, astropy.coordinates, scipy.spatial, stellar_spectra.pipeline.crossmatch  # imports outside the measurement
     try: Path('/proc/self/clear_refs').write_text('5')  # reset VmHWM (Linux >= 4.0)
     except OSError: pass
     base = _rss('VmRSS:')

@@ -1,8 +1,8 @@
-"""Throughput of stellar_spectra.download against `wget -c` and `curl -C -` on loopback, same files, same server, one run.
+"""Throughput of stellar_spectra.io.download against `wget -c` and `curl -C -` on loopback, same files, same server, one run.
 
 Usage (from the repository root): python bench/download.py [--small 500 --small-kb 50 --large 4 --large-mb 200 --latency 0.01
 --repeat 5 --only small,large,latency --latency 0.001,0.01]
-Writes bench/results/download.md. The server (stellar_spectra.download.serve_directory: HTTP/1.1 keep-alive, Range,
+Writes bench/results/download.md. The server (stellar_spectra.mock.mirror.serve_directory: HTTP/1.1 keep-alive, Range,
 sendfile) runs in its own process so it does not share an interpreter with the client under test.
 
 The other clients are run the way a user would fetch a list of files:
@@ -15,7 +15,8 @@ The other clients are run the way a user would fetch a list of files:
 import argparse, hashlib, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-from stellar_spectra.download import Entry, download
+from stellar_spectra.io.manifest import Entry
+from stellar_spectra.io.download import download
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def make_files(root, n, size, sub):
 
 
 SERVER = """import sys, time
-from stellar_spectra.download import RangeRequestHandler, serve_directory
+from stellar_spectra.mock.mirror import RangeRequestHandler, serve_directory
 class Handler(RangeRequestHandler):
     def do_GET(self): time.sleep(float(sys.argv[2])); super().do_GET()  # latency before each answer
 s = serve_directory(sys.argv[1], Handler if float(sys.argv[2]) else RangeRequestHandler)

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from stellar_spectra.resample import common_grid
-from stellar_spectra.gon import GON, SpectraBatch, gon_loss
-from stellar_spectra.gon_batches import SURVEYS, survey_pixels
-from stellar_spectra.training import PackedSample, TrainConfig, DeviceSample, packed_chi2, train
+from stellar_spectra.pipeline.resample import common_grid
+from stellar_spectra.model.gon import GON, gon_loss
+from stellar_spectra.model.gon_batches import SpectraBatch
+from stellar_spectra.formats import SURVEYS
+from stellar_spectra.model.gon_batches import survey_pixels
+from stellar_spectra.model.training import PackedSample, TrainConfig, DeviceSample, packed_chi2, train
 
 
 def mock_grid_spectra(n, grid, seed=0, n_basis=6, n_lines=4000):
@@ -141,7 +143,7 @@ def main(argv=None):
     n = max(int(np.ceil(a.batch / 0.8 / 3)) + 4, a.batch_observed, a.batch_naive)
     sample = mock_sample(n, grid)
     eq = equal_loss(TrainConfig(**{**cfg.__dict__, 'device': a.device}), sample, dev)
-    from stellar_spectra.training import resolve_device
+    from stellar_spectra.model.training import resolve_device
     _, amp, comp = resolve_device(cfg)
     rows = []
     for name, B, whole in (('naive: whole grid, autograd GON step', a.batch_naive, True),

@@ -20,9 +20,9 @@ timeout ${BENCH_TIMEOUT:-170} python3 bench/gon.py --device cuda --steps 20 --ou
 echo "== inference on CUDA"
 timeout 90 python3 - "$SKY" "$OUT/model/best.pt" <<'PY' 2>&1 | tail -15
 import sys, time, numpy as np, torch
-from stellar_spectra.training import load_packed
-from stellar_spectra.gon import load_checkpoint, SpectraBatch
-from stellar_spectra.inference import fit_latent
+from stellar_spectra.model.training import load_packed
+from stellar_spectra.model.gon import load_checkpoint, SpectraBatch
+from stellar_spectra.model.inference import fit_latent
 s = load_packed(sys.argv[1]); m, _, meta = load_checkpoint(sys.argv[2], map_location='cuda'); m = m.cuda()
 sv = 'galah'; n = 8; pix = s.pix[sv]; w = s.wivar[sv][:n]
 lnl = torch.tensor(s.grid.ln_wave[pix], dtype=torch.float64).expand(n, -1).contiguous()

@@ -8,13 +8,13 @@ Usage: python bench/mocksky.py [--sizes 30 100 300] [--workers 1 2] [--baseline 
 """
 import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
-from stellar_spectra.population import draw_stars, make_catalogues
-from stellar_spectra.mocksky import generate_mock_sky
+from stellar_spectra.mock.population import draw_stars, make_catalogues
+from stellar_spectra.mock.mocksky import generate_mock_sky
 
 ROOT = Path(__file__).resolve().parents[1]
 _TIME = """import json, sys, time, tempfile, shutil
 import stellar_spectra
-from stellar_spectra.mocksky import generate_mock_sky
+from stellar_spectra.mock.mocksky import generate_mock_sky
 assert stellar_spectra.__file__.startswith(sys.argv[4]), stellar_spectra.__file__
 n, w, seed = map(int, sys.argv[1:4]); d = tempfile.mkdtemp(prefix='bench_mocksky_')
 generate_mock_sky(tempfile.mkdtemp(prefix='bench_mocksky_warm_'), n_stars=2, seed=1, progress=False)  # caches, imports

@@ -29,7 +29,7 @@ GUARD = ('offset_px', 'err_px', 'segment_px')  # the guard's measurements (compa
 _RUN = r'''
 import hashlib, json, sys, time, warnings
 import numpy as np, pandas as pd
-import stellar_spectra, stellar_spectra.preprocess as pp
+import stellar_spectra, stellar_spectra.pipeline.preprocess as pp
 warnings.simplefilter('ignore')
 mode, sky, xm, out, w, sched = sys.argv[1:7]
 digests = {}
@@ -57,8 +57,8 @@ print(json.dumps({'wall': wall, 'n': s['n_spectra'], 'stars': s['n_stars'], 'err
 
 def sky(cache, n_stars):
     "The mock sky and its cross-match (generated once into `cache`)."
-    from stellar_spectra.mocksky import generate_mock_sky
-    from stellar_spectra.crossmatch import crossmatch_surveys
+    from stellar_spectra.mock.mocksky import generate_mock_sky
+    from stellar_spectra.pipeline.crossmatch import crossmatch_surveys
     root = Path(cache) / f'sky{n_stars}'
     if not (root / 'xm' / 'common_stars.parquet').is_file():
         t = time.perf_counter()
@@ -70,7 +70,7 @@ def sky(cache, n_stars):
 
 def replicate(xm_path, copies, out):
     "The cross-match repeated `copies` times; copy r's velocities moved by r lattice steps."
-    from stellar_spectra import preprocess as pp
+    from stellar_spectra.pipeline import preprocess as pp
     xm = pd.read_parquet(xm_path); step = pp.C_KMS * pp.common_grid().dln / pp.RV_LATTICE
     big = pd.concat([xm.assign(**{c: xm[c] + r * step for c in ('rv_apogee', 'rv_galah', 'rv_ges')}) for r in range(copies)], ignore_index=True)
     big.to_parquet(out)
@@ -100,7 +100,7 @@ def cluster(n):
     "A Dask LocalCluster of `n` single-threaded workers, started as the stage starts its own (same glibc settings)."
     import dask
     from distributed import LocalCluster
-    from stellar_spectra.preprocess import WORKER_MALLOC
+    from stellar_spectra.pipeline.preprocess import WORKER_MALLOC
     env = {**dask.config.get('distributed.nanny.pre-spawn-environ', default={}), **WORKER_MALLOC}
     with dask.config.set({'distributed.nanny.pre-spawn-environ': env}):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
@@ -108,8 +108,8 @@ def cluster(n):
 
 def profile(root, xm, n=60):
     "CPU ms per spectrum by survey of reading and of `preprocess_spectrum` (operator caches emptied first), in this process."
-    from stellar_spectra import preprocess as pp
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.pipeline import preprocess as pp
+    from stellar_spectra.io.readers import read_spectrum
     plan = pp.work_plan(root, xm); g = pp.common_grid(); out = {}
     pp.preprocess_spectrum(read_spectrum(root / plan.relpath[0]), g, plan.rv[0])  # compiled kernels loaded
     pp._OPS.clear(); pp._SEEN.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from stellar_spectra.readers import read_spectrum, read_many
+from stellar_spectra.io.readers import read_spectrum, read_many
 
 PRODUCTS = {'apStar': 'APOGEE apStar', 'apVisit': 'APOGEE apVisit', 'galah': 'GALAH camera', 'uves': 'Gaia-ESO UVES'}
 SPECUTILS_FORMAT = {'apStar': 'APOGEE apStar', 'apVisit': 'APOGEE apVisit', 'galah': 'wcs1d-fits', 'uves': 'tabular-fits'}
@@ -104,7 +104,7 @@ def main():
     warnings.simplefilter('ignore')
     sky = Path(a.sky) if a.sky else Path(tempfile.mkdtemp(prefix='bench_readers_'))
     if not (sky / 'truth' / 'observations.parquet').exists():
-        from stellar_spectra.mocksky import generate_mock_sky
+        from stellar_spectra.mock.mocksky import generate_mock_sky
         generate_mock_sky(sky, n_stars=a.n_stars, seed=a.seed, progress=False)
     obs = pd.read_parquet(sky / 'truth' / 'observations.parquet')
     obs['kind'] = np.where(obs.survey == 'galah', 'galah', obs['product'])

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 from stellar_spectra.formats import apogee_wavelength, APOGEE_R
-from stellar_spectra import resample as rs
-from stellar_spectra.resample import Resampler, common_grid
+from stellar_spectra.pipeline import resample as rs
+from stellar_spectra.pipeline.resample import Resampler, common_grid
 
 
 def spectra(n, seed=0):
@@ -39,8 +39,8 @@ def best(fn, repeat):
 def mock_spectra(n_stars=6, seed=1):
     "Spectra read from a small mock sky (apStar, GALAH stars, UVES) and the catalogue velocity of each (truth)."
     import tempfile, pandas as pd
-    from stellar_spectra.mocksky import generate_mock_sky
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.mock.mocksky import generate_mock_sky
+    from stellar_spectra.io.readers import read_spectrum
     root = Path(tempfile.mkdtemp(prefix='bench_resample_')); generate_mock_sky(root, n_stars=n_stars, seed=seed, n_workers=1, progress=False)
     obs = pd.read_parquet(root / 'truth' / 'observations.parquet')
     obs = obs[obs['product'].isin(['apStar', 'ccd1', 'uves'])].drop_duplicates('relpath'); out = []
@@ -87,7 +87,7 @@ def construction(grid, repeat, spectra):
 
 def preprocess_times(grid, spectra):
     "Rows (survey, spectra, ms per spectrum before, after) of `preprocess.preprocess_spectrum`, operator caches emptied before each."
-    from stellar_spectra import preprocess as pp
+    from stellar_spectra.pipeline import preprocess as pp
     def run(sub):
         t = 0.0
         for _, sp, rv in sub:

@@ -8,11 +8,11 @@ Usage: python bench/scale.py [--sizes 250 1000 3000] [--workers 2] [--preset cpu
 """
 import argparse, json, os, platform, shutil, tempfile, time
 from pathlib import Path
-from stellar_spectra.scale_run import run_scale, scale_config, disk_bytes
-from stellar_spectra.mocksky import generate_mock_sky
-from stellar_spectra.crossmatch import crossmatch_surveys
-from stellar_spectra.preprocess import run_preprocess
-from stellar_spectra.storage import merge_shards
+from stellar_spectra.mock.scale_run import run_scale, scale_config, disk_bytes
+from stellar_spectra.mock.mocksky import generate_mock_sky
+from stellar_spectra.pipeline.crossmatch import crossmatch_surveys
+from stellar_spectra.pipeline.preprocess import run_preprocess
+from stellar_spectra.pipeline.storage import merge_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

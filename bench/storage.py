@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import h5py
 from stellar_spectra.atomic import atomic_write
-from stellar_spectra.resample import common_grid
-from stellar_spectra.regridded import RegriddedStore, write_regridded, open_regridded
-from stellar_spectra.h5chunks import _chunked, _write_rows, _read_rows, _direct_ok, _chunk_table, _read_direct, CHUNK_ROWS, CHUNK_PX, COMPRESSION
+from stellar_spectra.pipeline.resample import common_grid
+from stellar_spectra.pipeline.regridded import RegriddedStore, write_regridded, open_regridded
+from stellar_spectra.pipeline.h5chunks import chunk_layout, write_rows, read_rows, direct_ok, chunk_table, read_runs, CHUNK_ROWS, CHUNK_PX, COMPRESSION
 
 FIELDS = ('norm_flux', 'norm_ivar', 'weight')  # what training reads
 COVER = {'apogee': [(15140, 15800), (15860, 16430), (16480, 16960)],  # rest-frame vacuum Å, chip gaps left out
@@ -46,23 +46,23 @@ def layouts(n_rows, n_px):
         "h5py default with gzip (auto-chunked, compression='gzip')": (dict(shape=sh, dtype=f4, compression='gzip'), False),
         'one chunk per spectrum (1, n), no compression': (dict(shape=sh, dtype=f4, chunks=(1, n_px)), False),
         'one chunk per spectrum (1, n), lzf': (dict(shape=sh, dtype=f4, chunks=(1, n_px), compression='lzf'), False),
-        f'chosen: ({CHUNK_ROWS}, {CHUNK_PX}) {COMPRESSION or "no compression"}, empty chunks unwritten': (_chunked(sh, f4), True),
-        '(1, 2048) lzf, empty chunks unwritten': (_chunked(sh, f4, compression='lzf'), True),
-        '(1, 2048) gzip-1 + shuffle, empty chunks unwritten': (_chunked(sh, f4, compression='gzip'), True),
-        '(1, 1024) no compression, empty chunks unwritten': (_chunked(sh, f4, chunk_px=1024, compression=None), True),
-        '(1, 4096) no compression, empty chunks unwritten': (_chunked(sh, f4, chunk_px=4096, compression=None), True),
-        '(16, 2048) lzf, empty chunks unwritten': (_chunked(sh, f4, chunk_rows=16, compression='lzf'), True),
+        f'chosen: ({CHUNK_ROWS}, {CHUNK_PX}) {COMPRESSION or "no compression"}, empty chunks unwritten': (chunk_layout(sh, f4), True),
+        '(1, 2048) lzf, empty chunks unwritten': (chunk_layout(sh, f4, compression='lzf'), True),
+        '(1, 2048) gzip-1 + shuffle, empty chunks unwritten': (chunk_layout(sh, f4, compression='gzip'), True),
+        '(1, 1024) no compression, empty chunks unwritten': (chunk_layout(sh, f4, chunk_px=1024, compression=None), True),
+        '(1, 4096) no compression, empty chunks unwritten': (chunk_layout(sh, f4, chunk_px=4096, compression=None), True),
+        '(16, 2048) lzf, empty chunks unwritten': (chunk_layout(sh, f4, chunk_rows=16, compression='lzf'), True),
     }
 
 _TABLES = {}
 
 def ours(ds, rows):
     "The store's reader: the direct path (chunk offsets + os.preadv) where the layout allows it, else sorted runs through h5py."
-    if not _direct_ok(ds): return _read_rows(ds, rows)
+    if not direct_ok(ds): return read_rows(ds, rows)
     key = (ds.file.filename, ds.name)
-    if key not in _TABLES: _TABLES[key] = (os.open(ds.file.filename, os.O_RDONLY), _chunk_table(ds))
+    if key not in _TABLES: _TABLES[key] = (os.open(ds.file.filename, os.O_RDONLY), chunk_table(ds))
     fd, tab = _TABLES[key]
-    return _read_direct(fd, tab, rows, np.zeros((len(rows), ds.shape[1]), ds.dtype))
+    return read_runs(fd, tab, rows, np.zeros((len(rows), ds.shape[1]), ds.dtype))
 
 def forget():
     for fd, _ in _TABLES.values(): os.close(fd)
@@ -81,7 +81,7 @@ def write(path, grid, n, kw, skip, bs=256):
         for r0 in range(0, n, bs):
             b = block(grid, r0, min(n, r0 + bs))
             for k in FIELDS:
-                if skip: _write_rows(dss[k], r0, b[k])
+                if skip: write_rows(dss[k], r0, b[k])
                 else: dss[k][r0:r0 + len(b[k])] = b[k]
     return time.perf_counter() - t
 
@@ -105,7 +105,7 @@ def time_load(path):
     drop_cache(path); t = time.perf_counter()
     with h5py.File(path, 'r') as f:
         for k in FIELDS:
-            if _direct_ok(f[k]): ours(f[k], np.arange(f[k].shape[0]))
+            if direct_ok(f[k]): ours(f[k], np.arange(f[k].shape[0]))
             else: f[k].read_direct(np.empty(f[k].shape, f[k].dtype))
     t_load = time.perf_counter() - t; forget()
     drop_cache(path); t = time.perf_counter()
@@ -162,11 +162,11 @@ def checksums(a, grid, batches):
     "Random-batch speed of the chosen layout without and with fletcher32 (h5py's reader, our direct path + a compiled check), and sha256 costs."
     n, d = a.n, Path(tempfile.mkdtemp(dir=a.dir)); load0 = os.getloadavg(); res = {}
     plain, fl = d / 'plain.h5', d / 'fletcher32.h5'; sh = (n, grid.n)
-    tw = {'plain': write(plain, grid, n, _chunked(sh, np.float32), True), 'fletcher32': write(fl, grid, n, {**_chunked(sh, np.float32), 'fletcher32': True}, True)}
+    tw = {'plain': write(plain, grid, n, chunk_layout(sh, np.float32), True), 'fletcher32': write(fl, grid, n, {**chunk_layout(sh, np.float32), 'fletcher32': True}, True)}
     with h5py.File(plain) as f, h5py.File(fl) as g:  # same rows either way
         for k in FIELDS: np.testing.assert_array_equal(ours(f[k], batches[0]), fletcher_direct(g[k], batches[0]))
     forget()
-    readers = {'no filter, our direct reader (today)': (plain, ours), 'fletcher32, h5py reader (the direct path disabled)': (fl, _read_rows),
+    readers = {'no filter, our direct reader (today)': (plain, ours), 'fletcher32, h5py reader (the direct path disabled)': (fl, read_rows),
                'fletcher32, direct reader + Fletcher-32 checked in a compiled loop': (fl, fletcher_direct)}
     for rep in range(a.reps):  # interleaved, so that a change in the machine's load hits all readers alike
         for name, (p, reader) in readers.items():
@@ -271,10 +271,10 @@ def pipeline_sample(a, d):
         with open_regridded(a.store) as st:
             if st.codec is not None and st.codec.streams != st.codec.pixel_fields: sys.exit(f'{a.store} holds noise-precision rows: give a store of full precision, or --stars')
             return st.grid, st.load(st.fields), st.meta
-    from stellar_spectra.mocksky import generate_mock_sky
-    from stellar_spectra.crossmatch import crossmatch_surveys
-    from stellar_spectra.preprocess import work_plan, preprocess_spectrum
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.mock.mocksky import generate_mock_sky
+    from stellar_spectra.pipeline.crossmatch import crossmatch_surveys
+    from stellar_spectra.pipeline.preprocess import work_plan, preprocess_spectrum
+    from stellar_spectra.io.readers import read_spectrum
     generate_mock_sky(d / 'sky', n_stars=a.stars, seed=42, progress=False)
     plan = work_plan(d / 'sky', crossmatch_surveys(d / 'sky', d / 'xm.parquet', progress=False)['out']); grid, rows, meta = common_grid(), [], []
     for r in plan.itertuples():
@@ -313,7 +313,7 @@ def chi2_check(grid, arrays, path):
 
 def compact(a):
     "The compact-rows section: bytes, reads and chi2 of the store stage's rows against the previous format, on the pipeline's spectra."
-    from stellar_spectra.training import pack_store
+    from stellar_spectra.model.training import pack_store
     d = Path(tempfile.mkdtemp(dir=a.dir)); load0 = os.getloadavg(); t0 = time.perf_counter()
     grid, arrays, meta = pipeline_sample(a, d); N = len(meta); print(f'{N} spectra in {time.perf_counter() - t0:.0f} s', flush=True)
     fmt = {'previous format (whole-grid arrays, one-row chunks)': dict(layout='grid'), 'compact rows, noise precision (the store stage)': dict(precision='noise')}

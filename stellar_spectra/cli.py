@@ -15,16 +15,16 @@ __all__ = ['STAGES', 'missing_reason', 'short_help', 'load', 'arg_type', 'finite
 
 # %% ../nbs/cli.ipynb
 STAGES = {
-    'mocksky': 'stellar_spectra.mocksky:generate_mock_sky',
-    'download': 'stellar_spectra.download:download',
-    'read': 'stellar_spectra.readers:read_spectrum',
-    'crossmatch': 'stellar_spectra.crossmatch:crossmatch_surveys',
-    'preprocess': 'stellar_spectra.preprocess:run_preprocess',
-    'store': 'stellar_spectra.storage:merge_shards',
-    'pack': 'stellar_spectra.training:export_packed',
-    'train': 'stellar_spectra.training:run_training',
-    'evaluate': 'stellar_spectra.results:run_evaluation',
-    'scale': 'stellar_spectra.scale_run:run_scale',
+    'mocksky': 'stellar_spectra.mock.mocksky:generate_mock_sky',
+    'download': 'stellar_spectra.io.download:download',
+    'read': 'stellar_spectra.io.readers:read_spectrum',
+    'crossmatch': 'stellar_spectra.pipeline.crossmatch:crossmatch_surveys',
+    'preprocess': 'stellar_spectra.pipeline.preprocess:run_preprocess',
+    'store': 'stellar_spectra.pipeline.storage:merge_shards',
+    'pack': 'stellar_spectra.model.training:export_packed',
+    'train': 'stellar_spectra.model.training:run_training',
+    'evaluate': 'stellar_spectra.evaluation.results:run_evaluation',
+    'scale': 'stellar_spectra.mock.scale_run:run_scale',
     'summary': 'stellar_spectra.cli:summary',
 }
 

@@ -8,19 +8,19 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from stellar_spectra.resample import common_grid
-from stellar_spectra.readers import read_spectrum
-from stellar_spectra.alignment import (FAULTS, MisalignedGridError, alignment_report, check_alignment, line_offsets, survey_row,
+from stellar_spectra.pipeline.resample import common_grid
+from stellar_spectra.io.readers import read_spectrum
+from stellar_spectra.pipeline.alignment import (FAULTS, MisalignedGridError, alignment_report, check_alignment, line_offsets, survey_row,
                                        process_for_check, spectrum_offsets, stack)
 
 GRID = common_grid()
-SURVEYS = ('apogee', 'galah', 'ges')
+from stellar_spectra.formats import SURVEYS
 
 
 @pytest.fixture(scope='module')
 def sky(tmp_path_factory):
     "A 12-star mock sky, its spectra read once: APOGEE apVisits (observed frame), GALAH stitched, UVES."
-    from stellar_spectra.mocksky import generate_mock_sky
+    from stellar_spectra.mock.mocksky import generate_mock_sky
     root = tmp_path_factory.mktemp('alignment_sky')
     generate_mock_sky(root, n_stars=12, seed=3, n_workers=1, progress=False)
     obs = pd.read_parquet(root / 'truth' / 'observations.parquet')
@@ -80,8 +80,8 @@ def test_rv_skipped_on_a_batch_with_mean_velocity_zero_fails(sky):
     """One star seen at small velocities of zero mean, processed with the velocity skipped: the stack stays at 0, most spectra
     are within 0.5 px, but the per-spectrum offsets scatter: the guard fails."""
     import dataclasses
-    from stellar_spectra.resample import to_rest_grid
-    from stellar_spectra.continuum import normalise
+    from stellar_spectra.pipeline.resample import to_rest_grid
+    from stellar_spectra.pipeline.continuum import normalise
     i = next(k for k, o in enumerate(sky['batch'].itertuples()) if o.survey == 'ges' and o.anomaly == '')
     base = dataclasses.replace(sky['spectra'][i], rv=sky['rv'][i])
     rest = base.wave / (1 + base.frame_rv / 299792.458)

@@ -4,7 +4,7 @@ import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 from stellar_spectra.cli import main
-from stellar_spectra.manifest import Entry, write_manifest
+from stellar_spectra.io.manifest import Entry, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent/'stellar-spectra'
@@ -143,7 +143,7 @@ def test_preprocess_bad_input(capsys, corpus):
     one_error(err, 'missing.parquet')
     code, err, _ = run(capsys, corpus, 'preprocess', corpus, corpus/'text.fits', corpus/'pre', '--method', 'magic', '--no-progress')
     assert code == 2 and 'magic' in err and 'Traceback' not in err
-    from stellar_spectra.continuum import METHODS
+    from stellar_spectra.pipeline.continuum import METHODS
     assert f"choose from {', '.join(map(repr, METHODS))}" in err, err   # argparse offers the one list of methods
 
 def test_store_and_train_bad_input(capsys, corpus):

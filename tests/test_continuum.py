@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stellar_spectra.continuum import METHODS, normalise
-from stellar_spectra.mocksky import generate_mock_sky, model_flux, truth_spectrum
-from stellar_spectra.readers import read_spectrum
-from stellar_spectra.resample import common_grid, to_rest_grid
-from stellar_spectra.synth import telluric_transmission
+from stellar_spectra.pipeline.continuum import METHODS, normalise
+from stellar_spectra.mock.mocksky import generate_mock_sky
+from stellar_spectra.mock.instrument import model_flux, truth_spectrum
+from stellar_spectra.io.readers import read_spectrum
+from stellar_spectra.pipeline.resample import common_grid, to_rest_grid
+from stellar_spectra.mock.synth import telluric_transmission
 
 REAL = Path(__file__).resolve().parents[1] / '../shared/realdata/galah_dr3_format'
 GRID = common_grid()

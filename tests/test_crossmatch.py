@@ -5,9 +5,9 @@ from itertools import combinations
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from astropy.table import Table
-from stellar_spectra.population import draw_stars, make_catalogues
-from stellar_spectra.crossmatch import (SURVEYS, FLAGS, IDS, crossmatch_surveys, score_against_truth,
-                                        read_catalogue, crossmatch)
+from stellar_spectra.mock.population import draw_stars, make_catalogues
+from stellar_spectra.io.catalogues import CATALOGUES, read_catalogue
+from stellar_spectra.pipeline.crossmatch import FLAGS, IDS, crossmatch_surveys, score_against_truth, crossmatch
 
 N_STARS, SEED = 30_000, 5
 
@@ -16,7 +16,7 @@ def write_catalogues(root, stars, seed=SEED, change=None):
     "The three catalogues of `stars` under `root` in the archive layout; `change(name, table)` may edit them."
     for name, t in make_catalogues(stars, seed=seed).items():
         if change: t = change(name, t)
-        p = Path(root) / SURVEYS[name]['path']; p.parent.mkdir(parents=True, exist_ok=True)
+        p = Path(root) / CATALOGUES[name]['path']; p.parent.mkdir(parents=True, exist_ok=True)
         t.write(p, overwrite=True)
     return Path(root)
 
@@ -83,7 +83,7 @@ def test_counts_and_columns(matched, sky):
     t, summary, out = matched
     c = summary['counts']
     stars = sky[1]
-    for s in SURVEYS:
+    for s in CATALOGUES:
         assert t[f'in_{s}'].sum() == stars[f'in_{s}'].sum()  # every catalogue row appears exactly once
         assert len(set(t[f'row_{s}'][t[f'in_{s}']])) == stars[f'in_{s}'].sum()
     assert c['all'] == int((t['n_surveys'] == 3).sum())
@@ -178,14 +178,14 @@ def test_nan_proper_motions_kept_and_flagged(tmp_path):
 def test_explicit_paths_and_dedupe(tmp_path):
     stars = draw_stars(500, seed=8)
     root = write_catalogues(tmp_path / 'sky', stars, seed=8, change=_dup)
-    paths = {s: str(root / SURVEYS[s]['path']) for s in SURVEYS}
+    paths = {s: str(root / CATALOGUES[s]['path']) for s in CATALOGUES}
     s = crossmatch_surveys(None, tmp_path / 'o.parquet', dedupe=True, progress=False, **paths)
     assert any('duplicated rows dropped' in n for n in s['notes'])
     assert s['counts']['rows'] >= len(stars) - 2
 
 
 def test_real_mock_sky_layout(tmp_path):
-    from stellar_spectra import mocksky
+    from stellar_spectra.mock import mocksky
     mocksky.generate_mock_sky(tmp_path / 'sky', n_stars=12, seed=3, progress=False)
     s = crossmatch_surveys(tmp_path / 'sky', tmp_path / 'o.parquet', progress=False)
     t = Table.read(tmp_path / 'o.parquet')

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'docs'))
 import build
 
-PAGES = ['index', 'cli', 'a4_mocksky']
+PAGES = ['index', 'cli', 'm0_mocksky']
 
 def chromium(*args):
     try: return build.chromium(*args)
@@ -35,7 +35,7 @@ def pdf(built):
 
 def test_nav_order():
     names = [p.stem for p in build.notebooks()]
-    assert names[0] == 'index' and names.index('a4_mocksky') > max(i for i, n in enumerate(names) if n[0].isdigit())
+    assert names[0] == 'index' and names.index('m0_mocksky') > max(i for i, n in enumerate(names) if n[0].isdigit())
 
 def test_offline_theme(site):
     "No page loads anything from the network (fonts, scripts, styles)."
@@ -49,7 +49,7 @@ def test_pages_render(site):
         dom = build.render(site/f'{name}.html')
         assert re.search(r'<h1[^>]*>', dom) and '<p>' in dom, name
         assert build.broken_images(dom) == [], (name, build.broken_images(dom))
-        if name == 'a4_mocksky':
+        if name == 'm0_mocksky':
             assert re.search(r'<body[^>]*data-imgs="[^"]*\bok\b', dom)  # its figures load
             assert dom.count('<math') >= 3 and '$p = 1$' not in dom  # LaTeX rendered as MathML, none left raw
         if name != 'index': assert 'class="codehilite"' in dom, name
@@ -57,7 +57,7 @@ def test_pages_render(site):
 
 def test_screenshot(site):
     shot = ROOT/'docs'/'screenshot.png'
-    chromium(f'--screenshot={shot}', '--window-size=1280,2400', (site/'a4_mocksky.html').as_uri())
+    chromium(f'--screenshot={shot}', '--window-size=1280,2400', (site/'m0_mocksky.html').as_uri())
     assert shot.exists() and shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000
 
 def test_math_outside_code_only():
@@ -102,13 +102,13 @@ def test_pdf_check_fails(built, pdf, tmp_path):
     def check(parts):
         with pytest.raises(build.PdfCheckError) as e: build.check_pdf(build.merge_pdf(parts, tmp_path/'bad.pdf'), chapters)
         return str(e.value)
-    (home, home_pdf), mock, cli = parts
+    (home, home_pdf), cli, mock = parts  # site order: the home page, the chapters (cli), then the mock sky's series
     assert build.check_pdf(build.merge_pdf(parts, tmp_path/'ok.pdf'), chapters)  # the parts alone, without a cover, pass
-    assert 'chapter "Command line" (nbs/cli.ipynb) is missing' in check([(home, home_pdf), mock])
-    assert 'chapter "Command line" (nbs/cli.ipynb) is out of order' in check([(home, home_pdf), cli, mock])
-    msg = check([(home, home_pdf), (mock[0], cli[1]), (cli[0], mock[1])])
-    assert 'chapter "Mock sky" (nbs/a4_mocksky.ipynb): its page' in msg and 'does not open with its title' in msg
+    assert 'chapter "Mock sky" (nbs/m0_mocksky.ipynb) is missing' in check([(home, home_pdf), cli])
+    assert 'chapter "Mock sky" (nbs/m0_mocksky.ipynb) is out of order' in check([(home, home_pdf), mock, cli])
+    msg = check([(home, home_pdf), (cli[0], mock[1]), (mock[0], cli[1])])
+    assert 'chapter "Mock sky" (nbs/m0_mocksky.ipynb): its page' in msg and 'does not open with its title' in msg
     w = PdfWriter(); w.append(home_pdf); w.add_blank_page(); w.write(blank := tmp_path/'blank.pdf')
-    assert f'page {len(w.pages)} is blank (in nbs/index.ipynb)' in check([(home, blank), mock, cli])
+    assert f'page {len(w.pages)} is blank (in nbs/index.ipynb)' in check([(home, blank), cli, mock])
     (tmp_path/'lost.html').write_text('<html><head></head><body><h1>Lost</h1><img src="no_such_figure.png"></body></html>')
     with pytest.raises(RuntimeError, match='images did not load: .*no_such_figure.png'): build.print_page(tmp_path/'lost.html', tmp_path/'lost.pdf')

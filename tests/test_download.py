@@ -1,4 +1,4 @@
-"""Integration tests of `stellar_spectra.download` against a real HTTP server on 127.0.0.1 that injects faults."""
+"""Integration tests of `stellar_spectra.io.download` against a real HTTP server on 127.0.0.1 that injects faults."""
 import hashlib, json, os, signal, socket, subprocess, sys, threading, time
 from collections import Counter, defaultdict
 from functools import partial
@@ -9,9 +9,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
-from stellar_spectra.download import (LOCK_NAME, DownloadFailed, Entry, RangeRequestHandler, add_checksums, catalogue_manifest,
-                                      write_manifest)
-from stellar_spectra.download import download as fetch_all
+from stellar_spectra.io.download import LOCK_NAME, DownloadFailed
+from stellar_spectra.io.manifest import add_checksums, write_manifest
+from stellar_spectra.io.manifest import Entry, catalogue_manifest
+from stellar_spectra.mock.mirror import RangeRequestHandler
+from stellar_spectra.io.download import download as fetch_all
 
 def download(*args, **kw):
     "`download`'s summary, also when some files failed (the `DownloadFailed` it raises then carries it)."
@@ -107,7 +109,7 @@ def server(tmp_path):
 def body_path(request, monkeypatch):
     "Run a test on the ways a body reaches its file: os.splice (Linux, plain HTTP), reads into buffers, and splice into a file system that refuses it (EINVAL); counts spliced calls."
     import errno
-    import stellar_spectra.http1 as http1
+    import stellar_spectra.io.http1 as http1
     calls = Counter()
     if request.param == 'buffered': monkeypatch.setattr(http1, 'SPLICE', False)
     else:
@@ -342,7 +344,7 @@ def test_killed_client_process_restarts_and_finishes(server, tmp_path):
     e, = make_files(server.root, [4_000_000])
     server.always[e.path] = 'slow:0.02'  # ~3 MB/s
     manifest, dest = write_manifest([e], tmp_path/'m.jsonl'), tmp_path/'d'
-    code = (f'from stellar_spectra.download import download; '
+    code = (f'from stellar_spectra.io.download import download; '
             f'download({str(manifest)!r}, {str(dest)!r}, base_url={server.url!r}, progress=False, chunk={CHUNK})')
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     p = subprocess.Popen([sys.executable, '-c', code], env=env)
@@ -364,7 +366,7 @@ def test_killed_client_process_restarts_and_finishes(server, tmp_path):
 
 def test_mock_sky_through_its_catalogues(server, tmp_path):
     "A tiny mock sky fetched over HTTP through a manifest built from its own catalogues, and copied through file://."
-    from stellar_spectra import mocksky
+    from stellar_spectra.mock import mocksky
     mocksky.generate_mock_sky(server.root, n_stars=4, progress=False)
     es = add_checksums(catalogue_manifest(server.root), server.root)
     meta = json.loads((server.root/'truth'/'meta.json').read_text())

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from stellar_spectra.formats import C_KMS
-from stellar_spectra.resample import common_grid
-from stellar_spectra.gon import (GON, GONConfig, SpectraBatch, batch_from_store, chi2, draw_params, encode, gon_loss,
-                                 grid_window, latent_step, load_checkpoint, mock_batch, mock_spectrum, pad_spectra,
-                                 save_checkpoint, split_by_star, survey_pixels)
-from stellar_spectra import training
-from stellar_spectra.training import DeviceSample, PackedSample, TrainConfig, packed_chi2, train
-from stellar_spectra.inference import anomaly_score, fit_latent, fit_prior, impute, predict_survey
+from stellar_spectra.pipeline.resample import common_grid
+from stellar_spectra.model.gon import GON, encode, gon_loss, latent_step, load_checkpoint, save_checkpoint
+from stellar_spectra.model.decoders import GONConfig, grid_window
+from stellar_spectra.model.gon_batches import SpectraBatch, batch_from_store, chi2, pad_spectra, split_by_star, survey_pixels
+from stellar_spectra.mock.fixtures import draw_params, mock_batch, mock_spectrum
+from stellar_spectra.model import training
+from stellar_spectra.model.training import DeviceSample, PackedSample, TrainConfig, packed_chi2, train
+from stellar_spectra.model.inference import anomaly_score, fit_latent, fit_prior, impute, predict_survey
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ def trained():
                                 dict(decoder='fourier', conditioning='film', shared_origin=False),
                                 dict(conditioning='concat', inner_steps=2, step='gradient')])   # the default 'fisher' step and the plain one
 def test_gon_gradient_matches_finite_differences(kw):
-    b, _ = mock_batch(draw_params(3, seed=5), WAVE, HALVES, snr=50, seed=5, toy=True)
+    b, _ = mock_batch(draw_params(3, seed=5), WAVE, HALVES, snr=50, seed=5)
     torch.manual_seed(1)
     m = GON(small_cfg(hidden=16, **kw)).double()
     b = b.to(torch.float64)
@@ -106,7 +107,7 @@ def test_training_loss_is_differentiated_through_the_inner_step(step, monkeypatc
 
 def test_star_latent_sums_its_spectra():
     "One latent per star: the first GON step of a star is the sum of its spectra's steps."
-    b, _ = mock_batch(draw_params(2, seed=6), WAVE, HALVES, seed=6, toy=True)
+    b, _ = mock_batch(draw_params(2, seed=6), WAVE, HALVES, seed=6)
     m = GON(small_cfg(step='gradient'))        # the plain gradient step: a star's step is the sum of its spectra's steps
                                                # (the 'fisher' step adds their gradients and Fisher matrices, then solves)
     with torch.no_grad():
@@ -287,7 +288,7 @@ def test_cross_survey_prediction_beats_mean_spectrum(trained, src, dst):
 def _write_store(path, grid, pars, rng):
     "A regridded store on `grid`: each star seen by both pseudo-surveys (halves of the window), a few bad pixels."
     import pandas as pd
-    from stellar_spectra.storage import write_regridded
+    from stellar_spectra.pipeline.regridded import write_regridded
     N, sl = 2 * len(pars), grid_window(5600, 5900, grid)
     flux, ivar, weight = np.ones((N, grid.n), np.float32), np.zeros((N, grid.n), np.float32), np.zeros((N, grid.n), np.float32)
     for i, p in enumerate(pars):
@@ -304,7 +305,7 @@ def _write_store(path, grid, pars, rng):
 
 
 def test_batch_from_regridded_store(tmp_path):
-    from stellar_spectra.storage import open_regridded
+    from stellar_spectra.pipeline.regridded import open_regridded
     pars = draw_params(3, seed=50)
     path, weight = _write_store(tmp_path / 'regridded.h5', GRID, pars, np.random.default_rng(50))
     cfg = small_cfg(n_surveys=3)

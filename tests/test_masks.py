@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from stellar_spectra.formats import APOGEE_CHIPS, C_KMS
-from stellar_spectra.masks import (DEFAULT_WEIGHTS, OPTICAL_TELLURIC_BANDS, V_BC_MAX, flag_atmosphere, flags_on_grid,
+from stellar_spectra.pipeline.masks import (DEFAULT_WEIGHTS, OPTICAL_TELLURIC_BANDS, V_BC_MAX, flag_atmosphere, flags_on_grid,
                                    frame_scale, grid_flags, in_regions, loss_weights)
-from stellar_spectra.mocksky import generate_mock_sky
-from stellar_spectra.readers import read_spectrum
-from stellar_spectra.resample import Resampler, common_grid, to_rest_grid
+from stellar_spectra.mock.mocksky import generate_mock_sky
+from stellar_spectra.io.readers import read_spectrum
+from stellar_spectra.pipeline.resample import Resampler, common_grid, to_rest_grid
 from stellar_spectra.spectrum import BAD, PixelFlag as P
-from stellar_spectra.synth import telluric_transmission
+from stellar_spectra.mock.synth import telluric_transmission
 
 REAL = Path(__file__).resolve().parents[1] / '../shared/realdata/galah_dr3_format'
 GRID = common_grid()

@@ -11,8 +11,10 @@ from stellar_spectra.formats import (C_KMS, APOGEE_PIXMASK, APOGEE_BAD_PIXMASK, 
                                      apogee_wavelength, apogee_chip_mask, linear_wavelength)
 from stellar_spectra.linelist import air_to_vacuum, vacuum_to_air
 from stellar_spectra.formats import sigma_lnlam as instrumental_sigma_lnlam
-from stellar_spectra.mocksky import generate_mock_sky, model_flux, truth_spectrum, _baseline
-from stellar_spectra import instrument, synth
+from stellar_spectra.mock.mocksky import generate_mock_sky
+from stellar_spectra.mock.instrument import baseline
+from stellar_spectra.mock.instrument import model_flux, truth_spectrum
+from stellar_spectra.mock import instrument, synth
 
 REAL = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'galah_dr3_format'
 N_STARS, SEED = 14, 7
@@ -198,7 +200,7 @@ def _line_offsets(out, stars, o, lines, expect_kms=0.0):
     "Measured minus predicted line positions (km/s) in one file, in the file's own wavelength convention."
     w, fl, e, good = _file_spectra(out, o)
     s = star_of(stars, o)
-    norm = np.where(good, fl / _baseline(s, o.to_dict(), w), 1.0)
+    norm = np.where(good, fl / baseline(s, o.to_dict(), w), 1.0)
     air = o['survey'] in ('galah', 'ges')
     w_file = vacuum_to_air(w) if air else w
     dv = []

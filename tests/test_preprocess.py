@@ -5,10 +5,12 @@ whole-grid recipe the stage used before its speed-ups (issue #15)."""
 import json, os, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
-from stellar_spectra.mocksky import generate_mock_sky
-from stellar_spectra.crossmatch import crossmatch_surveys
-from stellar_spectra.preprocess import run_preprocess, work_plan, MisalignedGridError
-from stellar_spectra.storage import merge_shards, open_regridded, completed_shards
+from stellar_spectra.mock.mocksky import generate_mock_sky
+from stellar_spectra.pipeline.crossmatch import crossmatch_surveys
+from stellar_spectra.pipeline.preprocess import run_preprocess, work_plan
+from stellar_spectra.pipeline.alignment import MisalignedGridError
+from stellar_spectra.pipeline.storage import merge_shards, completed_shards
+from stellar_spectra.pipeline.regridded import open_regridded
 
 FIELDS = ('flux', 'ivar', 'norm_flux', 'norm_ivar', 'flags', 'weight')
 
@@ -61,7 +63,7 @@ def test_dask_two_workers_bit_identical(sky, serial, tmp_path):
 
 SCRIPT = """
 import sys, time
-import stellar_spectra.preprocess as pp
+import stellar_spectra.pipeline.preprocess as pp
 _chunk = pp.process_chunk
 def slow(*a, **k):  # a slow worker, so that the kill lands mid-stage
     r = _chunk(*a, **k); time.sleep(0.5); return r
@@ -153,14 +155,14 @@ def test_unreadable_chunk_and_truncated_galah_camera(sky, tmp_path):
                                      (dict(tol_px=float('inf')), 'tol_px must be a finite number > 0'),
                                      (dict(tol_px=-0.1), 'tol_px must be a finite number > 0')])
 def test_stage_parameters_checked_at_start(sky, tmp_path, kw, what):
-    from stellar_spectra.continuum import METHODS
+    from stellar_spectra.pipeline.continuum import METHODS
     with pytest.raises(ValueError, match=what) as e: run_preprocess(*sky, tmp_path / 'out', progress=False, **kw)
     if 'method' in kw: assert str(list(METHODS)) in str(e.value)
     assert not (tmp_path / 'out').exists()  # refused before anything was read or written
 
 
 def test_store_refuses_shards_of_a_failed_guard(sky, tmp_path):
-    from stellar_spectra.storage import StoreError
+    from stellar_spectra.pipeline.regridded import StoreError
     xm = pd.read_parquet(sky[1]); xm['rv_ges'] = xm['rv_ges'] + 25.0
     p = tmp_path / 'common_stars.parquet'; xm.to_parquet(p)
     with pytest.raises(MisalignedGridError): run_preprocess(sky[0], p, tmp_path / 'out', chunk_size=4, n_workers=0, progress=False)
@@ -222,9 +224,9 @@ def whole_grid_flags(grid, r, flags, bad, min_weight=0.1):
 def whole_grid_recipe(spec, grid, rv):
     """`preprocess_spectrum` as it was written before: flags on the whole grid by sparse products, the continuum's loop over every block
     of the grid (`continuum._usable_span` set to the whole grid by the caller), the weights and the float32 casts on whole-grid arrays."""
-    from stellar_spectra.preprocess import regrid, grid_wave
-    from stellar_spectra.masks import flag_atmosphere, loss_weights
-    from stellar_spectra.continuum import normalise
+    from stellar_spectra.pipeline.preprocess import regrid, grid_wave
+    from stellar_spectra.pipeline.masks import flag_atmosphere, loss_weights
+    from stellar_spectra.pipeline.continuum import normalise
     from stellar_spectra.spectrum import PixelFlag as P
     s = flag_atmosphere(spec)
     r = regrid(s, grid, rv=None if not np.isfinite(rv) else float(rv)); rs = r['resampler']
@@ -244,8 +246,8 @@ def test_arrays_as_before(which, request, tmp_path, monkeypatch):
     issue #15 (flags in one compiled pass over the operator, the continuum on the blocks holding data, only each spectrum's
     reach written into the chunk's arrays) change no stored value. The guard's own measurements are compiled loops whose
     sums run in another order than numpy's: they agree with the numpy formulation to ~1e-13 px (nbs/05a_alignment tests it)."""
-    from stellar_spectra import preprocess as pp, continuum
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.pipeline import preprocess as pp, continuum
+    from stellar_spectra.io.readers import read_spectrum
     root, xm = request.getfixturevalue(which); got, write = {}, pp.write_shard
     def capture(shard_dir, key, arrays, meta, native=None, grid=None, **kw):
         got[key] = ({k: v.copy() for k, v in arrays.items()}, meta.copy())

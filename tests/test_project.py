@@ -78,7 +78,7 @@ def test_dvc_repro_push_pull(project):
     assert (project/'data'/'crossmatch'/'common_stars.parquet').exists()
     assert (project/'data'/'store'/'regridded.h5').exists() and (project/'data'/'preprocess'/'alignment.csv').exists()
     sky = project/'data'/'mock_sky'
-    assert (sky/'truth'/'stars.parquet').exists() and (project/'papermill_runs'/'a4_mocksky.ipynb').exists()
+    assert (sky/'truth'/'stars.parquet').exists() and (project/'papermill_runs'/'m0_mocksky.ipynb').exists()
     lock = json.loads((project/'data'/'archive'/'download.lock.json').read_text())  # the later stages read the fetched copy
     assert lock['files'] and all((project/'data'/'archive'/p).read_bytes() == (sky/p).read_bytes() for p in lock['files'])
     assert all(r['status'] == 404 and not (sky/p).exists() for p, r in lock['failed'].items())

@@ -11,9 +11,10 @@ from stellar_spectra.formats import (APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_NWAVE,
                                      GALAH_DISPERSION, C_KMS, UCD_AIR, UCD_VACUUM, apogee_wavelength, linear_wavelength)
 from stellar_spectra.linelist import air_to_vacuum
 from stellar_spectra.spectrum import Spectrum, PixelFlag, flag_spikes
-from stellar_spectra.readers import (SpectrumReadError, ReaderWarning, identify, read_spectrum, read_many, read_apstar,
-                                     read_apstar_visits, read_apvisit, read_galah, read_uves, read_allstar, read_galah_catalogue,
-                                     read_ges_catalogue, open_fits)
+from stellar_spectra.io.fitsfile import SpectrumReadError, ReaderWarning, identify, open_fits
+from stellar_spectra.io.readers import read_spectrum, read_many, read_allstar, read_galah_catalogue, read_ges_catalogue
+from stellar_spectra.io.apogee import read_apstar, read_apstar_visits, read_apvisit
+from stellar_spectra.io.optical import read_galah, read_uves
 
 REAL = Path(__file__).resolve().parents[1] / '../shared/realdata/galah_dr3_format'
 SID = 140207001201005
@@ -302,7 +303,7 @@ def test_catalogues(tmp_path):
 # ---------------------------------------------------------------- the mock sky: recover the truth
 @pytest.fixture(scope='module')
 def sky(tmp_path_factory):
-    from stellar_spectra.mocksky import generate_mock_sky
+    from stellar_spectra.mock.mocksky import generate_mock_sky
     d = tmp_path_factory.mktemp('sky')
     generate_mock_sky(d, n_stars=40, seed=4, progress=False)
     obs = pd.read_parquet(d / 'truth' / 'observations.parquet')
@@ -311,7 +312,7 @@ def sky(tmp_path_factory):
 
 
 def _orbit(star, mjd):
-    from stellar_spectra.mocksky import orbit_velocity
+    from stellar_spectra.mock.instrument import orbit_velocity
     return orbit_velocity(star, mjd)
 
 

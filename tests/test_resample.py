@@ -1,14 +1,14 @@
-"""Resampling and continuum normalisation against the mock sky's physics (`stellar_spectra.synth`): a noise-free
+"""Resampling and continuum normalisation against the mock sky's physics (`stellar_spectra.mock.synth`): a noise-free
 spectrum rendered at a survey's native resolution and sampling, regridded, must equal the spectrum rendered directly at
 the common resolution; pulls have unit width; lines land where they belong; masked pixels never leak."""
 import numpy as np
 import pytest
 from stellar_spectra.formats import (APOGEE_R, GALAH_COVERAGE, GALAH_DISPERSION, GALAH_NPIX, GALAH_R, UVES_R, C_KMS,
                                      apogee_wavelength, linear_wavelength)
-from stellar_spectra.resample import Resampler, common_grid, resample
-from stellar_spectra.continuum import METHODS, normalise
+from stellar_spectra.pipeline.resample import Resampler, common_grid, resample
+from stellar_spectra.pipeline.continuum import METHODS, normalise
 
-from stellar_spectra import synth
+from stellar_spectra.mock import synth
 from stellar_spectra.linelist import air_to_vacuum
 
 GRID = common_grid()
@@ -114,14 +114,14 @@ def test_continuum_methods_recover_synth_continuum(method):
 # --- to_rest_grid on mock-sky files of the three surveys ---------------------------------------------------------
 import warnings
 import pandas as pd
-from stellar_spectra.resample import to_rest_grid, rest_velocity
+from stellar_spectra.pipeline.resample import to_rest_grid, rest_velocity
 
 TELLURIC = [(5795, 5815), (5865, 6005), (6465, 6605), (6855, 6895), (7155, 7345), (7585, 7760), (8115, 8345)]
 
 
 @pytest.fixture(scope='module')
 def sky(tmp_path_factory):
-    from stellar_spectra.mocksky import generate_mock_sky
+    from stellar_spectra.mock.mocksky import generate_mock_sky
     root = tmp_path_factory.mktemp('sky')
     generate_mock_sky(root, n_stars=12, seed=3, n_workers=1, progress=False)
     obs = pd.read_parquet(root / 'truth' / 'observations.parquet')
@@ -131,8 +131,8 @@ def sky(tmp_path_factory):
 
 def _landed_shift(root, o, stars):
     "Read, put on the grid, normalise; shift (px) of the data relative to the truth."
-    from stellar_spectra.readers import read_spectrum
-    from stellar_spectra.mocksky import truth_spectrum
+    from stellar_spectra.io.readers import read_spectrum
+    from stellar_spectra.mock.instrument import truth_spectrum
     with warnings.catch_warnings():
         warnings.simplefilter('ignore'); spec = read_spectrum(root / o.relpath)
     star = stars.loc[o.star_index]
@@ -165,8 +165,8 @@ def test_to_rest_grid_lands_mock_sky_lines(sky, survey, product):
 
 
 # --- operator construction: the numba kernel against the numpy reference ----------------------------------------------
-from stellar_spectra.resample import _smoothed_reference, smoothed_overlap_matrix
-import stellar_spectra.resample as _rs
+from stellar_spectra.pipeline.resample import _smoothed_reference, smoothed_overlap_matrix
+import stellar_spectra.pipeline.resample as _rs
 
 
 @pytest.mark.parametrize('name,wave,R,rv', CASES, ids=[c[0] for c in CASES])
@@ -197,7 +197,7 @@ def test_fast_operator_on_stitched_cameras():
 
 def test_to_rest_grid_prebuilt_resampler(sky):
     "Operators built beforehand (one, a function of the velocity, one per camera) give what `to_rest_grid` builds itself."
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.io.readers import read_spectrum
     root, obs, stars = sky
     for product in ('ccd1', 'uves'):
         o = obs[(obs['product'] == product) & (obs['anomaly'] == '')].iloc[0]

@@ -9,8 +9,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import SMALL, mock_store                                     # a regridded store of mock stars
-from stellar_spectra.training import run_training, pack_store
-from stellar_spectra.results import LABELS, EvalConfig, cap_stars, evaluate as evaluate_split, load_split, run_evaluation, star_truth
+from stellar_spectra.model.training import run_training, pack_store
+from stellar_spectra.evaluation.results import LABELS, EvalConfig, cap_stars, evaluate as evaluate_split, load_split, run_evaluation, star_truth
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'PATH': f'{BIN}{os.pathsep}{os.environ.get("PATH", "")}', 'OMP_NUM_THREADS': '1'}
@@ -58,8 +58,8 @@ def test_unknown_option_in_params(trained, tmp_path):
 
 def tiny_evaluation(t):
     "`load_evaluation`'s dict for the fixture's store and model, with made-up truth (the mock store has no mock sky behind it)."
-    from stellar_spectra.regridded import open_regridded
-    from stellar_spectra.gon import load_checkpoint
+    from stellar_spectra.pipeline.regridded import open_regridded
+    from stellar_spectra.model.gon import load_checkpoint
     store = open_regridded(t['store']); model, _, info = load_checkpoint(t['model'] / 'best.pt')
     meta, rng, split = store.meta, np.random.default_rng(0), load_split(t['model'])
     truth = pd.DataFrame(dict(star=meta['star'].to_numpy(), survey=meta['survey'].to_numpy(), truth_star=meta['star'].to_numpy(), rv_true=0.,

@@ -4,7 +4,7 @@ store against the stage-by-stage pipeline's, are tested in the notebook."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, yaml
-from stellar_spectra.regridded import open_regridded
+from stellar_spectra.pipeline.regridded import open_regridded
 
 BIN = Path(sys.executable).parent
 ARGS = ['--n-stars', '40', '--part-stars', '5', '--n-workers', '1', '--until', 'store', '--no-progress']

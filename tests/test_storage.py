@@ -8,11 +8,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from stellar_spectra.resample import common_grid
+from stellar_spectra.pipeline.resample import common_grid
 from stellar_spectra.spectrum import Spectrum, PixelFlag
-from stellar_spectra.storage import (StoreError, write_regridded, open_regridded, write_native, read_native, read_native_meta,
-                                     write_shard, completed_shards, merge_shards, demo_sample, SPEC_ORDER)
-from stellar_spectra.h5chunks import NOISE_PRECISION
+from stellar_spectra.pipeline.regridded import StoreError, write_regridded, open_regridded
+from stellar_spectra.mock.fixtures import demo_sample
+from stellar_spectra.pipeline.native import write_native, read_native, read_native_meta
+from stellar_spectra.pipeline.storage import write_shard, completed_shards, merge_shards, SPEC_ORDER
+from stellar_spectra.pipeline.h5chunks import NOISE_PRECISION
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = common_grid(wmin=5000, wmax=5600)  # 3,400 px: small, but several chunks wide with chunk_px=1000
@@ -406,10 +408,10 @@ def test_merge_refuses_shards_of_a_failed_guard(tmp_path):
 @pytest.fixture(scope='module')
 def pipeline_rows(tmp_path_factory):
     "The full-precision arrays the preprocessing makes for a small mock sky (all three surveys), and their table."
-    from stellar_spectra.mocksky import generate_mock_sky
-    from stellar_spectra.crossmatch import crossmatch_surveys
-    from stellar_spectra.preprocess import work_plan, preprocess_spectrum
-    from stellar_spectra.readers import read_spectrum
+    from stellar_spectra.mock.mocksky import generate_mock_sky
+    from stellar_spectra.pipeline.crossmatch import crossmatch_surveys
+    from stellar_spectra.pipeline.preprocess import work_plan, preprocess_spectrum
+    from stellar_spectra.io.readers import read_spectrum
     root = tmp_path_factory.mktemp('sky'); generate_mock_sky(root, n_stars=8, seed=14, progress=False)
     plan = work_plan(root, crossmatch_surveys(root, root / 'xm.parquet', progress=False)['out'])
     grid, rows, meta = common_grid(), [], []
@@ -439,7 +441,7 @@ def test_compact_rows_within_stated_precision(pipeline_rows, tmp_path):
 def test_compact_rows_leave_chi2_unchanged(pipeline_rows, tmp_path):
     "The chi2 of a reference model against the stored spectra, through the batches training builds, equals the one against full precision to << 1%."
     import torch
-    from stellar_spectra.gon_batches import batch_from_store, chi2
+    from stellar_spectra.model.gon_batches import batch_from_store, chi2
     grid, arrays, meta = pipeline_rows
     full, noise = (write_regridded(tmp_path / f'{p}.h5', grid, arrays, meta, precision=p) for p in ('exact', 'noise'))
     nf, ni = arrays['norm_flux'].astype(np.float64), arrays['norm_ivar'].astype(np.float64)

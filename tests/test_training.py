@@ -1,4 +1,4 @@
-"""Training the GON from the regridded store (`stellar_spectra.training`): splits by star, resume after a real kill,
+"""Training the GON from the regridded store (`stellar_spectra.model.training`): splits by star, resume after a real kill,
 the S/N-invariant latent, beating the mean spectrum, data parallelism, clear errors, and the float16 packed sample.
 
 Every test runs on one small store of mock stars written in a temporary folder (`store` below)."""
@@ -10,13 +10,15 @@ import pytest
 import torch
 import yaml
 
-from stellar_spectra import training
-from stellar_spectra.gon import GON, encode, load_checkpoint, origin_jacobian
-from stellar_spectra.gon_batches import SURVEYS, batch_from_store, chi2, draw_params, mock_batch
-from stellar_spectra.regridded import open_regridded, write_regridded
-from stellar_spectra.resample import common_grid
+from stellar_spectra.model import training
+from stellar_spectra.model.gon import GON, encode, load_checkpoint, origin_jacobian
+from stellar_spectra.formats import SURVEYS
+from stellar_spectra.model.gon_batches import batch_from_store, chi2
+from stellar_spectra.mock.fixtures import draw_params, mock_batch
+from stellar_spectra.pipeline.regridded import open_regridded, write_regridded
+from stellar_spectra.pipeline.resample import common_grid
 from stellar_spectra.spectrum import PixelFlag
-from stellar_spectra.training import (DeviceSample, PackedSample, TrainConfig, baselines, evaluate_packed, load_packed,
+from stellar_spectra.model.training import (DeviceSample, PackedSample, TrainConfig, baselines, evaluate_packed, load_packed,
                                       pack_store, packed_chi2, run_training, save_packed, split_sample, train)
 
 torch.set_num_threads(1)

@@ -1,0 +1,1 @@
+"""The Gradient Origin Network: decoders, batches, the model, its inference and its training."""
