@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONWARNINGS := ignore::UserWarning:nbdev.doclinks
 NBWORKERS ?= 2
 
-.PHONY: install run scale test check-clean nbtest pytest docs lab readme chromium clean
+.PHONY: install run scale test check-clean lint nbtest pytest docs lab readme chromium clean
 
 # (Re)install only when the package definition or the pinned versions change.
 $(STAMP): setup.py settings.ini constraints.txt
@@ -37,6 +37,11 @@ check-clean: $(STAMP)
 	untracked=$$(git ls-files --others --exclude-standard -- nbs/ stellar_spectra/); \
 	  if [ -n "$$untracked" ]; then echo "Untracked notebooks or modules: $$untracked"; exit 1; fi
 
+# Lines of at most 120 characters, one statement per line, no unused imports (.ruff.toml); `ruff format` keeps the layout.
+lint: $(STAMP)
+	ruff check nbs tests bench docs setup.py
+	ruff format --check nbs tests bench docs setup.py
+
 nbtest: $(STAMP)
 	nbdev_test --n_workers $(NBWORKERS)
 
@@ -49,6 +54,7 @@ pytest: $(STAMP) chromium
 # pytest runs last so that its summary line is the last line of output.
 test: $(STAMP)
 	$(MAKE) --no-print-directory check-clean
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
 

@@ -16,37 +16,58 @@ def _fsync(path):
     "Flush a file's data to disk (best effort where the platform cannot)."
     try:
         fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
 
 def _umask():
     "The process's file-creation mask (read without changing it where /proc allows)."
-    try: return int(next(l for l in open('/proc/self/status') if l.startswith('Umask:')).split()[1], 8)
-    except (OSError, StopIteration, ValueError): u = os.umask(0o022); os.umask(u); return u
+    try:
+        return int(next(l for l in open('/proc/self/status') if l.startswith('Umask:')).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        u = os.umask(0o022)
+        os.umask(u)
+        return u
+
 
 @contextmanager
-def atomic_path(path, # final file name
-                sync:bool=True): # fsync before the rename (durable; a little slower)
+def atomic_path(
+    path,  # final file name
+    sync: bool = True,  # fsync before the rename (durable; a little slower)
+):
     "Context manager yielding a temporary path in the same folder; renamed onto `path` only if the block succeeds."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part'); os.close(fd)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 600: give it the mode a plain open() would
-        if sync: _fsync(tmp)
+        if sync:
+            _fsync(tmp)
         os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00d_atomic.ipynb
-def atomic_write(path, # final file name
-                 data, # bytes, str (UTF-8), or a callable `writer(tmp_path)` that creates the file
-                 sync:bool=True): # fsync before the rename
+def atomic_write(
+    path,  # final file name
+    data,  # bytes, str (UTF-8), or a callable `writer(tmp_path)` that creates the file
+    sync: bool = True,  # fsync before the rename
+):
     "Write `data` to `path` atomically (temporary file in the same folder, then `os.replace`)."
     with atomic_path(path, sync) as tmp:
-        if callable(data): data(tmp)
-        elif isinstance(data, str): tmp.write_text(data, encoding='utf-8')
-        elif isinstance(data, (bytes, bytearray, memoryview)): tmp.write_bytes(data)
-        else: raise TypeError(f'{path}: atomic_write takes bytes, str or a callable, not {type(data).__name__}')
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, str):
+            tmp.write_text(data, encoding='utf-8')
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            tmp.write_bytes(data)
+        else:
+            raise TypeError(f'{path}: atomic_write takes bytes, str or a callable, not {type(data).__name__}')
     return Path(path)

@@ -29,149 +29,204 @@ STAGES = {
 }
 
 # %% ../nbs/cli.ipynb
-def missing_reason(target) -> str|None:
+def missing_reason(target) -> str | None:
     "Why the subcommand `target` ('module:function' or a callable) is unavailable, or None if it can be run."
-    if callable(target): return None
+    if callable(target):
+        return None
     mod = target.split(':')[0]
-    try: spec = importlib.util.find_spec(mod)
-    except ModuleNotFoundError: spec = None
+    try:
+        spec = importlib.util.find_spec(mod)
+    except ModuleNotFoundError:
+        spec = None
     return None if spec else f'module {mod} not found'
 
 # %% ../nbs/cli.ipynb
 def short_help(target) -> str:
-    "First line of the docstring of `target`, read without importing its module."
-    if callable(target): return (inspect.getdoc(target) or '').split('\n')[0]
+    "First paragraph of the docstring of `target` as one line, read without importing its module."
+    if callable(target):
+        return ' '.join((inspect.getdoc(target) or '').split('\n\n')[0].split())
     mod, fn = target.split(':')
     try:
         tree = ast.parse(Path(importlib.util.find_spec(mod).origin).read_text())
         node = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == fn)
-    except (StopIteration, AttributeError, TypeError, ModuleNotFoundError, OSError, SyntaxError): return ''
-    return (ast.get_docstring(node) or '').split('\n')[0]
+    except (StopIteration, AttributeError, TypeError, ModuleNotFoundError, OSError, SyntaxError):
+        return ''
+    return ' '.join((ast.get_docstring(node) or '').split('\n\n')[0].split())
 
 # %% ../nbs/cli.ipynb
 def load(target):
     "The function that `target` ('module:function' or a callable) names, importing its module."
-    if callable(target): return target
+    if callable(target):
+        return target
     mod, fn = target.split(':')
     f = getattr(importlib.import_module(mod), fn, None)
-    if f is None: raise ImportError(f'{mod} has no function {fn}')
+    if f is None:
+        raise ImportError(f'{mod} has no function {fn}')
     return f
 
 # %% ../nbs/cli.ipynb
 _SIMPLE = (int, float, str, Path)
 
+
 def arg_type(anno, default=None) -> dict:
     "argparse keywords (type, nargs, choices) for a parameter annotated `anno` with `default`; None if not expressible."
     origin, args = typing.get_origin(anno), [a for a in typing.get_args(anno) if a is not type(None)]
-    if anno is bool or isinstance(default, bool): return dict(action=argparse.BooleanOptionalAction)
-    if anno in _SIMPLE: return dict(type=anno)
-    if origin is typing.Literal: return dict(choices=list(args), type=type(args[0]))
-    if origin in (list, tuple) and args and args[0] in _SIMPLE: return dict(type=args[0], nargs='+')
-    if len(args) == 1: return arg_type(args[0], default)  # X | None
+    if anno is bool or isinstance(default, bool):
+        return dict(action=argparse.BooleanOptionalAction)
+    if anno in _SIMPLE:
+        return dict(type=anno)
+    if origin is typing.Literal:
+        return dict(choices=list(args), type=type(args[0]))
+    if origin in (list, tuple) and args and args[0] in _SIMPLE:
+        return dict(type=args[0], nargs='+')
+    if len(args) == 1:
+        return arg_type(args[0], default)  # X | None
     if anno in (inspect.Parameter.empty, None) or isinstance(anno, str):
-        if default is None or default is inspect.Parameter.empty: return dict(type=str)
-        if isinstance(default, _SIMPLE): return dict(type=type(default))
+        if default is None or default is inspect.Parameter.empty:
+            return dict(type=str)
+        if isinstance(default, _SIMPLE):
+            return dict(type=type(default))
         if isinstance(default, (list, tuple)) and default and isinstance(default[0], _SIMPLE):
             return dict(type=type(default[0]), nargs='+')
-    if args and all(a in _SIMPLE for a in args): return dict(type=str)  # e.g. str | Path
+    if args and all(a in _SIMPLE for a in args):
+        return dict(type=str)  # e.g. str | Path
     return None
 
 # %% ../nbs/cli.ipynb
 def _params(func):
     "(name, annotation, default, help) for each parameter of `func`."
-    try: hints = typing.get_type_hints(func)
-    except Exception: hints = {}
-    try: docs = docments(func)
-    except Exception: docs = {}
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        hints = {}
+    try:
+        docs = docments(func)
+    except Exception:
+        docs = {}
     for p in inspect.signature(func).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD): continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
         yield p.name, hints.get(p.name, p.annotation), p.default, docs.get(p.name) or ''
 
 # %% ../nbs/cli.ipynb
-def finite_float(s:str) -> float: # the option's text
+def finite_float(s: str) -> float:  # the option's text
     "A float option's value: a finite number, or an argparse error."
     x = float(s)
-    if not math.isfinite(x): raise argparse.ArgumentTypeError(f'{s!r} is not a finite number')
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f'{s!r} is not a finite number')
     return x
 
-def add_func_args(parser:argparse.ArgumentParser, # parser (or subparser) to fill
-                  func): # function whose parameters become the arguments
+
+def add_func_args(
+    parser: argparse.ArgumentParser,  # parser (or subparser) to fill
+    func,  # function whose parameters become the arguments
+):
     "Add one argument per parameter of `func` to `parser`; returns the names it could not express."
     fixed = []
     for name, anno, default, doc in _params(func):
         kw = arg_type(anno, default)
-        if kw is None: fixed.append(name); continue
-        if kw.get('type') is float: kw['type'] = finite_float  # nan and inf are never a useful setting
-        if default is inspect.Parameter.empty: parser.add_argument(name, help=doc, **kw); continue
+        if kw is None:
+            fixed.append(name)
+            continue
+        if kw.get('type') is float:
+            kw['type'] = finite_float  # nan and inf are never a useful setting
+        if default is inspect.Parameter.empty:
+            parser.add_argument(name, help=doc, **kw)
+            continue
         flags = dict.fromkeys([f'--{name.replace("_", "-")}', f'--{name}'])
         parser.add_argument(*flags, dest=name, default=default, help=f'{doc} (default: {default})'.strip(), **kw)
     return fixed
 
 # %% ../nbs/cli.ipynb
-def build_parser(registry:dict=None): # subcommand -> 'module:function' (default: `STAGES`)
+def build_parser(registry: dict = None):  # subcommand -> 'module:function' (default: `STAGES`)
     "Top-level `stellar-spectra` parser; unavailable stages are named in the epilog."
     registry = STAGES if registry is None else registry
     missing = {k: r for k, v in registry.items() if (r := missing_reason(v))}
     epilog = ('not available yet: ' + '; '.join(f'{k} ({r})' for k, r in missing.items())) if missing else None
-    parser = argparse.ArgumentParser(prog='stellar-spectra', epilog=epilog,
+    parser = argparse.ArgumentParser(
+        prog='stellar-spectra',
+        epilog=epilog,
         description='Reproducible pipeline for APOGEE DR17, GALAH DR3 and Gaia-ESO DR4 spectra. '
-                    'Run `stellar-spectra COMMAND --help` for the options of a command.')
+        'Run `stellar-spectra COMMAND --help` for the options of a command.',
+    )
     from stellar_spectra import __version__
+
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error (also after COMMAND)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, target in registry.items():
-        if name not in missing: sub.add_parser(name, help=short_help(target))
+        if name not in missing:
+            sub.add_parser(name, help=short_help(target))
     return parser
 
 # %% ../nbs/cli.ipynb
 def _show(res):
     "Print a stage's result: dicts and lists as JSON, other values as they are."
-    if res is None: return
+    if res is None:
+        return
     print(json.dumps(res, indent=1, default=str) if isinstance(res, (dict, list)) else res)
 
 # %% ../nbs/cli.ipynb
-def exit_code(err:Exception) -> int|None:
+def exit_code(err: Exception) -> int | None:
     "Exit code for an error a stage raised: its `exit_code`, 2 for bad input (ValueError, OSError), None for a bug."
-    if (code := getattr(err, 'exit_code', None)) is not None: return code
+    if (code := getattr(err, 'exit_code', None)) is not None:
+        return code
     return 2 if isinstance(err, (ValueError, OSError)) else None
 
-def error_line(err:Exception) -> str:
+
+def error_line(err: Exception) -> str:
     "One line naming the file and the problem: `<file>: <problem>`."
-    if isinstance(err, OSError) and err.filename is not None and err.strerror: msg = f'{err.filename}: {err.strerror}'
-    else: msg = str(err) or type(err).__name__
-    if isinstance(err, OSError) and ': ' not in msg: msg += ': ' + {FileNotFoundError: 'no such file', IsADirectoryError: 'is a directory',
-                                                                PermissionError: 'permission denied'}.get(type(err), type(err).__name__)
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        msg = f'{err.filename}: {err.strerror}'
+    else:
+        msg = str(err) or type(err).__name__
+    if isinstance(err, OSError) and ': ' not in msg:
+        msg += ': ' + {
+            FileNotFoundError: 'no such file',
+            IsADirectoryError: 'is a directory',
+            PermissionError: 'permission denied',
+        }.get(type(err), type(err).__name__)
     return ' '.join(msg.split())
 
-def main(argv:list=None, # arguments (default: sys.argv[1:])
-         registry:dict=None): # subcommand -> 'module:function' (default: `STAGES`)
+
+def main(
+    argv: list = None,  # arguments (default: sys.argv[1:])
+    registry: dict = None,  # subcommand -> 'module:function' (default: `STAGES`)
+):
     "Entry point of the `stellar-spectra` console command."
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = '--debug' in argv; argv = [a for a in argv if a != '--debug']
+    debug = '--debug' in argv
+    argv = [a for a in argv if a != '--debug']
     registry = STAGES if registry is None else registry
     parser = build_parser(registry)
     if not argv or argv[0] not in registry or missing_reason(registry[argv[0]]):
         parser.parse_args(argv or ['--help'])  # prints help or a usage error and exits
         return
-    try: func = load(registry[argv[0]])
-    except ImportError as e: parser.error(f'{argv[0]}: {e}')
+    try:
+        func = load(registry[argv[0]])
+    except ImportError as e:
+        parser.error(f'{argv[0]}: {e}')
     sp = argparse.ArgumentParser(prog=f'stellar-spectra {argv[0]}', description=inspect.getdoc(func))
     fixed = add_func_args(sp, func)
-    if fixed: sp.epilog = 'fixed to their defaults here: ' + ', '.join(fixed)
+    if fixed:
+        sp.epilog = 'fixed to their defaults here: ' + ', '.join(fixed)
     kw = vars(sp.parse_args(argv[1:]))
-    try: res = func(**kw)
+    try:
+        res = func(**kw)
     except Exception as err:
-        if debug or (code := exit_code(err)) is None: raise
-        print(f'stellar-spectra {argv[0]}: error: {error_line(err)}', file=sys.stderr); raise SystemExit(code) from None
+        if debug or (code := exit_code(err)) is None:
+            raise
+        print(f'stellar-spectra {argv[0]}: error: {error_line(err)}', file=sys.stderr)
+        raise SystemExit(code) from None
     _show(res)
 
 # %% ../nbs/cli.ipynb
-def dir_summary(path:Path) -> dict:
+def dir_summary(path: Path) -> dict:
     "{subfolder: (n_files, n_bytes)} for the files under `path`, by first path component ('.' for top-level files)."
     res = {}
     for f in sorted(Path(path).rglob('*')):
-        if not f.is_file(): continue
+        if not f.is_file():
+            continue
         parts = f.relative_to(path).parts
         key = parts[0] if len(parts) > 1 else '.'
         n, b = res.get(key, (0, 0))
@@ -179,73 +234,119 @@ def dir_summary(path:Path) -> dict:
     return res
 
 # %% ../nbs/cli.ipynb
-def _mb(n): return f'{n / 1e6:8.2f} MB'
+def _mb(n):
+    return f'{n / 1e6:8.2f} MB'
 
-def _truth_counts(path:Path) -> dict:
+
+def _truth_counts(path: Path) -> dict:
     "Spectrum files per (survey, product) in a mock-sky truth table under `path`, if there is one."
-    obs = Path(path)/'truth'/'observations.parquet'
-    if not obs.exists(): return {}
+    obs = Path(path) / 'truth' / 'observations.parquet'
+    if not obs.exists():
+        return {}
     import pyarrow.parquet as pq
+
     t = pq.read_table(obs).to_pandas()
     cols = [c for c in ('survey', 'product') if c in t.columns]
-    return {' '.join(map(str, k if isinstance(k, tuple) else (k,))): int(v) for k, v in t.groupby(cols).size().items()} if cols else {}
+    return (
+        {' '.join(map(str, k if isinstance(k, tuple) else (k,))): int(v) for k, v in t.groupby(cols).size().items()}
+        if cols
+        else {}
+    )
 
 # %% ../nbs/cli.ipynb
-def stage_facts(path:Path) -> list:
+def stage_facts(path: Path) -> list:
     "Printable lines from the stage summaries (download.lock.json, summary.json, store_summary.json) found in `path`."
     out, p = [], Path(path)
-    if (p/'download.lock.json').exists():
-        d = json.loads((p/'download.lock.json').read_text()); st = Counter(str(r.get('status')) for r in d.get('failed', {}).values())
-        out.append(f"    fetched and verified: {len(d.get('files', {}))} files, {_mb(sum(r.get('size', 0) for r in d.get('files', {}).values())).strip()}; "
-                   f"failed: {len(d.get('failed', {}))}" + (' (' + ', '.join(f'HTTP {k}: {v}' for k, v in st.items()) + ')' if st else ''))
-    if (p/'summary.json').exists():
-        d = json.loads((p/'summary.json').read_text())
-        if d.get('counts'): out.append('    spectra processed / planned: ' + ', '.join(f"{k}: {v['processed']}/{v['planned']}" for k, v in d['counts'].items()))
+    if (p / 'download.lock.json').exists():
+        d = json.loads((p / 'download.lock.json').read_text())
+        st = Counter(str(r.get('status')) for r in d.get('failed', {}).values())
+        out.append(
+            f"    fetched and verified: {len(d.get('files', {}))} files, "
+            f"{_mb(sum(r.get('size', 0) for r in d.get('files', {}).values())).strip()}; "
+            f"failed: {len(d.get('failed', {}))}"
+            + (' (' + ', '.join(f'HTTP {k}: {v}' for k, v in st.items()) + ')' if st else '')
+        )
+    if (p / 'summary.json').exists():
+        d = json.loads((p / 'summary.json').read_text())
+        if d.get('counts'):
+            out.append(
+                '    spectra processed / planned: '
+                + ', '.join(f"{k}: {v['processed']}/{v['planned']}" for k, v in d['counts'].items())
+            )
         for r in d.get('alignment', []):
-            out.append(f"    alignment guard, {r['survey']:<7} offset {r['offset_px']:+.4f} ± {r['offset_err_px']:.4f} px "
-                       f"({r['offset_kms']:+.3f} km/s), scatter {r['scatter_px']:.3f} px, outliers {r['n_outliers']}/{r['n_spectra']}")
-    if (p/'summary.json').exists() and 'best_val' in (d := json.loads((p/'summary.json').read_text())):
-        out.append(f"    trained on {d['spectra']} spectra of {d['stars']} stars, {d['steps']} steps, {d['n_params']:,} parameters; "
-                   f"{d['spectra_per_s']:.0f} spectra/s, {d['data_wait']:.1%} of step time waiting for data")
+            out.append(
+                f"    alignment guard, {r['survey']:<7} offset {r['offset_px']:+.4f} ± {r['offset_err_px']:.4f} px "
+                f"({r['offset_kms']:+.3f} km/s), scatter {r['scatter_px']:.3f} px, outliers "
+                f"{r['n_outliers']}/{r['n_spectra']}"
+            )
+    if (p / 'summary.json').exists() and 'best_val' in (d := json.loads((p / 'summary.json').read_text())):
+        out.append(
+            f"    trained on {d['spectra']} spectra of {d['stars']} stars, {d['steps']} steps, {d['n_params']:,} "
+            "parameters; "
+            f"{d['spectra_per_s']:.0f} spectra/s, {d['data_wait']:.1%} of step time waiting for data"
+        )
         bl = d.get('baselines_val', {})
         for s, v in (d.get('val') or {}).items():
-            out.append(f"    held-out reduced chi2, {s:<7} {v:9.2f}   (mean spectrum {bl.get('mean', {}).get(s, float('nan')):9.2f}, "
-                       f"flat continuum {bl.get('flat', {}).get(s, float('nan')):9.2f})")
-    if (p/'table.md').exists() and (p/'results.json').exists():
-        d = json.loads((p/'results.json').read_text())
-        out.append(f"    evaluated on the test split: {d['n']['test']} stars, {d['n']['test_spectra']} spectra ({d['wall_s']:.0f} s); "
-                   f"the table (results.csv, figures/ beside it):")
-        out += ['    ' + l for l in (p/'table.md').read_text().splitlines()]
-    if (p/'store_summary.json').exists():
-        d = json.loads((p/'store_summary.json').read_text())
-        out.append(f"    stored spectra: {d['n_spectra']} (" + ', '.join(f'{k}: {v}' for k, v in d.get('per_survey', {}).items()) + ')')
+            out.append(
+                f"    held-out reduced chi2, {s:<7} {v:9.2f}   (mean spectrum "
+                f"{bl.get('mean', {}).get(s, float('nan')):9.2f}, "
+                f"flat continuum {bl.get('flat', {}).get(s, float('nan')):9.2f})"
+            )
+    if (p / 'table.md').exists() and (p / 'results.json').exists():
+        d = json.loads((p / 'results.json').read_text())
+        out.append(
+            f"    evaluated on the test split: {d['n']['test']} stars, {d['n']['test_spectra']} spectra "
+            f"({d['wall_s']:.0f} s); "
+            f"the table (results.csv, figures/ beside it):"
+        )
+        out += ['    ' + l for l in (p / 'table.md').read_text().splitlines()]
+    if (p / 'store_summary.json').exists():
+        d = json.loads((p / 'store_summary.json').read_text())
+        out.append(
+            f"    stored spectra: {d['n_spectra']} ("
+            + ', '.join(f'{k}: {v}' for k, v in d.get('per_survey', {}).items())
+            + ')'
+        )
         out += [f'    {k:<28} {_mb(v)}' for k, v in d.get('files', {}).items()]
     return out
 
 # %% ../nbs/cli.ipynb
-def pipeline_summary(root:str='.'): # repository root holding dvc.yaml
+def pipeline_summary(root: str = '.'):  # repository root holding dvc.yaml
     "Print where the pipeline's outputs are and what they contain."
     import yaml
+
     root = Path(root).resolve()
-    stages = yaml.safe_load((root/'dvc.yaml').read_text()).get('stages', {})
+    stages = yaml.safe_load((root / 'dvc.yaml').read_text()).get('stages', {})
     res = {}
     for name, st in stages.items():
         for out in st.get('outs', []):
             out = next(iter(out)) if isinstance(out, dict) else out
-            p = root/out
-            if not p.exists(): print(f'[{name}] {out}: not produced yet (run `make run`)'); continue
+            p = root / out
+            if not p.exists():
+                print(f'[{name}] {out}: not produced yet (run `make run`)')
+                continue
             parts = dir_summary(p) if p.is_dir() else {'.': (1, p.stat().st_size)}
             n, b = sum(v[0] for v in parts.values()), sum(v[1] for v in parts.values())
             print(f'[{name}] {p}: {n} files, {_mb(b).strip()}')
             if p.is_dir():
-                for k, (nk, bk) in parts.items(): print(f'    {k:<12} {nk:6d} files {_mb(bk)}')
+                for k, (nk, bk) in parts.items():
+                    print(f'    {k:<12} {nk:6d} files {_mb(bk)}')
                 counts = _truth_counts(p)
-                if counts: print('    spectra in the truth table: ' + ', '.join(f'{k}: {v}' for k, v in counts.items()))
-                for line in stage_facts(p): print(line)
-            res[out] = dict(stage=name, path=str(p), n_files=n, n_bytes=b, parts=parts, spectra=_truth_counts(p) if p.is_dir() else {})
+                if counts:
+                    print('    spectra in the truth table: ' + ', '.join(f'{k}: {v}' for k, v in counts.items()))
+                for line in stage_facts(p):
+                    print(line)
+            res[out] = dict(
+                stage=name,
+                path=str(p),
+                n_files=n,
+                n_bytes=b,
+                parts=parts,
+                spectra=_truth_counts(p) if p.is_dir() else {},
+            )
     return res
 
 # %% ../nbs/cli.ipynb
-def summary(root:str='.'): # repository root holding dvc.yaml
+def summary(root: str = '.'):  # repository root holding dvc.yaml
     "Print where the pipeline's outputs are and what they contain."
     pipeline_summary(root)

@@ -17,19 +17,29 @@ __all__ = ['SURVEYS', 'APOGEE_CRVAL1', 'APOGEE_CDELT1', 'APOGEE_CRPIX1', 'APOGEE
            'galah_file_url', 'sigma_lnlam']
 
 # %% ../nbs/00a_formats.ipynb
-SURVEYS = ('apogee', 'galah', 'ges')  # APOGEE DR17, GALAH DR3, Gaia-ESO DR4 UVES, in the order of every table and tensor
+SURVEYS = (
+    'apogee',
+    'galah',
+    'ges',
+)  # APOGEE DR17, GALAH DR3, Gaia-ESO DR4 UVES, in the order of every table and tensor
 
 # %% ../nbs/00a_formats.ipynb
 APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_CRPIX1, APOGEE_NWAVE = 4.179, 6e-6, 1, 8575
-APOGEE_CHIPS = {'blue': (246, 3274), 'green': (3585, 6080), 'red': (6344, 8335)}  # [start, end) pixels of the apStar grid
+APOGEE_CHIPS = {
+    'blue': (246, 3274),
+    'green': (3585, 6080),
+    'red': (6344, 8335),
+}  # [start, end) pixels of the apStar grid
 APOGEE_APVISIT_SHAPE = (3, 4096)  # (chip, pixel); row 0 is the red chip, wavelength decreasing along rows
 APOGEE_R = 22_500  # resolving power
 
 # %% ../nbs/00a_formats.ipynb
-def log_linear_wavelength(crval1:float, # log10 of the wavelength at the reference pixel (Å)
-                          cdelt1:float, # step in log10 wavelength per pixel
-                          n:int, # number of pixels
-                          crpix1:float=1): # 1-based reference pixel
+def log_linear_wavelength(
+    crval1: float,  # log10 of the wavelength at the reference pixel (Å)
+    cdelt1: float,  # step in log10 wavelength per pixel
+    n: int,  # number of pixels
+    crpix1: float = 1,  # 1-based reference pixel
+):
     "FITS 'LOG-LINEAR' wavelength solution, in Å."
     return 10.0 ** (crval1 + cdelt1 * (np.arange(n) + 1 - crpix1))
 
@@ -42,56 +52,121 @@ def apogee_wavelength():
 def apogee_chip_mask():
     "Boolean array over the apStar grid: True where a pixel falls on one of the three detectors."
     on = np.zeros(APOGEE_NWAVE, bool)
-    for a, b in APOGEE_CHIPS.values(): on[a:b] = True
+    for a, b in APOGEE_CHIPS.values():
+        on[a:b] = True
     return on
 
 # %% ../nbs/00a_formats.ipynb
-APOGEE_PIXMASK = dict(BADPIX=0, CRPIX=1, SATPIX=2, UNFIXABLE=3, BADDARK=4, BADFLAT=5, BADERR=6, NOSKY=7,
-                      LITTROW_GHOST=8, PERSIST_HIGH=9, PERSIST_MED=10, PERSIST_LOW=11,
-                      SIG_SKYLINE=12, SIG_TELLURIC=13, NOT_ENOUGH_PSF=14)
-APOGEE_STARFLAG = dict(BAD_PIXELS=0, COMMISSIONING=1, BRIGHT_NEIGHBOR=2, VERY_BRIGHT_NEIGHBOR=3, LOW_SNR=4,
-                       PERSIST_HIGH=9, PERSIST_MED=10, PERSIST_LOW=11, PERSIST_JUMP_POS=12, PERSIST_JUMP_NEG=13,
-                       SUSPECT_RV_COMBINATION=16, SUSPECT_BROAD_LINES=17, BAD_RV_COMBINATION=18, RV_REJECT=19,
-                       RV_SUSPECT=20, MULTIPLE_SUSPECT=21, RV_FAIL=22, SUSPECT_ROTATION=23,
-                       MTPFLUX_LT_75=24, MTPFLUX_LT_50=25)
-APOGEE_ASPCAPFLAG = dict(TEFF_WARN=0, LOGG_WARN=1, VMICRO_WARN=2, M_H_WARN=3, ALPHA_M_WARN=4, C_M_WARN=5,
-                         N_M_WARN=6, STAR_WARN=7, CHI2_WARN=8, SN_WARN=11, TEFF_BAD=16, LOGG_BAD=17,
-                         VMICRO_BAD=18, M_H_BAD=19, ALPHA_M_BAD=20, C_M_BAD=21, N_M_BAD=22, STAR_BAD=23,
-                         CHI2_BAD=24, SN_BAD=27, NO_ASPCAP_RESULT=31)
+APOGEE_PIXMASK = dict(
+    BADPIX=0,
+    CRPIX=1,
+    SATPIX=2,
+    UNFIXABLE=3,
+    BADDARK=4,
+    BADFLAT=5,
+    BADERR=6,
+    NOSKY=7,
+    LITTROW_GHOST=8,
+    PERSIST_HIGH=9,
+    PERSIST_MED=10,
+    PERSIST_LOW=11,
+    SIG_SKYLINE=12,
+    SIG_TELLURIC=13,
+    NOT_ENOUGH_PSF=14,
+)
+APOGEE_STARFLAG = dict(
+    BAD_PIXELS=0,
+    COMMISSIONING=1,
+    BRIGHT_NEIGHBOR=2,
+    VERY_BRIGHT_NEIGHBOR=3,
+    LOW_SNR=4,
+    PERSIST_HIGH=9,
+    PERSIST_MED=10,
+    PERSIST_LOW=11,
+    PERSIST_JUMP_POS=12,
+    PERSIST_JUMP_NEG=13,
+    SUSPECT_RV_COMBINATION=16,
+    SUSPECT_BROAD_LINES=17,
+    BAD_RV_COMBINATION=18,
+    RV_REJECT=19,
+    RV_SUSPECT=20,
+    MULTIPLE_SUSPECT=21,
+    RV_FAIL=22,
+    SUSPECT_ROTATION=23,
+    MTPFLUX_LT_75=24,
+    MTPFLUX_LT_50=25,
+)
+APOGEE_ASPCAPFLAG = dict(
+    TEFF_WARN=0,
+    LOGG_WARN=1,
+    VMICRO_WARN=2,
+    M_H_WARN=3,
+    ALPHA_M_WARN=4,
+    C_M_WARN=5,
+    N_M_WARN=6,
+    STAR_WARN=7,
+    CHI2_WARN=8,
+    SN_WARN=11,
+    TEFF_BAD=16,
+    LOGG_BAD=17,
+    VMICRO_BAD=18,
+    M_H_BAD=19,
+    ALPHA_M_BAD=20,
+    C_M_BAD=21,
+    N_M_BAD=22,
+    STAR_BAD=23,
+    CHI2_BAD=24,
+    SN_BAD=27,
+    NO_ASPCAP_RESULT=31,
+)
 
 # %% ../nbs/00a_formats.ipynb
-def bits_value(names, # iterable of flag names
-               bits:dict): # name -> bit number, e.g. `APOGEE_PIXMASK`
+def bits_value(
+    names,  # iterable of flag names
+    bits: dict,  # name -> bit number, e.g. `APOGEE_PIXMASK`
+):
     "The integer with the named bits set."
     return sum(1 << bits[n] for n in set(names))
 
-def bits_names(value:int, # a flag value
-               bits:dict): # name -> bit number
+
+def bits_names(
+    value: int,  # a flag value
+    bits: dict,  # name -> bit number
+):
     "The names of the bits set in `value`."
     return [n for n, b in sorted(bits.items(), key=lambda kv: kv[1]) if int(value) >> b & 1]
 
 # %% ../nbs/00a_formats.ipynb
-APOGEE_BAD_PIXMASK = bits_value(['BADPIX', 'CRPIX', 'SATPIX', 'UNFIXABLE', 'BADDARK', 'BADFLAT', 'BADERR', 'NOSKY',
-                                 'NOT_ENOUGH_PSF'], APOGEE_PIXMASK)
+APOGEE_BAD_PIXMASK = bits_value(
+    ['BADPIX', 'CRPIX', 'SATPIX', 'UNFIXABLE', 'BADDARK', 'BADFLAT', 'BADERR', 'NOSKY', 'NOT_ENOUGH_PSF'],
+    APOGEE_PIXMASK,
+)
 
 # %% ../nbs/00a_formats.ipynb
 SDSS_BASE_URL = 'https://data.sdss.org/sas/'
 APOGEE_REDUX = 'dr17/apogee/spectro/redux/dr17'
 ALLSTAR_PATH = 'dr17/apogee/spectro/aspcap/dr17/synspec_rev1/allStar-dr17-synspec_rev1.fits'
 
-def apogee_prefix(telescope:str, # apo25m, lco25m or apo1m
-                  kind:str='Star'): # 'Star' or 'Visit'
+
+def apogee_prefix(
+    telescope: str,  # apo25m, lco25m or apo1m
+    kind: str = 'Star',  # 'Star' or 'Visit'
+):
     "'apStar'/'asStar' or 'apVisit'/'asVisit' for a telescope."
     return ('as' if telescope.startswith('lco') else 'ap') + kind
 
-def apstar_path(telescope:str, field:str, apogee_id:str):
+
+def apstar_path(telescope: str, field: str, apogee_id: str):
     "Relative SAS path of a DR17 combined spectrum."
     return f'{APOGEE_REDUX}/stars/{telescope}/{field}/{apogee_prefix(telescope)}-dr17-{apogee_id}.fits'
 
-def apvisit_path(telescope:str, field:str, plate, mjd:int, fiber:int):
+
+def apvisit_path(telescope: str, field: str, plate, mjd: int, fiber: int):
     "Relative SAS path of a DR17 visit spectrum."
-    return (f'{APOGEE_REDUX}/visit/{telescope}/{field}/{plate}/{mjd}/'
-            f'{apogee_prefix(telescope, "Visit")}-dr17-{plate}-{mjd}-{fiber:03d}.fits')
+    return (
+        f'{APOGEE_REDUX}/visit/{telescope}/{field}/{plate}/{mjd}/'
+        f'{apogee_prefix(telescope, "Visit")}-dr17-{plate}-{mjd}-{fiber:03d}.fits'
+    )
 
 # %% ../nbs/00a_formats.ipynb
 GALAH_CCDS = {1: 'blue', 2: 'green', 3: 'red', 4: 'ir'}
@@ -100,34 +175,54 @@ GALAH_COVERAGE = {1: (4713, 4902), 2: (5649, 5873), 3: (6477, 6735), 4: (7585, 7
 GALAH_DISPERSION = {1: 0.046, 2: 0.055, 3: 0.063, 4: 0.074}  # Å per pixel
 GALAH_NPIX, GALAH_R = 4096, 28_000
 GALAH_EXTNAMES = ['PRIMARY', 'input_sigma', 'no_sky_subspectrum', 'no_sky_sigma', None]
-GALAH_FLAG_SP = dict(RUWE=0, BROADENING=1, LOW_SNR=2, REDUCTION=3, EMISSION=4, BINARY=5, BINARY_PMS=6,
-                     CHI2=7, FE_LINES=8, SME_NOT_FINISHED=9, GRID_LIMIT=10)
+GALAH_FLAG_SP = dict(
+    RUWE=0,
+    BROADENING=1,
+    LOW_SNR=2,
+    REDUCTION=3,
+    EMISSION=4,
+    BINARY=5,
+    BINARY_PMS=6,
+    CHI2=7,
+    FE_LINES=8,
+    SME_NOT_FINISHED=9,
+    GRID_LIMIT=10,
+)
 GALAH_BASE_URL = 'https://cloud.datacentral.org.au/teamdata/GALAH/public/'
 GALAH_CATALOGUE_PATH = 'GALAH_DR3/GALAH_DR3_main_allstar_v2.fits'
 
 # %% ../nbs/00a_formats.ipynb
-def linear_wavelength(crval1:float, cdelt1:float, n:int, crpix1:float=1):
+def linear_wavelength(crval1: float, cdelt1: float, n: int, crpix1: float = 1):
     "FITS 'LINEAR' wavelength solution, in the header's unit."
     return crval1 + (np.arange(n) + 1 - crpix1) * cdelt1
 
-def galah_filename(sobject_id:int, ccd:int):
+
+def galah_filename(sobject_id: int, ccd: int):
     "Name of one GALAH camera file."
     return f'{int(sobject_id)}{int(ccd)}.fits'
 
-def galah_tarball_path(sobject_id:int):
+
+def galah_tarball_path(sobject_id: int):
     "Relative path of the per-night tarball that holds a star's spectra."
     return f'GALAH_DR3/spectra/tar_files/{str(int(sobject_id))[:6]}_com.tar.gz'
 
-def galah_file_url(sobject_id:int, ccd:int):
+
+def galah_file_url(sobject_id: int, ccd: int):
     "Data Central per-file link of one camera."
-    return (f'https://datacentral.org.au/vo/slink/links?ID={int(sobject_id)}&DR=galah_dr3&IDX=0'
-            f'&FILT={GALAH_FILT[int(ccd)]}&RESPONSEFORMAT=fits')
+    return (
+        f'https://datacentral.org.au/vo/slink/links?ID={int(sobject_id)}&DR=galah_dr3&IDX=0'
+        f'&FILT={GALAH_FILT[int(ccd)]}&RESPONSEFORMAT=fits'
+    )
 
 # %% ../nbs/00a_formats.ipynb
 UVES_SETUPS = {'U520': (4140, 6210), 'U580': (4760, 6840)}  # approximate coverage, Å
 UVES_R = 47_000
-UVES_FLUX_COLUMNS = [('FLUX_REDUCED', 'ERR_REDUCED'), ('FLUX', 'ERR'), ('NORM_FLUX', 'NORM_ERR'),
-                     ('FLUX_NORM', 'ERR_NORM')]  # preference order, (flux, error)
+UVES_FLUX_COLUMNS = [
+    ('FLUX_REDUCED', 'ERR_REDUCED'),
+    ('FLUX', 'ERR'),
+    ('NORM_FLUX', 'NORM_ERR'),
+    ('FLUX_NORM', 'ERR_NORM'),
+]  # preference order, (flux, error)
 UCD_AIR, UCD_VACUUM = 'em.wl;obs.atmos', 'em.wl'
 GES_PROG_IDS = ['188.B-3002', '193.B-0936', '197.B-1074']
 
@@ -135,9 +230,11 @@ GES_PROG_IDS = ['188.B-3002', '193.B-0936', '197.B-1074']
 C_KMS = 299_792.458  # speed of light, km/s
 FWHM_SIGMA = 2 * np.sqrt(2 * np.log(2))  # FWHM / sigma of a Gaussian
 
-def sigma_lnlam(R): # resolving power λ/Δλ (FWHM; scalar or array); None or inf: no broadening
+
+def sigma_lnlam(R):  # resolving power λ/Δλ (FWHM; scalar or array); None or inf: no broadening
     "Gaussian sigma in ln λ of an instrument of resolving power R (FWHM = 1/R)."
-    if R is None: return 0.0
+    if R is None:
+        return 0.0
     R = np.asarray(R, float)
     s = np.where(np.isfinite(R), 1 / (R * FWHM_SIGMA), 0.0)
     return float(s) if s.ndim == 0 else s

@@ -9,7 +9,6 @@ import numpy as np
 from astropy.table import Table
 from .formats import C_KMS
 
-
 # %% auto 0
 __all__ = ['R_H', 'ELEMENTS', 'ALPHA_ELEMENTS', 'MOLECULES', 'vacuum_to_air', 'air_to_vacuum', 'hydrogen_wavelength',
            'element_group', 'band_lines', 'line_list', 'reference_lines']
@@ -20,28 +19,36 @@ def _n_air(wave_vac):
     s2 = (1e4 / np.asarray(wave_vac, float)) ** 2
     return 1 + 8.34254e-5 + 2.406147e-2 / (130 - s2) + 1.5998e-4 / (38.9 - s2)
 
-def vacuum_to_air(wave): # vacuum wavelengths (Å)
+
+def vacuum_to_air(wave):  # vacuum wavelengths (Å)
     "Air wavelengths (Å) of vacuum wavelengths `wave` (VALD / Morton 2000)."
     w = np.asarray(wave, float)
     return w / _n_air(w)
 
 # %% ../nbs/00b_linelist.ipynb
-def air_to_vacuum(wave): # air wavelengths (Å)
+def air_to_vacuum(wave):  # air wavelengths (Å)
     "Vacuum wavelengths (Å) of air wavelengths `wave`: Piskunov's inverse, refined to invert `vacuum_to_air` exactly."
     w = np.asarray(wave, float)
     s2 = (1e4 / w) ** 2
-    vac = w * (1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2))
-    for _ in range(3): vac = w * _n_air(vac)
+    vac = w * (
+        1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
+    )
+    for _ in range(3):
+        vac = w * _n_air(vac)
     return vac
 
 # %% ../nbs/00b_linelist.ipynb
 R_H = 1.09677583e7  # Rydberg constant of hydrogen (reduced mass), 1/m
 
-def hydrogen_wavelength(lower:int, # principal quantum number of the lower level (2 Balmer, 3 Paschen, 4 Brackett)
-                        upper:int): # principal quantum number of the upper level (> lower)
+
+def hydrogen_wavelength(
+    lower: int,  # principal quantum number of the lower level (2 Balmer, 3 Paschen, 4 Brackett)
+    upper: int,  # principal quantum number of the upper level (> lower)
+):
     "Vacuum wavelength (Å) of the hydrogen transition `upper` -> `lower` from the Rydberg formula."
     lower, upper = np.asarray(lower), np.asarray(upper)
-    if np.any(upper <= lower): raise ValueError(f'hydrogen_wavelength: upper level must exceed lower ({upper} <= {lower})')
+    if np.any(upper <= lower):
+        raise ValueError(f'hydrogen_wavelength: upper level must exceed lower ({upper} <= {lower})')
     return 1e10 / (R_H * (1.0 / lower**2 - 1.0 / upper**2))
 
 # %% ../nbs/00b_linelist.ipynb
@@ -94,35 +101,68 @@ Si I 16828.159 5.98 0.3 0
 
 _STRONG_OFFSET = 0.3  # global tuning: brings the solar equivalent widths of `synth` close to the observed ones
 
+
 def _parse_strong():
     "Rows (species, air wavelength, chi, strength, damping mÅ) of `_STRONG_AIR`."
     rows = []
     for item in _STRONG_AIR.replace('\n', '|').split('|'):
-        if not item.strip(): continue
+        if not item.strip():
+            continue
         el, ion, w, chi, s, d = item.split()
         rows.append((f'{el} {ion}', float(w), float(chi), float(s) + _STRONG_OFFSET, float(d)))
     return rows
 
 # %% ../nbs/00b_linelist.ipynb
 ELEMENTS = {  # element: (first ionisation potential eV, mass amu)
-    'H': (13.60, 1.008), 'Li': (5.39, 6.94), 'C': (11.26, 12.01), 'N': (14.53, 14.01), 'O': (13.62, 16.00),
-    'Na': (5.14, 22.99), 'Mg': (7.65, 24.31), 'Al': (5.99, 26.98), 'Si': (8.15, 28.09), 'S': (10.36, 32.06),
-    'K': (4.34, 39.10), 'Ca': (6.11, 40.08), 'Sc': (6.56, 44.96), 'Ti': (6.83, 47.87), 'V': (6.75, 50.94),
-    'Cr': (6.77, 52.00), 'Mn': (7.43, 54.94), 'Fe': (7.90, 55.85), 'Co': (7.88, 58.93), 'Ni': (7.64, 58.69),
-    'Cu': (7.73, 63.55), 'Zn': (9.39, 65.38), 'Sr': (5.69, 87.62), 'Y': (6.22, 88.91), 'Zr': (6.63, 91.22),
-    'Ba': (5.21, 137.33), 'La': (5.58, 138.91), 'Nd': (5.53, 144.24), 'Eu': (5.67, 151.96)}
+    'H': (13.60, 1.008),
+    'Li': (5.39, 6.94),
+    'C': (11.26, 12.01),
+    'N': (14.53, 14.01),
+    'O': (13.62, 16.00),
+    'Na': (5.14, 22.99),
+    'Mg': (7.65, 24.31),
+    'Al': (5.99, 26.98),
+    'Si': (8.15, 28.09),
+    'S': (10.36, 32.06),
+    'K': (4.34, 39.10),
+    'Ca': (6.11, 40.08),
+    'Sc': (6.56, 44.96),
+    'Ti': (6.83, 47.87),
+    'V': (6.75, 50.94),
+    'Cr': (6.77, 52.00),
+    'Mn': (7.43, 54.94),
+    'Fe': (7.90, 55.85),
+    'Co': (7.88, 58.93),
+    'Ni': (7.64, 58.69),
+    'Cu': (7.73, 63.55),
+    'Zn': (9.39, 65.38),
+    'Sr': (5.69, 87.62),
+    'Y': (6.22, 88.91),
+    'Zr': (6.63, 91.22),
+    'Ba': (5.21, 137.33),
+    'La': (5.58, 138.91),
+    'Nd': (5.53, 144.24),
+    'Eu': (5.67, 151.96),
+}
 ALPHA_ELEMENTS = {'O', 'Mg', 'Si', 'S', 'Ca', 'Ti'}
-MOLECULES = {'CO': ('C', 28.01), 'OH': ('O', 17.01), 'CN': ('N', 26.02)}  # molecule: (element that sets its abundance, mass amu)
+MOLECULES = {
+    'CO': ('C', 28.01),
+    'OH': ('O', 17.01),
+    'CN': ('N', 26.02),
+}  # molecule: (element that sets its abundance, mass amu)
 
-def element_group(element:str): # element symbol, e.g. 'Mg'
+
+def element_group(element: str):  # element symbol, e.g. 'Mg'
     "Group of an element: 'hydrogen', 'alpha' or 'metal'."
     return 'hydrogen' if element == 'H' else 'alpha' if element in ALPHA_ELEMENTS else 'metal'
 
 # %% ../nbs/00b_linelist.ipynb
-def band_lines(nu_head:float, # wavenumber (1/cm) of the R-branch head (or band origin if no head)
-               b_lower:float, # rotational constant B'' of the lower level (1/cm)
-               b_upper:float, # rotational constant B' of the upper level (1/cm)
-               jmax:int=60): # highest lower-level J
+def band_lines(
+    nu_head: float,  # wavenumber (1/cm) of the R-branch head (or band origin if no head)
+    b_lower: float,  # rotational constant B'' of the lower level (1/cm)
+    b_upper: float,  # rotational constant B' of the upper level (1/cm)
+    jmax: int = 60,  # highest lower-level J
+):
     "Lines of one vibration-rotation band: (wavenumber 1/cm, lower rotational energy 1/cm, weight |m|)."
     bs, db = b_upper + b_lower, b_upper - b_lower
     nu0 = nu_head + bs**2 / (4 * db) if db < 0 else nu_head
@@ -132,10 +172,35 @@ def band_lines(nu_head:float, # wavenumber (1/cm) of the R-branch head (or band 
 
 # %% ../nbs/00b_linelist.ipynb
 _CO_HEADS = {(3, 0): 15582.0, (4, 1): 15780.0, (5, 2): 15982.0, (6, 3): 16189.0, (7, 4): 16397.0, (8, 5): 16610.0}
-_OH_AIR = [15266.17, 15278.52, 15391.06, 15409.17, 15568.78, 15572.08, 16052.76, 16055.46, 16069.52, 16074.16,
-           16190.13, 16192.13, 16352.22, 16354.58, 16364.59, 16368.13, 16534.58, 16538.59, 16581.27, 16582.32,
-           16871.88, 16898.77, 16902.73, 16904.28, 16909.29]
+_OH_AIR = [
+    15266.17,
+    15278.52,
+    15391.06,
+    15409.17,
+    15568.78,
+    15572.08,
+    16052.76,
+    16055.46,
+    16069.52,
+    16074.16,
+    16190.13,
+    16192.13,
+    16352.22,
+    16354.58,
+    16364.59,
+    16368.13,
+    16534.58,
+    16538.59,
+    16581.27,
+    16582.32,
+    16871.88,
+    16898.77,
+    16902.73,
+    16904.28,
+    16909.29,
+]
 _HC_EV = 1.23984e-4  # eV per 1/cm
+
 
 def _co_lines():
     "CO second-overtone lines: (wave_vac, chi eV, strength) arrays."
@@ -145,27 +210,48 @@ def _co_lines():
         nu, erot, wt = band_lines(1e8 / head, bl, bu, jmax=70)
         evib = 2143.0 * vl  # lower vibrational energy above v=0 (1/cm)
         strength = np.log10(wt) - 1.4388 * (erot + evib) / 4000.0 * np.log10(np.e) - 1.05
-        w.append(1e8 / nu); chi.append((erot + evib) * _HC_EV); s.append(strength)
+        w.append(1e8 / nu)
+        chi.append((erot + evib) * _HC_EV)
+        s.append(strength)
     w, chi, s = map(np.concatenate, (w, chi, s))
     keep = s > -2.0
     return w[keep], chi[keep], s[keep]
 
 # %% ../nbs/00b_linelist.ipynb
-_WEAK_SPECIES = {'Fe I': .42, 'Fe II': .05, 'Ni I': .08, 'Ti I': .07, 'Cr I': .06, 'Ca I': .05, 'Si I': .06, 'Mg I': .03,
-                 'V I': .04, 'Co I': .04, 'Mn I': .03, 'Sc II': .02, 'Ti II': .03, 'Nd II': .01, 'Zr I': .01}
+_WEAK_SPECIES = {
+    'Fe I': 0.42,
+    'Fe II': 0.05,
+    'Ni I': 0.08,
+    'Ti I': 0.07,
+    'Cr I': 0.06,
+    'Ca I': 0.05,
+    'Si I': 0.06,
+    'Mg I': 0.03,
+    'V I': 0.04,
+    'Co I': 0.04,
+    'Mn I': 0.03,
+    'Sc II': 0.02,
+    'Ti II': 0.03,
+    'Nd II': 0.01,
+    'Zr I': 0.01,
+}
 _SEED = 20_240_521
 
-def _weak_lines(avoid): # vacuum wavelengths (Å) of strong lines to keep clear
+
+def _weak_lines(avoid):  # vacuum wavelengths (Å) of strong lines to keep clear
     "Deterministic weak atomic lines and CN pseudo-lines: list of (species, wave_vac, chi, strength)."
     rng = np.random.default_rng(_SEED)
     n = 4600  # density 0.8 (5000/λ)² per Å over 3500–17000 Å: inverse-CDF draw
-    u = rng.random(n); a, b = 1 / 3500, 1 / 17000
+    u = rng.random(n)
+    a, b = 1 / 3500, 1 / 17000
     w = 1 / (a - u * (a - b))
     sp = rng.choice(list(_WEAK_SPECIES), n, p=np.array(list(_WEAK_SPECIES.values())) / sum(_WEAK_SPECIES.values()))
     chi, s = rng.uniform(0, 5.5, n), -2.6 + 2.3 * rng.random(n) ** 2
     rows = list(zip(sp, w, chi, s))
     cn_w = np.concatenate([rng.uniform(15100, 17000, 260), rng.uniform(7850, 9000, 120)])
-    rows += [('CN', x, c, q) for x, c, q in zip(cn_w, rng.uniform(0.2, 1.5, cn_w.size), rng.uniform(-1.4, -0.4, cn_w.size))]
+    rows += [
+        ('CN', x, c, q) for x, c, q in zip(cn_w, rng.uniform(0.2, 1.5, cn_w.size), rng.uniform(-1.4, -0.4, cn_w.size))
+    ]
     avoid = np.sort(np.asarray(avoid))
     i = np.clip(np.searchsorted(avoid, [r[1] for r in rows]), 1, len(avoid) - 1)
     near = np.minimum(np.abs(avoid[i] - [r[1] for r in rows]), np.abs(avoid[i - 1] - [r[1] for r in rows]))
@@ -178,9 +264,20 @@ def _hydrogen_rows():
     for low, nmax, s0, g0 in [(2, 16, 1.3, 1.5e-4), (3, 20, 0.2, 6e-5), (4, 22, -0.9, 1e-4)]:
         for up in range(low + 1, nmax + 1):
             first = low + 1 if low < 4 else 11
-            rows.append(dict(species='H I', wave_vac=float(hydrogen_wavelength(low, up)), chi=10.2 if low == 2 else 12.09 if low == 3 else 12.75,
-                             strength=s0 - 3 * np.log10(up / first), element='H', ion=0, series=low, upper=up,
-                             gamma=g0 * min((up / first) ** 2, 4.0), source='Rydberg (vacuum)'))
+            rows.append(
+                dict(
+                    species='H I',
+                    wave_vac=float(hydrogen_wavelength(low, up)),
+                    chi=10.2 if low == 2 else 12.09 if low == 3 else 12.75,
+                    strength=s0 - 3 * np.log10(up / first),
+                    element='H',
+                    ion=0,
+                    series=low,
+                    upper=up,
+                    gamma=g0 * min((up / first) ** 2, 4.0),
+                    source='Rydberg (vacuum)',
+                )
+            )
     return rows
 
 # %% ../nbs/00b_linelist.ipynb
@@ -189,10 +286,30 @@ def _atomic_row(species, wave_vac, chi, strength, gamma=0.0, source='NIST/VALD a
     name, _, stage = species.partition(' ')
     if name in MOLECULES:
         el = MOLECULES[name][0]
-        return dict(species=species, wave_vac=wave_vac, chi=chi, strength=strength, element=el, ion=-1, series=0, upper=0,
-                    gamma=0.0, source=source)
-    return dict(species=species, wave_vac=wave_vac, chi=chi, strength=strength, element=name, ion=len(stage) - 1,
-                series=0, upper=0, gamma=gamma, source=source)
+        return dict(
+            species=species,
+            wave_vac=wave_vac,
+            chi=chi,
+            strength=strength,
+            element=el,
+            ion=-1,
+            series=0,
+            upper=0,
+            gamma=0.0,
+            source=source,
+        )
+    return dict(
+        species=species,
+        wave_vac=wave_vac,
+        chi=chi,
+        strength=strength,
+        element=name,
+        ion=len(stage) - 1,
+        series=0,
+        upper=0,
+        gamma=gamma,
+        source=source,
+    )
 
 # %% ../nbs/00b_linelist.ipynb
 @lru_cache(maxsize=1)
@@ -200,37 +317,70 @@ def _line_table():
     "The full line list (built once)."
     strong = [_atomic_row(sp, float(air_to_vacuum(w)), chi, s, d * 1e-3 / w) for sp, w, chi, s, d in _parse_strong()]
     strong += _hydrogen_rows()
-    strong += [_atomic_row('OH', float(air_to_vacuum(w)), 0.5, -0.35, source='APOGEE (Smith+2013) air, converted') for w in _OH_AIR]
+    strong += [
+        _atomic_row('OH', float(air_to_vacuum(w)), 0.5, -0.35, source='APOGEE (Smith+2013) air, converted')
+        for w in _OH_AIR
+    ]
     co_w, co_chi, co_s = _co_lines()
-    strong += [_atomic_row('CO', float(w), float(c), float(s), source='CO band model (vacuum heads)') for w, c, s in zip(co_w, co_chi, co_s)]
+    strong += [
+        _atomic_row('CO', float(w), float(c), float(s), source='CO band model (vacuum heads)')
+        for w, c, s in zip(co_w, co_chi, co_s)
+    ]
     avoid = [r['wave_vac'] for r in strong if r['species'] not in ('CO',)]
-    weak = [_atomic_row(sp, float(w), float(c), float(s), source='deterministic weak line') for sp, w, c, s in _weak_lines(avoid)]
+    weak = [
+        _atomic_row(sp, float(w), float(c), float(s), source='deterministic weak line')
+        for sp, w, c, s in _weak_lines(avoid)
+    ]
     t = Table(rows=strong + weak)
     t['mass'] = [MOLECULES[sp][1] if sp in MOLECULES else ELEMENTS[e][1] for sp, e in zip(t['species'], t['element'])]
     t['ip'] = [0.0 if sp in MOLECULES else ELEMENTS[e][0] for sp, e in zip(t['species'], t['element'])]
     t['group'] = ['molecule' if sp in MOLECULES else element_group(e) for sp, e in zip(t['species'], t['element'])]
     t.sort('wave_vac')
-    return t[['species', 'wave_vac', 'chi', 'strength', 'group', 'element', 'ion', 'series', 'upper', 'gamma', 'mass', 'ip', 'source']]
+    return t[
+        [
+            'species',
+            'wave_vac',
+            'chi',
+            'strength',
+            'group',
+            'element',
+            'ion',
+            'series',
+            'upper',
+            'gamma',
+            'mass',
+            'ip',
+            'source',
+        ]
+    ]
+
 
 def line_list():
     "All lines (3500–17000 Å), sorted by vacuum wavelength: an astropy Table (a copy of the cached one)."
     return _line_table().copy()
 
 # %% ../nbs/00b_linelist.ipynb
-def reference_lines(wmin:float=3500.0, # lower bound (Å, vacuum)
-                    wmax:float=17000.0, # upper bound (Å, vacuum)
-                    min_strength:float=-0.7): # weakest line (log strength in the Sun) worth using
+def reference_lines(
+    wmin: float = 3500.0,  # lower bound (Å, vacuum)
+    wmax: float = 17000.0,  # upper bound (Å, vacuum)
+    min_strength: float = -0.7,  # weakest line (log strength in the Sun) worth using
+):
     "Strong, isolated lines in [wmin, wmax] usable as wavelength anchors: a Table like `line_list`."
-    t = _line_table(); w = np.asarray(t['wave_vac']); s = np.asarray(t['strength'])
+    t = _line_table()
+    w = np.asarray(t['wave_vac'])
+    s = np.asarray(t['strength'])
     mol, hyd = t['group'] == 'molecule', t['group'] == 'hydrogen'
     real = t['source'] != 'deterministic weak line'
     cand = real & (w >= wmin) & (w <= wmax) & (s >= min_strength) & ~mol & ~((t['species'] == 'Ca II') & (w < 4000))
     cand &= ~(hyd & (t['upper'] > 15))
     keep = []
     for i in np.flatnonzero(cand):
-        d = np.abs(w - w[i]); d[i] = np.inf
+        d = np.abs(w - w[i])
+        d[i] = np.inf
         ok = not np.any(~mol & (d < w[i] * 60 / C_KMS)) and not np.any(hyd & (d < 15))
         ok &= not np.any(mol & (d < w[i] * 30 / C_KMS) & (s > s[i] - 1.0))
-        if hyd[i]: ok = not np.any(~hyd & (d < 1.0) & (s > s[i] - 1.5)) and not np.any(hyd & (d < 15))
-        if ok: keep.append(i)
+        if hyd[i]:
+            ok = not np.any(~hyd & (d < 1.0) & (s > s[i] - 1.5)) and not np.any(hyd & (d < 15))
+        if ok:
+            keep.append(i)
     return t[keep].copy()

@@ -15,6 +15,7 @@ __all__ = ['BAD', 'FRAMES', 'PixelFlag', 'Spectrum', 'stitch', 'flag_spikes']
 # %% ../nbs/00c_spectrum.ipynb
 class PixelFlag(IntFlag):
     "Common per-pixel flags of every survey (bits of `Spectrum.flags`)."
+
     BAD_PIXEL = 1  # the survey calls the pixel bad (dead/hot pixel, bad flat or dark, unfixable, error 1e10, QUAL != 0)
     COSMIC_RAY = 2  # cosmic-ray hit
     SATURATED = 4  # saturated
@@ -27,14 +28,28 @@ class PixelFlag(IntFlag):
     PERSISTENCE = 512  # detector persistence
     SUSPECT = 1024  # the survey warns about the pixel (e.g. APOGEE LITTROW_GHOST)
 
-BAD = (PixelFlag.BAD_PIXEL | PixelFlag.COSMIC_RAY | PixelFlag.SATURATED | PixelFlag.NO_DATA | PixelFlag.DETECTOR_GAP
-       | PixelFlag.NONFINITE | PixelFlag.BAD_ERROR)  # flags that make `Spectrum.mask` True
-FRAMES = ('observed', 'barycentric', 'rest')  # wavelength frames: as observed (topocentric), barycentric, star's rest frame
+
+BAD = (
+    PixelFlag.BAD_PIXEL
+    | PixelFlag.COSMIC_RAY
+    | PixelFlag.SATURATED
+    | PixelFlag.NO_DATA
+    | PixelFlag.DETECTOR_GAP
+    | PixelFlag.NONFINITE
+    | PixelFlag.BAD_ERROR
+)  # flags that make `Spectrum.mask` True
+FRAMES = (
+    'observed',
+    'barycentric',
+    'rest',
+)  # wavelength frames: as observed (topocentric), barycentric, star's rest frame
 
 # %% ../nbs/00c_spectrum.ipynb
 @dataclass(repr=False, eq=False)
 class Spectrum:
-    "One spectrum: vacuum wavelengths (Å, strictly increasing) in a named frame, flux, inverse variance, flags and facts."
+    """One spectrum: vacuum wavelengths (Å, strictly increasing) in a named frame, flux, inverse variance, flags and
+    facts."""
+
     wave: np.ndarray  # vacuum wavelength (Å), strictly increasing
     flux: np.ndarray  # flux (unit in `flux_unit`)
     ivar: np.ndarray  # inverse variance of the flux (1/flux_unit²); 0 = no information
@@ -59,144 +74,223 @@ class Spectrum:
         self.ivar = np.array(self.ivar, np.float64)
         n = self.wave.shape
         if self.wave.ndim != 1 or self.flux.shape != n or self.ivar.shape != n:
-            raise ValueError(f'wave, flux and ivar must be 1-D of one length: {self.wave.shape}, {self.flux.shape}, {self.ivar.shape}')
+            raise ValueError(
+                f'wave, flux and ivar must be 1-D of one length: {self.wave.shape}, {self.flux.shape}, '
+                f'{self.ivar.shape}'
+            )
         if not np.isfinite(self.wave).all() or (np.diff(self.wave) <= 0).any():
             raise ValueError('wavelengths must be finite and strictly increasing')
-        if self.frame not in FRAMES: raise ValueError(f'frame {self.frame!r} is not one of {FRAMES}')
+        if self.frame not in FRAMES:
+            raise ValueError(f'frame {self.frame!r} is not one of {FRAMES}')
         self.flags = np.zeros(n, np.int32) if self.flags is None else np.array(self.flags, np.int32)
-        if self.flags.shape != n: raise ValueError(f'flags shape {self.flags.shape} != {n}')
-        if self.survey_flags is not None and np.shape(self.survey_flags) != n: raise ValueError('survey_flags shape != wave shape')
+        if self.flags.shape != n:
+            raise ValueError(f'flags shape {self.flags.shape} != {n}')
+        if self.survey_flags is not None and np.shape(self.survey_flags) != n:
+            raise ValueError('survey_flags shape != wave shape')
         nonfinite = ~np.isfinite(self.flux)
         self.flux[nonfinite], self.ivar[nonfinite] = 0.0, 0.0  # a NaN flux carries no information
         bad_err = ~(np.isfinite(self.ivar) & (self.ivar > 0))
-        self.flags[nonfinite] |= PixelFlag.NONFINITE; self.flags[bad_err] |= PixelFlag.BAD_ERROR
+        self.flags[nonfinite] |= PixelFlag.NONFINITE
+        self.flags[bad_err] |= PixelFlag.BAD_ERROR
         self.ivar[bad_err] = 0.0
 
 # %% ../nbs/00c_spectrum.ipynb
 @patch(as_prop=True)
-def mask(self:Spectrum):
+def mask(self: Spectrum):
     "True where the pixel is unusable (any `BAD` flag)."
     return (self.flags & int(BAD)) != 0
 
-@patch(as_prop=True)
-def sigma(self:Spectrum):
-    "1-sigma uncertainty of the flux (inf where ivar is 0)."
-    with np.errstate(divide='ignore'): return 1 / np.sqrt(self.ivar)
 
 @patch(as_prop=True)
-def frame_rv(self:Spectrum):
+def sigma(self: Spectrum):
+    "1-sigma uncertainty of the flux (inf where ivar is 0)."
+    with np.errstate(divide='ignore'):
+        return 1 / np.sqrt(self.ivar)
+
+
+@patch(as_prop=True)
+def frame_rv(self: Spectrum):
     "Velocity (km/s) of the star in this spectrum's frame: 0 (rest), rv (barycentric), rv - bc (observed)."
     return {'rest': 0.0, 'barycentric': self.rv, 'observed': self.rv - self.bc}[self.frame]
 
+
 @patch
-def __len__(self:Spectrum): return len(self.wave)
+def __len__(self: Spectrum):
+    return len(self.wave)
 
 # %% ../nbs/00c_spectrum.ipynb
 @patch(cls_method=True)
-def from_sigma(cls:Spectrum, wave, # vacuum wavelength (Å)
-               flux, # flux
-               sigma, # 1-sigma uncertainty of the flux
-               **kw): # any other `Spectrum` field
+def from_sigma(
+    cls: Spectrum,
+    wave,  # vacuum wavelength (Å)
+    flux,  # flux
+    sigma,  # 1-sigma uncertainty of the flux
+    **kw,  # any other `Spectrum` field
+):
     "A `Spectrum` from a 1-sigma uncertainty (bad sigma -> ivar 0, flagged BAD_ERROR)."
     s = np.asarray(sigma, np.float64)
-    with np.errstate(divide='ignore', invalid='ignore'): ivar = np.where(np.isfinite(s) & (s > 0), 1 / s**2, 0.0)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ivar = np.where(np.isfinite(s) & (s > 0), 1 / s**2, 0.0)
     return cls(wave, flux, ivar, **kw)
 
 # %% ../nbs/00c_spectrum.ipynb
 @patch
-def __repr__(self:Spectrum):
+def __repr__(self: Spectrum):
     w = f'{self.wave[0]:.1f}–{self.wave[-1]:.1f} Å' if len(self) else 'empty'
     ids = ' '.join(x for x in (self.survey, self.product, self.star_id, self.visit_id) if x)
-    return (f'Spectrum({ids}: {len(self)} px, {w} vacuum, {self.frame} frame, '
-            f'{self.mask.mean() if len(self) else 0:.1%} masked, S/N {self.snr:.1f}, rv {self.rv:.2f} km/s)')
+    return (
+        f'Spectrum({ids}: {len(self)} px, {w} vacuum, {self.frame} frame, '
+        f'{self.mask.mean() if len(self) else 0:.1%} masked, S/N {self.snr:.1f}, rv {self.rv:.2f} km/s)'
+    )
 
 # %% ../nbs/00c_spectrum.ipynb
-def stitch(spectra:list, # `Spectrum`s of one star in one frame, non-overlapping
-           **kw): # fields of the result (default: those of the first spectrum; `meta` gets 'segments' added)
+def stitch(
+    spectra: list,  # `Spectrum`s of one star in one frame, non-overlapping
+    **kw,  # fields of the result (default: those of the first spectrum; `meta` gets 'segments' added)
+):
     "One `Spectrum` from several non-overlapping ones (sorted by wavelength); flags and survey flags kept."
     sp = sorted(spectra, key=lambda s: s.wave[0])
-    if len({s.frame for s in sp}) > 1: raise ValueError(f'cannot stitch spectra in different frames: {[s.frame for s in sp]}')
+    if len({s.frame for s in sp}) > 1:
+        raise ValueError(f'cannot stitch spectra in different frames: {[s.frame for s in sp]}')
     cat = lambda a: np.concatenate([getattr(s, a) for s in sp])
     sf = None if any(s.survey_flags is None for s in sp) else cat('survey_flags')
     edges = np.cumsum([0] + [len(s) for s in sp])
-    meta = {**kw.pop('meta', sp[0].meta), 'segments': [(s.product, int(a), int(b)) for s, a, b in zip(sp, edges[:-1], edges[1:])]}
-    first = {k: getattr(sp[0], k) for k in ('frame', 'R', 'survey', 'product', 'star_id', 'visit_id', 'ra', 'dec', 'snr',
-                                            'rv', 'bc', 'flux_unit')}
-    return Spectrum(cat('wave'), cat('flux'), cat('ivar'), flags=cat('flags'), survey_flags=sf, **{**first, 'meta': meta, **kw})
+    meta = {
+        **kw.pop('meta', sp[0].meta),
+        'segments': [(s.product, int(a), int(b)) for s, a, b in zip(sp, edges[:-1], edges[1:])],
+    }
+    first = {
+        k: getattr(sp[0], k)
+        for k in ('frame', 'R', 'survey', 'product', 'star_id', 'visit_id', 'ra', 'dec', 'snr', 'rv', 'bc', 'flux_unit')
+    }
+    return Spectrum(
+        cat('wave'), cat('flux'), cat('ivar'), flags=cat('flags'), survey_flags=sf, **{**first, 'meta': meta, **kw}
+    )
 
 # %% ../nbs/00c_spectrum.ipynb
-def _flanks(x, gap:int, reach:int):
-    "Largest of x[i-reach .. i-gap] and x[i+gap .. i+reach] at every i (edges repeated): two running maxima of one padded array."
+def _flanks(x, gap: int, reach: int):
+    """Largest of x[i-reach .. i-gap] and x[i+gap .. i+reach] at every i (edges repeated): two running maxima of one
+    padded array."""
     from scipy.ndimage import maximum_filter1d
-    w = reach - gap + 1; m = maximum_filter1d(np.pad(x, reach, mode='edge'), w, mode='nearest'); P = len(x)
-    return np.maximum(m[w // 2:w // 2 + P], m[reach + gap + w // 2:reach + gap + w // 2 + P])
 
-def flag_spikes(s:Spectrum, # a spectrum of one detector, from a format without a pixel mask (flags set in place)
-                nsigma:float=10., # excess over the flanks, in units of the pixel's own sigma
-                rel:float=1., # ... and in units of the flanks' level
-                gap:int=8, # flanks start this many pixels away (> half the widest hit)
-                reach:int=20): # ... and end this many pixels away
-    "Flag `COSMIC_RAY` on narrow positive outliers far above the noise; absorption lines and broad features are left alone."
+    w = reach - gap + 1
+    m = maximum_filter1d(np.pad(x, reach, mode='edge'), w, mode='nearest')
+    P = len(x)
+    return np.maximum(m[w // 2 : w // 2 + P], m[reach + gap + w // 2 : reach + gap + w // 2 + P])
+
+
+def flag_spikes(
+    s: Spectrum,  # a spectrum of one detector, from a format without a pixel mask (flags set in place)
+    nsigma: float = 10.0,  # excess over the flanks, in units of the pixel's own sigma
+    rel: float = 1.0,  # ... and in units of the flanks' level
+    gap: int = 8,  # flanks start this many pixels away (> half the widest hit)
+    reach: int = 20,  # ... and end this many pixels away
+):
+    """Flag `COSMIC_RAY` on narrow positive outliers far above the noise; absorption lines and broad features are left
+    alone."""
     from scipy.ndimage import label
+
     flank = _flanks(s.flux, gap, reach)
-    sig = s.sigma; good = s.ivar > 0
+    sig = s.sigma
+    good = s.ivar > 0
     runs, n = label(good & (s.flux - flank > nsigma * sig) & (s.flux - flank > rel * np.abs(flank)))
     for r in range(1, n + 1):
-        a, b = np.flatnonzero(runs == r)[[0, -1]]; level = flank[a:b + 1].max()
-        while a > 0 and good[a - 1] and s.flux[a - 1] - level > 3 * sig[a - 1]: a -= 1
-        while b < len(s) - 1 and good[b + 1] and s.flux[b + 1] - level > 3 * sig[b + 1]: b += 1
-        s.flags[a:b + 1] |= PixelFlag.COSMIC_RAY
+        a, b = np.flatnonzero(runs == r)[[0, -1]]
+        level = flank[a : b + 1].max()
+        while a > 0 and good[a - 1] and s.flux[a - 1] - level > 3 * sig[a - 1]:
+            a -= 1
+        while b < len(s) - 1 and good[b + 1] and s.flux[b + 1] - level > 3 * sig[b + 1]:
+            b += 1
+        s.flags[a : b + 1] |= PixelFlag.COSMIC_RAY
     return s
 
 # %% ../nbs/00c_spectrum.ipynb
 _FIELDS = ('frame', 'R', 'survey', 'product', 'star_id', 'visit_id', 'ra', 'dec', 'snr', 'rv', 'bc', 'flux_unit')
 
-def _unit(s:str):
+
+def _unit(s: str):
     "astropy unit of a `flux_unit` string ('' is dimensionless); an unknown unit is refused, not made dimensionless."
     import astropy.units as u
+
     un = u.Unit(s or '', parse_strict='silent')
-    if isinstance(un, u.UnrecognizedUnit): raise ValueError(f'unknown flux unit {s!r}: astropy cannot parse it (give an astropy unit string)')
+    if isinstance(un, u.UnrecognizedUnit):
+        raise ValueError(f'unknown flux unit {s!r}: astropy cannot parse it (give an astropy unit string)')
     return un
 
+
 @patch
-def to_specutils(self:Spectrum):
+def to_specutils(self: Spectrum):
     "This spectrum as a `specutils.Spectrum` (Å axis, InverseVariance, mask); our fields in meta['stellar_spectra']."
     import astropy.units as u
     from astropy.nddata import InverseVariance
     from specutils import Spectrum as SpecutilsSpectrum
+
     un = _unit(self.flux_unit)
-    extra = {'flags': self.flags.copy(), 'survey_flags': None if self.survey_flags is None else self.survey_flags.copy(),
-             **{k: getattr(self, k) for k in _FIELDS}}
-    return SpecutilsSpectrum(flux=self.flux * un, spectral_axis=self.wave * u.AA, uncertainty=InverseVariance(self.ivar, unit=un**-2),
-                             mask=self.mask.copy(), meta={**self.meta, 'stellar_spectra': extra})
+    extra = {
+        'flags': self.flags.copy(),
+        'survey_flags': None if self.survey_flags is None else self.survey_flags.copy(),
+        **{k: getattr(self, k) for k in _FIELDS},
+    }
+    return SpecutilsSpectrum(
+        flux=self.flux * un,
+        spectral_axis=self.wave * u.AA,
+        uncertainty=InverseVariance(self.ivar, unit=un**-2),
+        mask=self.mask.copy(),
+        meta={**self.meta, 'stellar_spectra': extra},
+    )
 
 # %% ../nbs/00c_spectrum.ipynb
 def _ivar_of(unc, flux_unit):
     "Inverse variance (in 1/flux_unit²) of an astropy NDUncertainty."
     from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
     a = np.asarray(unc.array, np.float64)
-    if (a < 0).any(): raise ValueError(f'{type(unc).__name__} has {(a < 0).sum()} negative value(s): an uncertainty cannot be negative')
-    scale = lambda p: 1.0 if unc.unit is None else (unc.unit).to(flux_unit ** p)
+    if (a < 0).any():
+        raise ValueError(
+            f'{type(unc).__name__} has {(a < 0).sum()} negative value(s): an uncertainty cannot be negative'
+        )
+    scale = lambda p: 1.0 if unc.unit is None else (unc.unit).to(flux_unit**p)
     with np.errstate(divide='ignore', invalid='ignore'):
-        if isinstance(unc, InverseVariance): return a * scale(-2)
-        if isinstance(unc, StdDevUncertainty): return 1 / (a * scale(1)) ** 2
-        if isinstance(unc, VarianceUncertainty): return 1 / (a * scale(2))
+        if isinstance(unc, InverseVariance):
+            return a * scale(-2)
+        if isinstance(unc, StdDevUncertainty):
+            return 1 / (a * scale(1)) ** 2
+        if isinstance(unc, VarianceUncertainty):
+            return 1 / (a * scale(2))
     raise TypeError(f'unsupported uncertainty type {type(unc).__name__}')
 
+
 @patch(cls_method=True)
-def from_specutils(cls:Spectrum, s, # a 1-D `specutils.Spectrum`
-                   **kw): # fields that override what is found
+def from_specutils(
+    cls: Spectrum,
+    s,  # a 1-D `specutils.Spectrum`
+    **kw,  # fields that override what is found
+):
     "A `Spectrum` from a `specutils.Spectrum` (exact inverse of `to_specutils`)."
     import astropy.units as u
-    meta = dict(s.meta or {}); extra = dict(meta.pop('stellar_spectra', {}) or {})
+
+    meta = dict(s.meta or {})
+    extra = dict(meta.pop('stellar_spectra', {}) or {})
     wave = s.spectral_axis.to_value(u.AA, equivalencies=u.spectral())
-    if s.uncertainty is None: raise ValueError('the specutils spectrum has no uncertainty: cannot make an inverse variance')
-    if isinstance(s.flux.unit, u.UnrecognizedUnit): raise ValueError(f'unknown flux unit {s.flux.unit.to_string()!r}: astropy cannot parse it')
+    if s.uncertainty is None:
+        raise ValueError('the specutils spectrum has no uncertainty: cannot make an inverse variance')
+    if isinstance(s.flux.unit, u.UnrecognizedUnit):
+        raise ValueError(f'unknown flux unit {s.flux.unit.to_string()!r}: astropy cannot parse it')
     ivar = _ivar_of(s.uncertainty, s.flux.unit)
     flags = extra.pop('flags', None)
-    if flags is None: flags = np.where(np.zeros(len(wave), bool) if s.mask is None else np.asarray(s.mask), int(PixelFlag.BAD_PIXEL), 0)
+    if flags is None:
+        flags = np.where(
+            np.zeros(len(wave), bool) if s.mask is None else np.asarray(s.mask), int(PixelFlag.BAD_PIXEL), 0
+        )
     sf = extra.pop('survey_flags', None)
     o = np.argsort(wave, kind='stable') if wave.size > 1 and wave[0] > wave[-1] else slice(None)
     fields = {'frame': 'observed', 'flux_unit': s.flux.unit.to_string(), **extra, **kw}
-    return cls(wave[o], np.asarray(s.flux.value)[o], ivar[o], flags=np.asarray(flags)[o],
-               survey_flags=None if sf is None else np.asarray(sf)[o], meta={**meta, **fields.pop('meta', {})}, **fields)
+    return cls(
+        wave[o],
+        np.asarray(s.flux.value)[o],
+        ivar[o],
+        flags=np.asarray(flags)[o],
+        survey_flags=None if sf is None else np.asarray(sf)[o],
+        meta={**meta, **fields.pop('meta', {})},
+        **fields,
+    )

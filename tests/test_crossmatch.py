@@ -1,13 +1,14 @@
 """Cross-match against the truth of the mock sky: completeness and purity with and without proper motions, fast
 movers, crowded fields, bad input, the Parquet/JSON outputs and the real mock-sky layout."""
-import json, warnings
+
+import json
 from itertools import combinations
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from astropy.table import Table
 from stellar_spectra.mock.population import draw_stars, make_catalogues
-from stellar_spectra.io.catalogues import CATALOGUES, read_catalogue
-from stellar_spectra.pipeline.crossmatch import FLAGS, IDS, crossmatch_surveys, score_against_truth, crossmatch
+from stellar_spectra.io.catalogues import CATALOGUES
+from stellar_spectra.pipeline.crossmatch import FLAGS, IDS, crossmatch_surveys, score_against_truth
 
 N_STARS, SEED = 30_000, 5
 
@@ -15,18 +16,24 @@ N_STARS, SEED = 30_000, 5
 def write_catalogues(root, stars, seed=SEED, change=None):
     "The three catalogues of `stars` under `root` in the archive layout; `change(name, table)` may edit them."
     for name, t in make_catalogues(stars, seed=seed).items():
-        if change: t = change(name, t)
-        p = Path(root) / CATALOGUES[name]['path']; p.parent.mkdir(parents=True, exist_ok=True)
+        if change:
+            t = change(name, t)
+        p = Path(root) / CATALOGUES[name]['path']
+        p.parent.mkdir(parents=True, exist_ok=True)
         t.write(p, overwrite=True)
     return Path(root)
 
 
 def members(t, stars):
     "Per survey, the truth star index of each output row's member (-1: none)."
-    key = {s: {v: i for v, i, h in zip(np.asarray(stars[c]).tolist(), range(len(stars)), stars[f'in_{s}']) if h}
-           for s, c in IDS.items()}
-    return {s: np.array([key[s][v] if h else -1 for v, h in zip(np.asarray(t[c]).tolist(), t[f'in_{s}'])])
-            for s, c in IDS.items()}
+    key = {
+        s: {v: i for v, i, h in zip(np.asarray(stars[c]).tolist(), range(len(stars)), stars[f'in_{s}']) if h}
+        for s, c in IDS.items()
+    }
+    return {
+        s: np.array([key[s][v] if h else -1 for v, h in zip(np.asarray(t[c]).tolist(), t[f'in_{s}'])])
+        for s, c in IDS.items()
+    }
 
 
 def false_pairs(t, stars):
@@ -87,9 +94,23 @@ def test_counts_and_columns(matched, sky):
         assert t[f'in_{s}'].sum() == stars[f'in_{s}'].sum()  # every catalogue row appears exactly once
         assert len(set(t[f'row_{s}'][t[f'in_{s}']])) == stars[f'in_{s}'].sum()
     assert c['all'] == int((t['n_surveys'] == 3).sum())
-    assert c['apogee+galah'] >= c['all'] and c['apogee only'] + c['galah only'] + c['ges only'] == int((t['n_surveys'] == 1).sum())
-    for k in ['apogee_id', 'sobject_id', 'cname', 'teff_apogee', 'fe_h_galah', 'rv_ges', 'ra_galah', 'sep_apogee_galah',
-              'gaia_source_id', 'gaia_id_agree', 'xm_flags', 'pmra']:
+    assert c['apogee+galah'] >= c['all'] and c['apogee only'] + c['galah only'] + c['ges only'] == int(
+        (t['n_surveys'] == 1).sum()
+    )
+    for k in [
+        'apogee_id',
+        'sobject_id',
+        'cname',
+        'teff_apogee',
+        'fe_h_galah',
+        'rv_ges',
+        'ra_galah',
+        'sep_apogee_galah',
+        'gaia_source_id',
+        'gaia_id_agree',
+        'xm_flags',
+        'pmra',
+    ]:
         assert k in t.colnames, k
     assert json.loads(out.with_suffix('.json').read_text())['counts'] == c
     both = t['in_apogee'] & t['in_galah']
@@ -115,11 +136,14 @@ def test_crowded_field_flags_ambiguous(tmp_path):
     who = members(t, stars)
     row_of = {i: k for k, i in enumerate(who['apogee']) if i >= 0}
     cats = make_catalogues(stars, seed=2)
-    pos = {i: (r, d) for i, r, d in zip(np.flatnonzero(stars['in_apogee']), cats['apogee']['RA'], cats['apogee']['DEC'])}
+    pos = {
+        i: (r, d) for i, r, d in zip(np.flatnonzero(stars['in_apogee']), cats['apogee']['RA'], cats['apogee']['DEC'])
+    }
     close = 0
     for m in np.flatnonzero((stars['crowded_partner'] >= 0) & stars['in_apogee'] & stars['in_galah']):
         h = int(stars['crowded_partner'][m])
-        if h not in pos: continue
+        if h not in pos:
+            continue
         (r1, d1), (r2, d2) = pos[m], pos[h]
         sep = np.hypot((r1 - r2) * np.cos(np.radians(d1)), d1 - d2) * 3600
         if sep < radius - 0.3:  # comfortably inside: the other survey's counterpart is a candidate too
@@ -137,8 +161,10 @@ def _drop(col):
 def _nan_row(col, k=3):
     def f(name, t):
         if name == 'apogee':
-            t[col] = np.asarray(t[col], float); t[col][k] = np.nan
+            t[col] = np.asarray(t[col], float)
+            t[col][k] = np.nan
         return t
+
     return f
 
 
@@ -148,9 +174,14 @@ def _dup(name, t):
     return t
 
 
-@pytest.mark.parametrize('change, message', [(_drop('DEC'), "lacks column(s) ['DEC']"),
-                                             (_nan_row('RA'), '1 rows with invalid RA'),
-                                             (_dup, '1 duplicated identifiers')])
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (_drop('DEC'), "lacks column(s) ['DEC']"),
+        (_nan_row('RA'), '1 rows with invalid RA'),
+        (_dup, '1 duplicated identifiers'),
+    ],
+)
 def test_bad_input_stops_with_a_clear_message(tmp_path, change, message):
     stars = draw_stars(300, seed=4)
     root = write_catalogues(tmp_path / 'sky', stars, seed=4, change=change)
@@ -162,10 +193,13 @@ def test_bad_input_stops_with_a_clear_message(tmp_path, change, message):
 
 def test_nan_proper_motions_kept_and_flagged(tmp_path):
     stars = draw_stars(2000, seed=6)
+
     def nan_pm(name, t):
         if name == 'apogee':
-            for c in ['GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC']: t[c][:200] = np.nan
+            for c in ['GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC']:
+                t[c][:200] = np.nan
         return t
+
     root = write_catalogues(tmp_path / 'sky', stars, seed=6, change=nan_pm)
     s = crossmatch_surveys(root, tmp_path / 'o.parquet', progress=False)
     t = Table.read(tmp_path / 'o.parquet')
@@ -186,6 +220,7 @@ def test_explicit_paths_and_dedupe(tmp_path):
 
 def test_real_mock_sky_layout(tmp_path):
     from stellar_spectra.mock import mocksky
+
     mocksky.generate_mock_sky(tmp_path / 'sky', n_stars=12, seed=3, progress=False)
     s = crossmatch_surveys(tmp_path / 'sky', tmp_path / 'o.parquet', progress=False)
     t = Table.read(tmp_path / 'o.parquet')
@@ -196,6 +231,18 @@ def test_real_mock_sky_layout(tmp_path):
 
 def test_cli(sky, tmp_path):
     from stellar_spectra.cli import main
-    main(['crossmatch', '--src', str(sky[0]), '--out', str(tmp_path / 'cli.parquet'), '--radius-arcsec', '0.8', '--no-progress'])
+
+    main(
+        [
+            'crossmatch',
+            '--src',
+            str(sky[0]),
+            '--out',
+            str(tmp_path / 'cli.parquet'),
+            '--radius-arcsec',
+            '0.8',
+            '--no-progress',
+        ]
+    )
     s = json.loads((tmp_path / 'cli.json').read_text())
     assert s['radius_arcsec'] == 0.8 and s['counts']['rows'] == len(Table.read(tmp_path / 'cli.parquet'))

@@ -2,13 +2,23 @@
 where the truth puts them, noise matches the stated errors, surveys agree with each other, generation is
 deterministic and independent of the number of workers, and the fast generator writes exactly the files of the
 reference synthesis and of astropy's writers."""
+
 import filecmp, io, tarfile, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter1d
-from stellar_spectra.formats import (C_KMS, APOGEE_PIXMASK, APOGEE_BAD_PIXMASK, APOGEE_NWAVE, GALAH_EXTNAMES, UCD_AIR,
-                                     apogee_wavelength, apogee_chip_mask, linear_wavelength)
+from stellar_spectra.formats import (
+    C_KMS,
+    APOGEE_PIXMASK,
+    APOGEE_BAD_PIXMASK,
+    APOGEE_NWAVE,
+    GALAH_EXTNAMES,
+    UCD_AIR,
+    apogee_wavelength,
+    apogee_chip_mask,
+    linear_wavelength,
+)
 from stellar_spectra.linelist import air_to_vacuum, vacuum_to_air
 from stellar_spectra.formats import sigma_lnlam as instrumental_sigma_lnlam
 from stellar_spectra.mock.mocksky import generate_mock_sky
@@ -29,15 +39,22 @@ def sky(tmp_path_factory):
     return out, summary, stars, obs
 
 
-def star_of(stars, o): return stars.loc[o['star_index']].to_dict()
+def star_of(stars, o):
+    return stars.loc[o['star_index']].to_dict()
 
 
 # ---------------------------------------------------------------- layout and formats
 def test_layout(sky):
     out, summary, stars, obs = sky
-    for rel in ['sdss/dr17/apogee/spectro/aspcap/dr17/synspec_rev1/allStar-dr17-synspec_rev1.fits',
-                'galah/GALAH_DR3/GALAH_DR3_main_allstar_v2.fits', 'gaiaeso/GES_DR4_catalogue.fits',
-                'gaiaeso/eso_archive_query.csv', 'truth/stars.parquet', 'truth/observations.parquet', 'truth/meta.json']:
+    for rel in [
+        'sdss/dr17/apogee/spectro/aspcap/dr17/synspec_rev1/allStar-dr17-synspec_rev1.fits',
+        'galah/GALAH_DR3/GALAH_DR3_main_allstar_v2.fits',
+        'gaiaeso/GES_DR4_catalogue.fits',
+        'gaiaeso/eso_archive_query.csv',
+        'truth/stars.parquet',
+        'truth/observations.parquet',
+        'truth/meta.json',
+    ]:
         assert (out / rel).is_file(), rel
     assert all((out / r).is_file() for r in obs['relpath'])
     assert not list(out.rglob('*.part'))  # no temporary files left
@@ -45,7 +62,8 @@ def test_layout(sky):
     galah = set(Path(r).name for r in obs.loc[obs.survey == 'galah', 'relpath'])
     in_tars = set()
     for t in (out / 'galah/GALAH_DR3/spectra/tar_files').glob('*_com.tar.gz'):
-        with tarfile.open(t) as tf: in_tars |= {Path(m).name for m in tf.getnames()}
+        with tarfile.open(t) as tf:
+            in_tars |= {Path(m).name for m in tf.getnames()}
     assert in_tars == galah
     csv = pd.read_csv(out / 'gaiaeso/eso_archive_query.csv')
     assert set(csv['ARCFILE']) == set(Path(r).name for r in obs.loc[obs.survey == 'ges', 'relpath'])
@@ -76,10 +94,13 @@ def test_apstar_format(sky):
             assert f[8].data is None and len(f[9].data) == nv and len(f[10].data) == 1
             h = f[0].header
             assert h['NVISITS'] == nv and h['CTYPE1'] == 'LOG-LINEAR' and h['CRVAL1'] == 4.179 and h['CDELT1'] == 6e-6
-            for n in range(1, nv + 1): assert {f'SFILE{n}', f'JD{n}', f'VHELIO{n}', f'BC{n}', f'SNRVIS{n}'} <= set(h)
+            for n in range(1, nv + 1):
+                assert {f'SFILE{n}', f'JD{n}', f'VHELIO{n}', f'BC{n}', f'SNRVIS{n}'} <= set(h)
             flux, err, mask = f[1].data, f[2].data, f[3].data
-            if nv > 1: assert (mask[0] == np.bitwise_and.reduce(mask[2:], axis=0)).all()
-            else: assert (flux[1] == 0).all()
+            if nv > 1:
+                assert (mask[0] == np.bitwise_and.reduce(mask[2:], axis=0)).all()
+            else:
+                assert (flux[1] == 0).all()
             bad = (mask[2:] if nv > 1 else mask[:1]) & 1 << APOGEE_PIXMASK['BADPIX'] > 0
             assert bad.any() and (err[2:] if nv > 1 else err[:1])[bad].min() == 1e10
             assert (flux[0][~apogee_chip_mask()] == 0).all()
@@ -100,11 +121,13 @@ def test_apvisit_format(sky):
             assert 'VHELIO' not in f[0].header and f[0].header['TELESCOP'] in ('apo25m', 'lco25m')
             tell, m = f[7].data.ravel(), f[3].data.ravel().astype(np.int64)
             from scipy.ndimage import uniform_filter1d
+
             low = uniform_filter1d(tell, 5) < 0.9
             assert ((m[low] >> APOGEE_PIXMASK['SIG_TELLURIC']) & 1).all()
 
 
-def _keys(h): return [k for k in h.keys() if k not in ('', 'COMMENT', 'CONTINUE')]
+def _keys(h):
+    return [k for k in h.keys() if k not in ('', 'COMMENT', 'CONTINUE')]
 
 
 def test_galah_matches_real_files(sky):
@@ -126,9 +149,27 @@ def test_galah_matches_real_files(sky):
                 h4 = m[4].header
                 v = o['rv_file'] + (0 if o['anomaly'] != 'sb2' else 0)
                 cut = APOGEE_NWAVE and (4096 - m[4].data.size)
-                assert np.isclose(h4['CDELT1'], h0['CDELT1'] / (1 + (stars.loc[o.star_index, 'rv'] if o['anomaly'] != 'sb2' else h4['CDELT1'] * 0 + (h0['CDELT1'] / h4['CDELT1'] - 1) * C_KMS) / C_KMS), rtol=1e-6) or o['anomaly'] == 'sb2'
-                if ccd == 4: assert 7690 < h4['CRVAL1'] < 7700 and m[4].data.size < 2700
-                else: assert m[4].data.size == 4096
+                assert (
+                    np.isclose(
+                        h4['CDELT1'],
+                        h0['CDELT1']
+                        / (
+                            1
+                            + (
+                                stars.loc[o.star_index, 'rv']
+                                if o['anomaly'] != 'sb2'
+                                else h4['CDELT1'] * 0 + (h0['CDELT1'] / h4['CDELT1'] - 1) * C_KMS
+                            )
+                            / C_KMS
+                        ),
+                        rtol=1e-6,
+                    )
+                    or o['anomaly'] == 'sb2'
+                )
+                if ccd == 4:
+                    assert 7690 < h4['CRVAL1'] < 7700 and m[4].data.size < 2700
+                else:
+                    assert m[4].data.size == 4096
 
 
 def test_uves_format(sky):
@@ -137,14 +178,37 @@ def test_uves_format(sky):
         assert Path(o['relpath']).name.startswith('ADP.')
         with fits.open(out / o['relpath']) as f:
             h = f[0].header
-            for k in ['PRODCATG', 'ORIGIN', 'TELESCOP', 'INSTRUME', 'OBJECT', 'RA', 'DEC', 'EQUINOX', 'RADESYS', 'SPECSYS',
-                      'MJD-OBS', 'EXPTIME', 'PROG_ID', 'CONTNORM', 'WAVELMIN', 'WAVELMAX', 'SPEC_BIN', 'SPEC_RES', 'SNR']:
+            for k in [
+                'PRODCATG',
+                'ORIGIN',
+                'TELESCOP',
+                'INSTRUME',
+                'OBJECT',
+                'RA',
+                'DEC',
+                'EQUINOX',
+                'RADESYS',
+                'SPECSYS',
+                'MJD-OBS',
+                'EXPTIME',
+                'PROG_ID',
+                'CONTNORM',
+                'WAVELMIN',
+                'WAVELMAX',
+                'SPEC_BIN',
+                'SPEC_RES',
+                'SNR',
+            ]:
                 assert k in h, k
             assert h['ORIGIN'] == 'ESO' and h['INSTRUME'] == 'UVES' and h['PRODCATG'] == 'SCIENCE.SPECTRUM'
             t = f[1]
             assert t.header['EXTNAME'] == 'SPECTRUM' and len(t.data) == 1 and t.header['TUCD1'] == UCD_AIR
             wave = t.data['WAVE'][0]
-            assert t.header['TUNIT1'] == 'nm' and np.isclose(wave[0], h['WAVELMIN']) and np.isclose(wave[-1], h['WAVELMAX'])
+            assert (
+                t.header['TUNIT1'] == 'nm'
+                and np.isclose(wave[0], h['WAVELMIN'])
+                and np.isclose(wave[-1], h['WAVELMAX'])
+            )
             assert 400 < wave[0] < 500 and 600 < wave[-1] < 700
             mid = (wave > wave[0] + 0.45 * (wave[-1] - wave[0])) & (wave < wave[0] + 0.55 * (wave[-1] - wave[0]))
             gap = t.data['QUAL'][0] > 0 if o['has_qual'] else t.data['ERR_REDUCED'][0] == 0
@@ -165,13 +229,16 @@ def _file_spectra(out, o):
         elif o['survey'] == 'galah':
             h = f[0].header
             w = air_to_vacuum(linear_wavelength(h['CRVAL1'], h['CDELT1'], h['NAXIS1'], h['CRPIX1']))
-            fl = f[0].data.astype(float); e = fl * f[1].data; good = np.ones(fl.size, bool)
+            fl = f[0].data.astype(float)
+            e = fl * f[1].data
+            good = np.ones(fl.size, bool)
         else:
             t = f[1].data
             w, fl, e = air_to_vacuum(t['WAVE'][0] * 10), t['FLUX_REDUCED'][0], t['ERR_REDUCED'][0]
             good = t['QUAL'][0] == 0 if 'QUAL' in t.names else np.ones(len(w), bool)
     good &= (e > 0) & (e < 1e9)
-    if o['fault'] == 'bad_stretch': good[int(o['fault_lo']):int(o['fault_hi'])] = False
+    if o['fault'] == 'bad_stretch':
+        good[int(o['fault_lo']) : int(o['fault_hi'])] = False
     return w, fl, e, good
 
 
@@ -207,25 +274,30 @@ def _line_offsets(out, stars, o, lines, expect_kms=0.0):
     for lv in lines:
         pred_vac = lv * (1 + o['rv_file'] / C_KMS)
         pred = float(vacuum_to_air(np.array([pred_vac]))[0]) if air else pred_vac
-        if not (w_file.min() + 2 < pred < w_file.max() - 2): continue
+        if not (w_file.min() + 2 < pred < w_file.max() - 2):
+            continue
         half = pred * 2.5 / o['R']
         c = _centroid(w_file, 1 - norm, pred * (1 + expect_kms / C_KMS), half)
-        if np.isfinite(c): dv.append((c - pred) / pred * C_KMS)
+        if np.isfinite(c):
+            dv.append((c - pred) / pred * C_KMS)
     return np.array(dv)
 
 
-def _lines(t): return np.asarray(t['wave_vac'] if hasattr(t, 'colnames') else t, float)
+def _lines(t):
+    return np.asarray(t['wave_vac'] if hasattr(t, 'colnames') else t, float)
 
 
 def test_lines_at_predicted_wavelengths(sky):
     from stellar_spectra.linelist import reference_lines
+
     out, _, stars, obs = sky
     ok = obs[((obs['product'] == 'apVisit') | (obs.survey == 'galah')) & (obs.anomaly.isin(['', 'chem_peculiar']))]
     checked = 0
     for _, o in ok.iterrows():
         lines = _lines(reference_lines(o['wmin'] - 5, o['wmax'] + 5))
         dv = _line_offsets(out, stars, o, lines)
-        if len(dv) < 5: continue
+        if len(dv) < 5:
+            continue
         checked += 1
         assert abs(np.median(dv)) < 1.0, (o['relpath'], np.median(dv))  # km/s; air/vacuum confusion would be ~80 km/s
     assert checked >= 5
@@ -233,23 +305,32 @@ def test_lines_at_predicted_wavelengths(sky):
 
 def test_wrong_wavelength_fault_is_visible(sky):
     from stellar_spectra.linelist import reference_lines
+
     out, _, stars, obs = sky
     bad = obs[obs.fault == 'wrong_wavelength']
     for _, o in bad.iterrows():
-        if o['product'] not in ('apVisit', 'ccd2', 'uves'): continue
+        if o['product'] not in ('apVisit', 'ccd2', 'uves'):
+            continue
         lines = _lines(reference_lines(o['wmin'] - 5, o['wmax'] + 5))
         dv = _line_offsets(out, stars, o, lines, expect_kms=o['fault_shift_kms'])
-        if len(dv) >= 2: assert abs(np.median(dv) - o['fault_shift_kms']) < 5
+        if len(dv) >= 2:
+            assert abs(np.median(dv) - o['fault_shift_kms']) < 5
 
 
 def test_galah_and_uves_agree(sky):
     out, _, stars, obs = sky
-    both = [i for i in stars.index[stars.in_galah & stars.in_ges & ~stars.anomaly.isin(['sb2', 'bad_stretch', 'wrong_wavelength'])]]
+    both = [
+        i
+        for i in stars.index[
+            stars.in_galah & stars.in_ges & ~stars.anomaly.isin(['sb2', 'bad_stretch', 'wrong_wavelength'])
+        ]
+    ]
     assert both, 'the test sky should hold a star observed by GALAH and Gaia-ESO'
     for i in both:
         g = obs[(obs.star_index == i) & (obs['product'] == 'ccd1')].iloc[0]
         u = obs[(obs.star_index == i) & (obs.survey == 'ges')].iloc[0]
-        wg, fg, eg, okg = _file_spectra(out, g); wu, fu, eu, oku = _file_spectra(out, u)
+        wg, fg, eg, okg = _file_spectra(out, g)
+        wu, fu, eu, oku = _file_spectra(out, u)
         rest_g, rest_u = wg / (1 + g['rv_file'] / C_KMS), wu / (1 + u['rv_file'] / C_KMS)
         # degrade UVES to GALAH's resolution on a uniform ln-lambda grid, then interpolate onto GALAH's pixels
         sel = oku & (rest_u > rest_g[0] - 5) & (rest_u < rest_g[-1] + 5)
@@ -257,21 +338,24 @@ def test_galah_and_uves_agree(sky):
         fu_l = np.interp(lg, np.log(rest_u[sel]), fu[sel])
         sig = np.sqrt(instrumental_sigma_lnlam(28_000) ** 2 - instrumental_sigma_lnlam(47_000) ** 2) / (lg[1] - lg[0])
         fu_g = np.interp(rest_g, np.exp(lg), gaussian_filter1d(fu_l, sig))
+
         def normalise(w, f):
             keep = np.ones(w.size, bool)
             for _ in range(5):
                 c = np.polyval(np.polyfit(w[keep] - w.mean(), f[keep], 3), w - w.mean())
                 keep = f > c * 0.98
             return f / c
+
         m = okg & (fg / eg > 0)
         a, b = normalise(rest_g[m], fg[m]), normalise(rest_g[m], fu_g[m])
-        rms = lambda x: np.sqrt(np.mean(x ** 2))
+        rms = lambda x: np.sqrt(np.mean(x**2))
         expected = np.hypot(rms(eg[m] / fg[m]), rms(eu[sel] / fu[sel]))  # the UVES part is an upper bound (smoothed)
         d = a - b
         robust = 1.4826 * np.median(np.abs(d - np.median(d)))  # unflagged cosmic rays (GALAH, UVES without QUAL)
         assert abs(np.median(d)) < 0.01 and robust < 1.2 * expected, (robust, expected)
         depth = 1 - a
-        if depth.std() > 3 * expected: assert np.corrcoef(a, b)[0, 1] > 0.8  # lines stronger than the noise agree
+        if depth.std() > 3 * expected:
+            assert np.corrcoef(a, b)[0, 1] > 0.8  # lines stronger than the noise agree
 
 
 def test_truth_spectrum_sb2(sky):
@@ -290,7 +374,8 @@ def test_deterministic_and_worker_independent(tmp_path):
     fa = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
     fb = sorted(p.relative_to(tmp_path / 'b') for p in (tmp_path / 'b').rglob('*') if p.is_file())
     assert fa == fb and len(fa) > 10
-    for r in fa: assert filecmp.cmp(tmp_path / 'a' / r, tmp_path / 'b' / r, shallow=False), r
+    for r in fa:
+        assert filecmp.cmp(tmp_path / 'a' / r, tmp_path / 'b' / r, shallow=False), r
     assert a['files'] == b['files']
 
 
@@ -311,32 +396,44 @@ def _ref_deblend(lnw, ew, sigma, gamma):
 
 
 def _ref_normalised_spectrum(wave, params, R, rv=0.0):
-    wave = np.asarray(wave, float); shape = wave.shape
+    wave = np.asarray(wave, float)
+    shape = wave.shape
     x = np.log(wave.ravel()) - np.log1p(rv / C_KMS)
-    order = np.argsort(x); xs = x[order]
+    order = np.argsort(x)
+    xs = x[order]
     lines = synth._line_columns()
     i, j = np.searchsorted(lines['lnw'], [xs[0] - 0.06, xs[-1] + 0.06])
     c = {k: v[i:j] for k, v in lines.items()}
-    strength = synth._strength(params, c); d = synth._depth(params, c, strength)
+    strength = synth._strength(params, c)
+    d = synth._depth(params, c, strength)
     (sig_loc, sig_star), gam = synth._widths(params, c['mass'], strength), synth._gamma(params, c['gamma'], c['group'])
     on = np.abs(d) > 1e-5
     lnw, sig_loc, sig_star, gam = c['lnw'][on], sig_loc[on], sig_star[on], gam[on]
     from scipy.special import voigt_profile
+
     w = _ref_deblend(lnw, d[on] / voigt_profile(0.0, sig_loc, gam), sig_star, gam)
     flux = np.empty_like(x)
-    flux[order] = 1 - synth._profile_sum(xs, lnw, w, np.sqrt(sig_star ** 2 + instrumental_sigma_lnlam(R) ** 2), gam)
+    flux[order] = 1 - synth._profile_sum(xs, lnw, w, np.sqrt(sig_star**2 + instrumental_sigma_lnlam(R) ** 2), gam)
     return flux.reshape(shape)
 
 
 def _ref_gauss_peaks(x, centre, peak, sigma=synth.TELLURIC_SIGMA):
-    order = np.argsort(x); out = np.empty(len(x)); srt = np.argsort(centre)
-    out[order] = synth._profile_sum(x[order], centre[srt], peak[srt] * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma))
+    order = np.argsort(x)
+    out = np.empty(len(x))
+    srt = np.argsort(centre)
+    out[order] = synth._profile_sum(
+        x[order], centre[srt], peak[srt] * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma)
+    )
     return out
 
 
 def _ref_telluric(wave, airmass=1.0, pwv=2.0):
-    wave = np.asarray(wave, float); x = np.log(wave.ravel()); t = synth._telluric_lines()
-    return np.exp(-airmass * (_ref_gauss_peaks(x, *t['dry']) + pwv / 2.0 * _ref_gauss_peaks(x, *t['wet']))).reshape(wave.shape)
+    wave = np.asarray(wave, float)
+    x = np.log(wave.ravel())
+    t = synth._telluric_lines()
+    return np.exp(-airmass * (_ref_gauss_peaks(x, *t['dry']) + pwv / 2.0 * _ref_gauss_peaks(x, *t['wet']))).reshape(
+        wave.shape
+    )
 
 
 def _ref_sky(wave, strength=1.0):
@@ -345,7 +442,8 @@ def _ref_sky(wave, strength=1.0):
 
 
 def test_spectra_equal_reference_synthesis(sky, tmp_path, monkeypatch):
-    "Exact: the same stars written with the reference synthesis give the same files, byte for byte (spectra, truth, tarballs)."
+    """Exact: the same stars written with the reference synthesis give the same files, byte for byte (spectra, truth,
+    tarballs)."""
     out = sky[0]
     monkeypatch.setattr(instrument, 'normalised_spectrum', _ref_normalised_spectrum)
     monkeypatch.setattr(instrument, 'telluric_transmission', _ref_telluric)
@@ -354,7 +452,8 @@ def test_spectra_equal_reference_synthesis(sky, tmp_path, monkeypatch):
     files = sorted(p.relative_to(out) for p in out.rglob('*') if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / 'ref') for p in (tmp_path / 'ref').rglob('*') if p.is_file())
     assert {'sb2', 'bad_stretch', 'wrong_wavelength'} & set(sky[2].anomaly) and len(files) > 50
-    for r in files: assert filecmp.cmp(out / r, tmp_path / 'ref' / r, shallow=False), r
+    for r in files:
+        assert filecmp.cmp(out / r, tmp_path / 'ref' / r, shallow=False), r
 
 
 def _hdu_bytes(raw):
@@ -363,28 +462,38 @@ def _hdu_bytes(raw):
     while pos < len(raw):
         cards = []
         while True:
-            c = raw[pos:pos + 80].decode(); pos += 80; cards.append(c)
-            if c.startswith('END     '): break
+            c = raw[pos : pos + 80].decode()
+            pos += 80
+            cards.append(c)
+            if c.startswith('END     '):
+                break
         pos += -pos % 2880
         kv = {c[:8].strip(): c[10:].split('/')[0].strip() for c in cards if c[8:10] == '= '}
         shape = [int(kv[f'NAXIS{j}']) for j in range(1, int(kv['NAXIS']) + 1)]
         n = abs(int(kv['BITPIX'])) // 8 * int(np.prod(shape)) if shape else 0
-        out.append((cards, raw[pos:pos + n])); pos += n + (-n % 2880)
+        out.append((cards, raw[pos : pos + n]))
+        pos += n + (-n % 2880)
     return out
 
 
 def test_files_are_what_astropy_writes(sky):
-    "Exact: every spectrum file, read by astropy and written back by astropy, is the same bytes (the UVES primary header has no EXTEND, which astropy adds)."
+    """Exact: every spectrum file, read by astropy and written back by astropy, is the same bytes (the UVES primary
+    header has no EXTEND, which astropy adds)."""
     out, _, _, obs = sky
     for rel in sorted(set(obs['relpath'])):
         raw = (out / rel).read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            with fits.open(io.BytesIO(raw)) as f: buf = io.BytesIO(); f.writeto(buf)
+            with fits.open(io.BytesIO(raw)) as f:
+                buf = io.BytesIO()
+                f.writeto(buf)
         mine, theirs = _hdu_bytes(raw), _hdu_bytes(buf.getvalue())
-        if rel.startswith('gaiaeso/'): theirs[0] = ([c for c in theirs[0][0] if not c.startswith('EXTEND  ')], theirs[0][1])
+        if rel.startswith('gaiaeso/'):
+            theirs[0] = ([c for c in theirs[0][0] if not c.startswith('EXTEND  ')], theirs[0][1])
         assert mine == theirs, rel
     for t in (out / 'galah/GALAH_DR3/spectra/tar_files').glob('*_com.tar.gz'):  # the tarballs hold the camera files
         with tarfile.open(t) as tf:
             for m in tf.getmembers():
-                assert tf.extractfile(m).read() == (out / 'galah/GALAH_DR3/spectra' / Path(m.name).name).read_bytes(), m.name
+                assert tf.extractfile(m).read() == (out / 'galah/GALAH_DR3/spectra' / Path(m.name).name).read_bytes(), (
+                    m.name
+                )

@@ -25,313 +25,455 @@ __all__ = ['StarMatrix', 'star_slots', 'star_matrix', 'row_chi2', 'WeightedPCA',
 @dataclass
 class StarMatrix:
     "One row per star: the surveys' packed pixels side by side in blocks; W = 0 where the star has no data."
-    X: np.ndarray      # (n, P) float32 normalised flux (0 where W is 0)
-    W: np.ndarray      # (n, P) float32 weight x inverse variance (0: no data)
+
+    X: np.ndarray  # (n, P) float32 normalised flux (0 where W is 0)
+    W: np.ndarray  # (n, P) float32 weight x inverse variance (0: no data)
     stars: np.ndarray  # (n,) int64 star keys
-    blocks: dict       # survey -> slice of the columns, consecutive in this order
-    pix: dict          # survey -> (P_s,) int64 grid pixels of the block's columns
-    grid: Grid         # the grid the pixels refer to
+    blocks: dict  # survey -> slice of the columns, consecutive in this order
+    pix: dict  # survey -> (P_s,) int64 grid pixels of the block's columns
+    grid: Grid  # the grid the pixels refer to
 
     def __post_init__(self):
         n, P = self.X.shape
-        if self.W.shape != (n, P) or self.stars.shape != (n,): raise ValueError(f"X {self.X.shape}, W {self.W.shape} and stars {self.stars.shape} disagree")
+        if self.W.shape != (n, P) or self.stars.shape != (n,):
+            raise ValueError(f"X {self.X.shape}, W {self.W.shape} and stars {self.stars.shape} disagree")
         ends = [(b.start, b.stop) for b in self.blocks.values()]
-        if [a for a, _ in ends] != [0] + [b for _, b in ends[:-1]] or (ends[-1][1] if ends else 0) != P or \
-           any(len(self.pix[s]) != b.stop - b.start for s, b in self.blocks.items()):
-            raise ValueError(f"the blocks {self.blocks} must be consecutive slices of the {P} columns, one per survey's pixels")
+        if (
+            [a for a, _ in ends] != [0] + [b for _, b in ends[:-1]]
+            or (ends[-1][1] if ends else 0) != P
+            or any(len(self.pix[s]) != b.stop - b.start for s, b in self.blocks.items())
+        ):
+            raise ValueError(
+                f"the blocks {self.blocks} must be consecutive slices of the {P} columns, one per survey's pixels"
+            )
 
     @property
-    def surveys(self): return list(self.blocks)
-    def __len__(self): return len(self.stars)
-    def lnlam(self, survey:str): return self.grid.ln_lam0 + self.grid.dln * self.pix[survey]  # ln λ of a block's columns
+    def surveys(self):
+        return list(self.blocks)
+
+    def __len__(self):
+        return len(self.stars)
+
+    def lnlam(self, survey: str):
+        return self.grid.ln_lam0 + self.grid.dln * self.pix[survey]  # ln λ of a block's columns
+
     def __repr__(self):
         has = {s: int((self.W[:, b] > 0).any(1).sum()) for s, b in self.blocks.items()}
-        return (f"StarMatrix({len(self)} stars x {self.X.shape[1]} px: "
-                + ', '.join(f"{s} {len(self.pix[s])} px, {has[s]} stars" for s in self.surveys) + ")")
+        return (
+            f"StarMatrix({len(self)} stars x {self.X.shape[1]} px: "
+            + ', '.join(f"{s} {len(self.pix[s])} px, {has[s]} stars" for s in self.surveys)
+            + ")"
+        )
 
 # %% ../../nbs/09b_peer_methods.ipynb
-def star_slots(stars, # (n,) distinct star keys, e.g. the rows of a `StarMatrix`
-               keys): # (m,) star keys to look up
+def star_slots(
+    stars,  # (n,) distinct star keys, e.g. the rows of a `StarMatrix`
+    keys,  # (m,) star keys to look up
+):
     "Row of each key in `stars` (-1 where absent)."
-    if not len(stars): return np.full(len(keys), -1)
-    o = np.argsort(stars); i = np.searchsorted(stars[o], keys).clip(0, len(stars) - 1)
+    if not len(stars):
+        return np.full(len(keys), -1)
+    o = np.argsort(stars)
+    i = np.searchsorted(stars[o], keys).clip(0, len(stars) - 1)
     return np.where(stars[o][i] == keys, o[i], -1)
 
-def star_matrix(sample:PackedSample, # packed spectra
-                stars=None): # star keys of the rows, in this order (default: all the sample's stars, sorted); absent ones get W = 0
-    "One row per star, the surveys' packed pixels side by side; a star's spectra in one survey combined by inverse-variance weighting."
+
+def star_matrix(
+    sample: PackedSample,  # packed spectra
+    stars=None,  # star keys of the rows, in this order (default: all the sample's stars, sorted); absent ones get W = 0
+):
+    """One row per star, the surveys' packed pixels side by side; a star's spectra in one survey combined by
+    inverse-variance weighting."""
     stars = sample.stars() if stars is None else np.asarray(stars, np.int64).reshape(-1)
-    if len(np.unique(stars)) != len(stars): raise ValueError("star_matrix: the star keys repeat")
+    if len(np.unique(stars)) != len(stars):
+        raise ValueError("star_matrix: the star keys repeat")
     ends = np.cumsum([0] + [len(sample.pix[s]) for s in sample.surveys])
     blocks = {s: slice(int(a), int(b)) for s, a, b in zip(sample.surveys, ends[:-1], ends[1:])}
     X, W = np.zeros((len(stars), ends[-1]), np.float32), np.zeros((len(stars), ends[-1]), np.float32)
     for s, sl in blocks.items():
-        pos = star_slots(stars, sample.star[s]); keep = pos >= 0
+        pos = star_slots(stars, sample.star[s])
+        keep = pos >= 0
         pos, f, w = pos[keep], sample.flux[s][keep], sample.wivar[s][keep]
         u, first, cnt = np.unique(pos, return_index=True, return_counts=True)
         X[u[cnt == 1], sl], W[u[cnt == 1], sl] = f[first[cnt == 1]], w[first[cnt == 1]]
         dup = np.isin(pos, u[cnt > 1])
-        if dup.any():                                                    # several spectra of a star: Σwf / Σw, weight Σw
+        if dup.any():  # several spectra of a star: Σwf / Σw, weight Σw
             ud, j = np.unique(pos[dup], return_inverse=True)
             sw, swf = np.zeros((len(ud), sl.stop - sl.start)), np.zeros((len(ud), sl.stop - sl.start))
-            np.add.at(sw, j, w[dup]); np.add.at(swf, j, w[dup].astype(np.float64) * f[dup])
+            np.add.at(sw, j, w[dup])
+            np.add.at(swf, j, w[dup].astype(np.float64) * f[dup])
             W[ud, sl], X[ud, sl] = sw, np.where(sw > 0, swf / np.where(sw > 0, sw, 1), 0)
-    return StarMatrix(X, W, stars, blocks, {s: np.asarray(sample.pix[s], np.int64) for s in sample.surveys}, sample.grid)
+    return StarMatrix(
+        X, W, stars, blocks, {s: np.asarray(sample.pix[s], np.int64) for s in sample.surveys}, sample.grid
+    )
 
 # %% ../../nbs/09b_peer_methods.ipynb
 @patch
-def only(self:StarMatrix, surveys): # a survey, or the surveys whose blocks keep their weights
+def only(self: StarMatrix, surveys):  # a survey, or the surveys whose blocks keep their weights
     "A copy with W zeroed outside the given surveys' blocks (X is shared: it stays the truth there)."
     surveys = [surveys] if isinstance(surveys, str) else list(surveys)
     bad = sorted(set(surveys) - set(self.blocks))
-    if bad: raise ValueError(f"no block for {bad}; the matrix has {self.surveys}")
+    if bad:
+        raise ValueError(f"no block for {bad}; the matrix has {self.surveys}")
     keep = np.zeros(self.X.shape[1], bool)
-    for s in surveys: keep[self.blocks[s]] = True
+    for s in surveys:
+        keep[self.blocks[s]] = True
     return replace(self, W=np.where(keep, self.W, 0).astype(np.float32))
 
 # %% ../../nbs/09b_peer_methods.ipynb
-def row_chi2(flux, # (n, P) data
-             model, # (n, P) model flux
-             wivar): # (n, P) weight x inverse variance (0: pixel unused)
+def row_chi2(
+    flux,  # (n, P) data
+    model,  # (n, P) model flux
+    wivar,  # (n, P) weight x inverse variance (0: pixel unused)
+):
     "Reduced chi2 per row: sum(wivar (model - flux)^2) / number of used pixels; NaN for a row with none."
     flux, model, wivar = np.atleast_2d(flux), np.atleast_2d(model), np.atleast_2d(wivar)
     out = np.full(len(flux), np.nan)
-    for a in range(0, len(flux), 1024):                                # in blocks of rows, in float64
-        w = wivar[a:a + 1024].astype(np.float64); n = (w > 0).sum(-1)
-        c = (w * (model[a:a + 1024].astype(np.float64) - flux[a:a + 1024]) ** 2).sum(-1)
-        out[a:a + 1024] = np.where(n > 0, c / np.maximum(n, 1), np.nan)
+    for a in range(0, len(flux), 1024):  # in blocks of rows, in float64
+        w = wivar[a : a + 1024].astype(np.float64)
+        n = (w > 0).sum(-1)
+        c = (w * (model[a : a + 1024].astype(np.float64) - flux[a : a + 1024]) ** 2).sum(-1)
+        out[a : a + 1024] = np.where(n > 0, c / np.maximum(n, 1), np.nan)
     return out
 
 # %% ../../nbs/09b_peer_methods.ipynb
-def _solve_rows(V, # (k, P) basis
-                W, # (n, P) weights
-                R, # (n, P) residuals about the mean
-                ridge:float): # relative ridge
+def _solve_rows(
+    V,  # (k, P) basis
+    W,  # (n, P) weights
+    R,  # (n, P) residuals about the mean
+    ridge: float,  # relative ridge
+):
     "Per row, weighted least squares of R on the rows of V: C (n, k) and the inverse normal matrices (n, k, k)."
     k = len(V)
-    A = (W @ (V[:, None] * V[None]).reshape(k * k, -1).T).reshape(-1, k, k).astype(np.float64)   # (n, k, k)
-    b = ((W * R) @ V.T).astype(np.float64)                                                      # (n, k)
+    A = (W @ (V[:, None] * V[None]).reshape(k * k, -1).T).reshape(-1, k, k).astype(np.float64)  # (n, k, k)
+    b = ((W * R) @ V.T).astype(np.float64)  # (n, k)
     lam = ridge * np.maximum(np.trace(A, axis1=1, axis2=2) / k, 1.0)
     Ainv = np.linalg.inv(A + lam[:, None, None] * np.eye(k))
     return np.einsum('nkl,nl->nk', Ainv, b), Ainv
 
+
 class WeightedPCA:
     "Weighted low-rank model flux ≈ mean + C V with k components, fitted by alternating weighted least squares."
-    def __init__(self, ridge:float=1e-6): # ridge of the least-squares solves, relative to their normal matrices' mean diagonal
+
+    def __init__(
+        self, ridge: float = 1e-6
+    ):  # ridge of the least-squares solves, relative to their normal matrices' mean diagonal
         self.ridge, self.mean, self.V, self.blocks, self.history, self.fit_s = ridge, None, None, None, [], None
+
     @property
-    def k(self): return 0 if self.V is None else len(self.V)
+    def k(self):
+        return 0 if self.V is None else len(self.V)
+
     @property
-    def n_params(self): return 0 if self.V is None else self.V.size + self.mean.size  # basis and mean (the per-star C are latents)
-    def render(self, C): return (self.mean + np.asarray(C, np.float32) @ self.V).astype(np.float32)  # (n, k) -> (n, P)
+    def n_params(self):
+        return 0 if self.V is None else self.V.size + self.mean.size  # basis and mean (the per-star C are latents)
+
+    def render(self, C):
+        return (self.mean + np.asarray(C, np.float32) @ self.V).astype(np.float32)  # (n, k) -> (n, P)
 
 # %% ../../nbs/09b_peer_methods.ipynb
 @patch
-def fit(self:WeightedPCA, m:StarMatrix, # training stars
-        k:int, # number of components
-        n_iter:int=200, # at most this many alternations
-        seed:int=0, # seed of the initial basis
-        tol:float=1e-6, # stop when chi2 falls by less than this fraction in one alternation
-        chunk:int=4096, # rows at a time (bounds the temporaries to a few chunk x P arrays)
-        progress:bool=False): # progress bar
+def fit(
+    self: WeightedPCA,
+    m: StarMatrix,  # training stars
+    k: int,  # number of components
+    n_iter: int = 200,  # at most this many alternations
+    seed: int = 0,  # seed of the initial basis
+    tol: float = 1e-6,  # stop when chi2 falls by less than this fraction in one alternation
+    chunk: int = 4096,  # rows at a time (bounds the temporaries to a few chunk x P arrays)
+    progress: bool = False,  # progress bar
+):
     "Fit the mean and the basis V (k, P) to the rows of m; pixels with W = 0 never enter. Returns self."
-    if k < 1: raise ValueError(f"k must be >= 1, not {k}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
     t0, (n, P) = time.perf_counter(), m.X.shape
     X, W = np.asarray(m.X, np.float32), np.asarray(m.W, np.float32)
     parts = [slice(a, a + chunk) for a in range(0, n, chunk)]
-    sw = W.sum(0); seen = sw > 0
-    if not seen.any(): raise ValueError("no training star has data")
+    sw = W.sum(0)
+    seen = sw > 0
+    if not seen.any():
+        raise ValueError("no training star has data")
     swx = sum(((W[p] * X[p]).sum(0, dtype=np.float64) for p in parts), np.zeros(P))
     self.mean = np.where(seen, swx / np.where(seen, sw, 1), 1.0).astype(np.float32)
     self.V = np.linalg.qr(np.random.default_rng(seed).normal(size=(P, k)))[0].T.astype(np.float32)
     self.blocks, self.history, best = dict(m.blocks), [], (np.inf, self.mean, self.V)
     for it in (bar := tqdm(range(n_iter), desc='weighted PCA', disable=not progress)):
         A, b, Cs = np.zeros((P, (k + 1) ** 2)), np.zeros((P, k + 1)), []
-        for p in parts:                                  # the C step, and the V step's normal equations, a block of rows at a time
-            C = _solve_rows(self.V, W[p], X[p] - self.mean, self.ridge)[0].astype(np.float32)         # (n_p, k)
-            C1 = np.hstack([np.ones((len(C), 1), np.float32), C])                                # regressors of mean and basis
-            A += W[p].T @ (C1[:, :, None] * C1[:, None]).reshape(len(C), -1); b += (W[p] * X[p]).T @ C1; Cs.append(C)
+        for p in parts:  # the C step, and the V step's normal equations, a block of rows at a time
+            C = _solve_rows(self.V, W[p], X[p] - self.mean, self.ridge)[0].astype(np.float32)  # (n_p, k)
+            C1 = np.hstack([np.ones((len(C), 1), np.float32), C])  # regressors of mean and basis
+            A += W[p].T @ (C1[:, :, None] * C1[:, None]).reshape(len(C), -1)
+            b += (W[p] * X[p]).T @ C1
+            Cs.append(C)
         A = A.reshape(P, k + 1, k + 1)
         lam = self.ridge * np.maximum(np.trace(A, axis1=1, axis2=2) / (k + 1), 1.0)
-        th = np.linalg.solve(A + lam[:, None, None] * np.eye(k + 1), b[..., None])[..., 0]      # (P, k+1) per pixel
-        q, r = np.linalg.qr(th[:, 1:])                                   # orthonormal basis; C r^T keeps the model
+        th = np.linalg.solve(A + lam[:, None, None] * np.eye(k + 1), b[..., None])[..., 0]  # (P, k+1) per pixel
+        q, r = np.linalg.qr(th[:, 1:])  # orthonormal basis; C r^T keeps the model
         self.mean, self.V = np.where(seen, th[:, 0], 1.0).astype(np.float32), q.T.astype(np.float32)
         C = np.concatenate(Cs) @ r.T.astype(np.float32)
         self.history.append(sum(float((W[p] * (X[p] - self.mean - C[p] @ self.V) ** 2).sum()) for p in parts))
         bar.set_postfix(chi2=f"{self.history[-1] / max((W > 0).sum(), 1):.4g}")
-        if self.history[-1] < best[0]: best = (self.history[-1], self.mean, self.V)
-        if it and self.history[-2] - self.history[-1] <= tol * self.history[-2]: break
-    self.mean, self.V = best[1:]                                         # the best alternation (float32 round-off can undo the last)
-    C = self.coefficients(m, chunk)[0]                                   # principal axes: uncorrelated C, by variance
+        if self.history[-1] < best[0]:
+            best = (self.history[-1], self.mean, self.V)
+        if it and self.history[-2] - self.history[-1] <= tol * self.history[-2]:
+            break
+    self.mean, self.V = best[1:]  # the best alternation (float32 round-off can undo the last)
+    C = self.coefficients(m, chunk)[0]  # principal axes: uncorrelated C, by variance
     self.V = (np.linalg.eigh(C.T.astype(np.float64) @ C)[1][:, ::-1].T @ self.V).astype(np.float32)
     self.fit_s = time.perf_counter() - t0
     return self
 
 # %% ../../nbs/09b_peer_methods.ipynb
 @patch
-def coefficients(self:WeightedPCA, m:StarMatrix, # stars on the columns the model was fitted on (m.only(...): from some surveys)
-                 chunk:int=4096): # rows at a time
+def coefficients(
+    self: WeightedPCA,
+    m: StarMatrix,  # stars on the columns the model was fitted on (m.only(...): from some surveys)
+    chunk: int = 4096,  # rows at a time
+):
     "Per row, the weighted least-squares coefficients C (n, k) and their covariance (n, k, k), with the tiny ridge."
-    if self.V is None: raise ValueError("fit the model first")
-    if m.X.shape[1] != self.V.shape[1] or dict(m.blocks) != self.blocks: raise ValueError("the matrix's columns are not those the model was fitted on")
+    if self.V is None:
+        raise ValueError("fit the model first")
+    if m.X.shape[1] != self.V.shape[1] or dict(m.blocks) != self.blocks:
+        raise ValueError("the matrix's columns are not those the model was fitted on")
     X, W = np.asarray(m.X, np.float32), np.asarray(m.W, np.float32)
-    out = [_solve_rows(self.V, W[a:a + chunk], X[a:a + chunk] - self.mean, self.ridge) for a in range(0, max(len(m), 1), chunk)]
+    out = [
+        _solve_rows(self.V, W[a : a + chunk], X[a : a + chunk] - self.mean, self.ridge)
+        for a in range(0, max(len(m), 1), chunk)
+    ]
     return np.concatenate([c for c, _ in out]).astype(np.float32), np.concatenate([v for _, v in out])
 
 # %% ../../nbs/09b_peer_methods.ipynb
 class SpectrumAutoencoder(nn.Module):
-    "An MLP encoder of a star's row (flux and mask) to a latent, and the GON's decoder, nuisance and coordinates to render it."
-    def __init__(self, m:StarMatrix, # the column layout (blocks, pixels, grid) the model reads and renders
-                 cfg:GONConfig, # the GON's configuration: the decoder is `gon.GON(cfg)`'s
-                 enc_hidden:int|None=None): # encoder width (default cfg.hidden), with cfg.n_layers hidden layers
+    """An MLP encoder of a star's row (flux and mask) to a latent, and the GON's decoder, nuisance and coordinates to
+    render it."""
+
+    def __init__(
+        self,
+        m: StarMatrix,  # the column layout (blocks, pixels, grid) the model reads and renders
+        cfg: GONConfig,  # the GON's configuration: the decoder is `gon.GON(cfg)`'s
+        enc_hidden: int | None = None,  # encoder width (default cfg.hidden), with cfg.n_layers hidden layers
+    ):
         super().__init__()
         check_grid(cfg, m.grid, 'the star matrix')
         self.cfg, self.blocks, self.P = cfg, dict(m.blocks), m.X.shape[1]
         dims = [2 * self.P] + [enc_hidden or cfg.hidden] * cfg.n_layers + [cfg.latent_dim]
-        with torch.random.fork_rng():                                      # initialised from cfg.seed, the decoder as `training.train`'s
+        with torch.random.fork_rng():  # initialised from cfg.seed, the decoder as `training.train`'s
             torch.manual_seed(cfg.seed)
-            self.gon = GON(replace(cfg, learn_step=False))                 # no inner step, so its size is no parameter here
+            self.gon = GON(replace(cfg, learn_step=False))  # no inner step, so its size is no parameter here
             lin = [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
         self.encoder = nn.Sequential(*[x for l in lin[:-1] for x in (l, nn.GELU())], lin[-1])
-        for s in self.blocks: self.register_buffer(f'x_{s}', self.gon.coord(torch.as_tensor(m.lnlam(s), dtype=torch.float64)))
+        for s in self.blocks:
+            self.register_buffer(f'x_{s}', self.gon.coord(torch.as_tensor(m.lnlam(s), dtype=torch.float64)))
         self.history, self.fit_s = [], None
 
     @property
-    def n_params(self): return count_params(self)  # encoder + decoder + nuisance
+    def n_params(self):
+        return count_params(self)  # encoder + decoder + nuisance
 
-    def inputs(self, X, W): # (B, P) flux and weight x ivar -> (B, 2P)
+    def inputs(self, X, W):  # (B, P) flux and weight x ivar -> (B, 2P)
         "The encoder's input: flux - 1 where observed (0 elsewhere), and the observed mask."
         used = (W > 0).to(X.dtype)
         return torch.cat([(X - 1) * used, used], -1)
 
-    def decode(self, z): # (B, D) latents -> (B, P) flux at every block's pixels
+    def decode(self, z):  # (B, D) latents -> (B, P) flux at every block's pixels
         "Render each block at its pixels with its survey's nuisance, as the GON does."
         sv = lambda s: torch.full((len(z),), SURVEYS.index(s), dtype=torch.long, device=z.device)
         return torch.cat([self.gon.render(z, getattr(self, f'x_{s}'), sv(s)) for s in self.blocks], -1)
 
-    def forward(self, X, W): return self.decode(self.encoder(self.inputs(X, W)))
+    def forward(self, X, W):
+        return self.decode(self.encoder(self.inputs(X, W)))
 
 # %% ../../nbs/09b_peer_methods.ipynb
-def _check_columns(model, m:StarMatrix):
-    if m.X.shape[1] != model.P or dict(m.blocks) != model.blocks: raise ValueError("the matrix's columns are not those the model was built on")
+def _check_columns(model, m: StarMatrix):
+    if m.X.shape[1] != model.P or dict(m.blocks) != model.blocks:
+        raise ValueError("the matrix's columns are not those the model was built on")
+
 
 @patch
-def fit(self:SpectrumAutoencoder, m:StarMatrix, # training stars
-        steps:int=300, # Adam steps
-        batch:int=32, # stars per step
-        lr:float=1e-3, # peak learning rate (cosine decay to 5% of it)
-        seed:int=0, # seed of the batches
-        val:StarMatrix|None=None, # validation stars: keep the weights with the best validation chi2
-        eval_every:int=50, # steps between validations (and history entries)
-        device:str='cpu', # where to train ('cuda' on a GPU machine)
-        progress:bool=False): # progress bar
-    "Train encoder and decoder together on the weighted chi2 per used pixel; returns self on the CPU, with .history and .fit_s."
+def fit(
+    self: SpectrumAutoencoder,
+    m: StarMatrix,  # training stars
+    steps: int = 300,  # Adam steps
+    batch: int = 32,  # stars per step
+    lr: float = 1e-3,  # peak learning rate (cosine decay to 5% of it)
+    seed: int = 0,  # seed of the batches
+    val: StarMatrix | None = None,  # validation stars: keep the weights with the best validation chi2
+    eval_every: int = 50,  # steps between validations (and history entries)
+    device: str = 'cpu',  # where to train ('cuda' on a GPU machine)
+    progress: bool = False,  # progress bar
+):
+    """Train encoder and decoder together on the weighted chi2 per used pixel; returns self on the CPU, with .history
+    and .fit_s."""
     _check_columns(self, m)
     t0, dev = time.perf_counter(), torch.device(device)
     rows, rng = np.flatnonzero((m.W > 0).any(1)), np.random.default_rng(seed)
-    if not len(rows): raise ValueError("no training star has data")
+    if not len(rows):
+        raise ValueError("no training star has data")
     self.to(dev).train()
     opt = torch.optim.Adam(self.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 + 0.475 * (1 + np.cos(np.pi * min(s / steps, 1))))
     best, best_state, perm, self.history = np.inf, None, [], []
     for step in tqdm(range(1, steps + 1), desc='autoencoder', disable=not progress):
-        if len(perm) < min(batch, len(rows)): perm = list(rng.permutation(rows))
+        if len(perm) < min(batch, len(rows)):
+            perm = list(rng.permutation(rows))
         idx, perm = np.sort(perm[:batch]), perm[batch:]
         X, W = (torch.as_tensor(a[idx], device=dev) for a in (m.X, m.W))
         loss = (W * (self(X, W) - X) ** 2).sum() / (W > 0).sum()
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0); opt.step(); sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+        opt.step()
+        sched.step()
         if step % eval_every == 0 or step == steps:
             h = dict(step=step, train=float(loss.detach()))
             if val is not None:
-                h['val'] = float(np.nanmean(row_chi2(val.X, self.render(self.encode(val)), val.W))); self.train()
-                if h['val'] < best: best, best_state = h['val'], {k: t.detach().clone() for k, t in self.state_dict().items()}
+                h['val'] = float(np.nanmean(row_chi2(val.X, self.render(self.encode(val)), val.W)))
+                self.train()
+                if h['val'] < best:
+                    best, best_state = h['val'], {k: t.detach().clone() for k, t in self.state_dict().items()}
             self.history.append(h)
-    if best_state is not None: self.load_state_dict(best_state)
-    self.to('cpu').eval(); self.fit_s = time.perf_counter() - t0
+    if best_state is not None:
+        self.load_state_dict(best_state)
+    self.to('cpu').eval()
+    self.fit_s = time.perf_counter() - t0
     return self
 
 # %% ../../nbs/09b_peer_methods.ipynb
 @patch
 @torch.no_grad()
-def encode(self:SpectrumAutoencoder, m:StarMatrix, # stars on the model's columns (m.only(...): from some surveys)
-           chunk:int=256): # rows at a time
+def encode(
+    self: SpectrumAutoencoder,
+    m: StarMatrix,  # stars on the model's columns (m.only(...): from some surveys)
+    chunk: int = 256,  # rows at a time
+):
     "Latents z (n, D) of the rows of m."
-    _check_columns(self, m); self.eval(); dev = next(self.parameters()).device
+    _check_columns(self, m)
+    self.eval()
+    dev = next(self.parameters()).device
     t = lambda a: torch.as_tensor(a, device=dev)
-    return np.concatenate([self.encoder(self.inputs(t(m.X[a:a + chunk]), t(m.W[a:a + chunk]))).cpu().numpy()
-                           for a in range(0, max(len(m), 1), chunk)])[:len(m)]
+    return np.concatenate(
+        [
+            self.encoder(self.inputs(t(m.X[a : a + chunk]), t(m.W[a : a + chunk]))).cpu().numpy()
+            for a in range(0, max(len(m), 1), chunk)
+        ]
+    )[: len(m)]
+
 
 @patch
 @torch.no_grad()
-def render(self:SpectrumAutoencoder, z, # (n, D) latents
-           chunk:int=256): # rows at a time
+def render(
+    self: SpectrumAutoencoder,
+    z,  # (n, D) latents
+    chunk: int = 256,  # rows at a time
+):
     "Model flux (n, P) at every block's pixels."
-    self.eval(); dev = next(self.parameters()).device; z = torch.as_tensor(np.asarray(z, np.float32), device=dev)
-    return np.concatenate([self.decode(z[a:a + chunk]).cpu().numpy() for a in range(0, len(z), chunk)]
-                          or [np.zeros((0, self.P), np.float32)])
+    self.eval()
+    dev = next(self.parameters()).device
+    z = torch.as_tensor(np.asarray(z, np.float32), device=dev)
+    return np.concatenate(
+        [self.decode(z[a : a + chunk]).cpu().numpy() for a in range(0, len(z), chunk)]
+        or [np.zeros((0, self.P), np.float32)]
+    )
 
 # %% ../../nbs/09b_peer_methods.ipynb
 def _the_cannon():
-    "thecannon's dataset and model modules, imported without their global matplotlib settings (usetex, serif) leaking out."
+    """thecannon's dataset and model modules, imported without their global matplotlib settings (usetex, serif) leaking
+    out."""
     import matplotlib as mpl
+
     with mpl.rc_context():
         from TheCannon import dataset, model
     return dataset, model
 
-def _block(m:StarMatrix, survey:str, rows, cols):
-    "Flux (1 where unused) and weight x ivar of some rows on some columns of a block, in float64, as The Cannon takes them."
+
+def _block(m: StarMatrix, survey: str, rows, cols):
+    """Flux (1 where unused) and weight x ivar of some rows on some columns of a block, in float64, as The Cannon takes
+    them."""
     w = m.W[:, m.blocks[survey]][rows][:, cols].astype(np.float64)
     return np.where(w > 0, m.X[:, m.blocks[survey]][rows][:, cols], 1.0), w
 
-def cannon_labels(train:StarMatrix, # training stars
-                  labels_train, # (n, L) their labels (rows with a NaN label are left out)
-                  test:StarMatrix, # stars whose labels are inferred
-                  survey:str, # the block The Cannon reads
-                  order:int=2, # polynomial order in the labels: thecannon 0.7.3's model is quadratic, so 2 only
-                  names=None, # label names (default l0, l1, ...)
-                  min_frac:float=0.5, # use the block's pixels observed in at least this fraction of the training stars
-                  chunk_bytes:float=2e8): # train on pixel chunks whose label-vector copy stays under this many bytes
-    "The Cannon trained on one survey's block: test labels (n_test, L) and their 1-sigma errors; NaN where a star has no data there."
-    if order != 2: raise ValueError(f"thecannon 0.7.3's model is quadratic in the labels (order 2), not order {order}")
+
+def cannon_labels(
+    train: StarMatrix,  # training stars
+    labels_train,  # (n, L) their labels (rows with a NaN label are left out)
+    test: StarMatrix,  # stars whose labels are inferred
+    survey: str,  # the block The Cannon reads
+    order: int = 2,  # polynomial order in the labels: thecannon 0.7.3's model is quadratic, so 2 only
+    names=None,  # label names (default l0, l1, ...)
+    min_frac: float = 0.5,  # use the block's pixels observed in at least this fraction of the training stars
+    chunk_bytes: float = 2e8,  # train on pixel chunks whose label-vector copy stays under this many bytes
+):
+    """The Cannon trained on one survey's block: test labels (n_test, L) and their 1-sigma errors; NaN where a star has
+    no data there."""
+    if order != 2:
+        raise ValueError(f"thecannon 0.7.3's model is quadratic in the labels (order 2), not order {order}")
     for mm in (train, test):
-        if survey not in mm.blocks: raise ValueError(f"no {survey!r} block; the matrix has {mm.surveys}")
-    if not np.array_equal(train.pix[survey], test.pix[survey]): raise ValueError(f"train and test have different {survey} pixels")
-    y = np.asarray(labels_train, np.float64).reshape(len(train), -1); L = y.shape[1]; nc = 1 + L + L * (L + 1) // 2
-    Wb = train.W[:, train.blocks[survey]]; ok = (Wb > 0).any(1) & np.isfinite(y).all(1)
+        if survey not in mm.blocks:
+            raise ValueError(f"no {survey!r} block; the matrix has {mm.surveys}")
+    if not np.array_equal(train.pix[survey], test.pix[survey]):
+        raise ValueError(f"train and test have different {survey} pixels")
+    y = np.asarray(labels_train, np.float64).reshape(len(train), -1)
+    L = y.shape[1]
+    nc = 1 + L + L * (L + 1) // 2
+    Wb = train.W[:, train.blocks[survey]]
+    ok = (Wb > 0).any(1) & np.isfinite(y).all(1)
     cols = np.flatnonzero((Wb[ok] > 0).mean(0) >= min_frac) if ok.any() else np.zeros(0, np.int64)
-    ok &= (Wb[:, cols] > 0).any(1)                                   # training stars with data on those pixels
+    ok &= (Wb[:, cols] > 0).any(1)  # training stars with data on those pixels
     if ok.sum() < 2 * nc or not len(cols):
         raise ValueError(f"{ok.sum()} training stars and {len(cols)} pixels with {survey} data: too few for {L} labels")
-    (tr_f, tr_iv), wl, names = _block(train, survey, ok, cols), np.exp(train.lnlam(survey)[cols]), list(names or [f'l{i}' for i in range(L)])
-    has = (test.W[:, test.blocks[survey]][:, cols] > 0).any(1); te_f, te_iv = _block(test, survey, has, cols)
+    (tr_f, tr_iv), wl, names = (
+        _block(train, survey, ok, cols),
+        np.exp(train.lnlam(survey)[cols]),
+        list(names or [f'l{i}' for i in range(L)]),
+    )
+    has = (test.W[:, test.blocks[survey]][:, cols] > 0).any(1)
+    te_f, te_iv = _block(test, survey, has, cols)
     out, err = np.full((len(test), L), np.nan), np.full((len(test), L), np.nan)
     dataset, model = _the_cannon()
     step, parts = max(1, int(chunk_bytes // (8 * ok.sum() * nc))), []
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        for a in range(0, len(cols), step):                           # pixels are independent in training: chunks bound the memory
-            ds = dataset.Dataset(wl[a:a + step], np.arange(ok.sum()), tr_f[:, a:a + step], tr_iv[:, a:a + step].copy(), y[ok],
-                                 np.arange(1), tr_f[:1, a:a + step], tr_iv[:1, a:a + step])
+        for a in range(0, len(cols), step):  # pixels are independent in training: chunks bound the memory
+            ds = dataset.Dataset(
+                wl[a : a + step],
+                np.arange(ok.sum()),
+                tr_f[:, a : a + step],
+                tr_iv[:, a : a + step].copy(),
+                y[ok],
+                np.arange(1),
+                tr_f[:1, a : a + step],
+                tr_iv[:1, a : a + step],
+            )
             ds.set_label_names(names)
-            md = model.CannonModel(order, useErrors=False); md.fit(ds); parts.append(md)
+            md = model.CannonModel(order, useErrors=False)
+            md.fit(ds)
+            parts.append(md)
         md.coeffs, md.scatters = np.concatenate([p.coeffs for p in parts]), np.concatenate([p.scatters for p in parts])
         if has.any():
-            ds = dataset.Dataset(wl, np.arange(ok.sum()), tr_f[:1], tr_iv[:1], y[ok][:1], np.flatnonzero(has), te_f, te_iv)
+            ds = dataset.Dataset(
+                wl, np.arange(ok.sum()), tr_f[:1], tr_iv[:1], y[ok][:1], np.flatnonzero(has), te_f, te_iv
+            )
             ds.set_label_names(names)
             e, _ = md.infer_labels(ds, starting_guess=np.zeros(L))
-            e = e * md.scales                                         # its errors are in scaled label units
-            failed = ~np.isfinite(e).all(1)                            # curve_fit failed: it returns -9999 and covariance -9999
-            out[has], err[has] = np.where(failed[:, None], np.nan, ds.test_label_vals), np.where(failed[:, None], np.nan, e)
+            e = e * md.scales  # its errors are in scaled label units
+            failed = ~np.isfinite(e).all(1)  # curve_fit failed: it returns -9999 and covariance -9999
+            out[has], err[has] = (
+                np.where(failed[:, None], np.nan, ds.test_label_vals),
+                np.where(failed[:, None], np.nan, e),
+            )
     return out, err
 
 # %% ../../nbs/09b_peer_methods.ipynb
-def linear_interpolation(flux, # (n, P) flux
-                         wivar, # (n, P) weight x inverse variance (0: pixel unused, never an anchor)
-                         masked, # (n, P) bool: pixels to fill
-                         x=None): # (P,) increasing coordinate of the columns (default: the column index), e.g. the grid pixels
-    "Masked pixels filled per row by linear interpolation between the nearest used, unmasked pixels (edges: the nearest value)."
-    out = np.array(flux, copy=True); o2, m2 = np.atleast_2d(out), np.atleast_2d(masked)
+def linear_interpolation(
+    flux,  # (n, P) flux
+    wivar,  # (n, P) weight x inverse variance (0: pixel unused, never an anchor)
+    masked,  # (n, P) bool: pixels to fill
+    x=None,  # (P,) increasing coordinate of the columns (default: the column index), e.g. the grid pixels
+):
+    """Masked pixels filled per row by linear interpolation between the nearest used, unmasked pixels (edges: the
+    nearest value)."""
+    out = np.array(flux, copy=True)
+    o2, m2 = np.atleast_2d(out), np.atleast_2d(masked)
     anchor = (np.atleast_2d(wivar) > 0) & ~m2
     x = np.arange(o2.shape[-1]) if x is None else np.asarray(x, float)
     for i in np.flatnonzero(m2.any(-1) & anchor.any(-1)):

@@ -18,7 +18,15 @@ from ..formats import SURVEYS
 from ..model.gon_batches import SpectraBatch, chi2
 from ..model.inference import fit_latent, latent_prior, render_theta, impute, coarse_rv, V_SCALE
 from ..model.training import PackedSample, pack_store
-from .peer_methods import star_matrix, star_slots, row_chi2, WeightedPCA, SpectrumAutoencoder, cannon_labels, linear_interpolation
+from stellar_spectra.evaluation.peer_methods import (
+    star_matrix,
+    star_slots,
+    row_chi2,
+    WeightedPCA,
+    SpectrumAutoencoder,
+    cannon_labels,
+    linear_interpolation,
+)
 
 # %% auto 0
 __all__ = ['LABELS', 'LABEL_UNITS', 'TRUTH_COLUMNS', 'HOLES', 'GOALS', 'load_truth', 'spectrum_truth', 'star_truth', 'load_split',
@@ -30,42 +38,69 @@ __all__ = ['LABELS', 'LABEL_UNITS', 'TRUTH_COLUMNS', 'HOLES', 'GOALS', 'load_tru
 # %% ../../nbs/09a_results.ipynb
 LABELS = ['teff', 'logg', 'fe_h', 'alpha_fe']  # the physical parameters predicted from the latent
 LABEL_UNITS = dict(teff='K', logg='dex', fe_h='dex', alpha_fe='dex')
-TRUTH_COLUMNS = {'stars.parquet': ['star_index', 'anomaly', *LABELS],
-                 'observations.parquet': ['survey', 'star_index', 'relpath', 'rv_file']}
+TRUTH_COLUMNS = {
+    'stars.parquet': ['star_index', 'anomaly', *LABELS],
+    'observations.parquet': ['survey', 'star_index', 'relpath', 'rv_file'],
+}
 
-def load_truth(path): # the mock sky's root (truth/ beneath) or its truth/ folder
+
+def load_truth(path):  # the mock sky's root (truth/ beneath) or its truth/ folder
     "The truth tables (stars, observations), checked for the columns the evaluation needs."
-    d = Path(path); d = d / 'truth' if (d / 'truth').is_dir() else d
+    d = Path(path)
+    d = d / 'truth' if (d / 'truth').is_dir() else d
     out = []
     for name, cols in TRUTH_COLUMNS.items():
         f = d / name
-        if not f.exists(): raise FileNotFoundError(f"{f}: no truth table (the mock sky writes truth/{name}; survey data has no truth to evaluate against)")
+        if not f.exists():
+            raise FileNotFoundError(
+                f"{f}: no truth table (the mock sky writes truth/{name}; survey data has no truth to evaluate against)"
+            )
         t = pd.read_parquet(f)
         miss = [c for c in cols if c not in t.columns]
-        if miss: raise ValueError(f"{f}: the truth has no column {', '.join(miss)} (it has {', '.join(map(str, t.columns[:12]))}...)")
+        if miss:
+            raise ValueError(
+                f"{f}: the truth has no column {', '.join(miss)} (it has {', '.join(map(str, t.columns[:12]))}...)"
+            )
         out.append(t)
     return tuple(out)
 
 # %% ../../nbs/09a_results.ipynb
-def spectrum_truth(meta:pd.DataFrame, # the store's meta table (source, star, survey, rv_used, snr)
-                   stars:pd.DataFrame, # truth/stars.parquet
-                   obs:pd.DataFrame): # truth/observations.parquet
+def spectrum_truth(
+    meta: pd.DataFrame,  # the store's meta table (source, star, survey, rv_used, snr)
+    stars: pd.DataFrame,  # truth/stars.parquet
+    obs: pd.DataFrame,  # truth/observations.parquet
+):
     "Per store row: truth star, labels, anomaly, and the residual velocity left in the stored spectrum (km/s)."
     miss = [c for c in ('source', 'star', 'survey', 'rv_used', 'snr') if c not in meta.columns]
-    if miss: raise ValueError(f"the store's meta has no column {', '.join(miss)}: it was not written by the `store` stage, so its spectra "
-                              f"cannot be matched to the truth's files")
+    if miss:
+        raise ValueError(
+            f"the store's meta has no column {', '.join(miss)}: it was not written by the `store` stage, so its "
+            "spectra "
+            f"cannot be matched to the truth's files"
+        )
     first = obs.drop_duplicates('relpath').set_index('relpath')
     miss = ~meta['source'].isin(first.index)
-    if miss.any(): raise ValueError(f"{int(miss.sum())} stored spectra (e.g. {meta['source'][miss].iloc[0]}) are not in the truth's "
-                                    f"observations: the store and the truth come from different skies")
+    if miss.any():
+        raise ValueError(
+            f"{int(miss.sum())} stored spectra (e.g. {meta['source'][miss].iloc[0]}) are not in the truth's "
+            f"observations: the store and the truth come from different skies"
+        )
     o = first.loc[meta['source']]
     t = stars.set_index('star_index').loc[o['star_index'].to_numpy()]
-    return pd.DataFrame(dict(star=meta['star'].to_numpy(), survey=meta['survey'].to_numpy(), truth_star=o['star_index'].to_numpy(),
-                             rv_true=o['rv_file'].to_numpy() - meta['rv_used'].to_numpy(), anomaly=t['anomaly'].fillna('').to_numpy(),
-                             snr=meta['snr'].to_numpy(), **{l: t[l].to_numpy() for l in LABELS}))
+    return pd.DataFrame(
+        dict(
+            star=meta['star'].to_numpy(),
+            survey=meta['survey'].to_numpy(),
+            truth_star=o['star_index'].to_numpy(),
+            rv_true=o['rv_file'].to_numpy() - meta['rv_used'].to_numpy(),
+            anomaly=t['anomaly'].fillna('').to_numpy(),
+            snr=meta['snr'].to_numpy(),
+            **{l: t[l].to_numpy() for l in LABELS},
+        )
+    )
 
 # %% ../../nbs/09a_results.ipynb
-def star_truth(truth:pd.DataFrame): # `spectrum_truth` output
+def star_truth(truth: pd.DataFrame):  # `spectrum_truth` output
     "Per star key: labels and anomaly (of its first spectrum), and whether its spectra disagree on the truth star."
     g = truth.groupby('star', sort=True)
     out = g[[*LABELS, 'anomaly', 'truth_star']].first()
@@ -73,24 +108,30 @@ def star_truth(truth:pd.DataFrame): # `spectrum_truth` output
     return out
 
 # %% ../../nbs/09a_results.ipynb
-def load_split(model_dir): # the `train` stage's folder
+def load_split(model_dir):  # the `train` stage's folder
     "Star keys per split (train, val, test) as written by `training.train`, checked to be disjoint."
     f = Path(model_dir) / 'split.json'
-    if not f.exists(): raise FileNotFoundError(f"{f}: no split (the `train` stage writes it next to the model)")
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no split (the `train` stage writes it next to the model)")
     sp = {k: np.asarray(v, np.int64) for k, v in json.loads(f.read_text()).items()}
-    if set(sp) != {'train', 'val', 'test'}: raise ValueError(f"{f}: expected train, val and test, found {sorted(sp)}")
+    if set(sp) != {'train', 'val', 'test'}:
+        raise ValueError(f"{f}: expected train, val and test, found {sorted(sp)}")
     for a, b in (('train', 'val'), ('train', 'test'), ('val', 'test')):
-        if np.intersect1d(sp[a], sp[b]).size: raise ValueError(f"{f}: stars in both {a} and {b}")
+        if np.intersect1d(sp[a], sp[b]).size:
+            raise ValueError(f"{f}: stars in both {a} and {b}")
     return sp
 
 # %% ../../nbs/09a_results.ipynb
-def load_evaluation(store, # a regridded store or its path (`store` stage)
-                    model_dir, # the `train` stage's folder (best.pt, split.json)
-                    truth_dir, # the mock sky (truth/ beneath)
-                    progress:bool=False):
+def load_evaluation(
+    store,  # a regridded store or its path (`store` stage)
+    model_dir,  # the `train` stage's folder (best.pt, split.json)
+    truth_dir,  # the mock sky (truth/ beneath)
+    progress: bool = False,
+):
     "Model, split, packed spectra per split (test, val, train) and the truth, as a dict."
     if isinstance(store, (str, Path)):
         from stellar_spectra.pipeline.regridded import open_regridded
+
         store = open_regridded(store)
     model, _, info = load_checkpoint(Path(model_dir) / 'best.pt')
     check_grid(model.cfg, store.grid, f"the spectra of {store.path}")
@@ -98,304 +139,479 @@ def load_evaluation(store, # a regridded store or its path (`store` stage)
     truth = spectrum_truth(store.meta, stars, obs)
     have = np.unique(store.meta['star'])
     lost = np.setdiff1d(np.concatenate(list(split.values())), have)
-    if lost.size: raise ValueError(f"{model_dir}/split.json names {lost.size} stars (e.g. {lost[:3].tolist()}) that {store.path} does not hold: "
-                                   f"the model was trained on another store")
+    if lost.size:
+        raise ValueError(
+            f"{model_dir}/split.json names {lost.size} stars (e.g. {lost[:3].tolist()}) that {store.path} does not "
+            "hold: "
+            f"the model was trained on another store"
+        )
     sample = pack_store(store, progress=progress)
     hist = Path(model_dir) / 'history.json'
-    return dict(model=model, info=info, split=split, history=json.loads(hist.read_text()) if hist.exists() else {}, grid=store.grid, truth=truth, star_truth=star_truth(truth),
-                **{k: sample.subset(split[k]) for k in ('train', 'val', 'test')})
+    return dict(
+        model=model,
+        info=info,
+        split=split,
+        history=json.loads(hist.read_text()) if hist.exists() else {},
+        grid=store.grid,
+        truth=truth,
+        star_truth=star_truth(truth),
+        **{k: sample.subset(split[k]) for k in ('train', 'val', 'test')},
+    )
 
 # %% ../../nbs/09a_results.ipynb
-def packed_batch(sample:PackedSample, # packed spectra
-                 sel:dict|None=None, # survey -> indices of its spectra (default: all)
-                 compact:bool=False): # keep each spectrum's used pixels only (else its survey's columns, aligned with sample.pix)
+def packed_batch(
+    sample: PackedSample,  # packed spectra
+    sel: dict | None = None,  # survey -> indices of its spectra (default: all)
+    compact: bool = False,  # keep each spectrum's used pixels only (else its survey's columns, aligned with sample.pix)
+):
     "A padded `SpectraBatch` of the selected spectra, survey by survey in `sample.surveys` order."
     sel = {s: np.arange(len(sample.star[s])) for s in sample.surveys} if sel is None else sel
     sel = {s: np.asarray(i, np.int64) for s, i in sel.items() if len(i)}
-    if not sel: raise ValueError("packed_batch: no spectra selected")
-    cols = {s: [np.flatnonzero(sample.wivar[s][j] > 0) if compact else np.arange(len(sample.pix[s])) for j in i] for s, i in sel.items()}
-    P = max(len(c) for cs in cols.values() for c in cs); rows = []
+    if not sel:
+        raise ValueError("packed_batch: no spectra selected")
+    cols = {
+        s: [np.flatnonzero(sample.wivar[s][j] > 0) if compact else np.arange(len(sample.pix[s])) for j in i]
+        for s, i in sel.items()
+    }
+    P = max(len(c) for cs in cols.values() for c in cs)
+    rows = []
     for s, i in sel.items():
         for j, c in zip(i, cols[s]):
             pad = lambda a, **k: np.pad(a, (0, P - len(a)), **k)
-            rows.append((pad(sample.grid.ln_wave[sample.pix[s][c]], mode='edge'), pad(sample.flux[s][j][c]), pad(sample.wivar[s][j][c]),
-                         pad((sample.wivar[s][j][c] > 0).astype(np.float32)), SURVEYS.index(s), sample.star[s][j]))
+            rows.append(
+                (
+                    pad(sample.grid.ln_wave[sample.pix[s][c]], mode='edge'),
+                    pad(sample.flux[s][j][c]),
+                    pad(sample.wivar[s][j][c]),
+                    pad((sample.wivar[s][j][c] > 0).astype(np.float32)),
+                    SURVEYS.index(s),
+                    sample.star[s][j],
+                )
+            )
     ln, f, iv, w, sv, st = (np.stack(a) for a in zip(*rows))
-    return SpectraBatch(torch.as_tensor(ln, dtype=torch.float64), torch.as_tensor(f), torch.as_tensor(iv), torch.as_tensor(w),
-                        torch.as_tensor(sv), torch.as_tensor(st))
+    return SpectraBatch(
+        torch.as_tensor(ln, dtype=torch.float64),
+        torch.as_tensor(f),
+        torch.as_tensor(iv),
+        torch.as_tensor(w),
+        torch.as_tensor(sv),
+        torch.as_tensor(st),
+    )
 
 # %% ../../nbs/09a_results.ipynb
-def _rows_of(sample:PackedSample, stars, surveys=None):
+def _rows_of(sample: PackedSample, stars, surveys=None):
     "survey -> indices of the spectra of the given stars (in the given surveys)."
-    return {s: np.flatnonzero(np.isin(sample.star[s], stars)) for s in sample.surveys if surveys is None or s in surveys}
+    return {
+        s: np.flatnonzero(np.isin(sample.star[s], stars)) for s in sample.surveys if surveys is None or s in surveys
+    }
+
 
 @torch.no_grad()
-def one_step_latents(model:GON, # trained model
-                     sample:PackedSample, # packed spectra
-                     stars=None, # star keys (default: all of the sample's)
-                     surveys=None, # use only these surveys' spectra (default: all)
-                     chunk:int=32): # stars encoded at a time
-    "The GON's one-step latent (n, D) per star, from its spectra (in the surveys given); NaN where a star has none there."
+def one_step_latents(
+    model: GON,  # trained model
+    sample: PackedSample,  # packed spectra
+    stars=None,  # star keys (default: all of the sample's)
+    surveys=None,  # use only these surveys' spectra (default: all)
+    chunk: int = 32,  # stars encoded at a time
+):
+    """The GON's one-step latent (n, D) per star, from its spectra (in the surveys given); NaN where a star has none
+    there."""
     stars = sample.stars() if stars is None else np.asarray(stars, np.int64)
     z = np.full((len(stars), model.cfg.latent_dim), np.nan, np.float32)
     for a in range(0, len(stars), chunk):
-        sel = _rows_of(sample, stars[a:a + chunk], surveys)
-        if not sum(map(len, sel.values())): continue
-        b = packed_batch(sample, sel); zz, sidx = encode(model, b.to(next(model.parameters()).dtype))
+        sel = _rows_of(sample, stars[a : a + chunk], surveys)
+        if not sum(map(len, sel.values())):
+            continue
+        b = packed_batch(sample, sel)
+        zz, sidx = encode(model, b.to(next(model.parameters()).dtype))
         z[star_slots(stars, torch.unique(b.star).numpy())] = zz.numpy()
     return z
 
 # %% ../../nbs/09a_results.ipynb
 @torch.no_grad()
-def spectrum_chi2(model:GON, # trained model
-                  sample:PackedSample, # packed spectra
-                  stars, # (n,) star keys of the latents
-                  z, # (n, D) latent per star (NaN rows: not rendered)
-                  surveys=None, # score these surveys' spectra (default: all)
-                  chunk:int=64): # spectra rendered at a time
-    "Reduced chi2 per spectrum (survey -> (N_s,)) of the model at the star's latent; NaN where the star has no latent or is absent."
+def spectrum_chi2(
+    model: GON,  # trained model
+    sample: PackedSample,  # packed spectra
+    stars,  # (n,) star keys of the latents
+    z,  # (n, D) latent per star (NaN rows: not rendered)
+    surveys=None,  # score these surveys' spectra (default: all)
+    chunk: int = 64,  # spectra rendered at a time
+):
+    """Reduced chi2 per spectrum (survey -> (N_s,)) of the model at the star's latent; NaN where the star has no latent
+    or is absent."""
     stars, z, out = np.asarray(stars, np.int64), torch.as_tensor(np.ascontiguousarray(z, np.float32)), {}
     for s in sample.surveys:
-        if surveys is not None and s not in surveys: continue
-        slot = star_slots(stars, sample.star[s]); ok = np.flatnonzero(slot >= 0); c2 = np.full(len(slot), np.nan)
+        if surveys is not None and s not in surveys:
+            continue
+        slot = star_slots(stars, sample.star[s])
+        ok = np.flatnonzero(slot >= 0)
+        c2 = np.full(len(slot), np.nan)
         ok = ok[np.isfinite(z[slot[ok]].numpy()).all(1)] if len(ok) else ok
         x = model.coord(torch.as_tensor(sample.grid.ln_wave[sample.pix[s]])[None])[0]
         for a in range(0, len(ok), chunk):
-            i = ok[a:a + chunk]; zi = z[slot[i]]
+            i = ok[a : a + chunk]
+            zi = z[slot[i]]
             pred = model.render(zi, x.expand(len(i), -1), torch.full((len(i),), SURVEYS.index(s)))
             c2[i] = row_chi2(sample.flux[s][i], pred.numpy(), sample.wivar[s][i])
         out[s] = c2
     return out
 
 # %% ../../nbs/09a_results.ipynb
-def map_fit(model:GON, # trained model
-            sample:PackedSample, # packed spectra
-            stars, # star keys to fit
-            prior=None, # (mean, cov) of the latent (`inference.latent_prior`), or None
-            n_steps:int=15, # Gauss-Newton iterations
-            fit_rv:bool=True, # one velocity per spectrum
-            rv_scan:float=400., # the starting velocity: a chi2 scan of the prior-mean template over +-rv_scan km/s in 10 km/s steps
-            stars_per_call:int=16, # stars batched into one `fit_latent` call
-            progress:bool=False, desc:str='MAP'):
-    "MAP fits: (per-spectrum DataFrame: survey, i, star, chi2_red, rv, rv_err), (per-star DataFrame: star, chi2, dof) and latents (n, D)."
+def map_fit(
+    model: GON,  # trained model
+    sample: PackedSample,  # packed spectra
+    stars,  # star keys to fit
+    prior=None,  # (mean, cov) of the latent (`inference.latent_prior`), or None
+    n_steps: int = 15,  # Gauss-Newton iterations
+    fit_rv: bool = True,  # one velocity per spectrum
+    rv_scan: float = 400.0,  # starting velocity: chi2 scan of the mean template over +-rv_scan km/s, 10 km/s steps
+    stars_per_call: int = 16,  # stars batched into one `fit_latent` call
+    progress: bool = False,
+    desc: str = 'MAP',
+):
+    """MAP fits: (per-spectrum DataFrame: survey, i, star, chi2_red, rv, rv_err), (per-star DataFrame: star, chi2, dof)
+    and latents (n, D)."""
     stars, specs, per_star, zs = np.asarray(stars, np.int64), [], [], []
     for a in tqdm(range(0, len(stars), stars_per_call), desc=desc, disable=not progress):
-        sel = _rows_of(sample, stars[a:a + stars_per_call])
-        if not sum(map(len, sel.values())): continue
-        b = packed_batch(sample, sel, compact=True)                    # each spectrum's own pixels: no rendering of padding
-        rv0 = coarse_rv(model, b, None if prior is None else prior[0], np.arange(-rv_scan, rv_scan + 1, 10.)) if fit_rv else None
+        sel = _rows_of(sample, stars[a : a + stars_per_call])
+        if not sum(map(len, sel.values())):
+            continue
+        b = packed_batch(sample, sel, compact=True)  # each spectrum's own pixels: no rendering of padding
+        rv0 = (
+            coarse_rv(model, b, None if prior is None else prior[0], np.arange(-rv_scan, rv_scan + 1, 10.0))
+            if fit_rv
+            else None
+        )
         f = fit_latent(model, b, prior, fit_rv=fit_rv, rv0=rv0, n_steps=n_steps, by_star=True)
-        with torch.no_grad(): pred = render_theta(model, f['theta_spec'], b.lnlam, b.survey)
-        spec = pd.DataFrame(dict(survey=[SURVEYS[k] for k in b.survey.tolist()], i=np.concatenate([i for i in sel.values() if len(i)]),
-                                 star=b.star.numpy(), chi2_red=(chi2(pred, b) / (b.weight > 0).sum(1)).numpy()))
-        if fit_rv: spec['rv'], spec['rv_err'] = f['rv'].detach().numpy(), f['rv_err'].detach().numpy()
-        specs.append(spec); zs.append(f['z'].detach().numpy())
-        per_star.append(pd.DataFrame(dict(star=f['star'].numpy(), chi2=f['chi2'].detach().numpy(), dof=f['dof'].numpy())))
-    if not specs: raise ValueError("map_fit: none of the stars has spectra in the sample")
+        with torch.no_grad():
+            pred = render_theta(model, f['theta_spec'], b.lnlam, b.survey)
+        spec = pd.DataFrame(
+            dict(
+                survey=[SURVEYS[k] for k in b.survey.tolist()],
+                i=np.concatenate([i for i in sel.values() if len(i)]),
+                star=b.star.numpy(),
+                chi2_red=(chi2(pred, b) / (b.weight > 0).sum(1)).numpy(),
+            )
+        )
+        if fit_rv:
+            spec['rv'], spec['rv_err'] = f['rv'].detach().numpy(), f['rv_err'].detach().numpy()
+        specs.append(spec)
+        zs.append(f['z'].detach().numpy())
+        per_star.append(
+            pd.DataFrame(dict(star=f['star'].numpy(), chi2=f['chi2'].detach().numpy(), dof=f['dof'].numpy()))
+        )
+    if not specs:
+        raise ValueError("map_fit: none of the stars has spectra in the sample")
     return pd.concat(specs, ignore_index=True), pd.concat(per_star, ignore_index=True), np.concatenate(zs)
 
 # %% ../../nbs/09a_results.ipynb
-def rv_metrics(err_kms, # (n,) fitted minus true velocity (km/s)
-               rv_err, # (n,) the fit's 1-sigma error (km/s)
-               flagged, # (n,) bool: the quality flag
-               kms_per_px:float): # km/s per pixel of the grid
+def rv_metrics(
+    err_kms,  # (n,) fitted minus true velocity (km/s)
+    rv_err,  # (n,) the fit's 1-sigma error (km/s)
+    flagged,  # (n,) bool: the quality flag
+    kms_per_px: float,  # km/s per pixel of the grid
+):
     "RV summary: rms in pixels outside the flagged, flagged fraction, catastrophic (> 1 px) rates, pull spread."
-    e, s, fl = (np.asarray(a, float) for a in (err_kms, rv_err, flagged)); fl = fl.astype(bool)
+    e, s, fl = (np.asarray(a, float) for a in (err_kms, rv_err, flagged))
+    fl = fl.astype(bool)
     cat, ok = np.abs(e) > kms_per_px, ~fl
     pull = e[ok] / s[ok]
-    return dict(n=len(e), rms_px=float(np.sqrt(np.mean((e[ok] / kms_per_px) ** 2))) if ok.any() else np.nan,
-                rms_kms=float(np.sqrt(np.mean(e[ok] ** 2))) if ok.any() else np.nan,
-                median_abs_kms=float(np.median(np.abs(e))) if len(e) else np.nan, flagged=float(fl.mean()) if len(e) else np.nan,
-                catastrophic=float(cat.mean()) if len(e) else np.nan,
-                catastrophic_unflagged=float((cat & ok).sum() / max(ok.sum(), 1)),
-                caught=float((cat & fl).sum() / cat.sum()) if cat.any() else np.nan,
-                pull_spread=float(1.4826 * np.median(np.abs(pull))) if len(pull) else np.nan)
+    return dict(
+        n=len(e),
+        rms_px=float(np.sqrt(np.mean((e[ok] / kms_per_px) ** 2))) if ok.any() else np.nan,
+        rms_kms=float(np.sqrt(np.mean(e[ok] ** 2))) if ok.any() else np.nan,
+        median_abs_kms=float(np.median(np.abs(e))) if len(e) else np.nan,
+        flagged=float(fl.mean()) if len(e) else np.nan,
+        catastrophic=float(cat.mean()) if len(e) else np.nan,
+        catastrophic_unflagged=float((cat & ok).sum() / max(ok.sum(), 1)),
+        caught=float((cat & fl).sum() / cat.sum()) if cat.any() else np.nan,
+        pull_spread=float(1.4826 * np.median(np.abs(pull))) if len(pull) else np.nan,
+    )
 
-def quality_thresholds(chi2_red, rv_err, q:float=0.98): # validation spectra's reduced chi2 and velocity errors; quantile
+
+def quality_thresholds(
+    chi2_red, rv_err, q: float = 0.98
+):  # validation spectra's reduced chi2 and velocity errors; quantile
     "Flag thresholds from the validation split."
     return dict(chi2_red=float(np.nanquantile(chi2_red, q)), rv_err=float(np.nanquantile(rv_err, q)), q=q)
 
-def rv_flag(chi2_red, rv_err, thr:dict): return (np.asarray(chi2_red) > thr['chi2_red']) | (np.asarray(rv_err) > thr['rv_err'])
+
+def rv_flag(chi2_red, rv_err, thr: dict):
+    return (np.asarray(chi2_red) > thr['chi2_red']) | (np.asarray(rv_err) > thr['rv_err'])
 
 # %% ../../nbs/09a_results.ipynb
-def _features(z): # (n, D) standardised latents -> (n, 1 + D + D(D+1)/2)
+def _features(z):  # (n, D) standardised latents -> (n, 1 + D + D(D+1)/2)
     i, j = np.triu_indices(z.shape[1])
     return np.hstack([np.ones((len(z), 1)), z, z[:, i] * z[:, j]])
 
+
 class LabelRegressor:
     "Quadratic ridge regression from latents to labels; ridge and uncertainty per label from validation stars."
-    def __init__(self, alphas=(1e-3, 1e-2, 1e-1, 1, 10, 100, 1e3)): self.alphas = alphas
-    def _X(self, z): return _features((np.asarray(z, float) - self.mu) / self.sd)
+
+    def __init__(self, alphas=(1e-3, 1e-2, 1e-1, 1, 10, 100, 1e3)):
+        self.alphas = alphas
+
+    def _X(self, z):
+        return _features((np.asarray(z, float) - self.mu) / self.sd)
+
     def _solve(self, X, y, a):
-        A = X.T @ X; A[np.diag_indices_from(A)] += a * np.r_[0, np.ones(len(A) - 1)] * np.trace(A) / len(A)
+        A = X.T @ X
+        A[np.diag_indices_from(A)] += a * np.r_[0, np.ones(len(A) - 1)] * np.trace(A) / len(A)
         return np.linalg.solve(A, X.T @ y)
-    def fit(self, z_tr, y_tr, z_val, y_val): # latents and labels (n, L) of training and validation stars (NaN rows are left out)
-        ok = np.isfinite(z_tr).all(1) & np.isfinite(y_tr).all(1); okv = np.isfinite(z_val).all(1) & np.isfinite(y_val).all(1)
-        if ok.sum() < 3 or okv.sum() < 2: raise ValueError(f"too few stars to fit labels: {ok.sum()} training, {okv.sum()} validation")
+
+    def fit(
+        self, z_tr, y_tr, z_val, y_val
+    ):  # latents and labels (n, L) of training and validation stars (NaN rows are left out)
+        ok = np.isfinite(z_tr).all(1) & np.isfinite(y_tr).all(1)
+        okv = np.isfinite(z_val).all(1) & np.isfinite(y_val).all(1)
+        if ok.sum() < 3 or okv.sum() < 2:
+            raise ValueError(f"too few stars to fit labels: {ok.sum()} training, {okv.sum()} validation")
         self.mu, self.sd = z_tr[ok].mean(0), z_tr[ok].std(0) + 1e-12
         X, Xv = self._X(z_tr[ok]), self._X(z_val[okv])
         W = {a: self._solve(X, y_tr[ok], a) for a in self.alphas}
-        err = {a: np.sqrt(((Xv @ W[a] - y_val[okv]) ** 2).mean(0)) for a in self.alphas}       # (L,) per alpha
+        err = {a: np.sqrt(((Xv @ W[a] - y_val[okv]) ** 2).mean(0)) for a in self.alphas}  # (L,) per alpha
         best = [min(self.alphas, key=lambda a: err[a][l]) for l in range(y_tr.shape[1])]
-        self.W = np.stack([W[a][:, l] for l, a in enumerate(best)], 1); self.alpha = best
-        r = Xv @ self.W - y_val[okv]                                   # sigma: robust spread, so that a few odd stars do not set it
+        self.W = np.stack([W[a][:, l] for l, a in enumerate(best)], 1)
+        self.alpha = best
+        r = Xv @ self.W - y_val[okv]  # sigma: robust spread, so that a few odd stars do not set it
         self.sigma = 1.4826 * np.median(np.abs(r - np.median(r, 0)), 0)
         return self
-    def predict(self, z): # (n, D) -> (n, L) labels (NaN where z is) and (L,) 1-sigma
-        z = np.asarray(z, float); ok = np.isfinite(z).all(1); out = np.full((len(z), self.W.shape[1]), np.nan)
-        if ok.any(): out[ok] = self._X(z[ok]) @ self.W
+
+    def predict(self, z):  # (n, D) -> (n, L) labels (NaN where z is) and (L,) 1-sigma
+        z = np.asarray(z, float)
+        ok = np.isfinite(z).all(1)
+        out = np.full((len(z), self.W.shape[1]), np.nan)
+        if ok.any():
+            out[ok] = self._X(z[ok]) @ self.W
         return out, self.sigma
 
-def label_metrics(pred, # (n, L) predicted labels
-                  sigma, # (L,) or (n, L) 1-sigma uncertainties
-                  truth, # (n, L) true labels
-                  names=LABELS):
+
+def label_metrics(
+    pred,  # (n, L) predicted labels
+    sigma,  # (L,) or (n, L) 1-sigma uncertainties
+    truth,  # (n, L) true labels
+    names=LABELS,
+):
     "Per label: n, rms, bias, R^2 and the 68% / 95% coverage of the uncertainties (rows with a NaN are left out)."
     out = {}
     for l, name in enumerate(names):
-        p, t = pred[:, l], truth[:, l]; s = np.broadcast_to(sigma, pred.shape)[:, l]
-        ok = np.isfinite(p) & np.isfinite(t) & np.isfinite(s); r = p[ok] - t[ok]
-        out[name] = dict(n=int(ok.sum()), rms=float(np.sqrt(np.mean(r ** 2))) if ok.any() else np.nan, bias=float(r.mean()) if ok.any() else np.nan,
-                         r2=float(1 - (r ** 2).sum() / max(((t[ok] - t[ok].mean()) ** 2).sum(), 1e-30)) if ok.sum() > 1 else np.nan,
-                         cov68=float(np.mean(np.abs(r) < s[ok])) if ok.any() else np.nan,
-                         cov95=float(np.mean(np.abs(r) < 1.96 * s[ok])) if ok.any() else np.nan)
+        p, t = pred[:, l], truth[:, l]
+        s = np.broadcast_to(sigma, pred.shape)[:, l]
+        ok = np.isfinite(p) & np.isfinite(t) & np.isfinite(s)
+        r = p[ok] - t[ok]
+        out[name] = dict(
+            n=int(ok.sum()),
+            rms=float(np.sqrt(np.mean(r**2))) if ok.any() else np.nan,
+            bias=float(r.mean()) if ok.any() else np.nan,
+            r2=float(1 - (r**2).sum() / max(((t[ok] - t[ok].mean()) ** 2).sum(), 1e-30)) if ok.sum() > 1 else np.nan,
+            cov68=float(np.mean(np.abs(r) < s[ok])) if ok.any() else np.nan,
+            cov95=float(np.mean(np.abs(r) < 1.96 * s[ok])) if ok.any() else np.nan,
+        )
     return out
 
 # %% ../../nbs/09a_results.ipynb
-def auc(pos, neg): # scores of the positives and of the negatives
+def auc(pos, neg):  # scores of the positives and of the negatives
     "Area under the ROC curve: P(a positive scores above a negative), ties counting one half."
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if not len(pos) or not len(neg): return np.nan
+    if not len(pos) or not len(neg):
+        return np.nan
     gt = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
     return float(gt / (len(pos) * len(neg)))
 
-def mahalanobis2(z, prior): # (n, D) latents; (mean, cov)
+
+def mahalanobis2(z, prior):  # (n, D) latents; (mean, cov)
     "Squared Mahalanobis distance of each latent under the Gaussian prior."
-    mu, cov = (np.asarray(t, float) for t in prior); d = np.asarray(z, float) - mu
+    mu, cov = (np.asarray(t, float) for t in prior)
+    d = np.asarray(z, float) - mu
     return np.einsum('nd,nd->n', d, np.linalg.solve(cov, d.T).T)
 
-def _robust_z(x, ref): return (x - np.median(ref)) / (1.4826 * np.median(np.abs(ref - np.median(ref))) + 1e-12)
 
-def anomaly_scores(chi2_red, d2, ref): # per-star MAP reduced chi2, Mahalanobis^2, bool mask of the reference (validation normal) stars
-    "Scores per star: reconstruction, density and their combination (max), each in units of the reference stars' spread."
+def _robust_z(x, ref):
+    return (x - np.median(ref)) / (1.4826 * np.median(np.abs(ref - np.median(ref))) + 1e-12)
+
+
+def anomaly_scores(
+    chi2_red, d2, ref
+):  # per-star MAP reduced chi2, Mahalanobis^2, bool mask of the reference (validation normal) stars
+    """Scores per star: reconstruction, density and their combination (max), each in units of the reference
+    stars' spread."""
     a, b = _robust_z(np.log(chi2_red), np.log(chi2_red)[ref]), _robust_z(np.log(d2), np.log(d2)[ref])
     return dict(chi2=a, density=b, combined=np.maximum(a, b))
 
 # %% ../../nbs/09a_results.ipynb
 HOLES = dict(gap=30.0, window=50.0, cosmics=12)  # window widths (Å), and the number of 3-pixel cosmic-ray hits
 
-def hole(wave, # (P,) wavelengths (Å) of the spectrum's columns
-         used, # (P,) bool: observed pixels
-         kind:str, # a key of HOLES
-         rng): # numpy Generator
-    "Boolean mask of the pixels to hide: a window of HOLES[kind] Å mostly inside observed pixels, or cosmic-ray hits; None if none fits."
+
+def hole(
+    wave,  # (P,) wavelengths (Å) of the spectrum's columns
+    used,  # (P,) bool: observed pixels
+    kind: str,  # a key of HOLES
+    rng,  # numpy Generator
+):
+    """Boolean mask of the pixels to hide: a window of HOLES[kind] Å mostly inside observed pixels, or cosmic-ray hits;
+    None if none fits."""
     u = np.flatnonzero(used)
     if kind == 'cosmics':
-        if len(u) < 10 * HOLES[kind]: return None
-        c = rng.choice(u[1:-1], HOLES[kind], replace=False); m = np.zeros(len(wave), bool)
-        for d in (-1, 0, 1): m[np.clip(c + d, 0, len(wave) - 1)] = True
+        if len(u) < 10 * HOLES[kind]:
+            return None
+        c = rng.choice(u[1:-1], HOLES[kind], replace=False)
+        m = np.zeros(len(wave), bool)
+        for d in (-1, 0, 1):
+            m[np.clip(c + d, 0, len(wave) - 1)] = True
         return m & used
     for c in rng.permutation(u)[:50]:
         m = np.abs(wave - wave[c]) < HOLES[kind] / 2
-        if m.sum() >= 5 and used[m].mean() > 0.9 and (used & ~m).sum() > 100: return m & used
+        if m.sum() >= 5 and used[m].mean() > 0.9 and (used & ~m).sum() > 100:
+            return m & used
     return None
 
 # %% ../../nbs/09a_results.ipynb
-def imputation(model:GON, # trained model
-               sample:PackedSample, # test spectra
-               picks, # [(survey, index)] spectra to cut holes into
-               prior, # empirical prior
-               n_steps:int=10, # Gauss-Newton iterations of the fit to what is left
-               seed:int=0,
-               progress:bool=False):
-    "Per hole kind: residual / noise of the GON and of linear interpolation on the hidden pixels, and the GON's pull spread and 68% coverage."
+def imputation(
+    model: GON,  # trained model
+    sample: PackedSample,  # test spectra
+    picks,  # [(survey, index)] spectra to cut holes into
+    prior,  # empirical prior
+    n_steps: int = 10,  # Gauss-Newton iterations of the fit to what is left
+    seed: int = 0,
+    progress: bool = False,
+):
+    """Per hole kind: residual / noise of the GON and of linear interpolation on the hidden pixels, and the GON's pull
+    spread and 68% coverage."""
     rng, out, example = np.random.default_rng(seed), {}, None
     for kind in tqdm(HOLES, desc='imputation', disable=not progress):
         rows, masks = [], []
         for s, i in picks:
             m = hole(sample.grid.wave[sample.pix[s]], sample.wivar[s][i] > 0, kind, rng)
-            if m is not None: rows.append((s, i)); masks.append(m)
-        if not rows: continue
+            if m is not None:
+                rows.append((s, i))
+                masks.append(m)
+        if not rows:
+            continue
         d = {k: {} for k in ('flux', 'wivar', 'star', 'row')}
-        for s in sample.surveys:                                       # the holed spectra, one star each
+        for s in sample.surveys:  # the holed spectra, one star each
             k = [j for j, (t, _) in enumerate(rows) if t == s]
-            if not k: continue
+            if not k:
+                continue
             d['flux'][s] = np.stack([sample.flux[s][rows[j][1]] for j in k])
             d['wivar'][s] = np.stack([np.where(masks[j], 0, sample.wivar[s][rows[j][1]]) for j in k]).astype(np.float32)
             d['star'][s], d['row'][s] = np.array(k, np.int64), np.array(k, np.int64)
         holed = PackedSample(sample.grid, {s: sample.pix[s] for s in d['flux']}, **d)
-        b = packed_batch(holed); fit = fit_latent(model, b, prior, n_steps=n_steps)
-        P = b.flux.shape[1]                                            # render at every column (the batch zeroes ln λ where weight is 0)
-        ln = np.concatenate([np.broadcast_to(np.pad(sample.grid.ln_wave[holed.pix[s]], (0, P - len(holed.pix[s])), mode='edge'),
-                                             (len(holed.star[s]), P)) for s in holed.surveys])
-        with torch.no_grad(): pred, sig = (t.numpy() for t in impute(model, fit, torch.as_tensor(ln), b.survey))
+        b = packed_batch(holed)
+        fit = fit_latent(model, b, prior, n_steps=n_steps)
+        P = b.flux.shape[1]  # render at every column (the batch zeroes ln λ where weight is 0)
+        ln = np.concatenate(
+            [
+                np.broadcast_to(
+                    np.pad(sample.grid.ln_wave[holed.pix[s]], (0, P - len(holed.pix[s])), mode='edge'),
+                    (len(holed.star[s]), P),
+                )
+                for s in holed.surveys
+            ]
+        )
+        with torch.no_grad():
+            pred, sig = (t.numpy() for t in impute(model, fit, torch.as_tensor(ln), b.survey))
         r_gon, r_lin, pulls, a = [], [], [], 0
         for s in holed.surveys:
             for k in holed.star[s]:
-                t, i = rows[k]; m, P = masks[k], len(sample.pix[s])
+                t, i = rows[k]
+                m, P = masks[k], len(sample.pix[s])
                 f, iv = sample.flux[s][i], sample.wivar[s][i]
                 lin = linear_interpolation(f[None], iv[None], m[None], sample.pix[s])[0]
-                r_gon.append((f - pred[a, :P])[m] * np.sqrt(iv[m])); r_lin.append((f - lin)[m] * np.sqrt(iv[m]))
+                r_gon.append((f - pred[a, :P])[m] * np.sqrt(iv[m]))
+                r_lin.append((f - lin)[m] * np.sqrt(iv[m]))
                 pulls.append((f - pred[a, :P])[m] / np.sqrt(1 / iv[m] + sig[a, :P][m] ** 2))
-                if example is None and kind == 'window': example = dict(survey=s, wave=sample.grid.wave[sample.pix[s]], flux=f, ivar=iv, hidden=m,
-                                                                        pred=pred[a, :P], sigma=sig[a, :P], linear=lin)
+                if example is None and kind == 'window':
+                    example = dict(
+                        survey=s,
+                        wave=sample.grid.wave[sample.pix[s]],
+                        flux=f,
+                        ivar=iv,
+                        hidden=m,
+                        pred=pred[a, :P],
+                        sigma=sig[a, :P],
+                        linear=lin,
+                    )
                 a += 1
         rg, rl, pu = (np.concatenate(x) for x in (r_gon, r_lin, pulls))
-        out[kind] = dict(n_spectra=len(rows), n_pixels=len(rg), gon=float(np.sqrt(np.mean(rg ** 2))), linear=float(np.sqrt(np.mean(rl ** 2))),
-                         pull_spread=float(1.4826 * np.median(np.abs(pu))), cov68=float(np.mean(np.abs(pu) < 1)))
+        out[kind] = dict(
+            n_spectra=len(rows),
+            n_pixels=len(rg),
+            gon=float(np.sqrt(np.mean(rg**2))),
+            linear=float(np.sqrt(np.mean(rl**2))),
+            pull_spread=float(1.4826 * np.median(np.abs(pu))),
+            cov68=float(np.mean(np.abs(pu) < 1)),
+        )
     return out, example
 
 # %% ../../nbs/09a_results.ipynb
-def transfer(model:GON, # trained model
-             sample:PackedSample, # test spectra
-             stars, # test star keys
-             surveys): # the surveys to cross
+def transfer(
+    model: GON,  # trained model
+    sample: PackedSample,  # test spectra
+    stars,  # test star keys
+    surveys,  # the surveys to cross
+):
     "Rows (source, target, n, chi2 from the source, chi2 own, median ratio) and the latents from each survey alone."
     z = {s: one_step_latents(model, sample, stars, surveys=[s]) for s in surveys}
     rows = []
     for a in surveys:
         for b in surveys:
-            if a == b: continue
-            src, own = spectrum_chi2(model, sample, stars, z[a], [b])[b], spectrum_chi2(model, sample, stars, z[b], [b])[b]
+            if a == b:
+                continue
+            src, own = (
+                spectrum_chi2(model, sample, stars, z[a], [b])[b],
+                spectrum_chi2(model, sample, stars, z[b], [b])[b],
+            )
             ok = np.isfinite(src) & np.isfinite(own)
-            rows.append(dict(source=a, target=b, n=int(ok.sum()), chi2_source=float(np.median(src[ok])) if ok.any() else np.nan,
-                             chi2_own=float(np.median(own[ok])) if ok.any() else np.nan,
-                             ratio=float(np.median(src[ok] / own[ok])) if ok.any() else np.nan))
+            rows.append(
+                dict(
+                    source=a,
+                    target=b,
+                    n=int(ok.sum()),
+                    chi2_source=float(np.median(src[ok])) if ok.any() else np.nan,
+                    chi2_own=float(np.median(own[ok])) if ok.any() else np.nan,
+                    ratio=float(np.median(src[ok] / own[ok])) if ok.any() else np.nan,
+                )
+            )
     return pd.DataFrame(rows), z
 
 # %% ../../nbs/09a_results.ipynb
-def matrix_chi2(sample:PackedSample, # packed spectra
-                stars, # (n,) star keys of the rows
-                R, # (n, P) rendered rows (a `StarMatrix` layout of the sample's pixels)
-                blocks:dict, # survey -> slice of the columns
-                surveys=None): # score these surveys' spectra (default: all)
+def matrix_chi2(
+    sample: PackedSample,  # packed spectra
+    stars,  # (n,) star keys of the rows
+    R,  # (n, P) rendered rows (a `StarMatrix` layout of the sample's pixels)
+    blocks: dict,  # survey -> slice of the columns
+    surveys=None,  # score these surveys' spectra (default: all)
+):
     "Reduced chi2 per spectrum (survey -> (N_s,)) of the rows' renders; NaN where the star has no row."
     stars, out = np.asarray(stars, np.int64), {}
     for s in sample.surveys:
-        if surveys is not None and s not in surveys: continue
+        if surveys is not None and s not in surveys:
+            continue
         slot = star_slots(stars, sample.star[s])
         c2, ok = np.full(len(slot), np.nan), slot >= 0
-        if ok.any(): c2[ok] = row_chi2(sample.flux[s][ok], R[slot[ok]][:, blocks[s]], sample.wivar[s][ok])
+        if ok.any():
+            c2[ok] = row_chi2(sample.flux[s][ok], R[slot[ok]][:, blocks[s]], sample.wivar[s][ok])
         out[s] = c2
     return out
 
 # %% ../../nbs/09a_results.ipynb
 from dataclasses import dataclass, asdict, fields
 
+
 @dataclass
 class EvalConfig:
-    map_steps: int = 10            # Gauss-Newton iterations of the MAP fits
-    rv_scan: float = 400.          # the velocity fit starts at the best of a chi2 scan over +-rv_scan km/s (10 km/s steps)
-    n_val_map: int = 64            # validation stars MAP-fitted for the thresholds (at most)
-    max_test_stars: int = 0        # test stars evaluated: 0 all; else a random subset of that many (drawn with seed), for every section
-    rv_flag_quantile: float = 0.98 # the RV flag: reduced chi2 or velocity error above this quantile of the validation spectra's
-    anomaly_fpr: float = 0.05      # the anomaly cut: this quantile from the top of the validation normals' scores
-    n_impute: int = 16             # test spectra cut with holes
-    pca_iter: int = 50             # weighted PCA alternations at most
-    ae_steps: int = 100            # autoencoder steps
-    ae_hidden: int = 32            # autoencoder encoder width
-    cannon: bool = True            # train The Cannon per survey for the labels row
-    seed: int = 0                  # picks of the test subset, the imputation spectra and holes
+    map_steps: int = 10  # Gauss-Newton iterations of the MAP fits
+    rv_scan: float = 400.0  # the velocity fit starts at the best of a chi2 scan over +-rv_scan km/s (10 km/s steps)
+    n_val_map: int = 64  # validation stars MAP-fitted for the thresholds (at most)
+    max_test_stars: int = 0  # test stars evaluated: 0 all; else a random subset of that many (drawn with seed)
+    rv_flag_quantile: float = 0.98  # the RV flag: reduced chi2 or velocity error above this quantile of validation's
+    anomaly_fpr: float = 0.05  # the anomaly cut: this quantile from the top of the validation normals' scores
+    n_impute: int = 16  # test spectra cut with holes
+    pca_iter: int = 50  # weighted PCA alternations at most
+    ae_steps: int = 100  # autoencoder steps
+    ae_hidden: int = 32  # autoencoder encoder width
+    cannon: bool = True  # train The Cannon per survey for the labels row
+    seed: int = 0  # picks of the test subset, the imputation spectra and holes
 
     def __post_init__(self):
         k = self.max_test_stars
@@ -403,48 +619,88 @@ class EvalConfig:
             raise ValueError(f"max_test_stars must be 0 (all test stars) or a positive number of stars, not {k!r}")
 
 # %% ../../nbs/09a_results.ipynb
-def cap_stars(stars, # star keys
-              k:int=0, # how many to keep: 0 all
-              seed:int=0): # the draw's seed
-    "A random subset of `k` of the star keys, sorted and the same for the same seed; all of them where k is 0 or not below their number."
+def cap_stars(
+    stars,  # star keys
+    k: int = 0,  # how many to keep: 0 all
+    seed: int = 0,  # the draw's seed
+):
+    """A random subset of `k` of the star keys, sorted and the same for the same seed; all of them where k is 0 or not
+    below their number."""
     stars = np.unique(np.asarray(stars, np.int64))
-    if k < 0: raise ValueError(f"cap_stars: k must be 0 (all) or positive, not {k}")
-    if k == 0 or k >= len(stars): return stars
+    if k < 0:
+        raise ValueError(f"cap_stars: k must be 0 (all) or positive, not {k}")
+    if k == 0 or k >= len(stars):
+        return stars
     return np.sort(np.random.default_rng(seed).choice(stars, k, replace=False))
 
 # %% ../../nbs/09a_results.ipynb
-def _by_spectrum(sample:PackedSample, values:dict): # survey -> (N_s,) values
-    return pd.DataFrame([dict(survey=s, i=i, star=int(sample.star[s][i]), row=int(sample.row[s][i]), value=float(v))
-                         for s in sample.surveys if s in values for i, v in enumerate(values[s])])
+def _by_spectrum(sample: PackedSample, values: dict):  # survey -> (N_s,) values
+    return pd.DataFrame(
+        [
+            dict(survey=s, i=i, star=int(sample.star[s][i]), row=int(sample.row[s][i]), value=float(v))
+            for s in sample.surveys
+            if s in values
+            for i, v in enumerate(values[s])
+        ]
+    )
 
-def _survey_stats(df, col, how='median'): # a table with survey and col -> {survey: stat, 'all': stat}
-    f = (lambda x: float(np.nanmedian(x)) if np.isfinite(x).any() else np.nan) if how == 'median' else \
-        (lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else np.nan)
+
+def _survey_stats(df, col, how='median'):  # a table with survey and col -> {survey: stat, 'all': stat}
+    f = (
+        (lambda x: float(np.nanmedian(x)) if np.isfinite(x).any() else np.nan)
+        if how == 'median'
+        else (lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else np.nan)
+    )
     out = {s: f(g[col].to_numpy(float)) for s, g in df.groupby('survey')}
-    out['all'] = f(df[col].to_numpy(float)); return out
+    out['all'] = f(df[col].to_numpy(float))
+    return out
 
 # %% ../../nbs/09a_results.ipynb
-def _try(res:dict, name:str, fn, default=None):
+def _try(res: dict, name: str, fn, default=None):
     "Run a section; where the sample is too small for it, record why under res['skipped'] and return `default`."
-    try: return fn()
+    try:
+        return fn()
     except (ValueError, IndexError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
-        res.setdefault('skipped', {})[name] = str(err); return default
+        res.setdefault('skipped', {})[name] = str(err)
+        return default
 
-_NO_MAP = (pd.DataFrame(columns=['survey', 'i', 'star', 'chi2_red', 'rv', 'rv_err']), pd.DataFrame(columns=['star', 'chi2', 'dof']), None)
+
+_NO_MAP = (
+    pd.DataFrame(columns=['survey', 'i', 'star', 'chi2_red', 'rv', 'rv_err']),
+    pd.DataFrame(columns=['star', 'chi2', 'dof']),
+    None,
+)
 
 # %% ../../nbs/09a_results.ipynb
-def evaluate(E:dict, # `load_evaluation` output
-             cfg:EvalConfig=EvalConfig(),
-             progress:bool=False):
-    "All sections on the test split (or `cfg.max_test_stars` of its stars): results dict, per-spectrum and per-star tables, figure data."
+def evaluate(
+    E: dict,  # `load_evaluation` output
+    cfg: EvalConfig = EvalConfig(),
+    progress: bool = False,
+):
+    """All sections on the test split (or `cfg.max_test_stars` of its stars): results dict, per-spectrum and per-star
+    tables, figure data."""
     model, tr, va, te_all, grid = E['model'], E['train'], E['val'], E['test'], E['grid']
-    st, tt = E['star_truth'], E['truth']; D, kms_px = model.cfg.latent_dim, C_KMS * grid.dln
-    if not len(te_all): raise ValueError("the test split has no spectra to evaluate")
-    keep = cap_stars(te_all.stars(), cfg.max_test_stars, cfg.seed)      # the test stars every section below sees
-    te = te_all if len(keep) == len(te_all.stars()) else te_all.subset(keep); E = {**E, 'test': te}
-    t0 = time.perf_counter(); res, timing = dict(n=dict(train=len(tr.stars()), val=len(va.stars()), test=len(te.stars()),
-                                                    test_spectra=len(te), test_total=len(te_all.stars()),
-                                                    test_spectra_total=len(te_all))), {}
+    st, tt = E['star_truth'], E['truth']
+    D, kms_px = model.cfg.latent_dim, C_KMS * grid.dln
+    if not len(te_all):
+        raise ValueError("the test split has no spectra to evaluate")
+    keep = cap_stars(te_all.stars(), cfg.max_test_stars, cfg.seed)  # the test stars every section below sees
+    te = te_all if len(keep) == len(te_all.stars()) else te_all.subset(keep)
+    E = {**E, 'test': te}
+    t0 = time.perf_counter()
+    res, timing = (
+        dict(
+            n=dict(
+                train=len(tr.stars()),
+                val=len(va.stars()),
+                test=len(te.stars()),
+                test_spectra=len(te),
+                test_total=len(te_all.stars()),
+                test_spectra_total=len(te_all),
+            )
+        ),
+        {},
+    )
     s_tr, s_va, s_te = tr.stars(), va.stars(), te.stars()
     z_tr, z_va, z_te = (one_step_latents(model, x, s) for x, s in ((tr, s_tr), (va, s_va), (te, s_te)))
     prior = _try(res, 'prior', lambda: latent_prior(torch.as_tensor(z_tr[np.isfinite(z_tr).all(1)])))
@@ -452,294 +708,571 @@ def evaluate(E:dict, # `load_evaluation` output
     # reconstruction: one step and MAP, per test spectrum
     spec = _by_spectrum(te, spectrum_chi2(model, te, s_te, z_te)).rename(columns=dict(value='chi2_one_step'))
     t1 = time.perf_counter()
-    m_te, star_te, zmap_te = map_fit(model, te, s_te, prior, cfg.map_steps, rv_scan=cfg.rv_scan, progress=progress, desc='MAP test')
+    m_te, star_te, zmap_te = map_fit(
+        model, te, s_te, prior, cfg.map_steps, rv_scan=cfg.rv_scan, progress=progress, desc='MAP test'
+    )
     rng = np.random.default_rng(cfg.seed)
     s_vm = np.sort(rng.choice(s_va, min(cfg.n_val_map, len(s_va)), replace=False))
-    m_va, star_va, zmap_va = _try(res, 'validation MAP', lambda: map_fit(model, va, s_vm, prior, cfg.map_steps, rv_scan=cfg.rv_scan,
-                                                                      progress=progress, desc='MAP val'), _NO_MAP)
+    m_va, star_va, zmap_va = _try(
+        res,
+        'validation MAP',
+        lambda: map_fit(model, va, s_vm, prior, cfg.map_steps, rv_scan=cfg.rv_scan, progress=progress, desc='MAP val'),
+        _NO_MAP,
+    )
     timing['map'] = time.perf_counter() - t1
     spec = spec.merge(m_te.rename(columns=dict(chi2_red='chi2_map')), on=['survey', 'i', 'star'])
     spec = spec.join(tt[['truth_star', 'rv_true', 'anomaly', 'snr']], on='row')
-    res['reconstruction'] = dict(gon_one_step=_survey_stats(spec, 'chi2_one_step'), gon_map=_survey_stats(spec, 'chi2_map'))
+    res['reconstruction'] = dict(
+        gon_one_step=_survey_stats(spec, 'chi2_one_step'), gon_map=_survey_stats(spec, 'chi2_map')
+    )
     # radial velocity, flagged with thresholds from the validation spectra
-    thr = _try(res, 'RV flag', lambda: quality_thresholds(m_va.chi2_red.to_numpy(float), m_va.rv_err.to_numpy(float), cfg.rv_flag_quantile),
-               dict(chi2_red=np.inf, rv_err=np.inf, q=cfg.rv_flag_quantile))
+    thr = _try(
+        res,
+        'RV flag',
+        lambda: quality_thresholds(m_va.chi2_red.to_numpy(float), m_va.rv_err.to_numpy(float), cfg.rv_flag_quantile),
+        dict(chi2_red=np.inf, rv_err=np.inf, q=cfg.rv_flag_quantile),
+    )
     spec['rv_error'], spec['flagged'] = spec.rv - spec.rv_true, rv_flag(spec.chi2_map, spec.rv_err, thr)
-    res['rv'] = {s: rv_metrics(g.rv_error, g.rv_err, g.flagged, kms_px) for s, g in [*spec.groupby('survey'), ('all', spec)]}
+    res['rv'] = {
+        s: rv_metrics(g.rv_error, g.rv_err, g.flagged, kms_px) for s, g in [*spec.groupby('survey'), ('all', spec)]
+    }
     res['rv_thresholds'], res['kms_per_px'] = thr, kms_px
     # labels from the latent: fitted on training stars, ridge and sigma from validation stars
     Y = lambda s: st.loc[s, LABELS].to_numpy(float)
     reg = _try(res, 'labels', lambda: LabelRegressor().fit(z_tr, Y(s_tr), z_va, Y(s_va)))
     lab, sig = reg.predict(z_te) if reg else (np.full((len(s_te), len(LABELS)), np.nan), np.full(len(LABELS), np.nan))
-    res['labels'], res['label_sigma'] = dict(gon=label_metrics(lab, sig, Y(s_te))), dict(zip(LABELS, np.asarray(sig).tolist()))
+    res['labels'], res['label_sigma'] = (
+        dict(gon=label_metrics(lab, sig, Y(s_te))),
+        dict(zip(LABELS, np.asarray(sig).tolist())),
+    )
     stars = pd.DataFrame(dict(star=s_te, anomaly=st.loc[s_te, 'anomaly'].to_numpy())).set_index('star')
-    for l, name in enumerate(LABELS): stars[name], stars[f'{name}_gon'] = Y(s_te)[:, l], lab[:, l]
+    for l, name in enumerate(LABELS):
+        stars[name], stars[f'{name}_gon'] = Y(s_te)[:, l], lab[:, l]
     # cross-survey transfer of spectra and of labels
     surveys = [s for s in te.surveys if s in tr.surveys]
     tf, z_from = transfer(model, te, s_te, surveys)
     res['transfer'], res['label_transfer'] = tf.to_dict('records'), {}
     for a in surveys:
-        ra = _try(res, f'labels from {a}', lambda: LabelRegressor().fit(one_step_latents(model, tr, s_tr, [a]), Y(s_tr),
-                                                                        one_step_latents(model, va, s_va, [a]), Y(s_va)))
-        for b in surveys if ra else []: res['label_transfer'][f'{a}->{b}'] = label_metrics(*ra.predict(z_from[b]), Y(s_te))
+        ra = _try(
+            res,
+            f'labels from {a}',
+            lambda: LabelRegressor().fit(
+                one_step_latents(model, tr, s_tr, [a]), Y(s_tr), one_step_latents(model, va, s_va, [a]), Y(s_va)
+            ),
+        )
+        for b in surveys if ra else []:
+            res['label_transfer'][f'{a}->{b}'] = label_metrics(*ra.predict(z_from[b]), Y(s_te))
+
     # anomalies: per test star, from the MAP fit; scales and the cut from the validation stars that are not anomalous
     def anomalies():
-        sa = star_va.set_index('star'); normal_va = st.loc[sa.index, 'anomaly'].to_numpy() == ''
-        if normal_va.sum() < 3: raise ValueError(f"{normal_va.sum()} validation stars without an anomaly: too few to set the scores' scale")
-        chi = np.r_[(star_te.chi2 / star_te.dof.clip(lower=1)).to_numpy(float), (sa.chi2 / sa.dof.clip(lower=1)).to_numpy(float)]
+        sa = star_va.set_index('star')
+        normal_va = st.loc[sa.index, 'anomaly'].to_numpy() == ''
+        if normal_va.sum() < 3:
+            raise ValueError(f"{normal_va.sum()} validation stars without an anomaly: too few to set the scores' scale")
+        chi = np.r_[
+            (star_te.chi2 / star_te.dof.clip(lower=1)).to_numpy(float), (sa.chi2 / sa.dof.clip(lower=1)).to_numpy(float)
+        ]
         mz = np.r_[mahalanobis2(zmap_te, prior), mahalanobis2(zmap_va, prior)]
-        sc = anomaly_scores(chi, mz, np.r_[np.zeros(len(star_te), bool), normal_va]); n = len(star_te)
+        sc = anomaly_scores(chi, mz, np.r_[np.zeros(len(star_te), bool), normal_va])
+        n = len(star_te)
         cut = float(np.quantile(sc['combined'][n:][normal_va], 1 - cfg.anomaly_fpr))
-        return pd.DataFrame(dict(star=star_te.star.to_numpy(), **{f'score_{k}': v[:n] for k, v in sc.items()})).set_index('star'), cut
+        return pd.DataFrame(
+            dict(star=star_te.star.to_numpy(), **{f'score_{k}': v[:n] for k, v in sc.items()})
+        ).set_index('star'), cut
+
     an, cut = _try(res, 'anomalies', anomalies, (None, np.nan))
-    if an is not None: stars = stars.join(an); stars['flagged'] = stars.score_combined > cut
-    res['anomalies'], res['anomaly_cut'] = (_anomaly_table(stars, [c for c in stars if c.startswith('score_')]) if an is not None else {}), cut
+    if an is not None:
+        stars = stars.join(an)
+        stars['flagged'] = stars.score_combined > cut
+    res['anomalies'], res['anomaly_cut'] = (
+        (_anomaly_table(stars, [c for c in stars if c.startswith('score_')]) if an is not None else {}),
+        cut,
+    )
     # imputation
     ok = [(s, i) for s in te.surveys for i in range(len(te.star[s])) if st.loc[te.star[s][i], 'anomaly'] == '']
     picks = [ok[j] for j in np.sort(rng.choice(len(ok), min(cfg.n_impute, len(ok)), replace=False))] if ok else []
     t1 = time.perf_counter()
-    res['imputation'], example = imputation(model, te, picks, prior, cfg.map_steps, cfg.seed, progress) if picks else ({}, None)
+    res['imputation'], example = (
+        imputation(model, te, picks, prior, cfg.map_steps, cfg.seed, progress) if picks else ({}, None)
+    )
     timing['imputation'] = time.perf_counter() - t1
     timing['gon_eval'] = time.perf_counter() - t0
     # the peer methods
     peers, stars = _try(res, 'peer methods', lambda: _peers(E, cfg, stars, spec, progress), ({}, stars))
-    sk = peers.pop('skipped', {}); res.update(peers); res.setdefault('skipped', {}).update(sk); res['timing'] = timing
-    if E.get('history', {}).get('time'): timing['gon_train'] = float(E['history']['time'][-1])
+    sk = peers.pop('skipped', {})
+    res.update(peers)
+    res.setdefault('skipped', {}).update(sk)
+    res['timing'] = timing
+    if E.get('history', {}).get('time'):
+        timing['gon_train'] = float(E['history']['time'][-1])
     res['n_params'] = dict(gon=count_params(model), **res.pop('n_params_peers', {}))
     fig = dict(spec=spec, stars=stars, example=example, z_te=z_te, s_te=s_te, test=te)
     return res, spec, stars, fig
 
 # %% ../../nbs/09a_results.ipynb
-def _anomaly_table(stars, cols): # per-star table with anomaly, flagged and score columns
+def _anomaly_table(stars, cols):  # per-star table with anomaly, flagged and score columns
     "AUC per injected class (against the test's normal stars) for each score, and the flagged counts per class."
-    neg = stars[stars.anomaly == '']; out = {}
+    neg = stars[stars.anomaly == '']
+    out = {}
     for cls, g in stars[stars.anomaly != ''].groupby('anomaly'):
-        out[cls] = dict(n=len(g), flagged=int(g.flagged.sum()) if 'flagged' in g else None,
-                        **{f'auc_{c.removeprefix("score_")}': auc(g[c], neg[c]) for c in cols})
+        out[cls] = dict(
+            n=len(g),
+            flagged=int(g.flagged.sum()) if 'flagged' in g else None,
+            **{f'auc_{c.removeprefix("score_")}': auc(g[c], neg[c]) for c in cols},
+        )
     out['normal'] = dict(n=len(neg), flagged=int(neg.flagged.sum()) if 'flagged' in neg else None)
     return out
 
 # %% ../../nbs/09a_results.ipynb
-def _peers(E, cfg:EvalConfig, stars, spec, progress):
+def _peers(E, cfg: EvalConfig, stars, spec, progress):
     "PCA, the autoencoder and The Cannon on the same split and latent size: their rows of the results."
-    model, tr, va, te = E['model'], E['train'], E['val'], E['test']; st, D = E['star_truth'], model.cfg.latent_dim
+    model, tr, va, te = E['model'], E['train'], E['val'], E['test']
+    st, D = E['star_truth'], model.cfg.latent_dim
     m_tr, m_va, m_te = (star_matrix(x) for x in (tr, va, te))
     Y = lambda s: st.loc[s, LABELS].to_numpy(float)
     out, npar = dict(peer_reconstruction={}, peer_labels={}, peer_anomalies={}, peer_transfer=[], peer_fit_s={}), {}
     pca = WeightedPCA().fit(m_tr, D, n_iter=cfg.pca_iter, progress=progress)
-    ae = SpectrumAutoencoder(m_tr, model.cfg, enc_hidden=cfg.ae_hidden).fit(m_tr, steps=cfg.ae_steps, val=m_va, progress=progress)
+    ae = SpectrumAutoencoder(m_tr, model.cfg, enc_hidden=cfg.ae_hidden).fit(
+        m_tr, steps=cfg.ae_steps, val=m_va, progress=progress
+    )
     enc = dict(pca=lambda m: pca.coefficients(m)[0], autoencoder=ae.encode)
     ren = dict(pca=pca.render, autoencoder=ae.render)
     for name in ('pca', 'autoencoder'):
-        npar[name] = int(pca.n_params if name == 'pca' else ae.n_params); out['peer_fit_s'][name] = pca.fit_s if name == 'pca' else ae.fit_s
+        npar[name] = int(pca.n_params if name == 'pca' else ae.n_params)
+        out['peer_fit_s'][name] = pca.fit_s if name == 'pca' else ae.fit_s
         c = matrix_chi2(te, m_te.stars, ren[name](enc[name](m_te)), m_te.blocks)
-        spec[f'chi2_{name}'] = _by_spectrum(te, c).set_index(['survey', 'i'])['value'].reindex(pd.MultiIndex.from_frame(spec[['survey', 'i']])).to_numpy()
+        spec[f'chi2_{name}'] = (
+            _by_spectrum(te, c)
+            .set_index(['survey', 'i'])['value']
+            .reindex(pd.MultiIndex.from_frame(spec[['survey', 'i']]))
+            .to_numpy()
+        )
         out['peer_reconstruction'][name] = _survey_stats(spec, f'chi2_{name}')
-        r = _try(out, f'{name} labels', lambda: LabelRegressor().fit(enc[name](m_tr), Y(m_tr.stars), enc[name](m_va), Y(m_va.stars)))
-        if r: out['peer_labels'][name] = label_metrics(*r.predict(enc[name](m_te)), Y(m_te.stars))
-        per_star = spec.groupby('star')[f'chi2_{name}'].median()                 # anomaly score: the star's reconstruction chi2
+        r = _try(
+            out,
+            f'{name} labels',
+            lambda: LabelRegressor().fit(enc[name](m_tr), Y(m_tr.stars), enc[name](m_va), Y(m_va.stars)),
+        )
+        if r:
+            out['peer_labels'][name] = label_metrics(*r.predict(enc[name](m_te)), Y(m_te.stars))
+        per_star = spec.groupby('star')[f'chi2_{name}'].median()  # anomaly score: the star's reconstruction chi2
         stars[f'peer_{name}'] = per_star.reindex(stars.index).to_numpy()
-        out['peer_anomalies'][name] = {k: v.get(f'auc_peer_{name}') for k, v in _anomaly_table(stars, [f'peer_{name}']).items() if k != 'normal'}
+        out['peer_anomalies'][name] = {
+            k: v.get(f'auc_peer_{name}') for k, v in _anomaly_table(stars, [f'peer_{name}']).items() if k != 'normal'
+        }
         for a in m_te.surveys:
             Ra = ren[name](enc[name](m_te.only(a)))
             for b in m_te.surveys:
-                if a == b: continue
+                if a == b:
+                    continue
                 src = matrix_chi2(te, m_te.stars, Ra, m_te.blocks, [b])[b]
                 own = matrix_chi2(te, m_te.stars, ren[name](enc[name](m_te.only(b))), m_te.blocks, [b])[b]
                 has_a = np.isin(te.star[b], te.star[a]) & np.isfinite(src) & np.isfinite(own)
-                out['peer_transfer'].append(dict(method=name, source=a, target=b, n=int(has_a.sum()),
-                                                 ratio=float(np.median(src[has_a] / own[has_a])) if has_a.any() else np.nan))
+                out['peer_transfer'].append(
+                    dict(
+                        method=name,
+                        source=a,
+                        target=b,
+                        n=int(has_a.sum()),
+                        ratio=float(np.median(src[has_a] / own[has_a])) if has_a.any() else np.nan,
+                    )
+                )
     if cfg.cannon:
         t0, lab = time.perf_counter(), np.full((len(m_te), len(LABELS)), np.nan)
         out['peer_labels']['cannon_by_survey'] = {}
         for s in m_te.surveys:
-            try: ls, es = cannon_labels(m_tr, Y(m_tr.stars), m_te, s, names=LABELS)
-            except ValueError as err: out['peer_labels']['cannon_by_survey'][s] = str(err); continue
+            try:
+                ls, es = cannon_labels(m_tr, Y(m_tr.stars), m_te, s, names=LABELS)
+            except ValueError as err:
+                out['peer_labels']['cannon_by_survey'][s] = str(err)
+                continue
             out['peer_labels']['cannon_by_survey'][s] = label_metrics(ls, es, Y(m_te.stars))
-            lab = np.where(np.isnan(lab), ls, lab)                               # a star's first survey's labels
+            lab = np.where(np.isnan(lab), ls, lab)  # a star's first survey's labels
         out['peer_fit_s']['cannon'] = time.perf_counter() - t0
         npar['cannon'] = None
     out['n_params_peers'] = npar
     return out, stars
 
 # %% ../../nbs/09a_results.ipynb
-GOALS = dict(chi2=1.1, rv_rms_px=0.1, rv_flagged=0.01, teff=50., logg=0.1, fe_h=0.05, alpha_fe=0.03, auc=0.95, transfer=1.5, impute=1.5)
+GOALS = dict(
+    chi2=1.1,
+    rv_rms_px=0.1,
+    rv_flagged=0.01,
+    teff=50.0,
+    logg=0.1,
+    fe_h=0.05,
+    alpha_fe=0.03,
+    auc=0.95,
+    transfer=1.5,
+    impute=1.5,
+)
 
-def results_table(res:dict): # `evaluate` results
-    "One row per metric: section, metric, survey, the GON, PCA, autoencoder and other method's values, goal and whether it is met."
-    rows, R = [], res['reconstruction']; pr = res.get('peer_reconstruction', {})
-    row = lambda **k: rows.append(dict(dict(survey='all', gon=np.nan, pca=np.nan, autoencoder=np.nan, other=np.nan, goal='', met=''), **k))
+
+def results_table(res: dict):  # `evaluate` results
+    """One row per metric: section, metric, survey, the GON, PCA, autoencoder and other method's values, goal and
+    whether it is met."""
+    rows, R = [], res['reconstruction']
+    pr = res.get('peer_reconstruction', {})
+    row = lambda **k: rows.append(
+        dict(dict(survey='all', gon=np.nan, pca=np.nan, autoencoder=np.nan, other=np.nan, goal='', met=''), **k)
+    )
     for s in R['gon_map']:
         g = R['gon_map'][s]
-        row(section='reconstruction', metric='median reduced chi2 (MAP; one-step)', survey=s, gon=g, other=R['gon_one_step'][s],
-            pca=pr.get('pca', {}).get(s, np.nan), autoencoder=pr.get('autoencoder', {}).get(s, np.nan), goal=f"<= {GOALS['chi2']}", met=g <= GOALS['chi2'])
+        row(
+            section='reconstruction',
+            metric='median reduced chi2 (MAP; one-step)',
+            survey=s,
+            gon=g,
+            other=R['gon_one_step'][s],
+            pca=pr.get('pca', {}).get(s, np.nan),
+            autoencoder=pr.get('autoencoder', {}).get(s, np.nan),
+            goal=f"<= {GOALS['chi2']}",
+            met=g <= GOALS['chi2'],
+        )
     for s, v in res['rv'].items():
-        row(section='radial velocity', metric='rms (px) outside flagged; flagged fraction', survey=s, gon=v['rms_px'], other=v['flagged'],
-            goal=f"<= {GOALS['rv_rms_px']} px, <= {GOALS['rv_flagged']:.0%}", met=v['rms_px'] <= GOALS['rv_rms_px'] and v['flagged'] <= GOALS['rv_flagged'])
-        row(section='radial velocity', metric='catastrophic (> 1 px) rate; caught by the flag', survey=s, gon=v['catastrophic'], other=v['caught'])
-    pl = res.get('peer_labels', {}); cb = pl.get('cannon_by_survey', {})
+        row(
+            section='radial velocity',
+            metric='rms (px) outside flagged; flagged fraction',
+            survey=s,
+            gon=v['rms_px'],
+            other=v['flagged'],
+            goal=f"<= {GOALS['rv_rms_px']} px, <= {GOALS['rv_flagged']:.0%}",
+            met=v['rms_px'] <= GOALS['rv_rms_px'] and v['flagged'] <= GOALS['rv_flagged'],
+        )
+        row(
+            section='radial velocity',
+            metric='catastrophic (> 1 px) rate; caught by the flag',
+            survey=s,
+            gon=v['catastrophic'],
+            other=v['caught'],
+        )
+    pl = res.get('peer_labels', {})
+    cb = pl.get('cannon_by_survey', {})
     for l in LABELS:
         g = res['labels']['gon'][l]['rms']
         best_cannon = np.nanmin([v[l]['rms'] for v in cb.values() if isinstance(v, dict)] or [np.nan])
-        row(section='labels', metric=f'{l} rms ({LABEL_UNITS[l]}); other: The Cannon (best survey)', gon=g, pca=pl.get('pca', {}).get(l, {}).get('rms', np.nan),
-            autoencoder=pl.get('autoencoder', {}).get(l, {}).get('rms', np.nan), other=best_cannon, goal=f'<= {GOALS[l]}', met=g <= GOALS[l])
-        row(section='labels', metric=f'{l} coverage 68% / 95%', gon=res['labels']['gon'][l]['cov68'], other=res['labels']['gon'][l]['cov95'])
+        row(
+            section='labels',
+            metric=f'{l} rms ({LABEL_UNITS[l]}); other: The Cannon (best survey)',
+            gon=g,
+            pca=pl.get('pca', {}).get(l, {}).get('rms', np.nan),
+            autoencoder=pl.get('autoencoder', {}).get(l, {}).get('rms', np.nan),
+            other=best_cannon,
+            goal=f'<= {GOALS[l]}',
+            met=g <= GOALS[l],
+        )
+        row(
+            section='labels',
+            metric=f'{l} coverage 68% / 95%',
+            gon=res['labels']['gon'][l]['cov68'],
+            other=res['labels']['gon'][l]['cov95'],
+        )
     pa = res.get('peer_anomalies', {})
     for cls, v in res['anomalies'].items():
-        if cls == 'normal': continue
-        row(section='anomalies', metric=f'AUC {cls} (n={v["n"]}); other: flagged', gon=v['auc_combined'], pca=pa.get('pca', {}).get(cls, np.nan),
-            autoencoder=pa.get('autoencoder', {}).get(cls, np.nan), other=v['flagged'] / max(v['n'], 1), goal=f">= {GOALS['auc']}", met=v['auc_combined'] >= GOALS['auc'])
+        if cls == 'normal':
+            continue
+        row(
+            section='anomalies',
+            metric=f'AUC {cls} (n={v["n"]}); other: flagged',
+            gon=v['auc_combined'],
+            pca=pa.get('pca', {}).get(cls, np.nan),
+            autoencoder=pa.get('autoencoder', {}).get(cls, np.nan),
+            other=v['flagged'] / max(v['n'], 1),
+            goal=f">= {GOALS['auc']}",
+            met=v['auc_combined'] >= GOALS['auc'],
+        )
     pt = pd.DataFrame(res.get('peer_transfer', []))
     for t in res['transfer']:
-        peer = lambda m: float(pt[(pt.method == m) & (pt.source == t['source']) & (pt.target == t['target'])].ratio.iloc[0]) if len(pt) else np.nan
-        row(section='transfer', metric=f"chi2 ratio {t['source']} -> {t['target']} (n={t['n']})", survey=t['target'], gon=t['ratio'],
-            pca=peer('pca'), autoencoder=peer('autoencoder'), goal=f"<= {GOALS['transfer']}", met=t['ratio'] <= GOALS['transfer'])
+        peer = lambda m: (
+            float(pt[(pt.method == m) & (pt.source == t['source']) & (pt.target == t['target'])].ratio.iloc[0])
+            if len(pt)
+            else np.nan
+        )
+        row(
+            section='transfer',
+            metric=f"chi2 ratio {t['source']} -> {t['target']} (n={t['n']})",
+            survey=t['target'],
+            gon=t['ratio'],
+            pca=peer('pca'),
+            autoencoder=peer('autoencoder'),
+            goal=f"<= {GOALS['transfer']}",
+            met=t['ratio'] <= GOALS['transfer'],
+        )
     for kind, v in res['imputation'].items():
-        row(section='imputation', metric=f'{kind}: residual / noise (n={v["n_pixels"]} px); other: linear; pull spread {v["pull_spread"]:.2f}',
-            gon=v['gon'], other=v['linear'], goal=f"<= {GOALS['impute']}", met=v['gon'] <= GOALS['impute'])
+        row(
+            section='imputation',
+            metric=f'{kind}: residual / noise (n={v["n_pixels"]} px); other: linear; '
+            f'pull spread {v["pull_spread"]:.2f}',
+            gon=v['gon'],
+            other=v['linear'],
+            goal=f"<= {GOALS['impute']}",
+            met=v['gon'] <= GOALS['impute'],
+        )
     npar, fs = res.get('n_params', {}), res.get('peer_fit_s', {})
-    row(section='cost', metric='parameters (PCA: basis and mean)', gon=npar.get('gon'), pca=npar.get('pca', np.nan), autoencoder=npar.get('autoencoder', np.nan))
-    row(section='cost', metric='fit wall time (s; GON: training)', gon=res.get('timing', {}).get('gon_train', np.nan), pca=fs.get('pca', np.nan),
-        autoencoder=fs.get('autoencoder', np.nan), other=fs.get('cannon', np.nan))
+    row(
+        section='cost',
+        metric='parameters (PCA: basis and mean)',
+        gon=npar.get('gon'),
+        pca=npar.get('pca', np.nan),
+        autoencoder=npar.get('autoencoder', np.nan),
+    )
+    row(
+        section='cost',
+        metric='fit wall time (s; GON: training)',
+        gon=res.get('timing', {}).get('gon_train', np.nan),
+        pca=fs.get('pca', np.nan),
+        autoencoder=fs.get('autoencoder', np.nan),
+        other=fs.get('cannon', np.nan),
+    )
     return pd.DataFrame(rows)
 
 # %% ../../nbs/09a_results.ipynb
-def table_markdown(t:pd.DataFrame): # `results_table` output
+def table_markdown(t: pd.DataFrame):  # `results_table` output
     "The table as Markdown, numbers to 3 significant figures, goals marked met / not met."
+
     def fmt(v):
-        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)): return ''
-        if isinstance(v, (float, np.floating, int, np.integer)) and float(v).is_integer() and abs(v) >= 1000: return f'{float(v):,.0f}'
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            return ''
+        if isinstance(v, (float, np.floating, int, np.integer)) and float(v).is_integer() and abs(v) >= 1000:
+            return f'{float(v):,.0f}'
         return f'{v:.3g}' if isinstance(v, (float, np.floating)) else str(v)
+
     met = lambda v: 'met' if v is True or v is np.True_ else 'not met' if v is False or v is np.False_ else ''
-    lines = ['| section | metric | survey | GON | PCA | autoencoder | other | goal | |', '|---|---|---|---|---|---|---|---|---|']
-    lines += [f"| {r.section} | {r.metric} | {r.survey} | {fmt(r.gon)} | {fmt(r.pca)} | {fmt(r.autoencoder)} | {fmt(r.other)} | {r.goal} | {met(r.met)} |"
-              for r in t.itertuples()]
+    lines = [
+        '| section | metric | survey | GON | PCA | autoencoder | other | goal | |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    lines += [
+        f"| {r.section} | {r.metric} | {r.survey} | {fmt(r.gon)} | {fmt(r.pca)} | {fmt(r.autoencoder)} | "
+        f"{fmt(r.other)} | {r.goal} | {met(r.met)} |"
+        for r in t.itertuples()
+    ]
     return '\n'.join(lines)
 
 # %% ../../nbs/09a_results.ipynb
-def plot_reconstruction(model:GON, sample:PackedSample, stars, z, spec:pd.DataFrame, path=None): # test sample; one-step latents per star
-    "Observed spectrum, model and residual/sigma for the median-chi2 test spectrum of each survey, with a zoom on its deepest line."
+def plot_reconstruction(
+    model: GON, sample: PackedSample, stars, z, spec: pd.DataFrame, path=None
+):  # test sample; one-step latents per star
+    """Observed spectrum, model and residual/sigma for the median-chi2 test spectrum of each survey, with a zoom on
+    its deepest line."""
     import matplotlib.pyplot as plt
+
     surveys = [s for s in sample.surveys if (spec.survey == s).any()]
-    fig, axes = plt.subplots(2, 2 * len(surveys), figsize=(5.5 * len(surveys), 4.6), gridspec_kw=dict(height_ratios=[3, 1], width_ratios=[3, 1] * len(surveys)), squeeze=False)
+    fig, axes = plt.subplots(
+        2,
+        2 * len(surveys),
+        figsize=(5.5 * len(surveys), 4.6),
+        gridspec_kw=dict(height_ratios=[3, 1], width_ratios=[3, 1] * len(surveys)),
+        squeeze=False,
+    )
     for k, s in enumerate(surveys):
-        g = spec[spec.survey == s].dropna(subset=['chi2_map']); r = g.iloc[(g.chi2_one_step - g.chi2_one_step.median()).abs().argmin()]
-        i, j = int(r.i), int(np.flatnonzero(stars == r.star)[0]); w = sample.grid.wave[sample.pix[s]]
+        g = spec[spec.survey == s].dropna(subset=['chi2_map'])
+        r = g.iloc[(g.chi2_one_step - g.chi2_one_step.median()).abs().argmin()]
+        i, j = int(r.i), int(np.flatnonzero(stars == r.star)[0])
+        w = sample.grid.wave[sample.pix[s]]
         x = model.coord(torch.as_tensor(sample.grid.ln_wave[sample.pix[s]])[None])
-        with torch.no_grad(): m = model.render(torch.as_tensor(z[j:j + 1]), x, torch.tensor([SURVEYS.index(s)]))[0].numpy()
-        f, iv = sample.flux[s][i], sample.wivar[s][i]; u = iv > 0
-        deep = np.flatnonzero(u)[np.argmin(m[u])]; zoom = np.abs(w - w[deep]) < 3
+        with torch.no_grad():
+            m = model.render(torch.as_tensor(z[j : j + 1]), x, torch.tensor([SURVEYS.index(s)]))[0].numpy()
+        f, iv = sample.flux[s][i], sample.wivar[s][i]
+        u = iv > 0
+        deep = np.flatnonzero(u)[np.argmin(m[u])]
+        zoom = np.abs(w - w[deep]) < 3
         for c, sel in ((2 * k, u), (2 * k + 1, u & zoom)):
             ax, axr = axes[0, c], axes[1, c]
-            ax.plot(w[sel], f[sel], ',' if c % 2 == 0 else '.', ms=2, color='k', label='observed'); ax.plot(w[sel], m[sel], '-', lw=0.6, color='C3', label='GON (one step)')
-            axr.plot(w[sel], (f - m)[sel] * np.sqrt(iv[sel]), ',' if c % 2 == 0 else '.', ms=2, color='C0'); axr.axhline(0, color='grey', lw=0.5)
-            axr.set_ylim(-6, 6); axr.set_xlabel('λ (Å)')
-            if c % 2: ax.xaxis.set_major_locator(plt.MaxNLocator(3)); axr.xaxis.set_major_locator(plt.MaxNLocator(3))
-        axes[0, 2 * k].set_title(f'{s}: star {int(r.star)}, S/N {r.snr:.0f}, χ² one-step {r.chi2_one_step:.2f}, MAP {r.chi2_map:.2f}', fontsize=8)
-        axes[0, 2 * k + 1].set_title(f'{w[deep]:.1f} Å', fontsize=8); axes[1, 2 * k].set_ylabel('residual / σ')
-    axes[0, 0].legend(fontsize=7); axes[0, 0].set_ylabel('normalised flux'); fig.tight_layout()
+            ax.plot(w[sel], f[sel], ',' if c % 2 == 0 else '.', ms=2, color='k', label='observed')
+            ax.plot(w[sel], m[sel], '-', lw=0.6, color='C3', label='GON (one step)')
+            axr.plot(w[sel], (f - m)[sel] * np.sqrt(iv[sel]), ',' if c % 2 == 0 else '.', ms=2, color='C0')
+            axr.axhline(0, color='grey', lw=0.5)
+            axr.set_ylim(-6, 6)
+            axr.set_xlabel('λ (Å)')
+            if c % 2:
+                ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+                axr.xaxis.set_major_locator(plt.MaxNLocator(3))
+        axes[0, 2 * k].set_title(
+            f'{s}: star {int(r.star)}, S/N {r.snr:.0f}, χ² one-step {r.chi2_one_step:.2f}, MAP {r.chi2_map:.2f}',
+            fontsize=8,
+        )
+        axes[0, 2 * k + 1].set_title(f'{w[deep]:.1f} Å', fontsize=8)
+        axes[1, 2 * k].set_ylabel('residual / σ')
+    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].set_ylabel('normalised flux')
+    fig.tight_layout()
     return _save(fig, path)
+
 
 def _save(fig, path):
     if path is not None:
         from stellar_spectra.atomic import atomic_path
-        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=110, format='png')
+
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format='png')
     return fig
 
 # %% ../../nbs/09a_results.ipynb
-def plot_chi2(spec:pd.DataFrame, path=None): # per-spectrum table with chi2_* columns
+def plot_chi2(spec: pd.DataFrame, path=None):  # per-spectrum table with chi2_* columns
     "The distribution of the per-spectrum reduced chi2 of each method, one panel per survey."
     import matplotlib.pyplot as plt
+
     cols = [c for c in ('chi2_map', 'chi2_one_step', 'chi2_pca', 'chi2_autoencoder') if c in spec]
-    surveys = sorted(spec.survey.unique()); fig, axes = plt.subplots(1, len(surveys), figsize=(4 * len(surveys), 3), squeeze=False)
-    v = np.log10(spec[cols].to_numpy(float)); bins = np.linspace(np.nanmin(v) - 0.1, np.nanmax(v) + 0.1, 30)
+    surveys = sorted(spec.survey.unique())
+    fig, axes = plt.subplots(1, len(surveys), figsize=(4 * len(surveys), 3), squeeze=False)
+    v = np.log10(spec[cols].to_numpy(float))
+    bins = np.linspace(np.nanmin(v) - 0.1, np.nanmax(v) + 0.1, 30)
     for ax, s in zip(axes[0], surveys):
-        for c in cols: ax.hist(np.log10(spec.loc[spec.survey == s, c].dropna()), bins, histtype='step', label=c.removeprefix('chi2_').replace('_', ' '))
-        ax.axvline(0, color='k', lw=0.5); ax.set_xlabel('log10 reduced χ²'); ax.set_title(s, fontsize=9)
-    axes[0, 0].set_ylabel('test spectra'); axes[0, 0].legend(fontsize=7); fig.tight_layout()
+        for c in cols:
+            ax.hist(
+                np.log10(spec.loc[spec.survey == s, c].dropna()),
+                bins,
+                histtype='step',
+                label=c.removeprefix('chi2_').replace('_', ' '),
+            )
+        ax.axvline(0, color='k', lw=0.5)
+        ax.set_xlabel('log10 reduced χ²')
+        ax.set_title(s, fontsize=9)
+    axes[0, 0].set_ylabel('test spectra')
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 # %% ../../nbs/09a_results.ipynb
-def plot_labels(stars:pd.DataFrame, sigma:dict, path=None): # per-star table with truth and *_gon columns; label sigmas
+def plot_labels(
+    stars: pd.DataFrame, sigma: dict, path=None
+):  # per-star table with truth and *_gon columns; label sigmas
     "Predicted against true labels (top) and the residuals (bottom) of the test stars; injected anomalies in red."
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, len(LABELS), figsize=(3.2 * len(LABELS), 5), gridspec_kw=dict(height_ratios=[2, 1]))
     an = stars.anomaly != ''
     for k, l in enumerate(LABELS):
         t, p = stars[l], stars[f'{l}_gon']
         for sel, c, lab in ((~an, 'C0', 'normal'), (an, 'C3', 'injected anomaly')):
-            axes[0, k].plot(t[sel], p[sel], '.', ms=3, color=c, label=lab); axes[1, k].plot(t[sel], (p - t)[sel], '.', ms=3, color=c)
-        lo, hi = np.nanmin(t), np.nanmax(t); axes[0, k].plot([lo, hi], [lo, hi], 'k-', lw=0.5)
-        axes[1, k].axhspan(-sigma[l], sigma[l], color='grey', alpha=0.2); axes[1, k].axhline(0, color='k', lw=0.5)
-        axes[0, k].set_title(f'{l} ({LABEL_UNITS[l]}): rms {np.sqrt(np.nanmean((p - t) ** 2)):.3g}', fontsize=8); axes[1, k].set_xlabel('truth')
-    axes[0, 0].set_ylabel('from the latent'); axes[1, 0].set_ylabel('residual'); axes[0, 0].legend(fontsize=7); fig.tight_layout()
+            axes[0, k].plot(t[sel], p[sel], '.', ms=3, color=c, label=lab)
+            axes[1, k].plot(t[sel], (p - t)[sel], '.', ms=3, color=c)
+        lo, hi = np.nanmin(t), np.nanmax(t)
+        axes[0, k].plot([lo, hi], [lo, hi], 'k-', lw=0.5)
+        axes[1, k].axhspan(-sigma[l], sigma[l], color='grey', alpha=0.2)
+        axes[1, k].axhline(0, color='k', lw=0.5)
+        axes[0, k].set_title(f'{l} ({LABEL_UNITS[l]}): rms {np.sqrt(np.nanmean((p - t) ** 2)):.3g}', fontsize=8)
+        axes[1, k].set_xlabel('truth')
+    axes[0, 0].set_ylabel('from the latent')
+    axes[1, 0].set_ylabel('residual')
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 # %% ../../nbs/09a_results.ipynb
-def plot_rv_anomalies(spec:pd.DataFrame, stars:pd.DataFrame, kms_px:float, cut:float, path=None): # per-spectrum and per-star tables
-    "Velocity error against S/N with the flagged marked, the pull histogram, the ROC per class and the confusion of flagged against injected."
+def plot_rv_anomalies(
+    spec: pd.DataFrame, stars: pd.DataFrame, kms_px: float, cut: float, path=None
+):  # per-spectrum and per-star tables
+    """Velocity error against S/N with the flagged marked, the pull histogram, the ROC per class and the confusion
+    of flagged against injected."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
     for s, g in spec.groupby('survey'):
         ax[0].plot(g.snr, g.rv_error / kms_px, '.', ms=3, label=s)
-    f = spec[spec.flagged]; ax[0].plot(f.snr, f.rv_error / kms_px, 'kx', ms=5, label='flagged')
-    ax[0].set_yscale('symlog', linthresh=0.1); ax[0].axhspan(-1, 1, color='grey', alpha=0.15)
-    ax[0].set_xlabel('S/N'); ax[0].set_ylabel('velocity error (px)'); ax[0].legend(fontsize=7)
+    f = spec[spec.flagged]
+    ax[0].plot(f.snr, f.rv_error / kms_px, 'kx', ms=5, label='flagged')
+    ax[0].set_yscale('symlog', linthresh=0.1)
+    ax[0].axhspan(-1, 1, color='grey', alpha=0.15)
+    ax[0].set_xlabel('S/N')
+    ax[0].set_ylabel('velocity error (px)')
+    ax[0].legend(fontsize=7)
     p = ((spec.rv_error / spec.rv_err)[~spec.flagged]).clip(-8, 8)
-    ax[1].hist(p, 40, density=True, color='C0', alpha=0.7); xx = np.linspace(-8, 8, 200); ax[1].plot(xx, np.exp(-xx ** 2 / 2) / np.sqrt(2 * np.pi), 'k-', lw=0.8)
+    ax[1].hist(p, 40, density=True, color='C0', alpha=0.7)
+    xx = np.linspace(-8, 8, 200)
+    ax[1].plot(xx, np.exp(-(xx**2) / 2) / np.sqrt(2 * np.pi), 'k-', lw=0.8)
     ax[1].set_xlabel('pull (unflagged)')
-    if 'score_combined' not in stars:                                  # the anomaly section was skipped (too few stars)
-        for a in ax[2:]: a.text(0.5, 0.5, 'no anomaly scores', ha='center', transform=a.transAxes)
-        fig.tight_layout(); return _save(fig, path)
+    if 'score_combined' not in stars:  # the anomaly section was skipped (too few stars)
+        for a in ax[2:]:
+            a.text(0.5, 0.5, 'no anomaly scores', ha='center', transform=a.transAxes)
+        fig.tight_layout()
+        return _save(fig, path)
     neg = stars[stars.anomaly == ''].score_combined
     for cls, g in stars[stars.anomaly != ''].groupby('anomaly'):
         th = np.sort(np.r_[g.score_combined, neg])[::-1]
-        ax[2].plot([(neg >= t).mean() for t in th], [(g.score_combined >= t).mean() for t in th], '-', label=f'{cls} ({auc(g.score_combined, neg):.2f})')
-    ax[2].plot([0, 1], [0, 1], 'k:', lw=0.5); ax[2].set_xlabel('false-positive rate'); ax[2].set_ylabel('true-positive rate'); ax[2].legend(fontsize=6)
+        ax[2].plot(
+            [(neg >= t).mean() for t in th],
+            [(g.score_combined >= t).mean() for t in th],
+            '-',
+            label=f'{cls} ({auc(g.score_combined, neg):.2f})',
+        )
+    ax[2].plot([0, 1], [0, 1], 'k:', lw=0.5)
+    ax[2].set_xlabel('false-positive rate')
+    ax[2].set_ylabel('true-positive rate')
+    ax[2].legend(fontsize=6)
     classes = ['normal'] + sorted(set(stars.anomaly) - {''})
-    M = np.array([[((stars.anomaly == (c if c != 'normal' else '')) & (stars.flagged == fl)).sum() for fl in (False, True)] for c in classes])
+    M = np.array(
+        [
+            [((stars.anomaly == (c if c != 'normal' else '')) & (stars.flagged == fl)).sum() for fl in (False, True)]
+            for c in classes
+        ]
+    )
     ax[3].imshow(M / np.maximum(M.sum(1, keepdims=True), 1), cmap='Blues', vmin=0, vmax=1, aspect='auto')
     for a in range(M.shape[0]):
-        for b in range(2): ax[3].text(b, a, M[a, b], ha='center', va='center', fontsize=8)
-    ax[3].set_xticks([0, 1], ['not flagged', 'flagged']); ax[3].set_yticks(range(len(classes)), classes, fontsize=7); ax[3].set_title(f'cut {cut:.2f}', fontsize=8)
+        for b in range(2):
+            ax[3].text(b, a, M[a, b], ha='center', va='center', fontsize=8)
+    ax[3].set_xticks([0, 1], ['not flagged', 'flagged'])
+    ax[3].set_yticks(range(len(classes)), classes, fontsize=7)
+    ax[3].set_title(f'cut {cut:.2f}', fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
 # %% ../../nbs/09a_results.ipynb
 def _jsonable(o):
-    if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating, float)): return None if not np.isfinite(o) else float(o)
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, np.bool_): return bool(o)
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     return o
 
-def run_evaluation(store:str='data/store/regridded.h5', # the regridded store (`store` stage)
-                   model:str='data/model', # the `train` stage's folder
-                   truth:str='data/mock_sky', # the mock sky (truth/ beneath)
-                   outdir:str='data/results', # where the results go
-                   params:str|None=None, # a params.yaml whose `evaluate:` section sets the options
-                   progress:bool=True): # show progress bars
+
+def run_evaluation(
+    store: str = 'data/store/regridded.h5',  # the regridded store (`store` stage)
+    model: str = 'data/model',  # the `train` stage's folder
+    truth: str = 'data/mock_sky',  # the mock sky (truth/ beneath)
+    outdir: str = 'data/results',  # where the results go
+    params: str | None = None,  # a params.yaml whose `evaluate:` section sets the options
+    progress: bool = True,  # show progress bars
+):
     "The `evaluate` stage: every section on the test split, the table, the figures; returns the table's rows."
     opts = {}
     if params is not None:
         import yaml
+
         opts = (yaml.safe_load(Path(params).read_text()) or {}).get('evaluate') or {}
     unknown = sorted(set(opts) - {f.name for f in fields(EvalConfig)})
-    if unknown: raise ValueError(f"{params}: unknown evaluate options {unknown} (known: {[f.name for f in fields(EvalConfig)]})")
+    if unknown:
+        raise ValueError(
+            f"{params}: unknown evaluate options {unknown} (known: {[f.name for f in fields(EvalConfig)]})"
+        )
     cfg, t0 = EvalConfig(**opts), time.perf_counter()
     E = load_evaluation(store, model, truth, progress)
     res, spec, stars, fig = evaluate(E, cfg, progress)
-    table = results_table(res); out = Path(outdir); (out / 'figures').mkdir(parents=True, exist_ok=True)
-    import matplotlib; import matplotlib.pyplot as plt
-    for name, f in (('reconstruction', lambda p: plot_reconstruction(E['model'], fig['test'], fig['s_te'], fig['z_te'], spec, p)),
-                    ('chi2', lambda p: plot_chi2(spec, p)),
-                    ('labels', lambda p: plot_labels(stars, res['label_sigma'], p)),
-                    ('rv_anomalies', lambda p: plot_rv_anomalies(spec, stars, res['kms_per_px'], res['anomaly_cut'], p))):
+    table = results_table(res)
+    out = Path(outdir)
+    (out / 'figures').mkdir(parents=True, exist_ok=True)
+    import matplotlib.pyplot as plt
+
+    for name, f in (
+        ('reconstruction', lambda p: plot_reconstruction(E['model'], fig['test'], fig['s_te'], fig['z_te'], spec, p)),
+        ('chi2', lambda p: plot_chi2(spec, p)),
+        ('labels', lambda p: plot_labels(stars, res['label_sigma'], p)),
+        ('rv_anomalies', lambda p: plot_rv_anomalies(spec, stars, res['kms_per_px'], res['anomaly_cut'], p)),
+    ):
         fg = _try(res, f'figure {name}', lambda: f(out / 'figures' / f'{name}.png'))
-        if fg is not None: plt.close(fg)
+        if fg is not None:
+            plt.close(fg)
     res['config'], res['wall_s'] = asdict(cfg), time.perf_counter() - t0
     atomic_write(out / 'results.json', json.dumps(_jsonable(res), indent=1))
-    atomic_write(out / 'results.csv', table.to_csv(index=False)); atomic_write(out / 'table.md', table_markdown(table) + '\n')
-    atomic_write(out / 'spectra.csv', spec.to_csv(index=False)); atomic_write(out / 'stars.csv', stars.to_csv())
+    atomic_write(out / 'results.csv', table.to_csv(index=False))
+    atomic_write(out / 'table.md', table_markdown(table) + '\n')
+    atomic_write(out / 'spectra.csv', spec.to_csv(index=False))
+    atomic_write(out / 'stars.csv', stars.to_csv())
     return table

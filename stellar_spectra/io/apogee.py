@@ -15,76 +15,148 @@ __all__ = ['APOGEE_FLAG_MAP', 'apogee_flags', 'apstar_spectra', 'read_apstar', '
            'read_apvisit']
 
 # %% ../../nbs/00f_apogee.ipynb
-APOGEE_FLAG_MAP = {'BADPIX': PixelFlag.BAD_PIXEL, 'CRPIX': PixelFlag.COSMIC_RAY, 'SATPIX': PixelFlag.SATURATED,
-                   'UNFIXABLE': PixelFlag.BAD_PIXEL, 'BADDARK': PixelFlag.BAD_PIXEL, 'BADFLAT': PixelFlag.BAD_PIXEL,
-                   'BADERR': PixelFlag.BAD_ERROR, 'NOSKY': PixelFlag.BAD_PIXEL, 'LITTROW_GHOST': PixelFlag.SUSPECT,
-                   'PERSIST_HIGH': PixelFlag.PERSISTENCE, 'PERSIST_MED': PixelFlag.PERSISTENCE, 'PERSIST_LOW': PixelFlag.PERSISTENCE,
-                   'SIG_SKYLINE': PixelFlag.SKY_LINE, 'SIG_TELLURIC': PixelFlag.TELLURIC, 'NOT_ENOUGH_PSF': PixelFlag.BAD_PIXEL}
-_APOGEE_GROUPS = [(int(f), sum(1 << APOGEE_PIXMASK[n] for n, g in APOGEE_FLAG_MAP.items() if g == f)) for f in set(APOGEE_FLAG_MAP.values())]
+APOGEE_FLAG_MAP = {
+    'BADPIX': PixelFlag.BAD_PIXEL,
+    'CRPIX': PixelFlag.COSMIC_RAY,
+    'SATPIX': PixelFlag.SATURATED,
+    'UNFIXABLE': PixelFlag.BAD_PIXEL,
+    'BADDARK': PixelFlag.BAD_PIXEL,
+    'BADFLAT': PixelFlag.BAD_PIXEL,
+    'BADERR': PixelFlag.BAD_ERROR,
+    'NOSKY': PixelFlag.BAD_PIXEL,
+    'LITTROW_GHOST': PixelFlag.SUSPECT,
+    'PERSIST_HIGH': PixelFlag.PERSISTENCE,
+    'PERSIST_MED': PixelFlag.PERSISTENCE,
+    'PERSIST_LOW': PixelFlag.PERSISTENCE,
+    'SIG_SKYLINE': PixelFlag.SKY_LINE,
+    'SIG_TELLURIC': PixelFlag.TELLURIC,
+    'NOT_ENOUGH_PSF': PixelFlag.BAD_PIXEL,
+}
+_APOGEE_GROUPS = [
+    (int(f), sum(1 << APOGEE_PIXMASK[n] for n, g in APOGEE_FLAG_MAP.items() if g == f))
+    for f in set(APOGEE_FLAG_MAP.values())
+]
 
-def apogee_flags(pixmask, # APOGEE_PIXMASK values (any shape)
-                 err=None): # flux errors: >= 1e9 (the pipeline's 1e10 for bad pixels) also flags BAD_PIXEL
+
+def apogee_flags(
+    pixmask,  # APOGEE_PIXMASK values (any shape)
+    err=None,  # flux errors: >= 1e9 (the pipeline's 1e10 for bad pixels) also flags BAD_PIXEL
+):
     "Common `PixelFlag` bits of APOGEE pixel-mask values."
-    m = np.asarray(pixmask).astype(np.int64); out = np.zeros(m.shape, np.int32)
-    for flag, bits in _APOGEE_GROUPS: out[(m & bits) != 0] |= flag
-    if err is not None: out[np.asarray(err) >= 1e9] |= PixelFlag.BAD_PIXEL
+    m = np.asarray(pixmask).astype(np.int64)
+    out = np.zeros(m.shape, np.int32)
+    for flag, bits in _APOGEE_GROUPS:
+        out[(m & bits) != 0] |= flag
+    if err is not None:
+        out[np.asarray(err) >= 1e9] |= PixelFlag.BAD_PIXEL
     return out
 
 # %% ../../nbs/00f_apogee.ipynb
 def _apstar_grid_flags(n):
     "Flags of the apStar grid: DETECTOR_GAP between the chips, NO_DATA beyond them (only for the standard grid)."
     out = np.zeros(n, np.int32)
-    if n != APOGEE_NWAVE: return out
+    if n != APOGEE_NWAVE:
+        return out
     (a0, b0), (a1, b1), (a2, b2) = sorted(APOGEE_CHIPS.values())
-    out[:a0] = out[b2:] = PixelFlag.NO_DATA; out[b0:a1] = out[b1:a2] = PixelFlag.DETECTOR_GAP
+    out[:a0] = out[b2:] = PixelFlag.NO_DATA
+    out[b0:a1] = out[b1:a2] = PixelFlag.DETECTOR_GAP
     return out
+
 
 def _apogee_unit(bunit):
     "astropy unit string of an APOGEE BUNIT."
     return '1e-17 erg / (Angstrom cm2 s)' if '10^-17' in str(bunit) else str(bunit or '')
 
+
 def _telescope(path, h):
     "APOGEE telescope: TELESCOP if present (apVisit), else the archive folder, else the file prefix."
-    if h.get('TELESCOP'): return str(h['TELESCOP'])
+    if h.get('TELESCOP'):
+        return str(h['TELESCOP'])
     parts = Path(path).parts
     tel = next((t for t in parts[::-1] if t in ('apo25m', 'lco25m', 'apo1m')), None)
     return tel or ('lco25m' if Path(path).name.startswith('as') else 'apo25m')
 
 # %% ../../nbs/00f_apogee.ipynb
-_APSTAR_META = ('FIELD', 'NVISITS', 'STARFLAG', 'ANDFLAG', 'VHELIO', 'VSCATTER', 'VERR', 'RV_TEFF', 'RV_LOGG', 'RV_FEH', 'J', 'H', 'K', 'GLON', 'GLAT')
+_APSTAR_META = (
+    'FIELD',
+    'NVISITS',
+    'STARFLAG',
+    'ANDFLAG',
+    'VHELIO',
+    'VSCATTER',
+    'VERR',
+    'RV_TEFF',
+    'RV_LOGG',
+    'RV_FEH',
+    'J',
+    'H',
+    'K',
+    'GLON',
+    'GLAT',
+)
 _APSTAR_VISIT_META = ('SFILE', 'DATE', 'JD', 'FIBER', 'BC', 'VRAD', 'VERR', 'VHELIO', 'SNRVIS', 'FLAG')
+
 
 def apstar_spectra(hdul, path, rows):
     "Spectra of rows `rows` of an open apStar/asStar."
-    expect_product(hdul, path, 'apogee', 'apStar'); h = hdul.header(0)
-    flux = hdul.image(1, 'flux'); nrow = flux.shape[0] if flux.ndim == 2 else 0
-    nvis = int(h['NVISITS']); want = nvis + 2 if nvis > 1 else 2
-    if flux.ndim != 2 or nrow != want: raise SpectrumReadError(path, f'flux HDU has shape {flux.shape}, expected ({want}, NWAVE) for NVISITS={nvis}')
+    expect_product(hdul, path, 'apogee', 'apStar')
+    h = hdul.header(0)
+    flux = hdul.image(1, 'flux')
+    nrow = flux.shape[0] if flux.ndim == 2 else 0
+    nvis = int(h['NVISITS'])
+    want = nvis + 2 if nvis > 1 else 2
+    if flux.ndim != 2 or nrow != want:
+        raise SpectrumReadError(path, f'flux HDU has shape {flux.shape}, expected ({want}, NWAVE) for NVISITS={nvis}')
     err, pm = hdul.image(2, 'flux error', flux.shape), hdul.image(3, 'pixel mask', flux.shape)
     wave = log_linear_wavelength(h['CRVAL1'], h['CDELT1'], flux.shape[1], h.get('CRPIX1', 1))
     grid, meta0 = _apstar_grid_flags(flux.shape[1]), {k: h[k] for k in _APSTAR_META if k in h}
     meta0['telescope'] = _telescope(path, h)
     out = []
     for r in rows:
-        if not 0 <= r < nrow: raise SpectrumReadError(path, f'row {r} does not exist (rows 0..{nrow - 1})')
-        if r == 1 and nvis == 1: raise SpectrumReadError(path, 'row 1 (global weighting) is empty for a one-visit apStar; row 0 holds the visit')
+        if not 0 <= r < nrow:
+            raise SpectrumReadError(path, f'row {r} does not exist (rows 0..{nrow - 1})')
+        if r == 1 and nvis == 1:
+            raise SpectrumReadError(
+                path, 'row 1 (global weighting) is empty for a one-visit apStar; row 0 holds the visit'
+            )
         v = r - 1 if r >= 2 else (1 if nvis == 1 else 0)  # 1-based visit number, 0 for a combination of visits
         vis = {k: h.get(f'{k}{v}') for k in _APSTAR_VISIT_META} if v else {}
         meta = {**meta0, 'row': r, 'visit': v, **({'combination': ('pixel', 'global')[r]} if not v else {}), **vis}
-        out.append(Spectrum.from_sigma(wave, flux[r], err[r], flags=apogee_flags(pm[r], err[r]) | grid, survey_flags=pm[r],
-                   frame='rest', R=APOGEE_R, survey='apogee', product='apStar', star_id=str(h.get('OBJID', '')).strip(),
-                   visit_id=str(vis.get('SFILE') or ''), ra=float(h.get('RA', np.nan)), dec=float(h.get('DEC', np.nan)),
-                   snr=float(vis['SNRVIS'] if v else h.get('SNR', np.nan)), rv=float(vis['VHELIO'] if v else h.get('VHELIO', np.nan)),
-                   bc=float(vis['BC']) if v else np.nan, flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')), meta=meta))
+        out.append(
+            Spectrum.from_sigma(
+                wave,
+                flux[r],
+                err[r],
+                flags=apogee_flags(pm[r], err[r]) | grid,
+                survey_flags=pm[r],
+                frame='rest',
+                R=APOGEE_R,
+                survey='apogee',
+                product='apStar',
+                star_id=str(h.get('OBJID', '')).strip(),
+                visit_id=str(vis.get('SFILE') or ''),
+                ra=float(h.get('RA', np.nan)),
+                dec=float(h.get('DEC', np.nan)),
+                snr=float(vis['SNRVIS'] if v else h.get('SNR', np.nan)),
+                rv=float(vis['VHELIO'] if v else h.get('VHELIO', np.nan)),
+                bc=float(vis['BC']) if v else np.nan,
+                flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')),
+                meta=meta,
+            )
+        )
     return out
 
 # %% ../../nbs/00f_apogee.ipynb
-def read_apstar(path, # apStar/asStar file
-                row:int=0): # 0 pixel-weighted combination, 1 global weighting, 2.. visits (one visit: row 0)
+def read_apstar(
+    path,  # apStar/asStar file
+    row: int = 0,  # 0 pixel-weighted combination, 1 global weighting, 2.. visits (one visit: row 0)
+):
     "One row of an APOGEE DR17 apStar/asStar as a rest-frame `Spectrum`."
-    with open_fits(path) as h: return apstar_spectra(h, path, [row])[0]
+    with open_fits(path) as h:
+        return apstar_spectra(h, path, [row])[0]
 
-def read_apstar_visits(path): # apStar/asStar file
+
+def read_apstar_visits(path):  # apStar/asStar file
     "Every visit of an apStar/asStar (rows 2.., or row 0 when there is one visit), as rest-frame `Spectrum`s."
     with open_fits(path) as h:
         n = int(h.header(0)['NVISITS'])
@@ -93,21 +165,49 @@ def read_apstar_visits(path): # apStar/asStar file
 # %% ../../nbs/00f_apogee.ipynb
 def apvisit_spectrum(hdul, path):
     "Spectrum of an open apVisit/asVisit."
-    expect_product(hdul, path, 'apogee', 'apVisit'); h = hdul.header(0)
+    expect_product(hdul, path, 'apogee', 'apVisit')
+    h = hdul.header(0)
     flux = hdul.image(1, 'flux')
-    if flux.ndim != 2: raise SpectrumReadError(path, f'flux HDU has shape {flux.shape}, expected (3, 4096)')
-    err, pm, w = (hdul.image(i, what, flux.shape) for i, what in [(2, 'flux error'), (3, 'pixel mask'), (4, 'wavelength')])
-    t = hdul.table_row(11, 'visit table with VHELIO'); cols = set(t)
+    if flux.ndim != 2:
+        raise SpectrumReadError(path, f'flux HDU has shape {flux.shape}, expected (3, 4096)')
+    err, pm, w = (
+        hdul.image(i, what, flux.shape) for i, what in [(2, 'flux error'), (3, 'pixel mask'), (4, 'wavelength')]
+    )
+    t = hdul.table_row(11, 'visit table with VHELIO')
+    cols = set(t)
     val = lambda c: float(t[c]) if c in cols else np.nan
-    o = np.argsort(w.ravel(), kind='stable'); pm = pm.ravel()[o]; e = err.ravel()[o]
-    meta = {'telescope': _telescope(path, h), **{k: h[k] for k in ('PLATE', 'MJD5', 'FIBERID', 'DATE-OBS', 'EXPTIME', 'JD-MID') if k in h},
-            **{k: val(k) for k in ('VREL', 'VRELERR', 'STARFLAG') if k in cols}}
+    o = np.argsort(w.ravel(), kind='stable')
+    pm = pm.ravel()[o]
+    e = err.ravel()[o]
+    meta = {
+        'telescope': _telescope(path, h),
+        **{k: h[k] for k in ('PLATE', 'MJD5', 'FIBERID', 'DATE-OBS', 'EXPTIME', 'JD-MID') if k in h},
+        **{k: val(k) for k in ('VREL', 'VRELERR', 'STARFLAG') if k in cols},
+    }
     vid = f"{str(h.get('PLATE', '')).strip()}-{h.get('MJD5', '')}-{int(h.get('FIBERID', 0)):03d}"
-    return Spectrum.from_sigma(w.ravel()[o], flux.ravel()[o], e, flags=apogee_flags(pm, e), survey_flags=pm, frame='observed',
-                               R=APOGEE_R, survey='apogee', product='apVisit', star_id=str(h.get('OBJID', '')).strip(), visit_id=vid,
-                               ra=float(h.get('RA', np.nan)), dec=float(h.get('DEC', np.nan)), snr=float(h.get('SNR', val('SNR'))),
-                               rv=val('VHELIO'), bc=val('BC'), flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')), meta=meta)
+    return Spectrum.from_sigma(
+        w.ravel()[o],
+        flux.ravel()[o],
+        e,
+        flags=apogee_flags(pm, e),
+        survey_flags=pm,
+        frame='observed',
+        R=APOGEE_R,
+        survey='apogee',
+        product='apVisit',
+        star_id=str(h.get('OBJID', '')).strip(),
+        visit_id=vid,
+        ra=float(h.get('RA', np.nan)),
+        dec=float(h.get('DEC', np.nan)),
+        snr=float(h.get('SNR', val('SNR'))),
+        rv=val('VHELIO'),
+        bc=val('BC'),
+        flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')),
+        meta=meta,
+    )
 
-def read_apvisit(path): # apVisit/asVisit file
+
+def read_apvisit(path):  # apVisit/asVisit file
     "An APOGEE DR17 apVisit/asVisit: three chips flattened and sorted, observed frame, VHELIO and BC from HDU 11."
-    with open_fits(path) as h: return apvisit_spectrum(h, path)
+    with open_fits(path) as h:
+        return apvisit_spectrum(h, path)

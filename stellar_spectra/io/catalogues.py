@@ -16,25 +16,74 @@ __all__ = ['CATALOGUES', 'Catalogue', 'read_catalogue']
 
 # %% ../../nbs/02a_catalogues.ipynb
 CATALOGUES = {  # epoch: of the catalogue positions (2MASS ~2000.0, Gaia DR2 2015.5, J2000 for Gaia-ESO)
-    'apogee': dict(path='sdss/' + ALLSTAR_PATH, epoch=2000.0, id='APOGEE_ID', ra='RA', dec='DEC',
-                   pm=('GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC'), gaia='GAIAEDR3_SOURCE_ID', snr='SNR',
-                   cols={'apogee_id': 'APOGEE_ID', 'telescope': 'TELESCOPE', 'field': 'FIELD',
-                         'gaiaedr3_source_id': 'GAIAEDR3_SOURCE_ID', 'teff_apogee': 'TEFF', 'logg_apogee': 'LOGG',
-                         'fe_h_apogee': 'FE_H', 'rv_apogee': 'VHELIO_AVG', 'snr_apogee': 'SNR'}),
-    'galah': dict(path='galah/' + GALAH_CATALOGUE_PATH, epoch=2015.5, id='sobject_id', ra='ra_dr2', dec='dec_dr2',
-                  pm=('pmra', 'pmdec'), gaia='dr3_source_id', snr='snr_c2_iraf',
-                  cols={'sobject_id': 'sobject_id', 'star_id': 'star_id', 'dr3_source_id': 'dr3_source_id',
-                        'teff_galah': 'teff', 'logg_galah': 'logg', 'fe_h_galah': 'fe_h', 'rv_galah': 'rv_galah',
-                        'snr_galah': 'snr_c2_iraf'}),
-    'ges': dict(path='gaiaeso/GES_DR4_catalogue.fits', epoch=2000.0, id='CNAME', ra='RA', dec='DEC', pm=None, gaia=None,
-                snr='SNR', cols={'cname': 'CNAME', 'ges_object': 'OBJECT', 'ges_field': 'GES_FLD', 'teff_ges': 'TEFF',
-                                 'logg_ges': 'LOGG', 'fe_h_ges': 'FEH', 'rv_ges': 'VRAD', 'snr_ges': 'SNR'}),
+    'apogee': dict(
+        path='sdss/' + ALLSTAR_PATH,
+        epoch=2000.0,
+        id='APOGEE_ID',
+        ra='RA',
+        dec='DEC',
+        pm=('GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC'),
+        gaia='GAIAEDR3_SOURCE_ID',
+        snr='SNR',
+        cols={
+            'apogee_id': 'APOGEE_ID',
+            'telescope': 'TELESCOPE',
+            'field': 'FIELD',
+            'gaiaedr3_source_id': 'GAIAEDR3_SOURCE_ID',
+            'teff_apogee': 'TEFF',
+            'logg_apogee': 'LOGG',
+            'fe_h_apogee': 'FE_H',
+            'rv_apogee': 'VHELIO_AVG',
+            'snr_apogee': 'SNR',
+        },
+    ),
+    'galah': dict(
+        path='galah/' + GALAH_CATALOGUE_PATH,
+        epoch=2015.5,
+        id='sobject_id',
+        ra='ra_dr2',
+        dec='dec_dr2',
+        pm=('pmra', 'pmdec'),
+        gaia='dr3_source_id',
+        snr='snr_c2_iraf',
+        cols={
+            'sobject_id': 'sobject_id',
+            'star_id': 'star_id',
+            'dr3_source_id': 'dr3_source_id',
+            'teff_galah': 'teff',
+            'logg_galah': 'logg',
+            'fe_h_galah': 'fe_h',
+            'rv_galah': 'rv_galah',
+            'snr_galah': 'snr_c2_iraf',
+        },
+    ),
+    'ges': dict(
+        path='gaiaeso/GES_DR4_catalogue.fits',
+        epoch=2000.0,
+        id='CNAME',
+        ra='RA',
+        dec='DEC',
+        pm=None,
+        gaia=None,
+        snr='SNR',
+        cols={
+            'cname': 'CNAME',
+            'ges_object': 'OBJECT',
+            'ges_field': 'GES_FLD',
+            'teff_ges': 'TEFF',
+            'logg_ges': 'LOGG',
+            'fe_h_ges': 'FEH',
+            'rv_ges': 'VRAD',
+            'snr_ges': 'SNR',
+        },
+    ),
 }
 
 # %% ../../nbs/02a_catalogues.ipynb
 @dataclass
 class Catalogue:
     "Positions, motions, Gaia ids and carried columns of one survey catalogue, checked."
+
     name: str  # survey key ('apogee', 'galah', 'ges')
     epoch: float  # epoch of the positions (Julian year)
     ra: np.ndarray  # (N,) deg
@@ -47,7 +96,8 @@ class Catalogue:
     path: str = ''  # where it was read from (for messages)
     notes: tuple = ()  # what was missing or repaired
 
-    def __len__(self): return len(self.ra)
+    def __len__(self):
+        return len(self.ra)
 
 # %% ../../nbs/02a_catalogues.ipynb
 def _column(data, names, name):
@@ -55,16 +105,21 @@ def _column(data, names, name):
     x = np.asarray(data[names[name.upper()]])
     return np.char.strip(x.astype('U')) if x.dtype.kind in 'SU' else x.astype(x.dtype.newbyteorder('='))
 
+
 def _open_table(path):
     "The first binary table of a FITS file as (HDUList, data, {UPPER name: name}); clear error otherwise."
-    if Path(path).is_dir(): raise IsADirectoryError(f'{path}: is a directory, not a catalogue file')
-    if not Path(path).is_file(): raise FileNotFoundError(f'{path}: catalogue not found')
+    if Path(path).is_dir():
+        raise IsADirectoryError(f'{path}: is a directory, not a catalogue file')
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path}: catalogue not found')
     try:
         hl = fits.open(path, memmap=True)
         hdu = next((h for h in hl[1:] if isinstance(h, fits.BinTableHDU)), None)
-    except (OSError, ValueError) as err: raise ValueError(f'{path}: not a readable FITS catalogue ({err})') from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path}: not a readable FITS catalogue ({err})') from None
     if hdu is None:
-        hl.close(); raise ValueError(f'{path}: no binary table HDU')
+        hl.close()
+        raise ValueError(f'{path}: no binary table HDU')
     return hl, hdu.data, {n.upper(): n for n in hdu.columns.names}
 
 # %% ../../nbs/02a_catalogues.ipynb
@@ -72,27 +127,37 @@ def _dedupe(ids, snr, path, dedupe):
     "Row indices to keep: all if ids are unique; else an error, or (dedupe) the highest-S/N row of each id."
     order = np.lexsort((-np.nan_to_num(snr, nan=-np.inf), ids))
     first = np.r_[True, ids[order][1:] != ids[order][:-1]]
-    if first.all(): return np.arange(len(ids))
+    if first.all():
+        return np.arange(len(ids))
     dup = np.unique(ids[order][~first])
-    if not dedupe: raise ValueError(f'{path}: {len(dup)} duplicated identifiers (e.g. {list(dup[:3])}); '
-                                    'a star must appear once (pass dedupe=True to keep the highest-S/N row of each)')
+    if not dedupe:
+        raise ValueError(
+            f'{path}: {len(dup)} duplicated identifiers (e.g. {list(dup[:3])}); '
+            'a star must appear once (pass dedupe=True to keep the highest-S/N row of each)'
+        )
     return np.sort(order[first])
 
 # %% ../../nbs/02a_catalogues.ipynb
-def read_catalogue(path, # FITS catalogue
-                   survey:str, # 'apogee', 'galah' or 'ges' (a key of CATALOGUES)
-                   dedupe:bool=False, # keep the highest-S/N row of duplicated ids instead of stopping
-                   use_proper_motion:bool=True): # False: ignore the catalogue's proper motions
+def read_catalogue(
+    path,  # FITS catalogue
+    survey: str,  # 'apogee', 'galah' or 'ges' (a key of CATALOGUES)
+    dedupe: bool = False,  # keep the highest-S/N row of duplicated ids instead of stopping
+    use_proper_motion: bool = True,  # False: ignore the catalogue's proper motions
+):
     "Read and check the columns the cross-match needs from a survey catalogue."
     hl, data, names = _open_table(path)
-    with hl: return _read_checked(data, names, path, survey, dedupe, use_proper_motion)
+    with hl:
+        return _read_checked(data, names, path, survey, dedupe, use_proper_motion)
+
 
 def _read_checked(data, names, path, survey, dedupe, use_proper_motion):
     "The body of `read_catalogue` on an open table (every array copied out of the memory map)."
     spec, notes = CATALOGUES[survey], []
     need = [spec['id'], spec['ra'], spec['dec']]
     if missing := [c for c in need if c.upper() not in names]:
-        raise ValueError(f'{path}: {survey} catalogue lacks column(s) {missing}; it has {sorted(names.values())[:12]}...')
+        raise ValueError(
+            f'{path}: {survey} catalogue lacks column(s) {missing}; it has {sorted(names.values())[:12]}...'
+        )
     get = lambda c: _column(data, names, c)
     ids, ra, dec = get(spec['id']), get(spec['ra']).astype(float), get(spec['dec']).astype(float)
     for c, x in [(spec['ra'], ra), (spec['dec'], dec)]:
@@ -100,18 +165,36 @@ def _read_checked(data, names, path, survey, dedupe, use_proper_motion):
             raise ValueError(f'{path}: {bad.sum()} rows with invalid {c} (e.g. {spec["id"]} {list(ids[bad][:3])})')
     n, snr = len(ra), get(spec['snr']).astype(float) if spec['snr'].upper() in names else np.zeros(len(ra))
     keep = _dedupe(ids, snr, path, dedupe)
-    if len(keep) < n: notes.append(f'{n - len(keep)} duplicated rows dropped')
+    if len(keep) < n:
+        notes.append(f'{n - len(keep)} duplicated rows dropped')
     pmra = pmdec = np.full(n, np.nan)
     has_pm = bool(spec['pm']) and all(c.upper() in names for c in spec['pm']) and use_proper_motion
     if has_pm:
         pmra, pmdec = (get(c).astype(float) for c in spec['pm'])
-        if np.isinf(pmra).any() or np.isinf(pmdec).any(): raise ValueError(f'{path}: infinite proper motions')
+        if np.isinf(pmra).any() or np.isinf(pmdec).any():
+            raise ValueError(f'{path}: infinite proper motions')
         pmra, pmdec = (np.where(np.isnan(pmra) | np.isnan(pmdec), np.nan, x) for x in (pmra, pmdec))
-    elif spec['pm'] and use_proper_motion: notes.append(f'no proper-motion columns {spec["pm"]}')
+    elif spec['pm'] and use_proper_motion:
+        notes.append(f'no proper-motion columns {spec["pm"]}')
     gaia = get(spec['gaia']).astype(np.int64) if spec['gaia'] and spec['gaia'].upper() in names else np.full(n, -1)
     cols = {}
     for out, c in spec['cols'].items():
-        if c.upper() in names: cols[out] = get(c)[keep]
-        else: notes.append(f'no column {c}')
-    for s in notes: warnings.warn(f'{path}: {s}')
-    return Catalogue(survey, spec['epoch'], ra[keep], dec[keep], pmra[keep], pmdec[keep], gaia[keep], cols, has_pm, str(path), tuple(notes))
+        if c.upper() in names:
+            cols[out] = get(c)[keep]
+        else:
+            notes.append(f'no column {c}')
+    for s in notes:
+        warnings.warn(f'{path}: {s}')
+    return Catalogue(
+        survey,
+        spec['epoch'],
+        ra[keep],
+        dec[keep],
+        pmra[keep],
+        pmdec[keep],
+        gaia[keep],
+        cols,
+        has_pm,
+        str(path),
+        tuple(notes),
+    )

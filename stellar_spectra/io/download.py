@@ -15,8 +15,16 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from ..atomic import atomic_write
 from .http1 import Closed, Connection, pwrite_all, open_pipe, spliceable
-from .manifest import URL_SCHEMES, Entry, hash_into, new_hashers, update_hashers, catalogue_manifest, hash_file, read_manifest
-
+from stellar_spectra.io.manifest import (
+    URL_SCHEMES,
+    Entry,
+    hash_into,
+    new_hashers,
+    update_hashers,
+    catalogue_manifest,
+    hash_file,
+    read_manifest,
+)
 
 # %% auto 0
 __all__ = ['LOCK_NAME', 'RETRY_STATUS', 'HASH_WINDOW', 'LARGE_FILE', 'LockFile', 'TransferError', 'Fetcher', 'open_file', 'Job',
@@ -25,47 +33,78 @@ __all__ = ['LOCK_NAME', 'RETRY_STATUS', 'HASH_WINDOW', 'LARGE_FILE', 'LockFile',
 # %% ../../nbs/01_download.ipynb
 LOCK_NAME = 'download.lock.json'
 
+
 class LockFile:
     "Verified files (path -> size, hashes, source) and failures, saved atomically as JSON."
+
     def __init__(self, fname):
         self.fname, self._lock, self._saved, self._cost = Path(fname), threading.Lock(), 0.0, 0.0
-        try: d = json.loads(self.fname.read_text()) if self.fname.exists() else {}
-        except json.JSONDecodeError as err: raise ValueError(f'{self.fname}: not a valid lock file ({err})') from None
+        try:
+            d = json.loads(self.fname.read_text()) if self.fname.exists() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f'{self.fname}: not a valid lock file ({err})') from None
         self.files, self.failed = d.get('files', {}), d.get('failed', {})
 
     def record(self, path, rec):
-        with self._lock: self.files[path] = rec; self.failed.pop(path, None)
+        with self._lock:
+            self.files[path] = rec
+            self.failed.pop(path, None)
 
     def fail(self, path, rec):
-        with self._lock: self.failed[path] = rec; self.files.pop(path, None)
+        with self._lock:
+            self.failed[path] = rec
+            self.files.pop(path, None)
 
-    def save(self, every:float=0.0): # seconds since the last save below which nothing is written (and 10x the last save's cost)
+    def save(
+        self, every: float = 0.0
+    ):  # seconds since the last save below which nothing is written (and 10x the last save's cost)
         with self._lock:
             t = time.monotonic()
-            if t - self._saved < (every and max(every, 10 * self._cost)): return
+            if t - self._saved < (every and max(every, 10 * self._cost)):
+                return
             data = json.dumps(dict(version=1, files=self.files, failed=self.failed), indent=1, sort_keys=True)
-            atomic_write(self.fname, data, sync=not every)  # the final save is made durable; the periodic ones need not stall the workers
-            self._saved = time.monotonic(); self._cost = self._saved - t
+            atomic_write(
+                self.fname, data, sync=not every
+            )  # the final save is made durable; the periodic ones need not stall the workers
+            self._saved = time.monotonic()
+            self._cost = self._saved - t
 
 # %% ../../nbs/01_download.ipynb
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
+
 class TransferError(Exception):
     "A failed attempt at one file; `retry`: another attempt may succeed; `reset`: discard the partial file."
+
     def __init__(self, msg, retry=True, reset=False, status=None):
-        super().__init__(msg); self.retry, self.reset, self.status = retry, reset, status
+        super().__init__(msg)
+        self.retry, self.reset, self.status = retry, reset, status
+
 
 class Fetcher:
     "Fetches files for one worker thread, keeping a connection per host, its buffers and a hashing thread."
-    def __init__(self, timeout:float=30.0, # socket timeout, s
-                 chunk:int=1 << 20, # bytes per read, write and hash
-                 depth:int=4): # buffers in turn on a file longer than a chunk (one being received, the others hashed)
-        self.timeout, self.chunk, self.depth, self.conns, self.ssl, self.bufs, self.pool = timeout, chunk, depth, {}, None, [], None
+
+    def __init__(
+        self,
+        timeout: float = 30.0,  # socket timeout, s
+        chunk: int = 1 << 20,  # bytes per read, write and hash
+        depth: int = 4,  # buffers in turn on a file longer than a chunk (one being received, the others hashed)
+    ):
+        self.timeout, self.chunk, self.depth, self.conns, self.ssl, self.bufs, self.pool = (
+            timeout,
+            chunk,
+            depth,
+            {},
+            None,
+            [],
+            None,
+        )
         self.dirs = set()  # destination folders known to exist
 
-    def buffers(self, k:int):
+    def buffers(self, k: int):
         "`k` buffers of `chunk` bytes, allocated once and reused for every file."
-        while len(self.bufs) < k: self.bufs.append(memoryview(bytearray(self.chunk)))
+        while len(self.bufs) < k:
+            self.bufs.append(memoryview(bytearray(self.chunk)))
         return self.bufs[:k]
 
     def hasher(self):
@@ -74,32 +113,42 @@ class Fetcher:
         return self.pool
 
     def close(self):
-        for c in self.conns.values(): c.close()
-        self.conns.clear(); self.dirs.clear()
-        if self.pool: self.pool.shutdown(); self.pool = None
+        for c in self.conns.values():
+            c.close()
+        self.conns.clear()
+        self.dirs.clear()
+        if self.pool:
+            self.pool.shutdown()
+            self.pool = None
 
     def _conn(self, u):
         "The connection to `u`'s host (opened on its first request)."
         if (c := self.conns.get((u.scheme, u.netloc))) is None:
             tls = u.scheme == 'https'
-            if tls: self.ssl = self.ssl or ssl.create_default_context()
+            if tls:
+                self.ssl = self.ssl or ssl.create_default_context()
             c = self.conns[u.scheme, u.netloc] = Connection(u.netloc, tls, self.timeout, self.ssl)
         return c
 
 # %% ../../nbs/01_download.ipynb
 @patch
-def request(self:Fetcher, url, headers):
+def request(self: Fetcher, url, headers):
     "GET `url` following redirects; returns the response and the final URL."
     for _ in range(8):
         u = urlsplit(url)
         conn = self._conn(u)
         for again in (False, True):
             reused = conn.sock is not None
-            try: resp = conn.get((u.path or '/') + (f'?{u.query}' if u.query else ''), headers); break
+            try:
+                resp = conn.get((u.path or '/') + (f'?{u.query}' if u.query else ''), headers)
+                break
             except Closed:  # closed while idle: one more try on a new connection
-                if not reused or again: raise
+                if not reused or again:
+                    raise
         if resp.status in (301, 302, 303, 307, 308) and resp.getheader('Location'):
-            resp.read(); url = urljoin(url, resp.getheader('Location')); continue
+            resp.read()
+            url = urljoin(url, resp.getheader('Location'))
+            continue
         return resp, url
     raise TransferError(f'{url}: too many redirects', retry=False)
 
@@ -107,152 +156,224 @@ def request(self:Fetcher, url, headers):
 def _meta(url, resp, total):
     return dict(url=url, etag=resp.getheader('ETag'), last_modified=resp.getheader('Last-Modified'), total=total)
 
+
 @patch
-def open_http(self:Fetcher, url, have:int, meta:dict):
+def open_http(self: Fetcher, url, have: int, meta: dict):
     "Start a transfer: (stream, offset it starts at, validators)."
     hdr = {'User-Agent': 'stellar-spectra', 'Accept-Encoding': 'identity'}
     if have:
         hdr['Range'] = f'bytes={have}-'
         etag = meta.get('etag') or ''
-        if v := (etag if etag and not etag.startswith('W/') else meta.get('last_modified')): hdr['If-Range'] = v
+        if v := (etag if etag and not etag.startswith('W/') else meta.get('last_modified')):
+            hdr['If-Range'] = v
     resp, url = self.request(url, hdr)
     if resp.status == 200:
-        n = resp.getheader('Content-Length'); return resp, 0, _meta(url, resp, int(n) if n is not None else None)
+        n = resp.getheader('Content-Length')
+        return resp, 0, _meta(url, resp, int(n) if n is not None else None)
     if resp.status == 206:
         m = re.fullmatch(r'bytes (\d+)-(\d+)/(\d+)', (resp.getheader('Content-Range') or '').strip())
         new = _meta(url, resp, int(m[3]) if m else None)
-        if m and int(m[1]) == have and new['total'] == meta.get('total') and all(
-                new[k] == meta.get(k) for k in ('etag', 'last_modified') if new[k] or meta.get(k)): return resp, have, new
+        if (
+            m
+            and int(m[1]) == have
+            and new['total'] == meta.get('total')
+            and all(new[k] == meta.get(k) for k in ('etag', 'last_modified') if new[k] or meta.get(k))
+        ):
+            return resp, have, new
         resp.conn.close()
-        raise TransferError(f'{url}: range answer {resp.getheader("Content-Range")!r} does not continue the partial file', reset=True)
+        raise TransferError(
+            f'{url}: range answer {resp.getheader("Content-Range")!r} does not continue the partial file', reset=True
+        )
     resp.conn.close()  # its body is not wanted
-    raise TransferError(f'{url}: HTTP {resp.status} {resp.reason}', retry=resp.status in RETRY_STATUS or resp.status >= 500,
-                        reset=resp.status == 416, status=resp.status)
+    raise TransferError(
+        f'{url}: HTTP {resp.status} {resp.reason}',
+        retry=resp.status in RETRY_STATUS or resp.status >= 500,
+        reset=resp.status == 416,
+        status=resp.status,
+    )
 
 # %% ../../nbs/01_download.ipynb
-def open_file(url, have:int, meta:dict):
+def open_file(url, have: int, meta: dict):
     "Start a transfer from a `file://` URL: (stream, offset, validators)."
     src = Path(url2pathname(urlsplit(url).path))
-    if not src.is_file(): raise TransferError(f'{url}: no such file', retry=False, status=404)
-    st = src.stat(); new = dict(url=url, etag=f'{st.st_mtime_ns:x}-{st.st_size:x}', last_modified=None, total=st.st_size)
+    if not src.is_file():
+        raise TransferError(f'{url}: no such file', retry=False, status=404)
+    st = src.stat()
+    new = dict(url=url, etag=f'{st.st_mtime_ns:x}-{st.st_size:x}', last_modified=None, total=st.st_size)
     offset = have if have and meta.get('etag') == new['etag'] and have <= st.st_size else 0
-    f = open(src, 'rb'); f.seek(offset)
+    f = open(src, 'rb')
+    f.seek(offset)
     return f, offset, new
 
 # %% ../../nbs/01_download.ipynb
-def _partials(final): return f'{final}.part', f'{final}.part.json'  # plain strings: pathlib costs more than the syscalls here
+def _partials(final):
+    return f'{final}.part', f'{final}.part.json'  # plain strings: pathlib costs more than the syscalls here
+
 
 def _unlink(fname):
-    try: os.unlink(fname)
-    except FileNotFoundError: pass
+    try:
+        os.unlink(fname)
+    except FileNotFoundError:
+        pass
+
 
 HASH_WINDOW = 8 << 20  # bytes hashed at a time from a spliced file's pages
 
-def _hash_range(hs, fd:int, a:int, b:int):
+
+def _hash_range(hs, fd: int, a: int, b: int):
     "Feed bytes [a, b) of the open file `fd` to the hashers `hs`, read through a memory map of its pages."
     a0 = a - a % mmap.ALLOCATIONGRANULARITY
     with mmap.mmap(fd, b - a0, mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0), mmap.PROT_READ, offset=a0) as m:
         v = memoryview(m)
-        try: update_hashers(hs, v[a - a0:])
-        finally: v.release()
-
+        try:
+            update_hashers(hs, v[a - a0 :])
+        finally:
+            v.release()
 
 # %% ../../nbs/01_download.ipynb
 @patch
-def _copy(self:Fetcher, stream, fd:int, done:int, total:int|None, hs:dict, meta:dict, on_bytes=None):
-    "The buffered path: read into reusable buffers, write, hash on the hashing thread (in place for one chunk); returns the bytes in the file."
+def _copy(self: Fetcher, stream, fd: int, done: int, total: int | None, hs: dict, meta: dict, on_bytes=None):
+    """The buffered path: read into reusable buffers, write, hash on the hashing thread (in place for one chunk);
+    returns the bytes in the file."""
     big = total is None or total - done > self.chunk
     bufs, pending, i = self.buffers(self.depth if big else 1), deque(), 0
     try:
         while total is None or done < total:
-            if len(pending) == len(bufs): pending.popleft().result()  # the buffer about to be reused is hashed
-            mv = bufs[i]; i = (i + 1) % len(bufs)
-            n = stream.readinto(mv if total is None else mv[:min(len(mv), total - done)])
+            if len(pending) == len(bufs):
+                pending.popleft().result()  # the buffer about to be reused is hashed
+            mv = bufs[i]
+            i = (i + 1) % len(bufs)
+            n = stream.readinto(mv if total is None else mv[: min(len(mv), total - done)])
             if not n:
-                if total is None: break
+                if total is None:
+                    break
                 raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
             pwrite_all(fd, mv[:n], done)
-            if big: pending.append(self.hasher().submit(update_hashers, hs, mv[:n]))
-            else: update_hashers(hs, mv[:n])
+            if big:
+                pending.append(self.hasher().submit(update_hashers, hs, mv[:n]))
+            else:
+                update_hashers(hs, mv[:n])
             done += n
-            if on_bytes: on_bytes(n)
+            if on_bytes:
+                on_bytes(n)
     finally:
-        for p in pending: p.result()
+        for p in pending:
+            p.result()
     return done
 
+
 @patch
-def _splice(self:Fetcher, resp, fd:int, done:int, total:int, hs:dict, meta:dict, on_bytes=None):
-    "The spliced path: socket -> pipe -> file in the kernel, hashed from the file's pages on the hashing thread; returns the bytes in the file."
+def _splice(self: Fetcher, resp, fd: int, done: int, total: int, hs: dict, meta: dict, on_bytes=None):
+    """The spliced path: socket -> pipe -> file in the kernel, hashed from the file's pages on the hashing thread;
+    returns the bytes in the file."""
     mv, pending, hashed = self.buffers(1)[0], deque(), done
     while resp.buffered and done < total:  # bytes the connection read along with the header block
-        n = resp.readinto(mv[:min(len(mv), total - done)])
-        if not n: break
-        pwrite_all(fd, mv[:n], done); update_hashers(hs, mv[:n]); done += n; hashed = done
-        if on_bytes: on_bytes(n)
+        n = resp.readinto(mv[: min(len(mv), total - done)])
+        if not n:
+            break
+        pwrite_all(fd, mv[:n], done)
+        update_hashers(hs, mv[:n])
+        done += n
+        hashed = done
+        if on_bytes:
+            on_bytes(n)
     pipe = open_pipe(self.chunk)
     try:
         while done < total:
             if not (n := resp.splice_into(fd, done, min(self.chunk, total - done), pipe)):
                 raise TransferError(f'{meta["url"]}: connection closed after {done} of {total} bytes')
             done += n
-            if on_bytes: on_bytes(n)
+            if on_bytes:
+                on_bytes(n)
             if done - hashed >= HASH_WINDOW or done == total:
-                if len(pending) == self.depth: pending.popleft().result()
-                pending.append(self.hasher().submit(_hash_range, hs, fd, hashed, done)); hashed = done
+                if len(pending) == self.depth:
+                    pending.popleft().result()
+                pending.append(self.hasher().submit(_hash_range, hs, fd, hashed, done))
+                hashed = done
     finally:
-        for p in pending: p.result()
+        for p in pending:
+            p.result()
         pipe.close()
     return done
 
+
 @patch
-def receive(self:Fetcher, stream, final:Path, offset:int, meta:dict, e:Entry, on_bytes=None):
+def receive(self: Fetcher, stream, final: Path, offset: int, meta: dict, e: Entry, on_bytes=None):
     "Write a transfer to `final` via `<final>.part`, verify it, rename it; returns the lock record."
     (part, mfile), hs, total = _partials(final), new_hashers(bool(e.md5)), meta['total']
     big = total is None or total - offset > self.chunk
-    if offset: hash_into(hs, part, self.buffers(1)[0])
-    elif big: atomic_write(mfile, json.dumps(meta), sync=False)  # validators, for a later resume
+    if offset:
+        hash_into(hs, part, self.buffers(1)[0])
+    elif big:
+        atomic_write(mfile, json.dumps(meta), sync=False)  # validators, for a later resume
     fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o666)
     try:
-        if offset: os.ftruncate(fd, offset)
+        if offset:
+            os.ftruncate(fd, offset)
         spliced = big and total is not None and spliceable(stream)
         done = (self._splice if spliced else self._copy)(stream, fd, offset, total, hs, meta, on_bytes)
-    finally: os.close(fd)
+    finally:
+        os.close(fd)
     digests = {k: h.hexdigest() for k, h in hs.items()}
-    for what, want, got in (('size', e.size, done), ('sha256', e.sha256, digests['sha256']), ('md5', e.md5, digests.get('md5'))):
-        if want and want != got: raise TransferError(f'{meta["url"]}: {what} {got} differs from the manifest ({want})', reset=True)
+    for what, want, got in (
+        ('size', e.size, done),
+        ('sha256', e.sha256, digests['sha256']),
+        ('md5', e.md5, digests.get('md5')),
+    ):
+        if want and want != got:
+            raise TransferError(f'{meta["url"]}: {what} {got} differs from the manifest ({want})', reset=True)
     os.replace(part, final)
-    if big or offset: _unlink(mfile)
+    if big or offset:
+        _unlink(mfile)
     return dict(size=done, **digests, url=meta['url'], etag=meta['etag'], last_modified=meta['last_modified'])
 
 # %% ../../nbs/01_download.ipynb
 @patch
-def fetch(self:Fetcher, e:Entry, url:str, dest:Path, on_bytes=None):
+def fetch(self: Fetcher, e: Entry, url: str, dest: Path, on_bytes=None):
     "One attempt at one entry, resuming a partial file; returns the lock record."
-    final = os.path.join(dest, e.path); parent = os.path.dirname(final)
-    if parent not in self.dirs: os.makedirs(parent, exist_ok=True); self.dirs.add(parent)
+    final = os.path.join(dest, e.path)
+    parent = os.path.dirname(final)
+    if parent not in self.dirs:
+        os.makedirs(parent, exist_ok=True)
+        self.dirs.add(parent)
     part, mfile = _partials(final)
-    try: have = os.stat(part).st_size
-    except FileNotFoundError: have = 0
-    try: meta = json.loads(Path(mfile).read_bytes()) if have else {}
-    except (OSError, ValueError): meta = {}
-    if not meta or meta.get('source') != url or (meta.get('total') is not None and have > meta['total']): have = 0
     try:
-        if have and have == meta.get('total'): stream, offset = io.BytesIO(), have  # complete: verify only
-        else: stream, offset, meta = (open_file if url.startswith('file:') else self.open_http)(url, have, meta)
+        have = os.stat(part).st_size
+    except FileNotFoundError:
+        have = 0
+    try:
+        meta = json.loads(Path(mfile).read_bytes()) if have else {}
+    except (OSError, ValueError):
+        meta = {}
+    if not meta or meta.get('source') != url or (meta.get('total') is not None and have > meta['total']):
+        have = 0
+    try:
+        if have and have == meta.get('total'):
+            stream, offset = io.BytesIO(), have  # complete: verify only
+        else:
+            stream, offset, meta = (open_file if url.startswith('file:') else self.open_http)(url, have, meta)
         meta['source'] = url  # the URL asked for; meta['url'] is where redirects ended
-        if on_bytes and offset: on_bytes(offset)
-        try: return self.receive(stream, final, offset, meta, e, on_bytes)
+        if on_bytes and offset:
+            on_bytes(offset)
+        try:
+            return self.receive(stream, final, offset, meta, e, on_bytes)
         finally:
-            if isinstance(stream, io.IOBase): stream.close()
+            if isinstance(stream, io.IOBase):
+                stream.close()
     except TransferError as err:
-        if err.reset: _unlink(part); _unlink(mfile)
+        if err.reset:
+            _unlink(part)
+            _unlink(mfile)
         raise
-    except OSError: self.close(); raise  # a connection in an unknown state is not reused
+    except OSError:
+        self.close()
+        raise  # a connection in an unknown state is not reused
 
 # %% ../../nbs/01_download.ipynb
 @dataclass
 class Job:
     "An entry in the queue."
+
     entry: Entry
     url: str
     host: str
@@ -260,182 +381,325 @@ class Job:
     credited: int = 0  # bytes counted on the progress bar for this file so far
     large: bool = False  # the manifest says it is over LARGE_FILE bytes
 
+
 LARGE_FILE = 64 << 20
 
+
 class JobQueue:
-    "Jobs per host, at most `per_host` running against one host and `n_large` large files in all, retries after a delay."
-    def __init__(self, jobs, per_host:int, n_large:int|None=None):
+    """Jobs per host, at most `per_host` running against one host and `n_large` large files in all, retries after a
+    delay."""
+
+    def __init__(self, jobs, per_host: int, n_large: int | None = None):
         self.pending, self.delayed, self.active, self.per_host = defaultdict(deque), [], Counter(), per_host
-        for j in jobs: self.pending[j.host, j.large].append(j)
-        self.left, self.cond, self._n, self.n_large, self.large = len(jobs), threading.Condition(), 0, n_large or per_host, 0
+        for j in jobs:
+            self.pending[j.host, j.large].append(j)
+        self.left, self.cond, self._n, self.n_large, self.large = (
+            len(jobs),
+            threading.Condition(),
+            0,
+            n_large or per_host,
+            0,
+        )
 
     def get(self):
         "Next job to run, waiting for a free host slot; None when all are done."
         with self.cond:
             while self.left:
                 now = time.monotonic()
-                while self.delayed and self.delayed[0][0] <= now: j = heapq.heappop(self.delayed)[2]; self.pending[j.host, j.large].append(j)
+                while self.delayed and self.delayed[0][0] <= now:
+                    j = heapq.heappop(self.delayed)[2]
+                    self.pending[j.host, j.large].append(j)
                 for (host, large), q in self.pending.items():
                     if q and self.active[host] < self.per_host and not (large and self.large >= self.n_large):
-                        self.active[host] += 1; self.large += large; return q.popleft()
+                        self.active[host] += 1
+                        self.large += large
+                        return q.popleft()
                 self.cond.wait(self.delayed[0][0] - now if self.delayed else None)
 
-    def done(self, job, retry_in:float|None=None):
+    def done(self, job, retry_in: float | None = None):
         "Finish a job, or put it back to run again in `retry_in` seconds."
         with self.cond:
-            self.active[job.host] -= 1; self.large -= job.large
-            if retry_in is None: self.left -= 1
-            else: self._n += 1; heapq.heappush(self.delayed, (time.monotonic() + retry_in, self._n, job))
-            if self.left: self.cond.notify()  # one slot freed: one waiter is enough
-            else: self.cond.notify_all()
+            self.active[job.host] -= 1
+            self.large -= job.large
+            if retry_in is None:
+                self.left -= 1
+            else:
+                self._n += 1
+                heapq.heappush(self.delayed, (time.monotonic() + retry_in, self._n, job))
+            if self.left:
+                self.cond.notify()  # one slot freed: one waiter is enough
+            else:
+                self.cond.notify_all()
 
 # %% ../../nbs/01_download.ipynb
-def _agrees(e:Entry, rec:dict, size:int):
-    return (rec.get('size') == size and (e.size is None or e.size == size) and (not e.sha256 or e.sha256 == rec.get('sha256'))
-            and (not e.md5 or e.md5 == rec.get('md5')))
+def _agrees(e: Entry, rec: dict, size: int):
+    return (
+        rec.get('size') == size
+        and (e.size is None or e.size == size)
+        and (not e.sha256 or e.sha256 == rec.get('sha256'))
+        and (not e.md5 or e.md5 == rec.get('md5'))
+    )
 
-def _plan_one(e:Entry, dest:Path, lock:LockFile, verify:bool):
+
+def _plan_one(e: Entry, dest: Path, lock: LockFile, verify: bool):
     "'skip' if `dest/e.path` is a verified copy, else 'fetch' (removing a bad copy)."
-    final, rec = dest/e.path, lock.files.get(e.path)
-    if not final.is_file(): return 'fetch'
+    final, rec = dest / e.path, lock.files.get(e.path)
+    if not final.is_file():
+        return 'fetch'
     size = final.stat().st_size
-    if rec and not verify and _agrees(e, rec, size): return 'skip'
+    if rec and not verify and _agrees(e, rec, size):
+        return 'skip'
     digests = hash_file(final, md5=bool(e.md5) or bool(rec and rec.get('md5')))
     new = dict(rec or {}, size=size, **digests)
     if _agrees(e, new, size) and (not rec or all(rec.get(k) in (None, v) for k, v in digests.items())):
-        lock.record(e.path, new); return 'skip'
-    final.unlink(); return 'fetch'
+        lock.record(e.path, new)
+        return 'skip'
+    final.unlink()
+    return 'fetch'
 
 # %% ../../nbs/01_download.ipynb
 def _entries(manifest):
     "Entries from a manifest file, a folder of catalogues (`catalogue_manifest`) or a list."
-    if isinstance(manifest, (str, Path)): return catalogue_manifest(manifest) if Path(manifest).is_dir() else read_manifest(manifest)
+    if isinstance(manifest, (str, Path)):
+        return catalogue_manifest(manifest) if Path(manifest).is_dir() else read_manifest(manifest)
     return [e if isinstance(e, Entry) else Entry(**e) for e in manifest]
 
-def download(manifest:str, # manifest file (.jsonl/.csv), or a folder of catalogues in the archive layout; a list of `Entry` works too
-             dest:str, # destination folder; files go to dest/<path>
-             base_url:str=None, # mirror root (http(s)://, file:// or a folder) used instead of the archive URLs
-             n_workers:int=8, # parallel transfers in total
-             per_host:int=4, # parallel transfers against one host
-             n_large:int=None, # parallel transfers of files the manifest says are over 64 MiB (None: half the CPU cores, at least 2)
-             retries:int=5, # further attempts after timeouts, dropped connections, 5xx and bad checksums
-             verify:bool=False, # re-hash files already on disk and re-fetch those that do not match
-             timeout:float=30.0, # socket timeout in seconds (a stalled transfer fails after this)
-             backoff:float=1.0, # delay before the first retry in seconds; doubles each time
-             chunk:int=1 << 20, # bytes read, written and hashed at a time
-             progress:bool=True, # show a progress bar and print the summary
-             missing_ok:bool=False, # a 404 (a file the archive does not have) is not a failure
-             stars:str=None): # common_stars.parquet of the cross-match: fetch only these stars' spectra
-    "Fetch every file of a manifest into `dest`: parallel, resumable, verified, recorded in `download.lock.json`; raises `DownloadFailed` if any file failed."
-    _check_args(n_workers=(n_workers, 1), per_host=(per_host, 1), n_large=(n_large, 1), retries=(retries, 0), timeout=(timeout, 1e-3),
-                backoff=(backoff, 0), chunk=(chunk, 1))
-    if base_url and '://' not in base_url: base_url = Path(base_url).resolve().as_uri()  # a plain folder
-    if base_url and urlsplit(base_url).scheme not in URL_SCHEMES: raise ValueError(f'{base_url}: base_url is not http(s)://, file:// or a folder')
+
+def download(
+    manifest: str,  # manifest (.jsonl/.csv), a folder of catalogues in the archive layout, or a list of `Entry`
+    dest: str,  # destination folder; files go to dest/<path>
+    base_url: str = None,  # mirror root (http(s)://, file:// or a folder) used instead of the archive URLs
+    n_workers: int = 8,  # parallel transfers in total
+    per_host: int = 4,  # parallel transfers against one host
+    n_large: int = None,  # parallel transfers of files over 64 MiB (None: half the CPU cores, at least 2)
+    retries: int = 5,  # further attempts after timeouts, dropped connections, 5xx and bad checksums
+    verify: bool = False,  # re-hash files already on disk and re-fetch those that do not match
+    timeout: float = 30.0,  # socket timeout in seconds (a stalled transfer fails after this)
+    backoff: float = 1.0,  # delay before the first retry in seconds; doubles each time
+    chunk: int = 1 << 20,  # bytes read, written and hashed at a time
+    progress: bool = True,  # show a progress bar and print the summary
+    missing_ok: bool = False,  # a 404 (a file the archive does not have) is not a failure
+    stars: str = None,  # common_stars.parquet of the cross-match: fetch only these stars' spectra
+):
+    """Fetch every file of a manifest into `dest`: parallel, resumable, verified, recorded in `download.lock.json`;
+    raises `DownloadFailed` if any file failed."""
+    _check_args(
+        n_workers=(n_workers, 1),
+        per_host=(per_host, 1),
+        n_large=(n_large, 1),
+        retries=(retries, 0),
+        timeout=(timeout, 1e-3),
+        backoff=(backoff, 0),
+        chunk=(chunk, 1),
+    )
+    if base_url and '://' not in base_url:
+        base_url = Path(base_url).resolve().as_uri()  # a plain folder
+    if base_url and urlsplit(base_url).scheme not in URL_SCHEMES:
+        raise ValueError(f'{base_url}: base_url is not http(s)://, file:// or a folder')
     t0, dest = time.monotonic(), Path(dest)
     args = (dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress)
     entries = list({e.path: e for e in _entries(manifest)}.values())  # a bad manifest fails here, before dest is made
     entries = _only_stars(entries, stars, _listings(manifest, base_url, dest))
     dest.mkdir(parents=True, exist_ok=True)
     out, known = _fetch_all(entries, *args), {e.path for e in entries}
-    if isinstance(manifest, (str, Path)) and Path(manifest).is_dir() and not stars:  # what was fetched may list more: apStar headers name the visits
+    if (
+        isinstance(manifest, (str, Path)) and Path(manifest).is_dir() and not stars
+    ):  # what was fetched may list more: apStar headers name the visits
         new = out['ok']
         while new and (more := [e for e in _entries(manifest) if e.path not in known]):
-            known |= {e.path for e in more}; nxt = _fetch_all(more, *args); new = nxt['ok']
+            known |= {e.path for e in more}
+            nxt = _fetch_all(more, *args)
+            new = nxt['ok']
             out = {k: out[k] + nxt[k] for k in out}
-    out = dict(ok=out['ok'], skipped=out['skipped'], failed=len(out['failures']), bytes=out['bytes'], seconds=round(time.monotonic() - t0, 3),
-               retries=out['retries'], failures=out['failures'], lock=str(dest/LOCK_NAME))
-    if progress: print(f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
-                       f"{out['bytes']/2**20:.1f} MiB in {out['seconds']:.1f} s" + ''.join(f"\n  FAILED {f['path']}: {f['error']}" for f in out['failures']))
-    if bad := [f for f in out['failures'] if not (missing_ok and f['status'] == 404)]: raise DownloadFailed(out, len(bad))
+    out = dict(
+        ok=out['ok'],
+        skipped=out['skipped'],
+        failed=len(out['failures']),
+        bytes=out['bytes'],
+        seconds=round(time.monotonic() - t0, 3),
+        retries=out['retries'],
+        failures=out['failures'],
+        lock=str(dest / LOCK_NAME),
+    )
+    if progress:
+        print(
+            f"download: {out['ok']} fetched, {out['skipped']} already there, {out['failed']} failed, "
+            f"{out['bytes'] / 2**20:.1f} MiB in {out['seconds']:.1f} s"
+            + ''.join(f"\n  FAILED {f['path']}: {f['error']}" for f in out['failures'])
+        )
+    if bad := [f for f in out['failures'] if not (missing_ok and f['status'] == 404)]:
+        raise DownloadFailed(out, len(bad))
     return out
 
-def _fetch_all(entries, dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress):
+
+def _fetch_all(
+    entries, dest, base_url, n_workers, per_host, n_large, retries, verify, timeout, backoff, chunk, progress
+):
     "One pass of `download` over `entries`: plan, queue, worker threads; returns counts, bytes and failures."
-    lock = LockFile(dest/LOCK_NAME)
+    lock = LockFile(dest / LOCK_NAME)
     if verify:  # hashing what is on disk: in parallel
-        with ThreadPoolExecutor(n_workers) as ex: plan = list(ex.map(lambda e: _plan_one(e, dest, lock, True), entries))
-    else: plan = [_plan_one(e, dest, lock, False) for e in entries]
-    jobs = [Job(e, u, urlsplit(u).netloc or 'local', large=(e.size or 0) > LARGE_FILE)
-            for e, p in zip(entries, plan) if p == 'fetch' for u in [e.source(base_url)]]
-    if progress: print(f'download: {len(jobs)} files to fetch' + (f', {_size(jobs)/2**20:.1f} MiB' if all(j.entry.size is not None for j in jobs) else '')
-                       + (f' ({len(entries) - len(jobs)} already there)' if len(jobs) < len(entries) else ''), flush=True)
-    bar = tqdm(total=_size(jobs) or None, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
-               desc='download', postfix=f'files 0/{len(jobs)}')
-    q, stats, failures, errors = JobQueue(jobs, per_host, n_large or max(2, (os.cpu_count() or 2) // 2)), Counter(skipped=len(entries) - len(jobs)), [], []
+        with ThreadPoolExecutor(n_workers) as ex:
+            plan = list(ex.map(lambda e: _plan_one(e, dest, lock, True), entries))
+    else:
+        plan = [_plan_one(e, dest, lock, False) for e in entries]
+    jobs = [
+        Job(e, u, urlsplit(u).netloc or 'local', large=(e.size or 0) > LARGE_FILE)
+        for e, p in zip(entries, plan)
+        if p == 'fetch'
+        for u in [e.source(base_url)]
+    ]
+    if progress:
+        print(
+            f'download: {len(jobs)} files to fetch'
+            + (f', {_size(jobs) / 2**20:.1f} MiB' if all(j.entry.size is not None for j in jobs) else '')
+            + (f' ({len(entries) - len(jobs)} already there)' if len(jobs) < len(entries) else ''),
+            flush=True,
+        )
+    bar = tqdm(
+        total=_size(jobs) or None,
+        unit='B',
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        desc='download',
+        postfix=f'files 0/{len(jobs)}',
+    )
+    q, stats, failures, errors = (
+        JobQueue(jobs, per_host, n_large or max(2, (os.cpu_count() or 2) // 2)),
+        Counter(skipped=len(entries) - len(jobs)),
+        [],
+        [],
+    )
+
     def work():
         f = Fetcher(timeout, chunk)
         try:
-            while (job := q.get()) is not None: _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, len(jobs))
-        except Exception as err: errors.append(err)  # e.g. the lock file cannot be written: raised below
-        finally: f.close()
-    slots = sum(min(per_host, k) for k in Counter(j.host for j in jobs).values())  # more threads would only wait, and wake each other
+            while (job := q.get()) is not None:
+                _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, len(jobs))
+        except Exception as err:
+            errors.append(err)  # e.g. the lock file cannot be written: raised below
+        finally:
+            f.close()
+
+    slots = sum(
+        min(per_host, k) for k in Counter(j.host for j in jobs).values()
+    )  # more threads would only wait, and wake each other
     threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(n_workers, slots)))]
-    for t in threads: t.start()
-    for t in threads: t.join()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     bar.close()
-    if errors: raise errors[0]
+    if errors:
+        raise errors[0]
     lock.save()
-    return dict(ok=stats['ok'], skipped=stats['skipped'], bytes=stats['bytes'], retries=stats['retries'], failures=failures)
+    return dict(
+        ok=stats['ok'], skipped=stats['skipped'], bytes=stats['bytes'], retries=stats['retries'], failures=failures
+    )
 
 # %% ../../nbs/01_download.ipynb
 def _run(job, f, dest, q, lock, bar, stats, failures, retries, backoff, n):
     "One attempt at `job`, then record it, requeue it with backoff, or record the failure."
+
     def credit(k):
         job.credited += k
-        if not bar.disable: bar.update(k)
+        if not bar.disable:
+            bar.update(k)
+
     job.attempts += 1
-    try: rec = f.fetch(job.entry, job.url, dest, credit)
-    except TransferError as err: msg, again, status = str(err), err.retry, err.status
-    except OSError as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
-    except Exception as err: msg, again, status = f'{job.url}: {type(err).__name__}: {err}', False, None
+    try:
+        rec = f.fetch(job.entry, job.url, dest, credit)
+    except TransferError as err:
+        msg, again, status = str(err), err.retry, err.status
+    except OSError as err:
+        msg, again, status = f'{job.url}: {type(err).__name__}: {err}', True, None
+    except Exception as err:
+        msg, again, status = f'{job.url}: {type(err).__name__}: {err}', False, None
     else:
         lock.record(job.entry.path, rec)
         with q.cond:
-            stats['ok'] += 1; stats['bytes'] += rec['size']
-            if not bar.disable: bar.set_postfix_str(f"files {stats['ok']}/{n}", refresh=False)
-        q.done(job); lock.save(every=2.0); return  # the job is done before anything else can fail
-    if not bar.disable: bar.update(-job.credited)
+            stats['ok'] += 1
+            stats['bytes'] += rec['size']
+            if not bar.disable:
+                bar.set_postfix_str(f"files {stats['ok']}/{n}", refresh=False)
+        q.done(job)
+        lock.save(every=2.0)
+        return  # the job is done before anything else can fail
+    if not bar.disable:
+        bar.update(-job.credited)
     job.credited = 0
     if again and job.attempts <= retries:
-        with q.cond: stats['retries'] += 1
-        q.done(job, min(60.0, backoff * 2 ** (job.attempts - 1)) * (1 + random.random() / 4)); return
+        with q.cond:
+            stats['retries'] += 1
+        q.done(job, min(60.0, backoff * 2 ** (job.attempts - 1)) * (1 + random.random() / 4))
+        return
     rec = dict(path=job.entry.path, url=job.url, status=status, error=msg, attempts=job.attempts)
-    with q.cond: failures.append(rec)
-    lock.fail(job.entry.path, rec); q.done(job)
+    with q.cond:
+        failures.append(rec)
+    lock.fail(job.entry.path, rec)
+    q.done(job)
 
 # %% ../../nbs/01_download.ipynb
 class DownloadFailed(Exception):
     "Some files of a `download` failed; `summary` is its result, `exit_code` what the command line exits with."
+
     exit_code = 1
-    def __init__(self, summary:dict, n:int):
+
+    def __init__(self, summary: dict, n: int):
         st = Counter(f"HTTP {f['status']}" if f['status'] else 'other' for f in summary['failures'])
-        super().__init__(f"{summary['lock']}: {n} of {n + summary['ok'] + summary['skipped']} files failed ("
-                         + ', '.join(f'{k}: {v}' for k, v in st.items()) + ')')
+        super().__init__(
+            f"{summary['lock']}: {n} of {n + summary['ok'] + summary['skipped']} files failed ("
+            + ', '.join(f'{k}: {v}' for k, v in st.items())
+            + ')'
+        )
         self.summary = summary
 
-def _check_args(**kw):
-    "Raise ValueError naming the first option that is not a finite number at least its minimum (`name=(value, minimum)`)."
-    for k, (v, lo) in kw.items():
-        if v is not None and not (math.isfinite(v) and v >= lo): raise ValueError(f'{k} must be a finite number >= {lo}, not {v}')
 
-def _size(jobs): return sum(j.entry.size or 0 for j in jobs)
+def _check_args(**kw):
+    """Raise ValueError naming the first option that is not a finite number at least its minimum (`name=(value,
+    minimum)`)."""
+    for k, (v, lo) in kw.items():
+        if v is not None and not (math.isfinite(v) and v >= lo):
+            raise ValueError(f'{k} must be a finite number >= {lo}, not {v}')
+
+
+def _size(jobs):
+    return sum(j.entry.size or 0 for j in jobs)
+
 
 def _listings(manifest, base_url, dest):
     "Where an ESO query listing may be: under a folder of catalogues, a local mirror, or what is already fetched."
     roots = [manifest] if isinstance(manifest, (str, Path)) and Path(manifest).is_dir() else []
-    if base_url and base_url.startswith('file:'): roots.append(url2pathname(urlsplit(base_url).path))
+    if base_url and base_url.startswith('file:'):
+        roots.append(url2pathname(urlsplit(base_url).path))
     return [os.path.join(r, 'gaiaeso', 'eso_archive_query.csv') for r in roots + [dest]]
 
-def _only_stars(entries:list, # manifest entries
-                stars:str|None, # common_stars.parquet of the cross-match (None: keep every entry)
-                listings=()): # ESO query listings (CSV: ARCFILE, OBJECT, CNAME) that name each Gaia-ESO file's star
+
+def _only_stars(
+    entries: list,  # manifest entries
+    stars: str | None,  # common_stars.parquet of the cross-match (None: keep every entry)
+    listings=(),  # ESO query listings (CSV: ARCFILE, OBJECT, CNAME) that name each Gaia-ESO file's star
+):
     "The entries whose file name names one of the stars in the cross-match table `stars`."
-    if not stars: return entries
+    if not stars:
+        return entries
     import pandas as pd
+
     t = pd.read_parquet(stars)
-    ids = {str(v).strip() for c in ('apogee_id', 'sobject_id', 'ges_object', 'cname') if c in t for v in t[c]} - {'', '-1', 'None', 'nan'}
-    if not ids: raise ValueError(f'{stars}: no star ids (apogee_id, sobject_id, ges_object, cname)')
+    ids = {str(v).strip() for c in ('apogee_id', 'sobject_id', 'ges_object', 'cname') if c in t for v in t[c]} - {
+        '',
+        '-1',
+        'None',
+        'nan',
+    }
+    if not ids:
+        raise ValueError(f'{stars}: no star ids (apogee_id, sobject_id, ges_object, cname)')
     for f in filter(os.path.isfile, listings):
-        with open(f, newline='') as fh: ids |= {r['ARCFILE'].strip() for r in csv.DictReader(fh) if ids & {r.get('CNAME', '').strip(), r.get('OBJECT', '').strip()}}
+        with open(f, newline='') as fh:
+            ids |= {
+                r['ARCFILE'].strip()
+                for r in csv.DictReader(fh)
+                if ids & {r.get('CNAME', '').strip(), r.get('OBJECT', '').strip()}
+            }
     pat = re.compile('|'.join(map(re.escape, sorted(ids, key=len, reverse=True))))
     return [e for e in entries if pat.search(Path(e.path).name)]

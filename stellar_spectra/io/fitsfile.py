@@ -18,10 +18,14 @@ __all__ = ['SpectrumReadError', 'ReaderWarning', 'FitsFile', 'column_key', 'open
 # %% ../../nbs/00e_fitsfile.ipynb
 class SpectrumReadError(ValueError):
     "A survey file (spectrum or catalogue) that cannot be read as promised: names the file and what is wrong."
-    def __init__(self, path, problem:str):
+
+    def __init__(self, path, problem: str):
         self.path, self.problem = str(path), problem
         super().__init__(f'{path}: {problem}')
-    def __reduce__(self): return (type(self), (self.path, self.problem))
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
 
 class ReaderWarning(UserWarning):
     "A file was read, but something expected was missing (e.g. a GALAH camera or extension 4)."
@@ -29,136 +33,215 @@ class ReaderWarning(UserWarning):
 # %% ../../nbs/00e_fitsfile.ipynb
 _CANDIDATES = re.compile(rb'[BNPGE]')  # first letters of BITPIX, NAXISn, PCOUNT, GCOUNT and END
 
+
 def _hdu_spans(fh, size, path) -> list:
-    "(header offset, data offset, data bytes) of every HDU, from the raw header cards; raises on a truncated or corrupt structure."
+    """(header offset, data offset, data bytes) of every HDU, from the raw header cards; raises on a truncated or
+    corrupt structure."""
     out, pos = [], 0
     while pos < size:
-        fh.seek(pos); kv, first, start = {}, True, pos
+        fh.seek(pos)
+        kv, first, start = {}, True, pos
         while True:
-            blk = fh.read(2880); pos += 2880
-            if first and out and not blk.strip(b'\0 '): return out  # padding after the last HDU
-            if len(blk) < 2880: raise SpectrumReadError(path, f'truncated FITS file: the header of HDU {len(out)} is cut off')
-            if first and blk[:8] != (b'XTENSION' if out else b'SIMPLE  '): raise SpectrumReadError(path, f'corrupt FITS file: HDU {len(out)} does not start with XTENSION')
+            blk = fh.read(2880)
+            pos += 2880
+            if first and out and not blk.strip(b'\0 '):
+                return out  # padding after the last HDU
+            if len(blk) < 2880:
+                raise SpectrumReadError(path, f'truncated FITS file: the header of HDU {len(out)} is cut off')
+            if first and blk[:8] != (b'XTENSION' if out else b'SIMPLE  '):
+                raise SpectrumReadError(path, f'corrupt FITS file: HDU {len(out)} does not start with XTENSION')
             first, end = False, False
-            for m in _CANDIDATES.finditer(blk[::80]):  # the cards whose first letter could start one of the keys read, or END
-                i = m.start() * 80; key = blk[i:i + 8]
-                if key == b'END     ': end = True; break
-                if key[:5] in (b'BITPI', b'NAXIS', b'PCOUN', b'GCOUN'): kv[key.rstrip()] = int(blk[i + 10:i + 80].split(b'/')[0])
-            if end: break
-        n = kv.get(b'NAXIS', 0); npix = int(np.prod([kv[b'NAXIS%d' % j] for j in range(1, n + 1)])) if n else 0
+            for m in _CANDIDATES.finditer(
+                blk[::80]
+            ):  # the cards whose first letter could start one of the keys read, or END
+                i = m.start() * 80
+                key = blk[i : i + 8]
+                if key == b'END     ':
+                    end = True
+                    break
+                if key[:5] in (b'BITPI', b'NAXIS', b'PCOUN', b'GCOUN'):
+                    kv[key.rstrip()] = int(blk[i + 10 : i + 80].split(b'/')[0])
+            if end:
+                break
+        n = kv.get(b'NAXIS', 0)
+        npix = int(np.prod([kv[b'NAXIS%d' % j] for j in range(1, n + 1)])) if n else 0
         nbytes = abs(kv[b'BITPIX']) // 8 * kv.get(b'GCOUNT', 1) * (kv.get(b'PCOUNT', 0) + npix) if n else 0
-        out.append((start, pos, nbytes)); pos += nbytes + (-nbytes % 2880)
-        if pos > size: raise SpectrumReadError(path, f'truncated FITS file: {size} bytes, but HDU {len(out) - 1} ends at byte {pos}')
+        out.append((start, pos, nbytes))
+        pos += nbytes + (-nbytes % 2880)
+        if pos > size:
+            raise SpectrumReadError(
+                path, f'truncated FITS file: {size} bytes, but HDU {len(out) - 1} ends at byte {pos}'
+            )
     return out
 
 # %% ../../nbs/00e_fitsfile.ipynb
 _BITPIX = {8: 'u1', 16: '>i2', 32: '>i4', 64: '>i8', -32: '>f4', -64: '>f8'}
 
-def _card_value(v:str):
+
+def _card_value(v: str):
     "Python value of the text after `= ` in a header card: unquoted string, bool, int, float (or the raw text)."
     v = v.lstrip()
     if v.startswith("'"):
         k = 1
         while True:
             k = v.find("'", k)
-            if k < 0 or v[k + 1:k + 2] != "'": break
+            if k < 0 or v[k + 1 : k + 2] != "'":
+                break
             k += 2
-        return v[1:k if k > 0 else None].replace("''", "'").rstrip()
+        return v[1 : k if k > 0 else None].replace("''", "'").rstrip()
     v = v.split('/')[0].strip()
-    if v in ('T', 'F'): return v == 'T'
+    if v in ('T', 'F'):
+        return v == 'T'
     for conv in (int, lambda x: float(x.replace('D', 'E'))):
-        try: return conv(v)
-        except ValueError: pass
+        try:
+            return conv(v)
+        except ValueError:
+            pass
     return v or None
 
-def _card(c:str) -> tuple:
+
+def _card(c: str) -> tuple:
     "(kind, key, value, fallback) of one 80-character card: kind 1 keyword = value, 2 CONTINUE, 0 END, 3 anything else."
     key = c[:8].rstrip()
-    if key == 'END': return 0, None, None, None
-    if key == 'HIERARCH' and '=' in c: k, v = c[9:].split('=', 1); return 1, k.strip(), _card_value(v), None
+    if key == 'END':
+        return 0, None, None, None
+    if key == 'HIERARCH' and '=' in c:
+        k, v = c[9:].split('=', 1)
+        return 1, k.strip(), _card_value(v), None
     plain = (1, key, _card_value(c[10:]), None) if c[8:10] == '= ' else (3, None, None, None)
     return (2, key, _card_value(c[8:]), plain) if key == 'CONTINUE' else plain
 
-_CARDS = {}  # card text -> `_card` of it: the files of a survey repeat most of their cards, so most are parsed once per process
+
+# card text -> `_card` of it: the files of a survey repeat most of their cards, so most are parsed once per process
+_CARDS = {}
 _CARDS_MAX = 100_000  # cards remembered at most (about 25 MB); then the memory starts afresh
 
-def _parse_header(text:str) -> dict:
+
+def _parse_header(text: str) -> dict:
     "Keyword -> value of a raw FITS header (HIERARCH keys without the prefix, CONTINUE'd long strings joined)."
     out, last, memo = {}, None, _CARDS
     for j in range(0, len(text), 80):
-        c = text[j:j + 80]; kv = memo.get(c)
+        c = text[j : j + 80]
+        kv = memo.get(c)
         if kv is None:
-            if len(memo) >= _CARDS_MAX: memo.clear()
+            if len(memo) >= _CARDS_MAX:
+                memo.clear()
             kv = memo[c] = _card(c)
         kind, key, v, plain = kv
         if kind == 2:
-            if isinstance(out.get(last), str) and out[last].endswith('&'): out[last] = out[last][:-1] + v; continue
+            if isinstance(out.get(last), str) and out[last].endswith('&'):
+                out[last] = out[last][:-1] + v
+                continue
             kind, key, v, _ = plain
-        if kind == 1: out[key] = v; last = key
-        elif kind == 0: break
+        if kind == 1:
+            out[key] = v
+            last = key
+        elif kind == 0:
+            break
     return out
 
 # %% ../../nbs/00e_fitsfile.ipynb
 class FitsFile:
     "An open FITS file: HDU layout, raw-parsed headers, images and one-row tables read directly; astropy on demand."
+
     def __init__(self, fh, path, spans, memmap=False):
-        self.raw, self.path, self.spans, self.n_hdus, self.memmap, self._h, self._hdul = fh, Path(path), spans, len(spans), memmap, {}, None
+        self.raw, self.path, self.spans, self.n_hdus, self.memmap, self._h, self._hdul = (
+            fh,
+            Path(path),
+            spans,
+            len(spans),
+            memmap,
+            {},
+            None,
+        )
 
     def _read(self, offset, n):
-        pos = self.raw.tell(); self.raw.seek(offset); b = self.raw.read(n); self.raw.seek(pos)
+        pos = self.raw.tell()
+        self.raw.seek(offset)
+        b = self.raw.read(n)
+        self.raw.seek(pos)
         return b
 
-    def header(self, i:int) -> dict:
+    def header(self, i: int) -> dict:
         "Header of HDU `i` as a dict of plain values (cached)."
         if i not in self._h:
-            if i >= self.n_hdus: raise SpectrumReadError(self.path, f'missing HDU {i}; the file has {self.n_hdus} HDUs')
-            self._h[i] = _parse_header(self._read(self.spans[i][0], self.spans[i][1] - self.spans[i][0]).decode('ascii', 'replace'))
+            if i >= self.n_hdus:
+                raise SpectrumReadError(self.path, f'missing HDU {i}; the file has {self.n_hdus} HDUs')
+            self._h[i] = _parse_header(
+                self._read(self.spans[i][0], self.spans[i][1] - self.spans[i][0]).decode('ascii', 'replace')
+            )
         return self._h[i]
 
     @property
     def hdul(self):
         "The astropy HDUList of the file (opened on first use, closed with the file)."
-        if self._hdul is None: pos = self.raw.tell(); self.raw.seek(0); self._hdul = fits.open(self.raw, memmap=self.memmap); self.raw.seek(pos)
+        if self._hdul is None:
+            pos = self.raw.tell()
+            self.raw.seek(0)
+            self._hdul = fits.open(self.raw, memmap=self.memmap)
+            self.raw.seek(pos)
         return self._hdul
 
     def close(self):
-        if self._hdul is not None: self._hdul.close()
+        if self._hdul is not None:
+            self._hdul.close()
         self._hdul = None
 
 # %% ../../nbs/00e_fitsfile.ipynb
 @patch
-def image(self:FitsFile, i:int, what:str, shape=None) -> np.ndarray:
+def image(self: FitsFile, i: int, what: str, shape=None) -> np.ndarray:
     "Data of image HDU `i` (native byte order, BSCALE/BZERO applied), checking it exists and (optionally) its shape."
-    if i >= self.n_hdus: raise SpectrumReadError(self.path, f'missing HDU {i} ({what}); the file has {self.n_hdus} HDUs')
-    h = self.header(i); n = int(h.get('NAXIS', 0))
-    if h.get('XTENSION', 'IMAGE') != 'IMAGE' or n == 0: raise SpectrumReadError(self.path, f'HDU {i} ({what}) holds no image')
+    if i >= self.n_hdus:
+        raise SpectrumReadError(self.path, f'missing HDU {i} ({what}); the file has {self.n_hdus} HDUs')
+    h = self.header(i)
+    n = int(h.get('NAXIS', 0))
+    if h.get('XTENSION', 'IMAGE') != 'IMAGE' or n == 0:
+        raise SpectrumReadError(self.path, f'HDU {i} ({what}) holds no image')
     dims = tuple(int(h[f'NAXIS{k}']) for k in range(n, 0, -1))
-    if shape is not None and dims != tuple(shape): raise SpectrumReadError(self.path, f'HDU {i} ({what}) has shape {dims}, expected {tuple(shape)}')
+    if shape is not None and dims != tuple(shape):
+        raise SpectrumReadError(self.path, f'HDU {i} ({what}) has shape {dims}, expected {tuple(shape)}')
     dt = np.dtype(_BITPIX[int(h['BITPIX'])])
     d = np.frombuffer(self._read(self.spans[i][1], self.spans[i][2]), dt).reshape(dims).astype(dt.newbyteorder('='))
     scale, zero = h.get('BSCALE', 1), h.get('BZERO', 0)
-    if scale != 1 or zero != 0: d = d.astype(np.int64) + int(zero) if dt.kind in 'iu' and scale == 1 and zero == int(zero) else d * scale + zero
+    if scale != 1 or zero != 0:
+        d = d.astype(np.int64) + int(zero) if dt.kind in 'iu' and scale == 1 and zero == int(zero) else d * scale + zero
     return d
 
 # %% ../../nbs/00e_fitsfile.ipynb
 _TFORM = {'B': 'u1', 'I': '>i2', 'J': '>i4', 'K': '>i8', 'E': '>f4', 'D': '>f8'}
 
+
 @patch
-def table_row(self:FitsFile, i:int, what:str) -> dict:
+def table_row(self: FitsFile, i: int, what: str) -> dict:
     "{NAME: value or array} of the single row of BINTABLE HDU `i`."
-    if i >= self.n_hdus or self.header(i).get('XTENSION') != 'BINTABLE': raise SpectrumReadError(self.path, f'missing HDU {i} ({what})')
+    if i >= self.n_hdus or self.header(i).get('XTENSION') != 'BINTABLE':
+        raise SpectrumReadError(self.path, f'missing HDU {i} ({what})')
     h = self.header(i)
-    if h.get('NAXIS2') != 1: raise SpectrumReadError(self.path, f'HDU {i} ({what}) has {h.get("NAXIS2")} rows, expected one')
+    if h.get('NAXIS2') != 1:
+        raise SpectrumReadError(self.path, f'HDU {i} ({what}) has {h.get("NAXIS2")} rows, expected one')
     fields = []
     for k in range(1, int(h['TFIELDS']) + 1):
-        m = re.fullmatch(r'(\d*)([BIJKEDA])', str(h[f'TFORM{k}']).strip()); r = int(m[1] or 1) if m else 0
-        if not m or f'TSCAL{k}' in h or f'TZERO{k}' in h: fields = None; break
-        fields.append((str(h[f'TTYPE{k}']).strip().upper(), f'S{r}' if m[2] == 'A' else _TFORM[m[2]], () if m[2] == 'A' or r == 1 else (r,)))
+        m = re.fullmatch(r'(\d*)([BIJKEDA])', str(h[f'TFORM{k}']).strip())
+        r = int(m[1] or 1) if m else 0
+        if not m or f'TSCAL{k}' in h or f'TZERO{k}' in h:
+            fields = None
+            break
+        fields.append(
+            (
+                str(h[f'TTYPE{k}']).strip().upper(),
+                f'S{r}' if m[2] == 'A' else _TFORM[m[2]],
+                () if m[2] == 'A' or r == 1 else (r,),
+            )
+        )
     if fields is None or np.dtype(fields).itemsize != h['NAXIS1']:
-        d = self.hdul[i].data; return {n.upper(): np.array(d[n][0]) for n in d.columns.names}
+        d = self.hdul[i].data
+        return {n.upper(): np.array(d[n][0]) for n in d.columns.names}
     row = np.frombuffer(self._read(self.spans[i][1], h['NAXIS1']), np.dtype(fields))[0]
-    conv = lambda v: v.decode().strip() if isinstance(v, bytes) else (v.astype(v.dtype.newbyteorder('=')) if v.ndim else v.item())
+    conv = lambda v: (
+        v.decode().strip() if isinstance(v, bytes) else (v.astype(v.dtype.newbyteorder('=')) if v.ndim else v.item())
+    )
     return {n: conv(row[n]) for n in row.dtype.names}
+
 
 def column_key(h, name, key):
     "Header value `key` (TUNIT, TUCD, ...) of the column called `name` in a BINTABLE header."
@@ -167,14 +250,22 @@ def column_key(h, name, key):
 
 # %% ../../nbs/00e_fitsfile.ipynb
 @patch
-def find(self:FitsFile, extname:str): # EXTNAME to look for (case-insensitive)
+def find(self: FitsFile, extname: str):  # EXTNAME to look for (case-insensitive)
     "Index of the first extension whose EXTNAME is `extname`, or None."
-    return next((i for i in range(1, self.n_hdus) if str(self.header(i).get('EXTNAME', '')).strip().lower() == extname.lower()), None)
+    return next(
+        (i for i in range(1, self.n_hdus) if str(self.header(i).get('EXTNAME', '')).strip().lower() == extname.lower()),
+        None,
+    )
+
 
 @patch
-def extension(self:FitsFile, extname:str, # EXTNAME the format gives the extension
-              what:str) -> int: # what it holds (for the error message)
-    "Index of the extension named `extname`; a `SpectrumReadError` naming the file and the missing extension if there is none."
+def extension(
+    self: FitsFile,
+    extname: str,  # EXTNAME the format gives the extension
+    what: str,  # what it holds (for the error message)
+) -> int:
+    """Index of the extension named `extname`; a `SpectrumReadError` naming the file and the missing extension if there
+    is none."""
     i = self.find(extname)
     if i is None:
         names = [str(self.header(j).get('EXTNAME', '')).strip() or f'HDU {j} (unnamed)' for j in range(1, self.n_hdus)]
@@ -183,46 +274,72 @@ def extension(self:FitsFile, extname:str, # EXTNAME the format gives the extensi
 
 # %% ../../nbs/00e_fitsfile.ipynb
 @contextmanager
-def open_fits(path, # FITS file
-              memmap:bool=False): # let astropy memory-map the data (catalogues: copy what you keep before leaving the block)
-    "Open a FITS file checked to be FITS and complete, as a `FitsFile`; closed on exit; read errors become `SpectrumReadError`."
+def open_fits(
+    path,  # FITS file
+    memmap: bool = False,  # let astropy memory-map the data (catalogues: copy what you keep before leaving the block)
+):
+    """Open a FITS file checked to be FITS and complete, as a `FitsFile`; closed on exit; read errors become
+    `SpectrumReadError`."""
     p = Path(path)
-    if not p.is_file(): raise SpectrumReadError(p, 'is a directory, not a file' if p.is_dir() else 'no such file')
+    if not p.is_file():
+        raise SpectrumReadError(p, 'is a directory, not a file' if p.is_dir() else 'no such file')
     size = p.stat().st_size
     with open(p, 'rb') as fh:
-        if not fh.read(10).startswith(b'SIMPLE  ='): raise SpectrumReadError(p, 'not a FITS file (no "SIMPLE  =" at the start)')
-        if size % 2880: raise SpectrumReadError(p, f'truncated FITS file ({size} bytes, not a whole number of 2880-byte blocks)')
-        try: f = FitsFile(fh, p, _hdu_spans(fh, size, p), memmap)
-        except (ValueError, KeyError) as e: raise SpectrumReadError(p, f'corrupt FITS header ({e})') from None
-        try: yield f
-        except SpectrumReadError: raise
-        except KeyError as e: raise SpectrumReadError(p, f'missing header keyword or column {e}') from e
-        except (ValueError, IndexError, TypeError, OSError) as e: raise SpectrumReadError(p, f'{type(e).__name__}: {e}') from e
-        finally: f.close()
+        if not fh.read(10).startswith(b'SIMPLE  ='):
+            raise SpectrumReadError(p, 'not a FITS file (no "SIMPLE  =" at the start)')
+        if size % 2880:
+            raise SpectrumReadError(p, f'truncated FITS file ({size} bytes, not a whole number of 2880-byte blocks)')
+        try:
+            f = FitsFile(fh, p, _hdu_spans(fh, size, p), memmap)
+        except (ValueError, KeyError) as e:
+            raise SpectrumReadError(p, f'corrupt FITS header ({e})') from None
+        try:
+            yield f
+        except SpectrumReadError:
+            raise
+        except KeyError as e:
+            raise SpectrumReadError(p, f'missing header keyword or column {e}') from e
+        except (ValueError, IndexError, TypeError, OSError) as e:
+            raise SpectrumReadError(p, f'{type(e).__name__}: {e}') from e
+        finally:
+            f.close()
 
 # %% ../../nbs/00e_fitsfile.ipynb
 def _columns(h):
     "Upper-case column names declared in a BINTABLE header."
     return {str(h.get(f'TTYPE{i}', '')).strip().upper() for i in range(1, int(h.get('TFIELDS', 0)) + 1)}
 
+
 def identify_open(hdul) -> tuple:
     "(survey, product) of an open FITS file, from its headers and HDU structure; ('', '') if unknown."
     h0, n = hdul.header(0), hdul.n_hdus
     h1 = hdul.header(1) if n > 1 else {}
-    if str(h0.get('PRODCATG', '')).startswith('SCIENCE.SPECTRUM') or (h1.get('XTENSION') == 'BINTABLE' and h1.get('EXTNAME') == 'SPECTRUM'):
+    if str(h0.get('PRODCATG', '')).startswith('SCIENCE.SPECTRUM') or (
+        h1.get('XTENSION') == 'BINTABLE' and h1.get('EXTNAME') == 'SPECTRUM'
+    ):
         return 'ges', 'uves'
-    if 'NWAVE' in h0 and str(h0.get('CTYPE1', '')).upper().startswith('LOG'): return 'apogee', 'apStar'
-    if str(h0.get('INSTRUME', '')).startswith('HERMES') or str(h1.get('EXTNAME', '')) == 'input_sigma': return 'galah', 'camera'
-    if h1.get('NAXIS') == 2 and h1.get('NAXIS2') == 3 and n > 4 and hdul.header(4).get('BITPIX') == -64: return 'apogee', 'apVisit'
+    if 'NWAVE' in h0 and str(h0.get('CTYPE1', '')).upper().startswith('LOG'):
+        return 'apogee', 'apStar'
+    if str(h0.get('INSTRUME', '')).startswith('HERMES') or str(h1.get('EXTNAME', '')) == 'input_sigma':
+        return 'galah', 'camera'
+    if h1.get('NAXIS') == 2 and h1.get('NAXIS2') == 3 and n > 4 and hdul.header(4).get('BITPIX') == -64:
+        return 'apogee', 'apVisit'
     cols = _columns(h1) if h1.get('XTENSION') == 'BINTABLE' else set()
-    for survey, product, need in [('apogee', 'allStar', {'APOGEE_ID', 'ASPCAPFLAG'}), ('galah', 'catalogue', {'SOBJECT_ID', 'FLAG_SP'}),
-                                  ('ges', 'catalogue', {'CNAME'})]:
-        if need <= cols: return survey, product
+    for survey, product, need in [
+        ('apogee', 'allStar', {'APOGEE_ID', 'ASPCAPFLAG'}),
+        ('galah', 'catalogue', {'SOBJECT_ID', 'FLAG_SP'}),
+        ('ges', 'catalogue', {'CNAME'}),
+    ]:
+        if need <= cols:
+            return survey, product
     return '', ''
 
+
 def identify(path) -> tuple:
-    "(survey, product) of a file, recognised from its contents: ('apogee', 'apStar'|'apVisit'|'allStar'), ('galah', 'camera'|'catalogue'), ('ges', 'uves'|'catalogue')."
-    with open_fits(path) as h: return identify_open(h)
+    """(survey, product) of a file, recognised from its contents: ('apogee', 'apStar'|'apVisit'|'allStar'), ('galah',
+    'camera'|'catalogue'), ('ges', 'uves'|'catalogue')."""
+    with open_fits(path) as h:
+        return identify_open(h)
 
 # %% ../../nbs/00e_fitsfile.ipynb
 def expect_product(hdul, path, survey, product):

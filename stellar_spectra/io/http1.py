@@ -14,217 +14,356 @@ __all__ = ['SPLICE', 'ProtocolError', 'Closed', 'Connection', 'Response', 'get',
 class ProtocolError(ConnectionError):
     "The server's answer is not the HTTP/1.x it should be, or its body was cut short."
 
+
 class Closed(ConnectionError):
     "The server closed the connection before answering (a kept-alive connection it dropped while idle)."
 
-def _timeval(t:float): return struct.pack('ll', int(t), int((t - int(t)) * 1e6))
+
+def _timeval(t: float):
+    return struct.pack('ll', int(t), int((t - int(t)) * 1e6))
+
 
 class Connection:
-    "One HTTP/1.1 connection to `host` (plain or TLS): GET requests, answers read through one buffer, reopened when needed."
-    def __init__(self, netloc:str, # 'host[:port]', as in the URL
-                 tls:bool=False, # https
-                 timeout:float=30.0, # seconds without progress before `TimeoutError`
-                 context:ssl.SSLContext|None=None, # for https; default: `ssl.create_default_context()`
-                 bufsize:int=1 << 16): # receive buffer (and longest header block), bytes
+    """One HTTP/1.1 connection to `host` (plain or TLS): GET requests, answers read through one buffer, reopened when
+    needed."""
+
+    def __init__(
+        self,
+        netloc: str,  # 'host[:port]', as in the URL
+        tls: bool = False,  # https
+        timeout: float = 30.0,  # seconds without progress before `TimeoutError`
+        context: ssl.SSLContext | None = None,  # for https; default: `ssl.create_default_context()`
+        bufsize: int = 1 << 16,  # receive buffer (and longest header block), bytes
+    ):
         host, _, port = netloc.rpartition(':') if netloc.rsplit(':', 1)[-1].isdigit() else (netloc, '', '')
         self.netloc, self.host, self.port = netloc, host.strip('[]'), int(port or (443 if tls else 80))
         self.tls, self.timeout, self.context, self.sock, self.active = tls, timeout, context, None, None
-        self.buf = bytearray(bufsize); self.view, self.r, self.w = memoryview(self.buf), 0, 0  # unread bytes: buf[r:w]
+        self.buf = bytearray(bufsize)
+        self.view, self.r, self.w = memoryview(self.buf), 0, 0  # unread bytes: buf[r:w]
 
     def connect(self):
         s = socket.create_connection((self.host, self.port), self.timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls: s = (self.context or ssl.create_default_context()).wrap_socket(s, server_hostname=self.host)
+        if self.tls:
+            s = (self.context or ssl.create_default_context()).wrap_socket(s, server_hostname=self.host)
         else:  # blocking, with the timeout enforced by the kernel: no poll() before every recv
             s.settimeout(None)
-            for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO): s.setsockopt(socket.SOL_SOCKET, opt, _timeval(self.timeout))
+            for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+                s.setsockopt(socket.SOL_SOCKET, opt, _timeval(self.timeout))
         self.sock, self.r, self.w, self.active = s, 0, 0, None
 
     def close(self):
-        if self.sock is not None: self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         self.sock, self.active, self.r, self.w = None, None, 0, 0
 
-    def __repr__(self): return f'Connection({self.netloc}, {"open" if self.sock else "closed"})'
+    def __repr__(self):
+        return f'Connection({self.netloc}, {"open" if self.sock else "closed"})'
 
-    def _broken(self, msg:str):
+    def _broken(self, msg: str):
         "The connection is in an unknown state: close it and return the `ProtocolError` to raise."
-        self.close(); return ProtocolError(f'{self.netloc}: {msg}')
+        self.close()
+        return ProtocolError(f'{self.netloc}: {msg}')
 
 # %% ../../nbs/01b_http1.ipynb
-def _recv(self:Connection, mv):
+def _recv(self: Connection, mv):
     "`recv_into(mv)`; an expired timeout raises `TimeoutError`."
-    try: return self.sock.recv_into(mv)
-    except BlockingIOError: raise TimeoutError(f'{self.netloc}: no data for {self.timeout:g} s') from None
+    try:
+        return self.sock.recv_into(mv)
+    except BlockingIOError:
+        raise TimeoutError(f'{self.netloc}: no data for {self.timeout:g} s') from None
 
-def _read(self:Connection, mv):
+
+def _read(self: Connection, mv):
     "Up to len(mv) bytes into `mv`: buffered ones first, else one `recv`; 0 when the server closed the connection."
     if self.r < self.w:
-        k = min(len(mv), self.w - self.r); mv[:k] = self.view[self.r:self.r + k]; self.r += k; return k
+        k = min(len(mv), self.w - self.r)
+        mv[:k] = self.view[self.r : self.r + k]
+        self.r += k
+        return k
     return self._recv(mv)
 
-def _fill(self:Connection):
-    "Read more into the buffer (moving unread bytes to its start when full); returns the number of new bytes."
-    if self.r == self.w: self.r = self.w = 0
-    elif self.w == len(self.buf):
-        if self.r == 0: raise self._broken(f'header block or chunk line longer than {len(self.buf)} bytes')
-        n = self.w - self.r; self.view[:n] = self.view[self.r:self.w]; self.r, self.w = 0, n
-    n = self._recv(self.view[self.w:]); self.w += n; return n
 
-def _line(self:Connection):
+def _fill(self: Connection):
+    "Read more into the buffer (moving unread bytes to its start when full); returns the number of new bytes."
+    if self.r == self.w:
+        self.r = self.w = 0
+    elif self.w == len(self.buf):
+        if self.r == 0:
+            raise self._broken(f'header block or chunk line longer than {len(self.buf)} bytes')
+        n = self.w - self.r
+        self.view[:n] = self.view[self.r : self.w]
+        self.r, self.w = 0, n
+    n = self._recv(self.view[self.w :])
+    self.w += n
+    return n
+
+
+def _line(self: Connection):
     "One CRLF-terminated line from the buffer (for chunk sizes and trailers)."
     while (end := self.buf.find(b'\r\n', self.r, self.w)) < 0:
-        if not self._fill(): raise self._broken('connection closed in the middle of a chunked body')
-    line = self.buf[self.r:end].decode('latin-1'); self.r = end + 2; return line
+        if not self._fill():
+            raise self._broken('connection closed in the middle of a chunked body')
+    line = self.buf[self.r : end].decode('latin-1')
+    self.r = end + 2
+    return line
+
 
 Connection._recv, Connection._read, Connection._fill, Connection._line = _recv, _read, _fill, _line
 
 # %% ../../nbs/01b_http1.ipynb
 class Response:
-    "An answer: status, reason, headers by lower-case name, and its body, read with `readinto` / `read` or moved with `splice_into`."
-    def __init__(self, conn:Connection, version:str, status:int, reason:str, headers:dict):
+    """An answer: status, reason, headers by lower-case name, and its body, read with `readinto` / `read` or moved with
+    `splice_into`."""
+
+    def __init__(self, conn: Connection, version: str, status: int, reason: str, headers: dict):
         self.conn, self.version, self.status, self.reason, self.headers = conn, version, status, reason, headers
         self.chunked = 'chunked' in headers.get('transfer-encoding', '').lower()
         n = headers.get('content-length', '')
-        self.length = 0 if status in (204, 304) else None if self.chunked or not n.isdigit() else int(n)  # body bytes still to come
+        self.length = (
+            0 if status in (204, 304) else None if self.chunked or not n.isdigit() else int(n)
+        )  # body bytes still to come
         c = headers.get('connection', '').lower()
-        self.will_close = 'close' in c or (version == 'HTTP/1.0' and 'keep-alive' not in c) or (self.length is None and not self.chunked)
+        self.will_close = (
+            'close' in c
+            or (version == 'HTTP/1.0' and 'keep-alive' not in c)
+            or (self.length is None and not self.chunked)
+        )
         self.chunk_left, self.done = -1, False  # -1: no chunk started yet
-        if self.length == 0: self._finish()
+        if self.length == 0:
+            self._finish()
 
-    def getheader(self, name:str, default=None): return self.headers.get(name.lower(), default)
-    def __repr__(self): return f'Response({self.status} {self.reason}, length={self.length}, chunked={self.chunked})'
+    def getheader(self, name: str, default=None):
+        return self.headers.get(name.lower(), default)
+
+    def __repr__(self):
+        return f'Response({self.status} {self.reason}, length={self.length}, chunked={self.chunked})'
 
     def _finish(self):
-        self.done = True; self.conn.active = None
-        if self.will_close: self.conn.close()
+        self.done = True
+        self.conn.active = None
+        if self.will_close:
+            self.conn.close()
 
-def _head(self:Connection):
+
+def _head(self: Connection):
     "Read and parse one status line and header block."
     while (end := self.buf.find(b'\r\n\r\n', self.r, self.w)) < 0:
         if not self._fill():
-            if self.r == self.w: self.close(); raise Closed(f'{self.netloc}: connection closed before an answer')
+            if self.r == self.w:
+                self.close()
+                raise Closed(f'{self.netloc}: connection closed before an answer')
             raise self._broken('connection closed in the middle of the header block')
-    status, *lines = self.buf[self.r:end].decode('latin-1').split('\r\n'); self.r = end + 4
-    version, _, rest = status.partition(' '); code, _, reason = rest.partition(' ')
+    status, *lines = self.buf[self.r : end].decode('latin-1').split('\r\n')
+    self.r = end + 4
+    version, _, rest = status.partition(' ')
+    code, _, reason = rest.partition(' ')
     if not version.startswith('HTTP/1.') or not (code.isdigit() and len(code) == 3):
         raise self._broken(f'not an HTTP/1.x status line: {status[:80]!r}')
     h = {}
     for line in lines:
         k, sep, v = line.partition(':')
-        if sep: k, v = k.strip().lower(), v.strip(); h[k] = f'{h[k]}, {v}' if k in h else v
+        if sep:
+            k, v = k.strip().lower(), v.strip()
+            h[k] = f'{h[k]}, {v}' if k in h else v
     return Response(self, version, int(code), reason.strip(), h)
 
-def get(self:Connection, target:str, # path and query, e.g. '/sas/dr17/x.fits'
-        headers:dict|None=None): # extra request headers
+
+def get(
+    self: Connection,
+    target: str,  # path and query, e.g. '/sas/dr17/x.fits'
+    headers: dict | None = None,  # extra request headers
+):
     "Send `GET target`; returns the `Response` once its header block is in (1xx interim answers skipped)."
-    if self.active is not None: self.close()  # the previous body was not read to its end
-    if self.sock is None: self.connect()
-    req = f'GET {target} HTTP/1.1\r\nHost: {self.netloc}\r\n' + ''.join(f'{k}: {v}\r\n' for k, v in (headers or {}).items()) + '\r\n'
+    if self.active is not None:
+        self.close()  # the previous body was not read to its end
+    if self.sock is None:
+        self.connect()
+    req = (
+        f'GET {target} HTTP/1.1\r\nHost: {self.netloc}\r\n'
+        + ''.join(f'{k}: {v}\r\n' for k, v in (headers or {}).items())
+        + '\r\n'
+    )
     try:
-        try: self.sock.sendall(req.encode('latin-1'))
-        except BlockingIOError: raise TimeoutError(f'{self.netloc}: could not send for {self.timeout:g} s') from None
-        while 100 <= (resp := self._head()).status < 200: pass
-    except (ConnectionResetError, BrokenPipeError) as e:  # how a dropped idle connection shows when the send or the first read meets its reset
-        self.close(); raise Closed(f'{self.netloc}: connection closed before an answer ({e.strerror or e})') from e
-    except BaseException: self.close(); raise  # timeout, bad answer: the next request starts afresh
-    if not resp.done: self.active = resp
+        try:
+            self.sock.sendall(req.encode('latin-1'))
+        except BlockingIOError:
+            raise TimeoutError(f'{self.netloc}: could not send for {self.timeout:g} s') from None
+        while 100 <= (resp := self._head()).status < 200:
+            pass
+    except (
+        ConnectionResetError,
+        BrokenPipeError,
+    ) as e:  # how a dropped idle connection shows when the send or the first read meets its reset
+        self.close()
+        raise Closed(f'{self.netloc}: connection closed before an answer ({e.strerror or e})') from e
+    except BaseException:
+        self.close()
+        raise  # timeout, bad answer: the next request starts afresh
+    if not resp.done:
+        self.active = resp
     return resp
+
 
 Connection._head, Connection.get = _head, get
 
 # %% ../../nbs/01b_http1.ipynb
-def readinto(self:Response, mv) -> int:
+def readinto(self: Response, mv) -> int:
     "Up to len(mv) body bytes into `mv`; 0 at the end of the body."
-    if self.done or not len(mv): return 0
+    if self.done or not len(mv):
+        return 0
     c = self.conn
     if self.chunked:
         if self.chunk_left <= 0:
-            if self.chunk_left == 0: c._line()  # the CRLF after the previous chunk's data
-            size = c._line().partition(';')[0].strip()
-            try: self.chunk_left = int(size, 16)
-            except ValueError: raise c._broken(f'bad chunk size line {size[:40]!r}') from None
             if self.chunk_left == 0:
-                while c._line(): pass  # trailers, up to an empty line
-                self._finish(); return 0
-        k = c._read(mv[:self.chunk_left])
-        if not k: raise c._broken('connection closed in the middle of a chunk')
-        self.chunk_left -= k; return k
-    k = c._read(mv if self.length is None else mv[:self.length])
-    if self.length is None:
-        if not k: self._finish()
+                c._line()  # the CRLF after the previous chunk's data
+            size = c._line().partition(';')[0].strip()
+            try:
+                self.chunk_left = int(size, 16)
+            except ValueError:
+                raise c._broken(f'bad chunk size line {size[:40]!r}') from None
+            if self.chunk_left == 0:
+                while c._line():
+                    pass  # trailers, up to an empty line
+                self._finish()
+                return 0
+        k = c._read(mv[: self.chunk_left])
+        if not k:
+            raise c._broken('connection closed in the middle of a chunk')
+        self.chunk_left -= k
         return k
-    if not k: c.close(); return 0  # cut short: the caller sees fewer bytes than Content-Length
+    k = c._read(mv if self.length is None else mv[: self.length])
+    if self.length is None:
+        if not k:
+            self._finish()
+        return k
+    if not k:
+        c.close()
+        return 0  # cut short: the caller sees fewer bytes than Content-Length
     self.length -= k
-    if not self.length: self._finish()
+    if not self.length:
+        self._finish()
     return k
 
-def read(self:Response) -> bytes:
+
+def read(self: Response) -> bytes:
     "The rest of the body."
     out, mv = bytearray(), memoryview(bytearray(1 << 16))
-    while k := self.readinto(mv): out += mv[:k]
+    while k := self.readinto(mv):
+        out += mv[:k]
     return bytes(out)
+
 
 Response.readinto, Response.read = readinto, read
 
 # %% ../../nbs/01b_http1.ipynb
 SPLICE = hasattr(os, 'splice')  # Linux: bodies can move socket -> pipe -> file inside the kernel
 
+
 def spliceable(resp) -> bool:
-    "True if `resp`'s body can go to a file with `splice_into`: Linux, plain HTTP, known length (read `buffered` bytes first)."
+    """True if `resp`'s body can go to a file with `splice_into`: Linux, plain HTTP, known length (read `buffered` bytes
+    first)."""
     c = getattr(resp, 'conn', None)
     return SPLICE and isinstance(c, Connection) and not c.tls and resp.length is not None and not resp.chunked
 
-def buffered(self:Response) -> int:
+
+def buffered(self: Response) -> int:
     "Body bytes the connection already holds in its buffer (read with the header block)."
     return 0 if self.done else min(self.conn.w - self.conn.r, self.length if self.length is not None else self.conn.w)
 
-_NO_SPLICE = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV)  # this socket or file system does not take part in splice
+
+_NO_SPLICE = (
+    errno.EINVAL,
+    errno.EOPNOTSUPP,
+    errno.ENOSYS,
+    errno.EXDEV,
+)  # this socket or file system does not take part in splice
+
 
 class Pipe:
-    "A kernel pipe for `splice_into`, enlarged to `size` bytes where the system allows; remembers what refused to splice."
-    def __init__(self, size:int=1 << 20):
-        self.r, self.w = os.pipe(); self.sock_ok = self.file_ok = True
-        try: fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, size)
-        except (OSError, AttributeError): pass  # the default 64 KiB works, in more calls
-    def close(self): os.close(self.r); os.close(self.w)
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
+    """A kernel pipe for `splice_into`, enlarged to `size` bytes where the system allows; remembers what refused to
+    splice."""
 
-def open_pipe(size:int=1 << 20): return Pipe(size)
+    def __init__(self, size: int = 1 << 20):
+        self.r, self.w = os.pipe()
+        self.sock_ok = self.file_ok = True
+        try:
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, size)
+        except (OSError, AttributeError):
+            pass  # the default 64 KiB works, in more calls
+
+    def close(self):
+        os.close(self.r)
+        os.close(self.w)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def open_pipe(size: int = 1 << 20):
+    return Pipe(size)
+
 
 def pwrite_all(fd, b, offset):
-    while b: k = os.pwrite(fd, b, offset); b, offset = b[k:], offset + k
+    while b:
+        k = os.pwrite(fd, b, offset)
+        b, offset = b[k:], offset + k
 
-def _splice_in(c:Connection, pipe:Pipe, n:int) -> int:
+
+def _splice_in(c: Connection, pipe: Pipe, n: int) -> int:
     "Up to `n` bytes from `c`'s socket into `pipe`; -1 (and never again on this pipe) if the socket does not splice."
-    try: return os.splice(c.sock.fileno(), pipe.w, n)
-    except BlockingIOError: raise TimeoutError(f'{c.netloc}: no data for {c.timeout:g} s') from None
+    try:
+        return os.splice(c.sock.fileno(), pipe.w, n)
+    except BlockingIOError:
+        raise TimeoutError(f'{c.netloc}: no data for {c.timeout:g} s') from None
     except OSError as e:
-        if e.errno not in _NO_SPLICE: raise
-        pipe.sock_ok = False; return -1
+        if e.errno not in _NO_SPLICE:
+            raise
+        pipe.sock_ok = False
+        return -1
 
-def splice_into(self:Response, fd:int, # file opened for writing
-                offset:int, # where the bytes go in the file
-                n:int, # at most this many bytes
-                pipe:Pipe) -> int: # from `open_pipe`
-    "Move up to `n` body bytes from the socket to file `fd` at `offset` inside the kernel; 0 when the server closed the connection."
-    c = self.conn; n = min(n, self.length)
-    if c.r < c.w: raise ValueError(f'{c.netloc}: read the {c.w - c.r} buffered bytes with readinto first')
+
+def splice_into(
+    self: Response,
+    fd: int,  # file opened for writing
+    offset: int,  # where the bytes go in the file
+    n: int,  # at most this many bytes
+    pipe: Pipe,  # from `open_pipe`
+) -> int:
+    """Move up to `n` body bytes from the socket to file `fd` at `offset` inside the kernel; 0 when the server closed
+    the connection."""
+    c = self.conn
+    n = min(n, self.length)
+    if c.r < c.w:
+        raise ValueError(f'{c.netloc}: read the {c.w - c.r} buffered bytes with readinto first')
     k = _splice_in(c, pipe, n) if pipe.sock_ok else -1
     if k < 0:  # the socket refused: an ordinary recv and write
-        b = bytearray(n); k = c._recv(memoryview(b))
-        if k: pwrite_all(fd, memoryview(b)[:k], offset)
+        b = bytearray(n)
+        k = c._recv(memoryview(b))
+        if k:
+            pwrite_all(fd, memoryview(b)[:k], offset)
     else:
         left = k
         while left:
             if pipe.file_ok:
-                try: left -= os.splice(pipe.r, fd, left, offset_dst=offset + k - left); continue
+                try:
+                    left -= os.splice(pipe.r, fd, left, offset_dst=offset + k - left)
+                    continue
                 except OSError as e:
-                    if e.errno not in _NO_SPLICE: raise
-                    pipe.file_ok = False  # this file system takes no splice: the bytes leave the pipe through a buffer from now on
-            b = os.read(pipe.r, left); pwrite_all(fd, b, offset + k - left); left -= len(b)
+                    if e.errno not in _NO_SPLICE:
+                        raise
+                    pipe.file_ok = False  # this file system takes no splice: the bytes leave the pipe through a buffer
+                    # from now on
+            b = os.read(pipe.r, left)
+            pwrite_all(fd, b, offset + k - left)
+            left -= len(b)
     self.length -= k
-    if not self.length: self._finish()
+    if not self.length:
+        self._finish()
     return k
+
 
 Response.splice_into, Response.buffered = splice_into, property(buffered)

@@ -11,8 +11,17 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 from astropy.io import fits
 from ..atomic import atomic_write
-from ..formats import (ALLSTAR_PATH, GALAH_BASE_URL, GALAH_CATALOGUE_PATH, SDSS_BASE_URL, apstar_path,
-                                     apvisit_path, galah_file_url, galah_filename, galah_tarball_path)
+from stellar_spectra.formats import (
+    ALLSTAR_PATH,
+    GALAH_BASE_URL,
+    GALAH_CATALOGUE_PATH,
+    SDSS_BASE_URL,
+    apstar_path,
+    apvisit_path,
+    galah_file_url,
+    galah_filename,
+    galah_tarball_path,
+)
 
 # %% auto 0
 __all__ = ['URL_SCHEMES', 'MANIFEST_FIELDS', 'ESO_FILE_URL', 'Entry', 'write_manifest', 'read_manifest', 'apogee_entries',
@@ -22,9 +31,11 @@ __all__ = ['URL_SCHEMES', 'MANIFEST_FIELDS', 'ESO_FILE_URL', 'Entry', 'write_man
 # %% ../../nbs/01a_manifest.ipynb
 URL_SCHEMES = ('http', 'https', 'file')  # what `download` can fetch
 
+
 @dataclass
 class Entry:
     "One file to fetch: its path in the archive layout, its archive URL, and what it must be."
+
     path: str  # destination relative to `dest`, and the path under a mirror's base URL
     url: str = ''  # URL on the real archive, used when no base URL is given
     size: int | None = None  # expected size in bytes, if known
@@ -33,32 +44,44 @@ class Entry:
 
     def __post_init__(self):
         p = Path(self.path)
-        if not self.path or p.is_absolute() or '..' in p.parts: raise ValueError(f'bad manifest path {self.path!r}')
-        if self.url and urlsplit(self.url).scheme not in URL_SCHEMES: raise ValueError(f'{self.path}: url {self.url!r} is not http(s):// or file://')
+        if not self.path or p.is_absolute() or '..' in p.parts:
+            raise ValueError(f'bad manifest path {self.path!r}')
+        if self.url and urlsplit(self.url).scheme not in URL_SCHEMES:
+            raise ValueError(f'{self.path}: url {self.url!r} is not http(s):// or file://')
         self.size = None if self.size in (None, '') else int(self.size)
-        if self.size is not None and self.size < 0: raise ValueError(f'{self.path}: negative size {self.size}')
+        if self.size is not None and self.size < 0:
+            raise ValueError(f'{self.path}: negative size {self.size}')
         self.sha256, self.md5 = (self.sha256 or '').lower(), (self.md5 or '').lower()
         for k, n in (('sha256', 64), ('md5', 32)):
-            if (v := getattr(self, k)) and not re.fullmatch(f'[0-9a-f]{{{n}}}', v): raise ValueError(f'{self.path}: {k} {v!r} is not {n} hex digits')
+            if (v := getattr(self, k)) and not re.fullmatch(f'[0-9a-f]{{{n}}}', v):
+                raise ValueError(f'{self.path}: {k} {v!r} is not {n} hex digits')
 
-    def source(self, base_url:str|None=None):
+    def source(self, base_url: str | None = None):
         "The URL to fetch: under the mirror `base_url` when given, else the archive URL."
-        if base_url: return base_url.rstrip('/') + '/' + quote(self.path)
-        if not self.url: raise ValueError(f'{self.path}: no archive URL in the manifest and no base_url given')
+        if base_url:
+            return base_url.rstrip('/') + '/' + quote(self.path)
+        if not self.url:
+            raise ValueError(f'{self.path}: no archive URL in the manifest and no base_url given')
         return self.url
 
 # %% ../../nbs/01a_manifest.ipynb
 MANIFEST_FIELDS = ['path', 'url', 'size', 'sha256', 'md5']
 
 # %% ../../nbs/01a_manifest.ipynb
-def write_manifest(entries, # iterable of `Entry`
-                   fname): # `.csv` for CSV, anything else for JSON lines
+def write_manifest(
+    entries,  # iterable of `Entry`
+    fname,  # `.csv` for CSV, anything else for JSON lines
+):
     "Save a manifest as JSON lines or CSV (same columns)."
     rows = [{k: v for k, v in asdict(e).items() if v not in ('', None)} for e in entries]
     if str(fname).endswith('.csv'):
-        buf = io.StringIO(); w = csv.DictWriter(buf, MANIFEST_FIELDS); w.writeheader(); w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
         text = buf.getvalue()
-    else: text = ''.join(json.dumps(r) + '\n' for r in rows)
+    else:
+        text = ''.join(json.dumps(r) + '\n' for r in rows)
     atomic_write(fname, text)
     return Path(fname)
 
@@ -66,23 +89,35 @@ def write_manifest(entries, # iterable of `Entry`
 def _rows(fname):
     "(row number, dict) for each row of a CSV or JSON-lines manifest."
     with open(fname, newline='') as f:
-        if str(fname).endswith('.csv'): yield from enumerate(csv.DictReader(f), 1); return
+        if str(fname).endswith('.csv'):
+            yield from enumerate(csv.DictReader(f), 1)
+            return
         for i, line in enumerate(filter(str.strip, f), 1):
-            try: r = json.loads(line)
-            except ValueError as err: raise ValueError(f'{fname}: row {i}: not JSON ({err})') from None
-            if not isinstance(r, dict): raise ValueError(f'{fname}: row {i}: not a JSON object')
+            try:
+                r = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f'{fname}: row {i}: not JSON ({err})') from None
+            if not isinstance(r, dict):
+                raise ValueError(f'{fname}: row {i}: not a JSON object')
             yield i, r
 
-def read_manifest(fname): # a manifest written by `write_manifest` (or by hand)
+
+def read_manifest(fname):  # a manifest written by `write_manifest` (or by hand)
     "Load a manifest file as a list of `Entry`, each problem named by file and row; a path listed twice must agree."
     out, seen = [], {}
     try:
         for i, r in _rows(fname):
-            try: e = Entry(**{k: r.get(k) for k in MANIFEST_FIELDS if r.get(k) not in (None, '')})
-            except (TypeError, ValueError) as err: raise ValueError(f'{fname}: row {i}: {err}') from None
-            if e.path in seen and out[seen[e.path][1]] != e: raise ValueError(f'{fname}: row {i}: {e.path} is already in row {seen[e.path][0]} with other values')
-            if e.path not in seen: seen[e.path] = (i, len(out)); out.append(e)
-    except UnicodeDecodeError: raise ValueError(f'{fname}: not a text manifest (CSV or JSON lines)') from None
+            try:
+                e = Entry(**{k: r.get(k) for k in MANIFEST_FIELDS if r.get(k) not in (None, '')})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f'{fname}: row {i}: {err}') from None
+            if e.path in seen and out[seen[e.path][1]] != e:
+                raise ValueError(f'{fname}: row {i}: {e.path} is already in row {seen[e.path][0]} with other values')
+            if e.path not in seen:
+                seen[e.path] = (i, len(out))
+                out.append(e)
+    except UnicodeDecodeError:
+        raise ValueError(f'{fname}: not a text manifest (CSV or JSON lines)') from None
     return out
 
 # %% ../../nbs/01a_manifest.ipynb
@@ -90,22 +125,30 @@ def _columns(fname, names, hdu=1):
     "Some columns of a FITS table (memory-mapped, strings stripped), as numpy arrays."
     with fits.open(fname, memmap=True) as h:
         d = h[hdu].data
-        return {n: (np.char.strip(np.asarray(d[n]).astype(str)) if d[n].dtype.kind in 'SU' else np.asarray(d[n]))
-                for n in names}
+        return {
+            n: (np.char.strip(np.asarray(d[n]).astype(str)) if d[n].dtype.kind in 'SU' else np.asarray(d[n]))
+            for n in names
+        }
 
-def _sdss(rel): return Entry('sdss/' + rel, SDSS_BASE_URL + rel)
+
+def _sdss(rel):
+    return Entry('sdss/' + rel, SDSS_BASE_URL + rel)
 
 # %% ../../nbs/01a_manifest.ipynb
-def apogee_entries(allstar, # allStar file or table with TELESCOPE, FIELD, APOGEE_ID
-                   visits=None, # allVisit-like file or table with TELESCOPE, FIELD, PLATE, MJD, FIBERID
-                   catalogue:bool=True): # include the allStar file itself
+def apogee_entries(
+    allstar,  # allStar file or table with TELESCOPE, FIELD, APOGEE_ID
+    visits=None,  # allVisit-like file or table with TELESCOPE, FIELD, PLATE, MJD, FIBERID
+    catalogue: bool = True,  # include the allStar file itself
+):
     "Manifest entries of SDSS DR17 apStar/asStar (and apVisit/asVisit) files, under `sdss/`."
-    if isinstance(allstar, (str, Path)): allstar = _columns(allstar, ['TELESCOPE', 'FIELD', 'APOGEE_ID'])
+    if isinstance(allstar, (str, Path)):
+        allstar = _columns(allstar, ['TELESCOPE', 'FIELD', 'APOGEE_ID'])
     out = [_sdss(ALLSTAR_PATH)] if catalogue else []
     keys = zip(*(np.char.strip(np.asarray(allstar[c]).astype(str)) for c in ('TELESCOPE', 'FIELD', 'APOGEE_ID')))
     out += [_sdss(apstar_path(*k)) for k in dict.fromkeys(keys) if all(k)]
     if visits is not None:
-        if isinstance(visits, (str, Path)): visits = _columns(visits, ['TELESCOPE', 'FIELD', 'PLATE', 'MJD', 'FIBERID'])
+        if isinstance(visits, (str, Path)):
+            visits = _columns(visits, ['TELESCOPE', 'FIELD', 'PLATE', 'MJD', 'FIBERID'])
         cols = [np.char.strip(np.asarray(visits[c]).astype(str)) for c in ('TELESCOPE', 'FIELD', 'PLATE')]
         vk = zip(*cols, np.asarray(visits['MJD']).astype(int), np.asarray(visits['FIBERID']).astype(int))
         out += [_sdss(apvisit_path(t, f, p, int(m), int(fb))) for t, f, p, m, fb in dict.fromkeys(vk)]
@@ -114,74 +157,103 @@ def apogee_entries(allstar, # allStar file or table with TELESCOPE, FIELD, APOGE
 # %% ../../nbs/01a_manifest.ipynb
 _SFILE = re.compile(r'(a[ps])Visit-dr17-(.+)-(\d{5})-(\d{3})\.fits')
 
-def apvisit_entries(apstar_files): # apStar/asStar files under an `.../stars/{telescope}/{field}/` folder
+
+def apvisit_entries(apstar_files):  # apStar/asStar files under an `.../stars/{telescope}/{field}/` folder
     "Manifest entries of the visit spectra named by the `SFILEn` keywords of apStar headers."
     out = {}
     for fn in map(Path, apstar_files):
         tel, field = fn.parent.parent.name, fn.parent.name
         hdr = fits.getheader(fn, 0)
         for k in hdr['SFILE*']:
-            if m := _SFILE.search(str(hdr[k])): out[apvisit_path(tel, field, m[2], int(m[3]), int(m[4]))] = None
+            if m := _SFILE.search(str(hdr[k])):
+                out[apvisit_path(tel, field, m[2], int(m[3]), int(m[4]))] = None
     return [_sdss(p) for p in out]
 
 # %% ../../nbs/01a_manifest.ipynb
-def galah_entries(catalogue, # GALAH DR3 catalogue file or table with sobject_id
-                  ccds=(1, 2, 3, 4), # cameras to fetch (per-file layout)
-                  tarballs:bool=False, # fetch per-night tarballs instead of camera files
-                  catalogue_file:bool=True): # include the catalogue file itself
+def galah_entries(
+    catalogue,  # GALAH DR3 catalogue file or table with sobject_id
+    ccds=(1, 2, 3, 4),  # cameras to fetch (per-file layout)
+    tarballs: bool = False,  # fetch per-night tarballs instead of camera files
+    catalogue_file: bool = True,  # include the catalogue file itself
+):
     "Manifest entries of GALAH DR3 spectra (per-file or per-night tarball layout), under `galah/`."
-    if isinstance(catalogue, (str, Path)): catalogue = _columns(catalogue, ['sobject_id'])
+    if isinstance(catalogue, (str, Path)):
+        catalogue = _columns(catalogue, ['sobject_id'])
     ids = sorted(set(np.asarray(catalogue['sobject_id']).astype(np.int64).tolist()))
     out = [Entry('galah/' + GALAH_CATALOGUE_PATH, GALAH_BASE_URL + GALAH_CATALOGUE_PATH)] if catalogue_file else []
-    if tarballs: return out + [Entry('galah/' + p, GALAH_BASE_URL + p) for p in dict.fromkeys(map(galah_tarball_path, ids))]
-    return out + [Entry(f'galah/GALAH_DR3/spectra/{galah_filename(s, c)}', galah_file_url(s, c)) for s in ids for c in ccds]
+    if tarballs:
+        return out + [Entry('galah/' + p, GALAH_BASE_URL + p) for p in dict.fromkeys(map(galah_tarball_path, ids))]
+    return out + [
+        Entry(f'galah/GALAH_DR3/spectra/{galah_filename(s, c)}', galah_file_url(s, c)) for s in ids for c in ccds
+    ]
 
 # %% ../../nbs/01a_manifest.ipynb
 ESO_FILE_URL = 'https://dataportal.eso.org/dataPortal/file/'
 
-def ges_entries(source): # URLs, or an ESO archive query CSV with an ARCFILE column
+
+def ges_entries(source):  # URLs, or an ESO archive query CSV with an ARCFILE column
     "Manifest entries of Gaia-ESO Phase-3 spectra, under `gaiaeso/spectra/`."
     if isinstance(source, (str, Path)):
-        with open(source, newline='') as f: rows = list(csv.DictReader(f))
-        if rows and 'ARCFILE' not in rows[0]: raise ValueError(f'{source}: no ARCFILE column')
+        with open(source, newline='') as f:
+            rows = list(csv.DictReader(f))
+        if rows and 'ARCFILE' not in rows[0]:
+            raise ValueError(f'{source}: no ARCFILE column')
         source = [ESO_FILE_URL + r['ARCFILE'].strip().removesuffix('.fits') for r in rows]
     names = [unquote(urlsplit(u).path.rstrip('/').rsplit('/', 1)[-1]) for u in source]
     return [Entry('gaiaeso/spectra/' + (n if n.endswith('.fits') else n + '.fits'), u) for n, u in zip(names, source)]
 
 # %% ../../nbs/01a_manifest.ipynb
-def catalogue_manifest(root, # folder in the archive layout (sdss/, galah/, gaiaeso/), e.g. a mock sky
-                       visits:bool=True, # include APOGEE visit spectra
-                       galah_tarballs:bool=False): # GALAH per-night tarballs instead of camera files
+def catalogue_manifest(
+    root,  # folder in the archive layout (sdss/, galah/, gaiaeso/), e.g. a mock sky
+    visits: bool = True,  # include APOGEE visit spectra
+    galah_tarballs: bool = False,  # GALAH per-night tarballs instead of camera files
+):
     "Manifest of the catalogues under `root` and every spectrum they list."
     root, out = Path(root), []
-    allstar = root/'sdss'/ALLSTAR_PATH
+    allstar = root / 'sdss' / ALLSTAR_PATH
     if allstar.exists():
         allvisit = allstar.with_name('allVisit-dr17-synspec_rev1.fits')
         out += apogee_entries(allstar, allvisit if visits and allvisit.exists() else None)
-        if visits and not allvisit.exists(): out += apvisit_entries((root/'sdss').glob('dr17/apogee/spectro/redux/dr17/stars/*/*/a?Star-*.fits'))
-    if (galah := root/'galah'/GALAH_CATALOGUE_PATH).exists(): out += galah_entries(galah, tarballs=galah_tarballs)
-    if (ges := root/'gaiaeso'/'eso_archive_query.csv').exists(): out += ges_entries(ges)
+        if visits and not allvisit.exists():
+            out += apvisit_entries((root / 'sdss').glob('dr17/apogee/spectro/redux/dr17/stars/*/*/a?Star-*.fits'))
+    if (galah := root / 'galah' / GALAH_CATALOGUE_PATH).exists():
+        out += galah_entries(galah, tarballs=galah_tarballs)
+    if (ges := root / 'gaiaeso' / 'eso_archive_query.csv').exists():
+        out += ges_entries(ges)
     return out
 
-def add_checksums(entries, # manifest entries
-                  root): # trusted local copy in the same layout
+
+def add_checksums(
+    entries,  # manifest entries
+    root,  # trusted local copy in the same layout
+):
     "Entries with `size` and `sha256` of the files under `root` (entries without a file are left as they are)."
-    return [Entry(e.path, e.url, f.stat().st_size, hash_file(f)['sha256']) if (f := Path(root)/e.path).is_file() else e
-            for e in entries]
+    return [
+        Entry(e.path, e.url, f.stat().st_size, hash_file(f)['sha256']) if (f := Path(root) / e.path).is_file() else e
+        for e in entries
+    ]
 
 # %% ../../nbs/01a_manifest.ipynb
-def new_hashers(md5=False): return {'sha256': hashlib.sha256(), **({'md5': hashlib.md5()} if md5 else {})}
+def new_hashers(md5=False):
+    return {'sha256': hashlib.sha256(), **({'md5': hashlib.md5()} if md5 else {})}
+
 
 def update_hashers(hs, b):
-    for h in hs.values(): h.update(b)
+    for h in hs.values():
+        h.update(b)
+
 
 def hash_into(hs, fname, buf):
     "Feed the bytes of `fname` to the hashers `hs`, read into the buffer `buf` (a memoryview)."
     with open(fname, 'rb', buffering=0) as f:
-        while n := f.readinto(buf): update_hashers(hs, buf[:n])
+        while n := f.readinto(buf):
+            update_hashers(hs, buf[:n])
 
-def hash_file(fname, # file to hash
-              md5:bool=False): # also compute md5
+
+def hash_file(
+    fname,  # file to hash
+    md5: bool = False,  # also compute md5
+):
     "Hex digests of a file, streaming: {'sha256': ..., ['md5': ...]}."
     hash_into(hs := new_hashers(md5), fname, memoryview(bytearray(1 << 20)))
     return {k: h.hexdigest() for k, h in hs.items()}

@@ -7,8 +7,16 @@ from __future__ import annotations
 import re, warnings
 from pathlib import Path
 import numpy as np
-from ..formats import (GALAH_COVERAGE, GALAH_R, UVES_FLUX_COLUMNS, UVES_R, UVES_SETUPS, C_KMS, linear_wavelength,
-                                     galah_filename)
+from stellar_spectra.formats import (
+    GALAH_COVERAGE,
+    GALAH_R,
+    UVES_FLUX_COLUMNS,
+    UVES_R,
+    UVES_SETUPS,
+    C_KMS,
+    linear_wavelength,
+    galah_filename,
+)
 from ..linelist import air_to_vacuum
 from ..spectrum import Spectrum, PixelFlag, stitch, flag_spikes
 from .fitsfile import SpectrumReadError, ReaderWarning, open_fits, expect_product, column_key
@@ -22,121 +30,219 @@ def _galah_ccd(air):
     mid = air[len(air) // 2]
     return min(GALAH_COVERAGE, key=lambda c: abs(mid - sum(GALAH_COVERAGE[c]) / 2))
 
+
 def _sobject_id(path):
     "(sobject_id, ccd) from a `<sobject_id><ccd>.fits` name, or (None, None)."
     m = re.fullmatch(r'(\d{15})([1-4])\.fits', Path(path).name)
     return (int(m[1]), int(m[2])) if m else (None, None)
 
+
 def _galah_ext4(hdul):
-    "Index of the normalised spectrum: the first unnamed non-empty 1-D image extension (GALAH gives it no EXTNAME), or None."
-    return next((i for i in range(1, hdul.n_hdus) if not str(hdul.header(i).get('EXTNAME', '')).strip()
-                 and hdul.header(i).get('XTENSION') == 'IMAGE' and hdul.header(i).get('NAXIS') == 1 and hdul.spans[i][2] > 0), None)
+    """Index of the normalised spectrum: the first unnamed non-empty 1-D image extension (GALAH gives it no EXTNAME), or
+    None."""
+    return next(
+        (
+            i
+            for i in range(1, hdul.n_hdus)
+            if not str(hdul.header(i).get('EXTNAME', '')).strip()
+            and hdul.header(i).get('XTENSION') == 'IMAGE'
+            and hdul.header(i).get('NAXIS') == 1
+            and hdul.spans[i][2] > 0
+        ),
+        None,
+    )
 
 # %% ../../nbs/00g_optical.ipynb
 def _galah_camera(hdul, path, normalised=False):
     "Spectrum of one open GALAH camera file (ext 0 with absolute errors, or ext 4 when `normalised`)."
-    expect_product(hdul, path, 'galah', 'camera'); h = hdul.header(0)
+    expect_product(hdul, path, 'galah', 'camera')
+    h = hdul.header(0)
     flux = hdul.image(0, 'flux')
-    if flux.ndim != 1: raise SpectrumReadError(path, f'flux has shape {flux.shape}, expected one dimension')
+    if flux.ndim != 1:
+        raise SpectrumReadError(path, f'flux has shape {flux.shape}, expected one dimension')
     rel = hdul.image(hdul.extension('input_sigma', 'relative error'), 'relative error (input_sigma)', flux.shape)
     cdelt, crval = float(h['CDELT1']), float(h['CRVAL1'])
-    air = linear_wavelength(crval, cdelt, flux.size, h.get('CRPIX1', 1)); ccd = _galah_ccd(air)
-    i4 = _galah_ext4(hdul); h4 = hdul.header(i4) if i4 is not None else None
+    air = linear_wavelength(crval, cdelt, flux.size, h.get('CRPIX1', 1))
+    ccd = _galah_ccd(air)
+    i4 = _galah_ext4(hdul)
+    h4 = hdul.header(i4) if i4 is not None else None
     rv = C_KMS * (cdelt / h4['CDELT1'] - 1) if h4 is not None else np.nan
     sid = _sobject_id(path)[0]
-    meta = {'ccd': ccd, 'sobject_id': sid, 'has_ext4': h4 is not None, 'medium_in_file': 'air', 'normalised': normalised,
-            **{k: h[k] for k in ('UTMJD', 'EXPOSED', 'MEANRA', 'MEANDEC', 'OBJECT') if k in h}}
+    meta = {
+        'ccd': ccd,
+        'sobject_id': sid,
+        'has_ext4': h4 is not None,
+        'medium_in_file': 'air',
+        'normalised': normalised,
+        **{k: h[k] for k in ('UTMJD', 'EXPOSED', 'MEANRA', 'MEANDEC', 'OBJECT') if k in h},
+    }
     kw = dict(R=GALAH_R, survey='galah', product=f'ccd{ccd}', star_id=str(sid or ''), rv=rv, meta=meta)
-    if not normalised: return flag_spikes(Spectrum.from_sigma(air_to_vacuum(air), flux, np.abs(flux) * rel, frame='barycentric', flux_unit='ct', **kw))
-    if h4 is None: raise SpectrumReadError(path, 'no extension 4 (normalised spectrum)')
+    if not normalised:
+        return flag_spikes(
+            Spectrum.from_sigma(air_to_vacuum(air), flux, np.abs(flux) * rel, frame='barycentric', flux_unit='ct', **kw)
+        )
+    if h4 is None:
+        raise SpectrumReadError(path, 'no extension 4 (normalised spectrum)')
     norm = hdul.image(i4, 'normalised flux')
     off = h4['CRVAL1'] / h4['CDELT1'] - crval / cdelt  # ext-0 pixel where ext 4 starts
     i0 = int(round(off))
-    if abs(off - i0) > 0.01 or i0 < 0 or i0 + norm.size > flux.size: raise SpectrumReadError(path, f'extension 4 does not align with extension 0 (offset {off:.3f} px)')
-    air4 = linear_wavelength(h4['CRVAL1'], h4['CDELT1'], norm.size, h4.get('CRPIX1', 1)); meta['ext4_offset'] = i0
-    return flag_spikes(Spectrum.from_sigma(air_to_vacuum(air4), norm, np.abs(norm) * rel[i0:i0 + norm.size], frame='rest', **kw))
+    if abs(off - i0) > 0.01 or i0 < 0 or i0 + norm.size > flux.size:
+        raise SpectrumReadError(path, f'extension 4 does not align with extension 0 (offset {off:.3f} px)')
+    air4 = linear_wavelength(h4['CRVAL1'], h4['CDELT1'], norm.size, h4.get('CRPIX1', 1))
+    meta['ext4_offset'] = i0
+    return flag_spikes(
+        Spectrum.from_sigma(air_to_vacuum(air4), norm, np.abs(norm) * rel[i0 : i0 + norm.size], frame='rest', **kw)
+    )
 
 # %% ../../nbs/00g_optical.ipynb
-def _snr(s): return float(np.median(np.abs(s.flux[~s.mask]) * np.sqrt(s.ivar[~s.mask]))) if (~s.mask).any() else np.nan
+def _snr(s):
+    return float(np.median(np.abs(s.flux[~s.mask]) * np.sqrt(s.ivar[~s.mask]))) if (~s.mask).any() else np.nan
+
 
 def galah_spectrum(hdul, path, normalised=False, cameras=True):
     "GALAH spectrum from an open camera file: this camera alone, or all cameras of its sobject_id stitched."
     sid, ccd = _sobject_id(path)
     if not cameras or sid is None:
-        if cameras: warnings.warn(f'{path}: not named <sobject_id><ccd>.fits, so the other cameras cannot be found; read this one', ReaderWarning)
+        if cameras:
+            warnings.warn(
+                f'{path}: not named <sobject_id><ccd>.fits, so the other cameras cannot be found; read this one',
+                ReaderWarning,
+            )
         return _galah_camera(hdul, path, normalised)
     parts, missing, no4 = {}, [], []
     for c in (1, 2, 3, 4):
         q = Path(path).with_name(galah_filename(sid, c))
-        if c != ccd and not q.is_file(): missing.append(c); continue
+        if c != ccd and not q.is_file():
+            missing.append(c)
+            continue
         try:
-            if c == ccd: parts[c] = _galah_camera(hdul, path, normalised)
+            if c == ccd:
+                parts[c] = _galah_camera(hdul, path, normalised)
             else:
-                with open_fits(q) as hq: parts[c] = _galah_camera(hq, q, normalised)
+                with open_fits(q) as hq:
+                    parts[c] = _galah_camera(hq, q, normalised)
         except SpectrumReadError as e:
-            if normalised and 'extension 4' in e.problem: no4.append(c)
-            else: raise
-    if missing: warnings.warn(f'{path}: GALAH {sid} lacks camera(s) {missing}; stitched {sorted(parts)}', ReaderWarning)
-    if no4: warnings.warn(f'{path}: GALAH {sid} camera(s) {no4} have no extension 4 (normalised spectrum); skipped', ReaderWarning)
-    if not parts: raise SpectrumReadError(path, f'GALAH {sid}: no camera has an extension 4 (normalised spectrum)')
-    sp = [parts[c] for c in sorted(parts)]; rvs = [s.rv for s in sp if np.isfinite(s.rv)]
+            if normalised and 'extension 4' in e.problem:
+                no4.append(c)
+            else:
+                raise
+    if missing:
+        warnings.warn(f'{path}: GALAH {sid} lacks camera(s) {missing}; stitched {sorted(parts)}', ReaderWarning)
+    if no4:
+        warnings.warn(
+            f'{path}: GALAH {sid} camera(s) {no4} have no extension 4 (normalised spectrum); skipped', ReaderWarning
+        )
+    if not parts:
+        raise SpectrumReadError(path, f'GALAH {sid}: no camera has an extension 4 (normalised spectrum)')
+    sp = [parts[c] for c in sorted(parts)]
+    rvs = [s.rv for s in sp if np.isfinite(s.rv)]
     snr = {c: _snr(s) for c, s in parts.items()}
     meta = {**sp[0].meta, 'ccd': sorted(parts), 'missing_cameras': missing, 'missing_ext4': no4, 'snr_ccd': snr}
-    return stitch(sp, product='ccd' + ''.join(map(str, sorted(parts))), rv=float(np.median(rvs)) if rvs else np.nan,
-                  snr=float(np.nanmedian(list(snr.values()))), meta=meta)
+    return stitch(
+        sp,
+        product='ccd' + ''.join(map(str, sorted(parts))),
+        rv=float(np.median(rvs)) if rvs else np.nan,
+        snr=float(np.nanmedian(list(snr.values()))),
+        meta=meta,
+    )
 
-def read_galah(path, # any camera file `<sobject_id><ccd>.fits` of the star
-               normalised:bool=False, # extension 4 (continuum-normalised, rest frame) instead of the flux (barycentric)
-               stitch:bool=True): # all four cameras of the sobject_id stitched (False: this camera only)
+
+def read_galah(
+    path,  # any camera file `<sobject_id><ccd>.fits` of the star
+    normalised: bool = False,  # extension 4 (continuum-normalised, rest frame) instead of the flux (barycentric)
+    stitch: bool = True,  # all four cameras of the sobject_id stitched (False: this camera only)
+):
     "A GALAH DR3 spectrum in vacuum: the four cameras of one sobject_id stitched (or one camera), flux or normalised."
-    with open_fits(path) as h: return galah_spectrum(h, path, normalised, stitch)
+    with open_fits(path) as h:
+        return galah_spectrum(h, path, normalised, stitch)
 
 # %% ../../nbs/00g_optical.ipynb
 _SPECSYS = {'TOPOCENT': 'observed', 'BARYCENT': 'barycentric', 'HELIOCEN': 'barycentric', 'SOURCE': 'rest'}
 _NM = {'nm': 10.0, 'nanometer': 10.0, 'angstrom': 1.0, 'angstroms': 1.0, 'a': 1.0, 'aa': 1.0, 'um': 1e4, 'micron': 1e4}
+
 
 def _uves_columns(path, t, flux_column, error_column):
     "(wave, flux, error) column names of the SPECTRUM table (upper case), by preference."
     names = {n: n for n in t}
     wcol = next((names[c] for c in ('WAVE', 'WAVELENGTH', 'LAMBDA') if c in names), None)
     pairs = [(flux_column, error_column)] if flux_column else UVES_FLUX_COLUMNS
-    pair = next(((names[f.upper()], names[e.upper()]) for f, e in pairs if f.upper() in names and e and e.upper() in names), None)
+    pair = next(
+        ((names[f.upper()], names[e.upper()]) for f, e in pairs if f.upper() in names and e and e.upper() in names),
+        None,
+    )
     if wcol is None or pair is None:
-        raise SpectrumReadError(path, f'SPECTRUM table lacks a wavelength column or a flux/error pair of {pairs}: it has {list(names.values())}')
+        raise SpectrumReadError(
+            path,
+            f'SPECTRUM table lacks a wavelength column or a flux/error pair of {pairs}: it has {list(names.values())}',
+        )
     return wcol, *pair
 
 # %% ../../nbs/00g_optical.ipynb
 def uves_spectrum(hdul, path, flux_column=None, error_column=None):
     "Spectrum of an open ESO Phase-3 UVES file."
-    expect_product(hdul, path, 'ges', 'uves'); h = hdul.header(0)
+    expect_product(hdul, path, 'ges', 'uves')
+    h = hdul.header(0)
     i = hdul.find('SPECTRUM')
     if i is None and hdul.n_hdus > 1 and hdul.header(1).get('XTENSION') == 'BINTABLE':
-        i = 1; warnings.warn(f"{path}: no extension named 'SPECTRUM'; read the binary table in HDU 1", ReaderWarning)
-    if i is None: i = hdul.extension('SPECTRUM', 'spectrum table')
+        i = 1
+        warnings.warn(f"{path}: no extension named 'SPECTRUM'; read the binary table in HDU 1", ReaderWarning)
+    if i is None:
+        i = hdul.extension('SPECTRUM', 'spectrum table')
     t, th = hdul.table_row(i, 'SPECTRUM table'), hdul.header(i)
     wcol, fcol, ecol = _uves_columns(path, t, flux_column, error_column)
     ucd = column_key(th, wcol, 'TUCD')
-    if not ucd: warnings.warn(f'{path}: no UCD for the wavelength column; taken as air', ReaderWarning)
+    if not ucd:
+        warnings.warn(f'{path}: no UCD for the wavelength column; taken as air', ReaderWarning)
     air = ucd != 'em.wl'
     unit = (column_key(th, wcol, 'TUNIT') or 'nm').lower()
-    if unit not in _NM: raise SpectrumReadError(path, f'unknown wavelength unit {unit!r}')
+    if unit not in _NM:
+        raise SpectrumReadError(path, f'unknown wavelength unit {unit!r}')
     wave, flux, err = (np.asarray(t[c], np.float64) for c in (wcol, fcol, ecol))
-    wave = wave * _NM[unit]; qual = t.get('QUAL')
-    flags = np.where((flux == 0) & (err == 0), int(PixelFlag.NO_DATA), 0) | (0 if qual is None else np.where(qual != 0, int(PixelFlag.BAD_PIXEL), 0))
-    grat = h.get('ESO INS GRAT2 WLEN'); setup = f'U{int(round(grat))}' if grat else ''
-    meta = {'wave_column': wcol, 'flux_column': fcol, 'error_column': ecol, 'medium_in_file': 'air' if air else 'vacuum',
-            'wave_ucd': ucd, 'setup': setup if setup in UVES_SETUPS else '', 'has_qual': qual is not None,
-            **{k: h[k] for k in ('MJD-OBS', 'EXPTIME', 'PROG_ID', 'CONTNORM', 'SPECSYS', 'ARCFILE', 'TELESCOP') if k in h}}
-    s = Spectrum.from_sigma(air_to_vacuum(wave) if air else wave, flux, err, flags=flags, survey_flags=qual,
-                               frame=_SPECSYS.get(str(h.get('SPECSYS', 'TOPOCENT')).strip(), 'observed'),
-                               R=float(h.get('SPEC_RES', UVES_R)), survey='ges', product='uves', star_id=str(h.get('OBJECT', '')).strip(),
-                               visit_id=str(h.get('ARCFILE', Path(path).name)), ra=float(h.get('RA', np.nan)), dec=float(h.get('DEC', np.nan)),
-                               snr=float(h.get('SNR', np.nan)), bc=float(h.get('ESO QC VRAD BARYCOR', np.nan)),
-                               flux_unit=column_key(th, fcol, 'TUNIT'), meta=meta)
+    wave = wave * _NM[unit]
+    qual = t.get('QUAL')
+    flags = np.where((flux == 0) & (err == 0), int(PixelFlag.NO_DATA), 0) | (
+        0 if qual is None else np.where(qual != 0, int(PixelFlag.BAD_PIXEL), 0)
+    )
+    grat = h.get('ESO INS GRAT2 WLEN')
+    setup = f'U{int(round(grat))}' if grat else ''
+    meta = {
+        'wave_column': wcol,
+        'flux_column': fcol,
+        'error_column': ecol,
+        'medium_in_file': 'air' if air else 'vacuum',
+        'wave_ucd': ucd,
+        'setup': setup if setup in UVES_SETUPS else '',
+        'has_qual': qual is not None,
+        **{k: h[k] for k in ('MJD-OBS', 'EXPTIME', 'PROG_ID', 'CONTNORM', 'SPECSYS', 'ARCFILE', 'TELESCOP') if k in h},
+    }
+    s = Spectrum.from_sigma(
+        air_to_vacuum(wave) if air else wave,
+        flux,
+        err,
+        flags=flags,
+        survey_flags=qual,
+        frame=_SPECSYS.get(str(h.get('SPECSYS', 'TOPOCENT')).strip(), 'observed'),
+        R=float(h.get('SPEC_RES', UVES_R)),
+        survey='ges',
+        product='uves',
+        star_id=str(h.get('OBJECT', '')).strip(),
+        visit_id=str(h.get('ARCFILE', Path(path).name)),
+        ra=float(h.get('RA', np.nan)),
+        dec=float(h.get('DEC', np.nan)),
+        snr=float(h.get('SNR', np.nan)),
+        bc=float(h.get('ESO QC VRAD BARYCOR', np.nan)),
+        flux_unit=column_key(th, fcol, 'TUNIT'),
+        meta=meta,
+    )
     return s if qual is not None else flag_spikes(s)  # no pixel mask: flag cosmic-ray hits
 
-def read_uves(path, # ESO Phase-3 UVES spectrum (ADP.*.fits)
-              flux_column:str|None=None, # flux column to use (default: first of formats.UVES_FLUX_COLUMNS present)
-              error_column:str|None=None): # its error column
-    "A Gaia-ESO DR4 UVES spectrum (ESO Phase-3 table): nm -> Å, air -> vacuum per the column UCD, columns chosen by name."
-    with open_fits(path) as h: return uves_spectrum(h, path, flux_column, error_column)
+
+def read_uves(
+    path,  # ESO Phase-3 UVES spectrum (ADP.*.fits)
+    flux_column: str | None = None,  # flux column to use (default: first of formats.UVES_FLUX_COLUMNS present)
+    error_column: str | None = None,  # its error column
+):
+    """A Gaia-ESO DR4 UVES spectrum (ESO Phase-3 table): nm -> Å, air -> vacuum per the column UCD, columns chosen by
+    name."""
+    with open_fits(path) as h:
+        return uves_spectrum(h, path, flux_column, error_column)

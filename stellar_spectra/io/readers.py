@@ -21,74 +21,175 @@ from .fitsfile import SpectrumReadError, ReaderWarning, open_fits, identify_open
 from .apogee import apstar_spectra, apvisit_spectrum
 from .optical import galah_spectrum, uves_spectrum
 
-
 # %% ../../nbs/00_readers.ipynb
-def read_spectrum(path, # any supported spectrum file (apStar/asStar, apVisit/asVisit, GALAH camera, UVES ADP)
-                  row:int=0, # apStar row (0 combined, 2.. visits)
-                  normalised:bool=False, # GALAH: extension 4 (normalised, rest frame)
-                  stitch:bool=True, # GALAH: stitch the four cameras of the sobject_id
-                  flux_column:str|None=None, # UVES: flux column (default by preference)
-                  error_column:str|None=None): # UVES: error column
+def read_spectrum(
+    path,  # any supported spectrum file (apStar/asStar, apVisit/asVisit, GALAH camera, UVES ADP)
+    row: int = 0,  # apStar row (0 combined, 2.. visits)
+    normalised: bool = False,  # GALAH: extension 4 (normalised, rest frame)
+    stitch: bool = True,  # GALAH: stitch the four cameras of the sobject_id
+    flux_column: str | None = None,  # UVES: flux column (default by preference)
+    error_column: str | None = None,  # UVES: error column
+):
     "Read a survey spectrum into a `Spectrum`, recognising the survey and product from the file's contents."
     with open_fits(path) as h:
         survey, product = identify_open(h)
-        if product == 'apStar': return apstar_spectra(h, path, [row])[0]
-        if product == 'apVisit': return apvisit_spectrum(h, path)
-        if product == 'camera': return galah_spectrum(h, path, normalised, stitch)
-        if product == 'uves': return uves_spectrum(h, path, flux_column, error_column)
-        what = f'a {survey} {product}, not a spectrum' if survey else 'not a recognised APOGEE, GALAH or Gaia-ESO spectrum'
+        if product == 'apStar':
+            return apstar_spectra(h, path, [row])[0]
+        if product == 'apVisit':
+            return apvisit_spectrum(h, path)
+        if product == 'camera':
+            return galah_spectrum(h, path, normalised, stitch)
+        if product == 'uves':
+            return uves_spectrum(h, path, flux_column, error_column)
+        what = (
+            f'a {survey} {product}, not a spectrum' if survey else 'not a recognised APOGEE, GALAH or Gaia-ESO spectrum'
+        )
         raise SpectrumReadError(path, f'the file is {what}')
 
 # %% ../../nbs/00_readers.ipynb
 def _read_one(path, errors='raise', **kw):
     "read_spectrum, or a warning and None for a bad file when errors='warn'."
-    try: return read_spectrum(path, **kw)
+    try:
+        return read_spectrum(path, **kw)
     except SpectrumReadError as e:
-        if errors == 'raise': raise
-        warnings.warn(str(e), ReaderWarning); return None
+        if errors == 'raise':
+            raise
+        warnings.warn(str(e), ReaderWarning)
+        return None
 
-def read_many(paths, # spectrum files
-              n_workers:int=1, # parallel readers
-              processes:bool=False, # use processes instead of threads
-              errors:str='raise', # 'raise' on the first bad file, or 'warn' and put None in its place
-              progress:bool=True, # show a progress bar
-              **kw): # options of `read_spectrum`
+
+def read_many(
+    paths,  # spectrum files
+    n_workers: int = 1,  # parallel readers
+    processes: bool = False,  # use processes instead of threads
+    errors: str = 'raise',  # 'raise' on the first bad file, or 'warn' and put None in its place
+    progress: bool = True,  # show a progress bar
+    **kw,  # options of `read_spectrum`
+):
     "Read many spectrum files (in parallel, in order) into a list of `Spectrum`."
     paths, fn, out = list(paths), partial(_read_one, errors=errors, **kw), []
-    with tqdm(total=len(paths), desc='reading spectra', unit='file', disable=not progress) as bar, \
-         (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max(n_workers, 1)) as ex:
-        for s in (map(fn, paths) if n_workers <= 1 else ex.map(fn, paths)): out.append(s); bar.update(1)
+    with (
+        tqdm(total=len(paths), desc='reading spectra', unit='file', disable=not progress) as bar,
+        (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max(n_workers, 1)) as ex,
+    ):
+        for s in map(fn, paths) if n_workers <= 1 else ex.map(fn, paths):
+            out.append(s)
+            bar.update(1)
     return out
 
 # %% ../../nbs/00_readers.ipynb
-ALLSTAR_COLUMNS = ['APOGEE_ID', 'TELESCOPE', 'FIELD', 'RA', 'DEC', 'NVISITS', 'SNR', 'STARFLAG', 'VHELIO_AVG', 'VSCATTER', 'VERR',
-                   'GAIAEDR3_SOURCE_ID', 'GAIAEDR3_PMRA', 'GAIAEDR3_PMDEC', 'ASPCAPFLAG', 'TEFF', 'LOGG', 'M_H', 'FE_H']
-ALLSTAR_OPTIONAL = ['GAIAEDR3_PMRA_ERROR', 'GAIAEDR3_PMDEC_ERROR', 'GAIAEDR3_PARALLAX', 'TEFF_ERR', 'LOGG_ERR', 'M_H_ERR',
-                    'FE_H_ERR', 'FE_H_FLAG', 'ALPHA_M', 'ANDFLAG', 'J', 'H', 'K']
-GALAH_COLUMNS = ['sobject_id', 'star_id', 'dr3_source_id', 'ra_dr2', 'dec_dr2', 'teff', 'logg', 'fe_h', 'alpha_fe', 'vbroad',
-                 'rv_galah', 'flag_sp']
-GALAH_OPTIONAL = ['e_teff', 'e_logg', 'e_fe_h', 'flag_fe_h', 'e_alpha_fe', 'e_rv_galah', 'pmra', 'pmdec', 'parallax',
-                  'snr_c1_iraf', 'snr_c2_iraf', 'snr_c3_iraf', 'snr_c4_iraf']
-GES_COLUMNS = ['CNAME', 'RA', 'DEC', 'TEFF', 'LOGG', 'FEH', 'VRAD']  # Gaia-ESO names are unverified: the rest is optional
-GES_OPTIONAL = ['OBJECT', 'GES_FLD', 'E_TEFF', 'E_LOGG', 'E_FEH', 'E_VRAD', 'VSINI', 'E_VSINI', 'ALPHA_FE', 'SETUP', 'SNR', 'GES_TYPE']
+ALLSTAR_COLUMNS = [
+    'APOGEE_ID',
+    'TELESCOPE',
+    'FIELD',
+    'RA',
+    'DEC',
+    'NVISITS',
+    'SNR',
+    'STARFLAG',
+    'VHELIO_AVG',
+    'VSCATTER',
+    'VERR',
+    'GAIAEDR3_SOURCE_ID',
+    'GAIAEDR3_PMRA',
+    'GAIAEDR3_PMDEC',
+    'ASPCAPFLAG',
+    'TEFF',
+    'LOGG',
+    'M_H',
+    'FE_H',
+]
+ALLSTAR_OPTIONAL = [
+    'GAIAEDR3_PMRA_ERROR',
+    'GAIAEDR3_PMDEC_ERROR',
+    'GAIAEDR3_PARALLAX',
+    'TEFF_ERR',
+    'LOGG_ERR',
+    'M_H_ERR',
+    'FE_H_ERR',
+    'FE_H_FLAG',
+    'ALPHA_M',
+    'ANDFLAG',
+    'J',
+    'H',
+    'K',
+]
+GALAH_COLUMNS = [
+    'sobject_id',
+    'star_id',
+    'dr3_source_id',
+    'ra_dr2',
+    'dec_dr2',
+    'teff',
+    'logg',
+    'fe_h',
+    'alpha_fe',
+    'vbroad',
+    'rv_galah',
+    'flag_sp',
+]
+GALAH_OPTIONAL = [
+    'e_teff',
+    'e_logg',
+    'e_fe_h',
+    'flag_fe_h',
+    'e_alpha_fe',
+    'e_rv_galah',
+    'pmra',
+    'pmdec',
+    'parallax',
+    'snr_c1_iraf',
+    'snr_c2_iraf',
+    'snr_c3_iraf',
+    'snr_c4_iraf',
+]
+GES_COLUMNS = [
+    'CNAME',
+    'RA',
+    'DEC',
+    'TEFF',
+    'LOGG',
+    'FEH',
+    'VRAD',
+]  # Gaia-ESO names are unverified: the rest is optional
+GES_OPTIONAL = [
+    'OBJECT',
+    'GES_FLD',
+    'E_TEFF',
+    'E_LOGG',
+    'E_FEH',
+    'E_VRAD',
+    'VSINI',
+    'E_VSINI',
+    'ALPHA_FE',
+    'SETUP',
+    'SNR',
+    'GES_TYPE',
+]
 
 # %% ../../nbs/00_readers.ipynb
 def _native(a):
     "A plain native-order copy of a FITS column (strings decoded and stripped)."
     a = np.asarray(a)
-    if a.dtype.kind in 'SU': return np.char.strip(a.astype('U'))
+    if a.dtype.kind in 'SU':
+        return np.char.strip(a.astype('U'))
     return a.astype(a.dtype.newbyteorder('='), copy=True)
 
-def read_table(path, # FITS catalogue
-                   required:list, # columns that must be present
-                   optional:list=(), # columns taken when present
-                   hdu:int=1): # table HDU
+
+def read_table(
+    path,  # FITS catalogue
+    required: list,  # columns that must be present
+    optional: list = (),  # columns taken when present
+    hdu: int = 1,  # table HDU
+):
     "Selected columns of a FITS table as an astropy Table (memory map closed before returning)."
     with open_fits(path, memmap=True) as h:
-        if h.n_hdus <= hdu or not isinstance(h.hdul[hdu], fits.BinTableHDU): raise SpectrumReadError(path, f'HDU {hdu} is not a binary table')
+        if h.n_hdus <= hdu or not isinstance(h.hdul[hdu], fits.BinTableHDU):
+            raise SpectrumReadError(path, f'HDU {hdu} is not a binary table')
         names = {n.upper(): n for n in h.hdul[hdu].columns.names}
         missing = [c for c in required if c.upper() not in names]
-        if missing: raise SpectrumReadError(path, f'missing column(s) {missing} needed downstream')
+        if missing:
+            raise SpectrumReadError(path, f'missing column(s) {missing} needed downstream')
         d = h.hdul[hdu].data
         t = Table({c: _native(d[names[c.upper()]]) for c in [*required, *[c for c in optional if c.upper() in names]]})
         del d
@@ -96,17 +197,25 @@ def read_table(path, # FITS catalogue
     return t
 
 # %% ../../nbs/00_readers.ipynb
-def read_allstar(path, # allStar-dr17-synspec_rev1.fits
-                 columns:list=()): # extra required columns
+def read_allstar(
+    path,  # allStar-dr17-synspec_rev1.fits
+    columns: list = (),  # extra required columns
+):
     "The APOGEE DR17 allStar columns the pipeline uses (see ALLSTAR_COLUMNS / ALLSTAR_OPTIONAL)."
     return read_table(path, [*ALLSTAR_COLUMNS, *columns], ALLSTAR_OPTIONAL)
 
-def read_galah_catalogue(path, # GALAH_DR3_main_allstar_v2.fits
-                         columns:list=()): # extra required columns
+
+def read_galah_catalogue(
+    path,  # GALAH_DR3_main_allstar_v2.fits
+    columns: list = (),  # extra required columns
+):
     "The GALAH DR3 main-catalogue columns the pipeline uses (see GALAH_COLUMNS / GALAH_OPTIONAL)."
     return read_table(path, [*GALAH_COLUMNS, *columns], GALAH_OPTIONAL)
 
-def read_ges_catalogue(path, # Gaia-ESO DR4 catalogue FITS
-                       columns:list=()): # extra required columns
+
+def read_ges_catalogue(
+    path,  # Gaia-ESO DR4 catalogue FITS
+    columns: list = (),  # extra required columns
+):
     "The Gaia-ESO DR4 catalogue columns the pipeline uses (see GES_COLUMNS / GES_OPTIONAL)."
     return read_table(path, [*GES_COLUMNS, *columns], GES_OPTIONAL)

@@ -8,16 +8,42 @@ import zlib
 from pathlib import Path
 import numpy as np
 from scipy.ndimage import median_filter, uniform_filter1d
-from ..formats import (C_KMS, APOGEE_CRVAL1, APOGEE_CDELT1, APOGEE_NWAVE, APOGEE_PIXMASK, APOGEE_R, apogee_wavelength,
-    apogee_chip_mask, apstar_path, apvisit_path)
-from .instrument import (write_file, fits_card, image_hdu, table_hdu, orbit_velocity, model_telluric, fibre_sky, stated_error,
-                                        new_obs, cosmics, stretch_fault)
+from stellar_spectra.formats import (
+    C_KMS,
+    APOGEE_CRVAL1,
+    APOGEE_CDELT1,
+    APOGEE_NWAVE,
+    APOGEE_PIXMASK,
+    APOGEE_R,
+    apogee_wavelength,
+    apogee_chip_mask,
+    apstar_path,
+    apvisit_path,
+)
+from stellar_spectra.mock.instrument import (
+    write_file,
+    fits_card,
+    image_hdu,
+    table_hdu,
+    orbit_velocity,
+    model_telluric,
+    fibre_sky,
+    stated_error,
+    new_obs,
+    cosmics,
+    stretch_fault,
+)
 
 # %% auto 0
 __all__ = ['galactic', 'write_apogee']
 
 # %% ../../nbs/m3a_apogee_files.ipynb
-_APVISIT_CHIPS = [(16955.0, 16470.0), (16437.0, 15855.0), (15808.0, 15140.0)]  # (first, last) Å of rows 0 (red), 1, 2 (blue)
+_APVISIT_CHIPS = [
+    (16955.0, 16470.0),
+    (16437.0, 15855.0),
+    (15808.0, 15140.0),
+]  # (first, last) Å of rows 0 (red), 1, 2 (blue)
+
 
 def _apvisit_wave(rng):
     "(3, 4096) vacuum wavelengths, decreasing along rows, and the (3, 14) coefficient array."
@@ -28,10 +54,12 @@ def _apvisit_wave(rng):
         coef[r, 6:9] = [hi + rng.normal(0, 0.02), a1, a2]
     return np.stack([np.polynomial.polynomial.polyval(p, c[6:9]) for c in coef]), coef
 
+
 def _pixmask(flux, err, tell, sky, bad, cr):
     "APOGEE_PIXMASK of a spectrum (1-D) by the pipeline's definitions."
     m = np.zeros(flux.shape, np.int64)
-    m[bad] |= 1 << APOGEE_PIXMASK['BADPIX']; m[cr] |= 1 << APOGEE_PIXMASK['CRPIX']
+    m[bad] |= 1 << APOGEE_PIXMASK['BADPIX']
+    m[cr] |= 1 << APOGEE_PIXMASK['CRPIX']
     m[uniform_filter1d(tell, 5) < 0.9] |= 1 << APOGEE_PIXMASK['SIG_TELLURIC']
     m[uniform_filter1d(sky, 3) > 2 * median_filter(flux, 101, mode='nearest')] |= 1 << APOGEE_PIXMASK['SIG_SKYLINE']
     return m
@@ -47,52 +75,97 @@ def _apogee_spectrum(rng, star, obs, wave, fault=None):
     tcorr = np.clip(tm ** (1 - obs['tpow']), 0.02, None)
     flux, err = model + noise / tcorr, err / tcorr
     n = wave.size
-    bad = rng.integers(0, n, rng.integers(5, 20)); cr, amp = cosmics(rng, n, rng.integers(2, 8))
-    flux[cr] += amp * err[cr]; obs['n_cosmics'] = len(cr)
+    bad = rng.integers(0, n, rng.integers(5, 20))
+    cr, amp = cosmics(rng, n, rng.integers(2, 8))
+    flux[cr] += amp * err[cr]
+    obs['n_cosmics'] = len(cr)
     mask = _pixmask(flux, err, tm, sky, bad, cr)
     flux[bad], err[bad] = 0.0, 1e10
-    if fault == 'bad_stretch': stretch_fault(rng, obs, flux)
+    if fault == 'bad_stretch':
+        stretch_fault(rng, obs, flux)
     return flux, err, mask, sky, np.sqrt(np.abs(sky) * 0.01 + 1e-6) * obs['scale'] ** 0.5, tm, np.full(n, 0.01)
 
 # %% ../../nbs/m3a_apogee_files.ipynb
 def _visit_table(star, vis):
     "The columns of the 1-row BINTABLE (HDU 11) of an apVisit: velocities, S/N and flags."
-    cols = [('APOGEE_ID', 'U30', star['apogee_id']), ('TELESCOPE', 'U6', star['telescope']), ('FIELD', 'U20', star['field']),
-            ('PLATE', 'U8', str(vis['plate'])), ('MJD', np.int32, vis['mjd5']), ('FIBERID', np.int16, vis['fiber']),
-            ('RA', np.float64, star['ra_2000']), ('DEC', np.float64, star['dec_2000']), ('JD', np.float64, vis['jd']),
-            ('DATEOBS', 'U23', vis['dateobs']), ('VTYPE', np.int16, 1), ('VREL', np.float32, vis['vrel']),
-            ('VRELERR', np.float32, vis['vrelerr']), ('VHELIO', np.float32, vis['vhelio']), ('BC', np.float32, vis['bc']),
-            ('RV_TEFF', np.float32, round(star['teff'], -2)), ('RV_LOGG', np.float32, round(star['logg'] * 2) / 2),
-            ('RV_FEH', np.float32, round(star['fe_h'] * 2) / 2), ('SNR', np.float32, vis['snr']),
-            ('STARFLAG', np.int64, vis['starflag']), ('N_COMPONENTS', np.int16, 2 if star['anomaly'] == 'sb2' else 1)]
+    cols = [
+        ('APOGEE_ID', 'U30', star['apogee_id']),
+        ('TELESCOPE', 'U6', star['telescope']),
+        ('FIELD', 'U20', star['field']),
+        ('PLATE', 'U8', str(vis['plate'])),
+        ('MJD', np.int32, vis['mjd5']),
+        ('FIBERID', np.int16, vis['fiber']),
+        ('RA', np.float64, star['ra_2000']),
+        ('DEC', np.float64, star['dec_2000']),
+        ('JD', np.float64, vis['jd']),
+        ('DATEOBS', 'U23', vis['dateobs']),
+        ('VTYPE', np.int16, 1),
+        ('VREL', np.float32, vis['vrel']),
+        ('VRELERR', np.float32, vis['vrelerr']),
+        ('VHELIO', np.float32, vis['vhelio']),
+        ('BC', np.float32, vis['bc']),
+        ('RV_TEFF', np.float32, round(star['teff'], -2)),
+        ('RV_LOGG', np.float32, round(star['logg'] * 2) / 2),
+        ('RV_FEH', np.float32, round(star['fe_h'] * 2) / 2),
+        ('SNR', np.float32, vis['snr']),
+        ('STARFLAG', np.int64, vis['starflag']),
+        ('N_COMPONENTS', np.int16, 2 if star['anomaly'] == 'sb2' else 1),
+    ]
     return [(n, np.array([v], dtype=d)) for n, d, v in cols]
 
 # %% ../../nbs/m3a_apogee_files.ipynb
 def _write_apvisit(outdir, rng, star, vis, obs, fault):
     "Write one apVisit file; returns its observation row."
     wave, coef = _apvisit_wave(rng)
-    if fault == 'wrong_wavelength': obs.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
+    if fault == 'wrong_wavelength':
+        obs.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
     arrs = _apogee_spectrum(rng, star, obs, wave.ravel(), fault if fault == 'bad_stretch' else None)
     flux, err, mask, sky, skyerr, tell, tellerr = [a.reshape(3, 4096) for a in arrs]
     shown = wave * (1 + obs['fault_shift_kms'] / C_KMS)
-    h = [fits_card(k, v) for k, v in [
-         ('OBJID', star['apogee_id']), ('RA', star['ra_2000']), ('DEC', star['dec_2000']), ('SNR', vis['snr']), ('MJD5', vis['mjd5']),
-         ('FIBERID', vis['fiber']), ('PLATE', str(vis['plate'])), ('FIELD', star['field']), ('TELESCOP', star['telescope']),
-         ('DATE-OBS', vis['dateobs']), ('EXPTIME', 4006.5), ('NCOMBINE', 8), ('JD-MID', vis['jd']), ('STARFLAG', vis['starflag'])]]
-    hdus = [image_hdu(None, h, primary=True), image_hdu(flux.astype(np.float32), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
-            image_hdu(err.astype(np.float32)), image_hdu(mask.astype(np.int16)), image_hdu(shown),
-            *[image_hdu(a.astype(np.float32)) for a in (sky, skyerr, tell, tellerr)],
-            image_hdu(coef * np.r_[np.ones(6), (1 + obs['fault_shift_kms'] / C_KMS) * np.ones(8)]),
-            image_hdu(np.tile(np.r_[np.zeros(4), 1.2, 0.15, np.zeros(20)], (3, 1))), table_hdu(_visit_table(star, vis))]
+    h = [
+        fits_card(k, v)
+        for k, v in [
+            ('OBJID', star['apogee_id']),
+            ('RA', star['ra_2000']),
+            ('DEC', star['dec_2000']),
+            ('SNR', vis['snr']),
+            ('MJD5', vis['mjd5']),
+            ('FIBERID', vis['fiber']),
+            ('PLATE', str(vis['plate'])),
+            ('FIELD', star['field']),
+            ('TELESCOP', star['telescope']),
+            ('DATE-OBS', vis['dateobs']),
+            ('EXPTIME', 4006.5),
+            ('NCOMBINE', 8),
+            ('JD-MID', vis['jd']),
+            ('STARFLAG', vis['starflag']),
+        ]
+    ]
+    hdus = [
+        image_hdu(None, h, primary=True),
+        image_hdu(flux.astype(np.float32), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
+        image_hdu(err.astype(np.float32)),
+        image_hdu(mask.astype(np.int16)),
+        image_hdu(shown),
+        *[image_hdu(a.astype(np.float32)) for a in (sky, skyerr, tell, tellerr)],
+        image_hdu(coef * np.r_[np.ones(6), (1 + obs['fault_shift_kms'] / C_KMS) * np.ones(8)]),
+        image_hdu(np.tile(np.r_[np.zeros(4), 1.2, 0.15, np.zeros(20)], (3, 1))),
+        table_hdu(_visit_table(star, vis)),
+    ]
     rel = apvisit_path(star['telescope'], star['field'], vis['plate'], vis['mjd5'], vis['fiber'])
     write_file(Path(outdir) / 'sdss' / rel, b''.join(hdus))
     obs.update(relpath='sdss/' + rel, bc=vis['bc'], visit=vis['k'])
     return obs
 
 # %% ../../nbs/m3a_apogee_files.ipynb
-_ICRS_TO_GAL = np.array([[-0.0548755604162154, -0.8734370902348850, -0.4838350155487132],
-                         [0.4941094278755837, -0.4448296299600112, 0.7469822444972189],
-                         [-0.8676661490190047, -0.1980763734312015, 0.4559837761750669]])
+_ICRS_TO_GAL = np.array(
+    [
+        [-0.0548755604162154, -0.8734370902348850, -0.4838350155487132],
+        [0.4941094278755837, -0.4448296299600112, 0.7469822444972189],
+        [-0.8676661490190047, -0.1980763734312015, 0.4559837761750669],
+    ]
+)
+
 
 def galactic(ra, dec):
     "Galactic longitude and latitude (deg) of ICRS positions (deg)."
@@ -104,13 +177,23 @@ def galactic(ra, dec):
 def _ccf_table(star, visits, filenames):
     "Columns of the apStar visit table (HDU 9) or combined table (HDU 10): velocities, S/N, flags and CCFs."
     lag = np.arange(-200, 201) * 2.0
-    def ccf(v): return (np.exp(-0.5 * ((lag - v) / 12) ** 2)).astype(np.float32)
-    cols = {'FILENAME': np.array(filenames, 'U64'), 'TELESCOPE': np.array([star['telescope']] * len(visits), 'U6'),
-            'PLATE': np.array([str(v['plate']) for v in visits], 'U8'), 'MJD': np.array([v['mjd5'] for v in visits], np.int32),
-            'FIBER': np.array([v['fiber'] for v in visits], np.int16), 'JD': np.array([v['jd'] for v in visits]),
-            'DATEOBS': np.array([v['dateobs'] for v in visits], 'U23'), 'SNR': np.array([v['snr'] for v in visits], np.float32),
-            'STARFLAG': np.array([v['starflag'] for v in visits], np.int64)}
-    for c in ['VREL', 'VRELERR', 'VHELIO', 'BC']: cols[c] = np.array([v[c.lower()] for v in visits], np.float32)
+
+    def ccf(v):
+        return (np.exp(-0.5 * ((lag - v) / 12) ** 2)).astype(np.float32)
+
+    cols = {
+        'FILENAME': np.array(filenames, 'U64'),
+        'TELESCOPE': np.array([star['telescope']] * len(visits), 'U6'),
+        'PLATE': np.array([str(v['plate']) for v in visits], 'U8'),
+        'MJD': np.array([v['mjd5'] for v in visits], np.int32),
+        'FIBER': np.array([v['fiber'] for v in visits], np.int16),
+        'JD': np.array([v['jd'] for v in visits]),
+        'DATEOBS': np.array([v['dateobs'] for v in visits], 'U23'),
+        'SNR': np.array([v['snr'] for v in visits], np.float32),
+        'STARFLAG': np.array([v['starflag'] for v in visits], np.int64),
+    }
+    for c in ['VREL', 'VRELERR', 'VHELIO', 'BC']:
+        cols[c] = np.array([v[c.lower()] for v in visits], np.float32)
     cols['CCF'] = np.stack([ccf(v['vrel']) for v in visits])
     return list(cols.items())
 
@@ -120,18 +203,51 @@ def _apstar_header(star, visits, snr):
     h = []
     glon, glat = galactic(star['ra_2000'], star['dec_2000'])
     v = np.array([x['vhelio'] for x in visits])
-    for k, val in [('CRVAL1', APOGEE_CRVAL1), ('CDELT1', APOGEE_CDELT1), ('CRPIX1', 1), ('CTYPE1', 'LOG-LINEAR'), ('DC-FLAG', 1),
-                   ('NWAVE', APOGEE_NWAVE), ('FIELD', star['field']), ('OBJID', star['apogee_id']), ('SNR', snr),
-                   ('RA', star['ra_2000']), ('DEC', star['dec_2000']), ('GLON', glon), ('GLAT', glat),
-                   ('J', star['jmag']), ('J_ERR', 0.02), ('H', star['hmag']), ('H_ERR', 0.02), ('K', star['kmag']), ('K_ERR', 0.02),
-                   ('NVISITS', len(visits)), ('STARFLAG', int(np.bitwise_or.reduce([x['starflag'] for x in visits]))),
-                   ('ANDFLAG', int(np.bitwise_and.reduce([x['starflag'] for x in visits]))), ('VHELIO', float(v.mean())),
-                   ('VSCATTER', float(v.std())), ('VERR', 0.05), ('RV_TEFF', round(star['teff'], -2)),
-                   ('RV_LOGG', round(star['logg'] * 2) / 2), ('RV_FEH', round(star['fe_h'] * 2) / 2)]: h.append(fits_card(k, val))
+    for k, val in [
+        ('CRVAL1', APOGEE_CRVAL1),
+        ('CDELT1', APOGEE_CDELT1),
+        ('CRPIX1', 1),
+        ('CTYPE1', 'LOG-LINEAR'),
+        ('DC-FLAG', 1),
+        ('NWAVE', APOGEE_NWAVE),
+        ('FIELD', star['field']),
+        ('OBJID', star['apogee_id']),
+        ('SNR', snr),
+        ('RA', star['ra_2000']),
+        ('DEC', star['dec_2000']),
+        ('GLON', glon),
+        ('GLAT', glat),
+        ('J', star['jmag']),
+        ('J_ERR', 0.02),
+        ('H', star['hmag']),
+        ('H_ERR', 0.02),
+        ('K', star['kmag']),
+        ('K_ERR', 0.02),
+        ('NVISITS', len(visits)),
+        ('STARFLAG', int(np.bitwise_or.reduce([x['starflag'] for x in visits]))),
+        ('ANDFLAG', int(np.bitwise_and.reduce([x['starflag'] for x in visits]))),
+        ('VHELIO', float(v.mean())),
+        ('VSCATTER', float(v.std())),
+        ('VERR', 0.05),
+        ('RV_TEFF', round(star['teff'], -2)),
+        ('RV_LOGG', round(star['logg'] * 2) / 2),
+        ('RV_FEH', round(star['fe_h'] * 2) / 2),
+    ]:
+        h.append(fits_card(k, val))
     for n, x in enumerate(visits, 1):
-        for k, val in [('SFILE', x['file']), ('DATE', x['dateobs']), ('JD', x['jd']), ('FIBER', x['fiber']), ('BC', x['bc']),
-                       ('VRAD', x['vrel']), ('VERR', x['vrelerr']), ('VHELIO', x['vhelio']), ('SNRVIS', x['snr']),
-                       ('FLAG', x['starflag'])]: h.append(fits_card(f'{k}{n}', val))
+        for k, val in [
+            ('SFILE', x['file']),
+            ('DATE', x['dateobs']),
+            ('JD', x['jd']),
+            ('FIBER', x['fiber']),
+            ('BC', x['bc']),
+            ('VRAD', x['vrel']),
+            ('VERR', x['vrelerr']),
+            ('VHELIO', x['vhelio']),
+            ('SNRVIS', x['snr']),
+            ('FLAG', x['starflag']),
+        ]:
+            h.append(fits_card(f'{k}{n}', val))
     return h
 
 # %% ../../nbs/m3a_apogee_files.ipynb
@@ -140,30 +256,53 @@ def _write_apstar(outdir, rng, star, visits, visit_obs):
     wave, on = apogee_wavelength(), apogee_chip_mask()
     rows, obs_rows = [], []
     for k, (vis, vo) in enumerate(zip(visits, visit_obs)):
-        o = dict(vo, product='apStar', row=k + 2 if len(visits) > 1 else 0, fault='', fault_lo=-1, fault_hi=-1, fault_shift_kms=0.0,
-                 rv_file=-orbit_velocity(star, vo['mjd']), tell_factor=1 + vis['vrel'] / C_KMS)
+        o = dict(
+            vo,
+            product='apStar',
+            row=k + 2 if len(visits) > 1 else 0,
+            fault='',
+            fault_lo=-1,
+            fault_hi=-1,
+            fault_shift_kms=0.0,
+            rv_file=-orbit_velocity(star, vo['mjd']),
+            tell_factor=1 + vis['vrel'] / C_KMS,
+        )
         a = list(_apogee_spectrum(rng, star, o, wave))
-        for i, fill in enumerate([0.0, 1e10, 0, 0.0, 1e10, 1.0, 1e10]): a[i][~on] = fill
-        rows.append(a); obs_rows.append(o)
+        for i, fill in enumerate([0.0, 1e10, 0, 0.0, 1e10, 1.0, 1e10]):
+            a[i][~on] = fill
+        rows.append(a)
+        obs_rows.append(o)
     f, e, m = (np.stack([r[i] for r in rows]) for i in range(3))
     ivar = 1 / e**2
     f0, e0 = (f * ivar).sum(0) / ivar.sum(0), 1 / np.sqrt(ivar.sum(0))
     w = np.array([v['snr'] ** 2 for v in visits])[:, None] * (e < 1e9)
-    f1 = (f * w).sum(0) / np.maximum(w.sum(0), 1e-30); e1 = np.sqrt((w**2 * np.minimum(e, 1e10)**2).sum(0)) / np.maximum(w.sum(0), 1e-30)
+    f1 = (f * w).sum(0) / np.maximum(w.sum(0), 1e-30)
+    e1 = np.sqrt((w**2 * np.minimum(e, 1e10) ** 2).sum(0)) / np.maximum(w.sum(0), 1e-30)
     e0[~on], e1[~on], f0[~on], f1[~on] = 1e10, 1e10, 0, 0
     mand = np.bitwise_and.reduce(m, axis=0)
-    if len(visits) == 1: f1, e1 = np.zeros_like(f0), np.zeros_like(f0)
+    if len(visits) == 1:
+        f1, e1 = np.zeros_like(f0), np.zeros_like(f0)
     stack = lambda i, c0, c1: np.vstack([c0, c1, *[r[i] for r in rows]]) if len(visits) > 1 else np.vstack([c0, c1])
     snr = float(np.median((f0 / e0)[on]))
     name = Path(apstar_path(star['telescope'], star['field'], star['apogee_id']))
-    hdus = [image_hdu(None, _apstar_header(star, visits, snr), primary=True),
-            image_hdu(stack(0, f0, f1), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
-            image_hdu(stack(1, e0, e1), [fits_card('BUNIT', 'Err (10^-17 erg/s/cm^2/Ang)')]), image_hdu(stack(2, mand, mand).astype(np.int64)),
-            *[image_hdu(np.vstack([r[i] for r in rows[:1]] * 2 + [r[i] for r in rows] * (len(visits) > 1))) for i in (3, 4, 5, 6)],
-            image_hdu(), table_hdu(_ccf_table(star, visits, [v['file'] for v in visits])),
-            table_hdu(_ccf_table(star, [dict(visits[0], vrel=float(np.mean([v['vrel'] for v in visits])), snr=snr)], [name.name]))]
+    hdus = [
+        image_hdu(None, _apstar_header(star, visits, snr), primary=True),
+        image_hdu(stack(0, f0, f1), [fits_card('BUNIT', 'Flux (10^-17 erg/s/cm^2/Ang)')]),
+        image_hdu(stack(1, e0, e1), [fits_card('BUNIT', 'Err (10^-17 erg/s/cm^2/Ang)')]),
+        image_hdu(stack(2, mand, mand).astype(np.int64)),
+        *[
+            image_hdu(np.vstack([r[i] for r in rows[:1]] * 2 + [r[i] for r in rows] * (len(visits) > 1)))
+            for i in (3, 4, 5, 6)
+        ],
+        image_hdu(),
+        table_hdu(_ccf_table(star, visits, [v['file'] for v in visits])),
+        table_hdu(
+            _ccf_table(star, [dict(visits[0], vrel=float(np.mean([v['vrel'] for v in visits])), snr=snr)], [name.name])
+        ),
+    ]
     write_file(Path(outdir) / 'sdss' / name, b''.join(hdus))
-    for o in obs_rows: o['relpath'] = f'sdss/{name}'
+    for o in obs_rows:
+        o['relpath'] = f'sdss/{name}'
     return obs_rows
 
 # %% ../../nbs/m3a_apogee_files.ipynb
@@ -172,28 +311,58 @@ def _apogee_visits(rng, star):
     fh, out = zlib.crc32(star['field'].encode()), []
     for k in range(int(star['apogee_nvisits'])):
         mjd5 = 57000 + (fh + 37 * k) % 2500
-        mjd = mjd5 + 0.15 + rng.uniform(0, 0.2); bc = float(rng.uniform(-28, 28))
+        mjd = mjd5 + 0.15 + rng.uniform(0, 0.2)
+        bc = float(rng.uniform(-28, 28))
         vhelio = float(star['rv'] + orbit_velocity(star, mjd))
         date = (np.datetime64('1858-11-17') + np.timedelta64(int(round(mjd * 86400e3)), 'ms')).astype(str)[:23]
         plate = 5000 + fh % 4000 * 2 + int(star['star_index']) // 300 * 8 + k
-        v = dict(k=k, mjd5=mjd5, mjd=mjd, jd=mjd + 2400000.5, bc=bc, vhelio=vhelio, vrel=vhelio - bc, vrelerr=0.05,
-                 fiber=1 + int(star['star_index']) % 300, plate=plate, dateobs=date, starflag=0,
-                 snr=float(star['apogee_snr'] / np.sqrt(star['apogee_nvisits']) * rng.uniform(0.85, 1.15)))
+        v = dict(
+            k=k,
+            mjd5=mjd5,
+            mjd=mjd,
+            jd=mjd + 2400000.5,
+            bc=bc,
+            vhelio=vhelio,
+            vrel=vhelio - bc,
+            vrelerr=0.05,
+            fiber=1 + int(star['star_index']) % 300,
+            plate=plate,
+            dateobs=date,
+            starflag=0,
+            snr=float(star['apogee_snr'] / np.sqrt(star['apogee_nvisits']) * rng.uniform(0.85, 1.15)),
+        )
         v['file'] = Path(apvisit_path(star['telescope'], star['field'], plate, mjd5, v['fiber'])).name
         out.append(v)
     return out
 
 # %% ../../nbs/m3a_apogee_files.ipynb
-def write_apogee(outdir, # root of the mock sky
-                 rng, # the star's APOGEE random stream (np.random.Generator)
-                 star:dict, # truth row as a dict (`instrument._star_dict`)
-                 fault:str|None): # data fault of its first visit ('bad_stretch', 'wrong_wavelength' or None)
+def write_apogee(
+    outdir,  # root of the mock sky
+    rng,  # the star's APOGEE random stream (np.random.Generator)
+    star: dict,  # truth row as a dict (`instrument._star_dict`)
+    fault: str | None,  # data fault of its first visit ('bad_stretch', 'wrong_wavelength' or None)
+):
     "All APOGEE files of a star: its apVisits and apStar; returns their observation rows."
     visits, vobs = _apogee_visits(rng, star), []
-    scale = float(np.clip(300 * 10 ** (-0.4 * (star['hmag'] - 11)), 20, 5000)); sky = float(np.clip(0.3 * 10 ** (0.4 * (star['hmag'] - 11)), 0.05, 20))
+    scale = float(np.clip(300 * 10 ** (-0.4 * (star['hmag'] - 11)), 20, 5000))
+    sky = float(np.clip(0.3 * 10 ** (0.4 * (star['hmag'] - 11)), 0.05, 20))
     for v in visits:
-        o = new_obs(rng, star, 'apogee', 'apVisit', APOGEE_R, 15140, 16960, scale, v['snr'], v['vrel'] - v['vhelio'] + star['rv'],
-                     1.0, v['mjd'], tpow=float(rng.uniform(-0.03, 0.03)), sky_level=sky)
+        o = new_obs(
+            rng,
+            star,
+            'apogee',
+            'apVisit',
+            APOGEE_R,
+            15140,
+            16960,
+            scale,
+            v['snr'],
+            v['vrel'] - v['vhelio'] + star['rv'],
+            1.0,
+            v['mjd'],
+            tpow=float(rng.uniform(-0.03, 0.03)),
+            sky_level=sky,
+        )
         o['rv_file'] = v['vrel'] - orbit_velocity(star, v['mjd'])  # systemic velocity in the topocentric frame
         vobs.append(_write_apvisit(outdir, rng, star, v, o, fault if v['k'] == 0 else None))
     return vobs + _write_apstar(outdir, rng, star, visits, vobs)

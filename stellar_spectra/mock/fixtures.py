@@ -16,27 +16,41 @@ from .synth import normalised_spectrum
 __all__ = ['mock_spectrum', 'draw_params', 'mock_batch', 'demo_sample']
 
 # %% ../../nbs/m6_fixtures.ipynb
-def mock_spectrum(wave, # vacuum wavelengths (Å)
-                  params:dict, # teff, logg, fe_h, alpha_fe, vsini
-                  R:float|None=None, # resolving power (default: the common grid's)
-                  rv:float=0.0): # radial velocity (km/s)
-    "Noise-free normalised flux of a star (`synth.normalised_spectrum`, the mock sky's own), at the common grid's resolution by default."
+def mock_spectrum(
+    wave,  # vacuum wavelengths (Å)
+    params: dict,  # teff, logg, fe_h, alpha_fe, vsini
+    R: float | None = None,  # resolving power (default: the common grid's)
+    rv: float = 0.0,  # radial velocity (km/s)
+):
+    """Noise-free normalised flux of a star (`synth.normalised_spectrum`, the mock sky's own), at the common grid's
+    resolution by default."""
     return normalised_spectrum(wave, params, R or common_grid().R, rv=rv)
 
 # %% ../../nbs/m6_fixtures.ipynb
-def draw_params(n:int, seed:int=0):
+def draw_params(n: int, seed: int = 0):
     "Random stellar parameters for mock spectra: list of dicts."
     g = np.random.default_rng(seed)
-    return [dict(teff=t, logg=l, fe_h=m, alpha_fe=a, vsini=v) for t, l, m, a, v in zip(
-        g.uniform(4200, 6200, n), g.uniform(1.5, 4.6, n), g.uniform(-1.0, 0.4, n), g.uniform(-0.05, 0.35, n), g.uniform(1, 8, n))]
+    return [
+        dict(teff=t, logg=l, fe_h=m, alpha_fe=a, vsini=v)
+        for t, l, m, a, v in zip(
+            g.uniform(4200, 6200, n),
+            g.uniform(1.5, 4.6, n),
+            g.uniform(-1.0, 0.4, n),
+            g.uniform(-0.05, 0.35, n),
+            g.uniform(1, 8, n),
+        )
+    ]
 
-def mock_batch(params, # list of parameter dicts, one star each
-               wave, # grid wavelengths (Å)
-               surveys:dict, # survey index -> boolean pixel mask on the grid; every star is seen by each
-               snr:float=100.0, # signal-to-noise per pixel
-               seed:int=0, # noise seed
-               rv=None, # radial velocity (km/s) per star (S,), or per star and survey (S, len(surveys))
-               rest_frame:bool=False): # shift ln λ by -ln(1 + rv/c): spectra with known velocities, off the grid
+
+def mock_batch(
+    params,  # list of parameter dicts, one star each
+    wave,  # grid wavelengths (Å)
+    surveys: dict,  # survey index -> boolean pixel mask on the grid; every star is seen by each
+    snr: float = 100.0,  # signal-to-noise per pixel
+    seed: int = 0,  # noise seed
+    rv=None,  # radial velocity (km/s) per star (S,), or per star and survey (S, len(surveys))
+    rest_frame: bool = False,  # shift ln λ by -ln(1 + rv/c): spectra with known velocities, off the grid
+):
     "Noisy mock spectra of each star in each survey as a `SpectraBatch`, plus the noise-free truth list."
     g = np.random.default_rng(seed)
     specs, sv, st, truth = [], [], [], []
@@ -45,14 +59,24 @@ def mock_batch(params, # list of parameter dicts, one star each
         for k, (s, m) in enumerate(surveys.items()):
             v = 0.0 if rv is None else float(rv[i] if rv.ndim == 1 else rv[i, k])
             f = mock_spectrum(wave[m], p, rv=v)
-            specs.append(dict(wave=wave[m] / (1 + v / C_KMS if rest_frame else 1.0), flux=f + g.normal(0, 1 / snr, m.sum()), ivar=np.full(m.sum(), snr ** 2.0)))
-            sv.append(s); st.append(i); truth.append(f)
+            specs.append(
+                dict(
+                    wave=wave[m] / (1 + v / C_KMS if rest_frame else 1.0),
+                    flux=f + g.normal(0, 1 / snr, m.sum()),
+                    ivar=np.full(m.sum(), snr**2.0),
+                )
+            )
+            sv.append(s)
+            st.append(i)
+            truth.append(f)
     return pad_spectra(specs, sv, st), truth
 
 # %% ../../nbs/m6_fixtures.ipynb
-def demo_sample(n:int=12, # number of spectra
-                grid:Grid|None=None, # grid (default: 5000-5500 Å, 2,860 px)
-                seed:int=0): # random seed
+def demo_sample(
+    n: int = 12,  # number of spectra
+    grid: Grid | None = None,  # grid (default: 5000-5500 Å, 2,860 px)
+    seed: int = 0,  # random seed
+):
     "Arrays and metadata of `n` fake regridded spectra (for examples, tests and benchmarks)."
     grid = grid or common_grid(wmin=5000, wmax=5500)
     rng, m = np.random.default_rng(seed), grid.n
@@ -60,14 +84,29 @@ def demo_sample(n:int=12, # number of spectra
     cover = np.zeros((n, m), bool)
     for i in range(n):  # 2-4 bands covering a third of the grid at most
         for _ in range(2 + i % 3):
-            a = rng.integers(0, m - m // 8); cover[i, a:a + rng.integers(m // 40, m // 8)] = True
+            a = rng.integers(0, m - m // 8)
+            cover[i, a : a + rng.integers(m // 40, m // 8)] = True
     flux = np.where(cover, rng.normal(1, 0.05, (n, m)), 0).astype(np.float32)
     ivar = np.where(cover, rng.uniform(100, 400, (n, m)), 0).astype(np.float32)
     flags = np.where(cover, 0, int(PixelFlag.NO_DATA)).astype(np.int32)
-    arrays = dict(flux=flux * 1e3, ivar=ivar * 1e-6, norm_flux=flux, norm_ivar=ivar, flags=flags,
-                  weight=cover.astype(np.float32))
-    meta = pd.DataFrame(dict(spec_id=np.arange(n), star=np.arange(n) // 2, survey=surveys, product='demo',
-                             star_id=[f'S{i // 2:04d}' for i in range(n)], visit_id='', source=[f'demo/{i}.fits' for i in range(n)],
-                             rv_used=rng.normal(0, 30, n), snr=rng.uniform(20, 200, n), teff=rng.uniform(4000, 6500, n),
-                             logg=rng.uniform(1, 5, n), fe_h=rng.normal(0, .3, n), flags=np.zeros(n, np.int64)))
+    arrays = dict(
+        flux=flux * 1e3, ivar=ivar * 1e-6, norm_flux=flux, norm_ivar=ivar, flags=flags, weight=cover.astype(np.float32)
+    )
+    meta = pd.DataFrame(
+        dict(
+            spec_id=np.arange(n),
+            star=np.arange(n) // 2,
+            survey=surveys,
+            product='demo',
+            star_id=[f'S{i // 2:04d}' for i in range(n)],
+            visit_id='',
+            source=[f'demo/{i}.fits' for i in range(n)],
+            rv_used=rng.normal(0, 30, n),
+            snr=rng.uniform(20, 200, n),
+            teff=rng.uniform(4000, 6500, n),
+            logg=rng.uniform(1, 5, n),
+            fe_h=rng.normal(0, 0.3, n),
+            flags=np.zeros(n, np.int64),
+        )
+    )
     return grid, arrays, meta

@@ -8,10 +8,31 @@ import io, zlib, functools
 from pathlib import Path
 import numpy as np
 from astropy.io import fits
-from ..formats import C_KMS, GALAH_COVERAGE, GALAH_DISPERSION, GALAH_NPIX, GALAH_R, galah_filename, linear_wavelength
+from stellar_spectra.formats import (
+    C_KMS,
+    GALAH_COVERAGE,
+    GALAH_DISPERSION,
+    GALAH_NPIX,
+    GALAH_R,
+    galah_filename,
+    linear_wavelength,
+)
 from ..linelist import air_to_vacuum
-from .instrument import (write_file, fits_card, header_bytes, image_hdu, data_bytes, orbit_velocity, model_flux, baseline,
-                                        fibre_sky, stated_error, new_obs, cosmics, stretch_fault)
+from stellar_spectra.mock.instrument import (
+    write_file,
+    fits_card,
+    header_bytes,
+    image_hdu,
+    data_bytes,
+    orbit_velocity,
+    model_flux,
+    baseline,
+    fibre_sky,
+    stated_error,
+    new_obs,
+    cosmics,
+    stretch_fault,
+)
 
 # %% auto 0
 __all__ = ['write_galah']
@@ -202,27 +223,38 @@ COMB2   =     1402070014000051
 COMB3   =     1402070017000051
 COMB4   =     1402070019000051
 COMB5   =     1402070018000051
-"""
-_GALAH_CCD = {  # camera-dependent keywords: DETECTOR, SPECTID, GRATID, GRATLPMM, LAMBDAC, DISPERS, CONFIGID (= DETECTID)
-    1: ('E2V5-B', 'BL', '0', 3827.0, 4833.0, 0.045, 13), 2: ('E2V6-G', 'GN', '8', 3196.0, 5788.0, 0.055, 14),
-    3: ('E2V7-R', 'RD', '16', 2785.0, 6642.0, 0.063, 15), 4: ('E2V8-IR', 'RR', '24', 2378.0, 7781.0, 0.073, 16)}
+"""  # noqa: E501 (header cards as the archive writes them)
+# camera-dependent keywords: DETECTOR, SPECTID, GRATID, GRATLPMM, LAMBDAC, DISPERS, CONFIGID (= DETECTID)
+_GALAH_CCD = {
+    1: ('E2V5-B', 'BL', '0', 3827.0, 4833.0, 0.045, 13),
+    2: ('E2V6-G', 'GN', '8', 3196.0, 5788.0, 0.055, 14),
+    3: ('E2V7-R', 'RD', '16', 2785.0, 6642.0, 0.063, 15),
+    4: ('E2V8-IR', 'RR', '24', 2378.0, 7781.0, 0.073, 16),
+}
 _GALAH_THROUGHPUT, _GALAH_SNR = {1: 0.5, 2: 0.9, 3: 1.2, 4: 1.1}, {1: 0.55, 2: 0.85, 3: 1.0, 4: 1.05}
 
 # %% ../../nbs/m3b_galah_files.ipynb
 def _sexa(x, hours=False):
     "'DD MM SS.s' (or hours 'HH MM SS.ss') string as in the AAO comments."
-    v = abs(x) / 15 if hours else abs(x); d = int(v); m = int((v - d) * 60); s = (v - d - m / 60) * 3600
+    v = abs(x) / 15 if hours else abs(x)
+    d = int(v)
+    m = int((v - d) * 60)
+    s = (v - d - m / 60) * 3600
     return ('-' if x < 0 else '') + (f'{d:02d} {m:02d} {s:05.2f}' if hours else f'{d:02d} {m:02d} {s:04.1f}')
+
 
 @functools.lru_cache(None)
 def _galah_template():
     "The IRAF/AAO header keywords (parsed once)."
     return fits.Header([fits.Card.fromstring(c.ljust(80)) for c in _GALAH_CARDS.strip('\n').split('\n')])
 
+
 def _galah_header(star, ccd, night, ut, crval, cdelt, field):
-    "The keywords of a GALAH camera file's primary header that differ from the template: {keyword: (value, new comment or None)}."
+    """The keywords of a GALAH camera file's primary header that differ from the template: {keyword: (value, new comment
+    or None)}."""
     det, spid, grat, lpmm, lam, disp, cid = _GALAH_CCD[ccd]
-    sid = int(star['sobject_id']); run = sid // 10**5 % 10**4
+    sid = int(star['sobject_id'])
+    run = sid // 10**5 % 10**4
     date = f'20{night[:2]}-{night[2:4]}-{night[4:6]}'
     mjd = float((np.datetime64(date) - np.datetime64('1858-11-17')).astype(int)) + ut / 24
     mon = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'][int(night[2:4]) - 1]
@@ -230,43 +262,80 @@ def _galah_header(star, ccd, night, ut, crval, cdelt, field):
     fid = field if field.isdigit() else str(100 + zlib.crc32(field.encode()) % 900)
     ra0, dec0 = star['_field_ra'], star['_field_dec']
     h = {}
-    for k, v in [('DATE', f'{date}T{hh(ut + 1.3)}'), ('IRAF-TLM', f'{date}T{hh(ut + 1.31)}'),
-                 ('OBJECT', f'fieldfile=galahfields_0, fieldid={fid}, datafile=galahic_0, omvename=0.0.3'),
-                 ('DETECTOR', det), ('CONFIGID', cid), ('DETECTID', cid), ('SPECTID', spid), ('GRATID', grat), ('GRATLPMM', lpmm),
-                 ('LAMBDAC', lam), ('LAMBDAB', lam), ('LAMBDCR', lam), ('LAMBDBR', lam), ('DISPERS', disp),
-                 ('CFG_FILE', f'gf0_{fid}_2mass_pm.sds'), ('RUN', run), ('OBSNUM', run), ('GRPNUM', run),
-                 ('UTDATE', date.replace('-', ':')), ('EPOCH', 2000 + (mjd - 51544.5) / 365.25),
-                 ('UTSTART', hh(ut)), ('UTEND', hh(ut + 1200 / 3600)), ('UTMJD', mjd), ('MEANRA', ra0), ('MEANDEC', dec0),
-                 ('FILEORIG', f'/data/aatobs/OptDet_data/{night}/ccd_{ccd}/{night[4:6]}{mon}{ccd}{run:04d}.fits'),
-                 ('DCLOG1', f'REFSPEC1 = {night[4:6]}{mon}{ccd}{run - 2:04d}.ms'), ('APNUM1', f'{sid % 1000} {sid % 1000} 60.60 66.60'),
-                 ('CRVAL1', crval), ('CDELT1', cdelt), ('CD1_1', cdelt)]: h[k] = v, None
+    for k, v in [
+        ('DATE', f'{date}T{hh(ut + 1.3)}'),
+        ('IRAF-TLM', f'{date}T{hh(ut + 1.31)}'),
+        ('OBJECT', f'fieldfile=galahfields_0, fieldid={fid}, datafile=galahic_0, omvename=0.0.3'),
+        ('DETECTOR', det),
+        ('CONFIGID', cid),
+        ('DETECTID', cid),
+        ('SPECTID', spid),
+        ('GRATID', grat),
+        ('GRATLPMM', lpmm),
+        ('LAMBDAC', lam),
+        ('LAMBDAB', lam),
+        ('LAMBDCR', lam),
+        ('LAMBDBR', lam),
+        ('DISPERS', disp),
+        ('CFG_FILE', f'gf0_{fid}_2mass_pm.sds'),
+        ('RUN', run),
+        ('OBSNUM', run),
+        ('GRPNUM', run),
+        ('UTDATE', date.replace('-', ':')),
+        ('EPOCH', 2000 + (mjd - 51544.5) / 365.25),
+        ('UTSTART', hh(ut)),
+        ('UTEND', hh(ut + 1200 / 3600)),
+        ('UTMJD', mjd),
+        ('MEANRA', ra0),
+        ('MEANDEC', dec0),
+        ('FILEORIG', f'/data/aatobs/OptDet_data/{night}/ccd_{ccd}/{night[4:6]}{mon}{ccd}{run:04d}.fits'),
+        ('DCLOG1', f'REFSPEC1 = {night[4:6]}{mon}{ccd}{run - 2:04d}.ms'),
+        ('APNUM1', f'{sid % 1000} {sid % 1000} 60.60 66.60'),
+        ('CRVAL1', crval),
+        ('CDELT1', cdelt),
+        ('CD1_1', cdelt),
+    ]:
+        h[k] = v, None
     h['MEANRA'], h['MEANDEC'] = (ra0, _sexa(ra0, True)), (dec0, _sexa(dec0))
-    for i in range(6): h[f'COMB{i}'] = int(f'{night}{run + i:04d}00{sid % 1000:03d}{ccd}'), None
+    for i in range(6):
+        h[f'COMB{i}'] = int(f'{night}{run + i:04d}00{sid % 1000:03d}{ccd}'), None
     return h
 
 # %% ../../nbs/m3b_galah_files.ipynb
 @functools.lru_cache(None)
 def _galah_layout():
-    "HDUs 0–3 of a GALAH file as astropy lays them out from the template: per HDU, [keyword, card image(s)] in order (built once)."
+    """HDUs 0–3 of a GALAH file as astropy lays them out from the template: per HDU, [keyword, card image(s)] in order
+    (built once)."""
     header, z = _galah_template().copy(), np.zeros(GALAH_NPIX, np.float32)
     hdus = [fits.PrimaryHDU(z, header=header)]
     for name in ['input_sigma', 'no_sky_subspectrum', 'no_sky_sigma']:
-        h = header.copy(); h.remove('SIMPLE', ignore_missing=True); h.remove('EXTEND', ignore_missing=True)
-        if name != 'no_sky_subspectrum': h.remove('APSCATTE', ignore_missing=True)
+        h = header.copy()
+        h.remove('SIMPLE', ignore_missing=True)
+        h.remove('EXTEND', ignore_missing=True)
+        if name != 'no_sky_subspectrum':
+            h.remove('APSCATTE', ignore_missing=True)
         hdu = fits.ImageHDU(z, header=h)
-        hdu.header.set('EXTNAME', name, 'Extension name', after='GCOUNT'); hdu.header.set('INHERIT', False, 'Inherits global header', after='ORIGIN')
+        hdu.header.set('EXTNAME', name, 'Extension name', after='GCOUNT')
+        hdu.header.set('INHERIT', False, 'Inherits global header', after='ORIGIN')
         hdus.append(hdu)
     for hdu, nblank in zip(hdus, [25, 23, 22, 23]):  # the IRAF headers end in blank cards
-        for _ in range(nblank): hdu.header.append(fits.Card(), useblanks=False, bottom=True)
-    buf = io.BytesIO(); fits.HDUList(hdus).writeto(buf); raw = buf.getvalue().decode('ascii', 'replace')
+        for _ in range(nblank):
+            hdu.header.append(fits.Card(), useblanks=False, bottom=True)
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    raw = buf.getvalue().decode('ascii', 'replace')
     layout, pos = [], 0
     for _ in hdus:
         cards = []
         while not raw.startswith('END     ', pos):
-            c = raw[pos:pos + 80]; pos += 80
-            if c.startswith('CONTINUE') and cards: cards[-1][1] += c  # a long string's continuation belongs to its keyword
-            else: cards.append([c[:8].rstrip(), c])
-        pos += 80; pos += -pos % 2880 + len(data_bytes(z))
+            c = raw[pos : pos + 80]
+            pos += 80
+            if c.startswith('CONTINUE') and cards:
+                cards[-1][1] += c  # a long string's continuation belongs to its keyword
+            else:
+                cards.append([c[:8].rstrip(), c])
+        pos += 80
+        pos += -pos % 2880 + len(data_bytes(z))
         layout.append(cards)
     return layout
 
@@ -276,64 +345,124 @@ def _template_cards():
     "keyword -> (value, comment, card image) of the template (astropy's card properties are slow to read)."
     return {c.keyword: (c.value, c.comment, c.image) for c in _galah_template().cards}
 
-def _galah_cards(updates): # {keyword: (value, new comment or None)}, from `_galah_header`
-    "Card images of the updated keywords as astropy sets them on the template: an unchanged value keeps the template's card."
+
+def _galah_cards(updates):  # {keyword: (value, new comment or None)}, from `_galah_header`
+    """Card images of the updated keywords as astropy sets them on the template: an unchanged value keeps the
+    template's card."""
     t, out = _template_cards(), {}
     for k, (v, comment) in updates.items():
-        old, old_comment, image = t[k]; comment = old_comment if comment is None else comment
-        if isinstance(v, str) and isinstance(old, str): same = v.rstrip() == old.rstrip()
-        elif isinstance(v, bool) or isinstance(old, bool): same = v is old
-        else: same = v == old and isinstance(v, type(old))
-        if not same: out[k] = fits_card(k, v, comment)
-        elif comment != old_comment: c = fits.Card.fromstring(image); c.comment = comment; out[k] = str(c)
+        old, old_comment, image = t[k]
+        comment = old_comment if comment is None else comment
+        if isinstance(v, str) and isinstance(old, str):
+            same = v.rstrip() == old.rstrip()
+        elif isinstance(v, bool) or isinstance(old, bool):
+            same = v is old
+        else:
+            same = v == old and isinstance(v, type(old))
+        if not same:
+            out[k] = fits_card(k, v, comment)
+        elif comment != old_comment:
+            c = fits.Card.fromstring(image)
+            c.comment = comment
+            out[k] = str(c)
     return out
 
+
 def _galah_hdus(updates, flux, rel, nosky, nosky_rel, norm, crval4, cdelt4, cut):
-    "A GALAH camera file as bytes: the template's headers with the `updates` (`_galah_header`), the data, extension 4 optional."
+    """A GALAH camera file as bytes: the template's headers with the `updates` (`_galah_header`), the data, extension 4
+    optional."""
     new = _galah_cards(updates)
-    out = [header_bytes([new.get(k, img) for k, img in cards]) + data_bytes(a.astype(np.float32))
-           for cards, a in zip(_galah_layout(), [flux, rel, nosky, nosky_rel])]
+    out = [
+        header_bytes([new.get(k, img) for k, img in cards]) + data_bytes(a.astype(np.float32))
+        for cards, a in zip(_galah_layout(), [flux, rel, nosky, nosky_rel])
+    ]
     if norm is not None:
-        out.append(image_hdu(norm[cut:].astype(np.float64), [fits_card('CRPIX1', 1.0), fits_card('CRVAL1', crval4),
-                                                             fits_card('CDELT1', cdelt4), fits_card('CUNIT1', 'Angstroms')]))
+        out.append(
+            image_hdu(
+                norm[cut:].astype(np.float64),
+                [
+                    fits_card('CRPIX1', 1.0),
+                    fits_card('CRVAL1', crval4),
+                    fits_card('CDELT1', cdelt4),
+                    fits_card('CUNIT1', 'Angstroms'),
+                ],
+            )
+        )
     return b''.join(out)
 
 # %% ../../nbs/m3b_galah_files.ipynb
-def write_galah(outdir, # root of the mock sky
-                rng, # the star's GALAH random stream (np.random.Generator)
-                star:dict, # truth row as a dict (`instrument._star_dict`)
-                fault:str|None): # data fault of the green camera ('bad_stretch', 'wrong_wavelength' or None)
+def write_galah(
+    outdir,  # root of the mock sky
+    rng,  # the star's GALAH random stream (np.random.Generator)
+    star: dict,  # truth row as a dict (`instrument._star_dict`)
+    fault: str | None,  # data fault of the green camera ('bad_stretch', 'wrong_wavelength' or None)
+):
     "The four GALAH camera files of a star; returns their observation rows."
     night, sid = str(star['sobject_id'])[:6], int(star['sobject_id'])
     ut, bc = float(rng.uniform(9.5, 17.5)), float(rng.uniform(-28, 28))
-    mjd = float((np.datetime64(f'20{night[:2]}-{night[2:4]}-{night[4:6]}') - np.datetime64('1858-11-17')).astype(int)) + ut / 24
+    mjd = (
+        float((np.datetime64(f'20{night[:2]}-{night[2:4]}-{night[4:6]}') - np.datetime64('1858-11-17')).astype(int))
+        + ut / 24
+    )
     rv = float(star['rv'] + orbit_velocity(star, mjd))  # barycentric velocity of the primary
     no_ext4, missing = rng.random() < 0.05, (int(rng.integers(1, 5)) if rng.random() < 0.03 else 0)
     out = []
     for ccd in (1, 2, 3, 4):
-        crval, cdelt = GALAH_COVERAGE[ccd][0] + float(rng.normal(0, 0.3)), GALAH_DISPERSION[ccd] * (1 + float(rng.normal(0, 3e-4)))
-        air = linear_wavelength(crval, cdelt, GALAH_NPIX); vac = air_to_vacuum(air)
+        crval, cdelt = (
+            GALAH_COVERAGE[ccd][0] + float(rng.normal(0, 0.3)),
+            GALAH_DISPERSION[ccd] * (1 + float(rng.normal(0, 3e-4))),
+        )
+        air = linear_wavelength(crval, cdelt, GALAH_NPIX)
+        vac = air_to_vacuum(air)
         scale = float(np.clip(1500 * 10 ** (-0.4 * (star['gmag'] - 13)), 150, 20000)) * _GALAH_THROUGHPUT[ccd]
-        o = new_obs(rng, star, 'galah', f'ccd{ccd}', GALAH_R, vac[0], vac[-1], scale, star['galah_snr'] * _GALAH_SNR[ccd],
-                     rv - orbit_velocity(star, mjd), 1 / (1 + bc / C_KMS), mjd,
-                     sky_level=float(np.clip(0.05 * 10 ** (0.4 * (star['gmag'] - 13)), 0.01, 5)))
+        o = new_obs(
+            rng,
+            star,
+            'galah',
+            f'ccd{ccd}',
+            GALAH_R,
+            vac[0],
+            vac[-1],
+            scale,
+            star['galah_snr'] * _GALAH_SNR[ccd],
+            rv - orbit_velocity(star, mjd),
+            1 / (1 + bc / C_KMS),
+            mjd,
+            sky_level=float(np.clip(0.05 * 10 ** (0.4 * (star['gmag'] - 13)), 0.01, 5)),
+        )
         o.update(bc=bc, ccd=ccd, air=True)
-        model = model_flux(star, o, vac); sky = fibre_sky(o, vac)
+        model = model_flux(star, o, vac)
+        sky = fibre_sky(o, vac)
         err, noise = stated_error(rng, model, sky, o['snr'], rn=0.02)
         flux = model + noise
-        cr, amp = cosmics(rng, GALAH_NPIX, int(rng.integers(0, 4))); flux[cr] += amp * err[cr]; o['n_cosmics'] = len(cr)
-        if fault == 'bad_stretch' and ccd == 2: stretch_fault(rng, o, flux)
-        if fault == 'wrong_wavelength' and ccd == 2: o.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
-        shown = crval * (1 + o['fault_shift_kms'] / C_KMS); shown_d = cdelt * (1 + o['fault_shift_kms'] / C_KMS)
+        cr, amp = cosmics(rng, GALAH_NPIX, int(rng.integers(0, 4)))
+        flux[cr] += amp * err[cr]
+        o['n_cosmics'] = len(cr)
+        if fault == 'bad_stretch' and ccd == 2:
+            stretch_fault(rng, o, flux)
+        if fault == 'wrong_wavelength' and ccd == 2:
+            o.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
+        shown = crval * (1 + o['fault_shift_kms'] / C_KMS)
+        shown_d = cdelt * (1 + o['fault_shift_kms'] / C_KMS)
         o['has_ext4'] = not no_ext4
-        if ccd == missing: continue
+        if ccd == missing:
+            continue
         safe = lambda f: np.where(np.abs(f) > 1e-6, f, 1e-6)
         norm = flux / baseline(star, o, vac)
         cut = int(np.searchsorted(air, 7694.0)) if ccd == 4 else 0
-        data = _galah_hdus(_galah_header(star, ccd, night, ut, shown, shown_d, star['field']), flux, err / safe(flux),
-                           flux + sky, err / safe(flux + sky), None if no_ext4 else norm,
-                           (shown + cut * shown_d) / (1 + rv / C_KMS), shown_d / (1 + rv / C_KMS), cut)
+        data = _galah_hdus(
+            _galah_header(star, ccd, night, ut, shown, shown_d, star['field']),
+            flux,
+            err / safe(flux),
+            flux + sky,
+            err / safe(flux + sky),
+            None if no_ext4 else norm,
+            (shown + cut * shown_d) / (1 + rv / C_KMS),
+            shown_d / (1 + rv / C_KMS),
+            cut,
+        )
         rel = f'galah/GALAH_DR3/spectra/{galah_filename(sid, ccd)}'
-        write_file(Path(outdir) / rel, data); o['relpath'] = rel
+        write_file(Path(outdir) / rel, data)
+        o['relpath'] = rel
         out.append(o)
     return out

@@ -8,7 +8,18 @@ from pathlib import Path
 import numpy as np
 from ..formats import C_KMS, UVES_SETUPS, UVES_R, UCD_AIR
 from ..linelist import air_to_vacuum
-from .instrument import write_file, fits_card, header_bytes, image_hdu, model_flux, fibre_sky, stated_error, new_obs, cosmics, stretch_fault
+from stellar_spectra.mock.instrument import (
+    write_file,
+    fits_card,
+    header_bytes,
+    image_hdu,
+    model_flux,
+    fibre_sky,
+    stated_error,
+    new_obs,
+    cosmics,
+    stretch_fault,
+)
 
 # %% auto 0
 __all__ = ['write_ges']
@@ -17,21 +28,41 @@ __all__ = ['write_ges']
 _UVES_GAP = {'U580': (5760.0, 5835.0), 'U520': (5160.0, 5230.0)}  # Å, air
 _UVES_STEP = 0.005  # nm
 
+
 def _uves_table(wave_nm, fr, er, f, e, q):
-    "Header and data bytes of the one-row SPECTRUM table, each column one vector (TFORM like '41600D'); QUAL optional (q None)."
+    """Header and data bytes of the one-row SPECTRUM table, each column one vector (TFORM like '41600D'); QUAL optional
+    (q None)."""
     n = len(wave_nm)  # written directly: astropy's table writer is slow for one row of long vectors
     flux_u = 'erg cm**(-2) s**(-1) angstrom**(-1)'
-    cols = [c for c in [('WAVE', wave_nm, 'D', 'nm', UCD_AIR), ('FLUX_REDUCED', fr, 'D', 'adu', 'phot.flux.density;em.wl;src.net;stat.uncalib'),
-                        ('ERR_REDUCED', er, 'D', 'adu', 'stat.error;phot.flux.density;em.wl;src.net;stat.uncalib'),
-                        ('FLUX', f, 'D', flux_u, 'phot.flux.density;em.wl;src.net;meta.main'),
-                        ('ERR', e, 'D', flux_u, 'stat.error;phot.flux.density;meta.main'),
-                        ('QUAL', q, 'J', None, 'meta.code.qual;meta.main')] if c[1] is not None]
-    h = [fits_card(*c) for c in [('XTENSION', 'BINTABLE', 'binary table extension'), ('BITPIX', 8, 'array data type'),
-         ('NAXIS', 2, 'number of array dimensions'), ('NAXIS1', n * sum(8 if c[2] == 'D' else 4 for c in cols), 'length of dimension 1'),
-         ('NAXIS2', 1, 'length of dimension 2'), ('PCOUNT', 0, 'number of group parameters'),
-         ('GCOUNT', 1, 'number of groups'), ('TFIELDS', len(cols), 'number of table fields')]]
+    cols = [
+        c
+        for c in [
+            ('WAVE', wave_nm, 'D', 'nm', UCD_AIR),
+            ('FLUX_REDUCED', fr, 'D', 'adu', 'phot.flux.density;em.wl;src.net;stat.uncalib'),
+            ('ERR_REDUCED', er, 'D', 'adu', 'stat.error;phot.flux.density;em.wl;src.net;stat.uncalib'),
+            ('FLUX', f, 'D', flux_u, 'phot.flux.density;em.wl;src.net;meta.main'),
+            ('ERR', e, 'D', flux_u, 'stat.error;phot.flux.density;meta.main'),
+            ('QUAL', q, 'J', None, 'meta.code.qual;meta.main'),
+        ]
+        if c[1] is not None
+    ]
+    h = [
+        fits_card(*c)
+        for c in [
+            ('XTENSION', 'BINTABLE', 'binary table extension'),
+            ('BITPIX', 8, 'array data type'),
+            ('NAXIS', 2, 'number of array dimensions'),
+            ('NAXIS1', n * sum(8 if c[2] == 'D' else 4 for c in cols), 'length of dimension 1'),
+            ('NAXIS2', 1, 'length of dimension 2'),
+            ('PCOUNT', 0, 'number of group parameters'),
+            ('GCOUNT', 1, 'number of groups'),
+            ('TFIELDS', len(cols), 'number of table fields'),
+        ]
+    ]
     for i, (name, _, fmt, unit, ucd) in enumerate(cols, 1):
-        h += [fits_card(f'TTYPE{i}', name), fits_card(f'TFORM{i}', f'{n}{fmt}')] + ([fits_card(f'TUNIT{i}', unit)] if unit else [])
+        h += [fits_card(f'TTYPE{i}', name), fits_card(f'TFORM{i}', f'{n}{fmt}')] + (
+            [fits_card(f'TUNIT{i}', unit)] if unit else []
+        )
     h.append(fits_card('EXTNAME', 'SPECTRUM', 'extension name'))
     h += [fits_card(f'TUCD{i}', c[4]) for i, c in enumerate(cols, 1)]
     h += [fits_card('VOCLASS', 'SPECTRUM v2.0'), fits_card('VOPUB', 'ESO/SAF'), fits_card('NELEM', n)]
@@ -42,51 +73,106 @@ def _uves_table(wave_nm, fr, er, f, e, q):
 def _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile):
     "ESO Phase-3 primary header of a UVES 1-D spectrum (the primary HDU's bytes)."
     date = (np.datetime64('1858-11-17') + np.timedelta64(int(round(mjd * 86400e3)), 'ms')).astype(str)[:23]
-    cards = [fits_card(k, v, c) for k, v, c in [('ORIGIN', 'ESO', 'European Southern Observatory'), ('TELESCOP', 'ESO-VLT-U2', 'ESO Telescope Designation'),
-                    ('INSTRUME', 'UVES', 'Instrument used'), ('OBJECT', star['_ges_object'], 'Original target'),
-                    ('RA', star['ra_2000'], '[deg] Pointing position'), ('DEC', star['dec_2000'], '[deg] Pointing position'),
-                    ('EQUINOX', 2000.0, 'Standard FK5'), ('RADESYS', 'FK5', 'Coordinate reference frame'),
-                    ('DATE-OBS', date, 'Observing date'), ('MJD-OBS', mjd, 'Start of observations (days)'),
-                    ('MJD-END', mjd + exptime / 86400, 'End of observations (days)'), ('EXPTIME', exptime, 'Total integration time'),
-                    ('TEXPTIME', exptime, 'Total integration time of all exposures'), ('ARCFILE', arcfile, 'Archive File Name'),
-                    ('PRODCATG', 'SCIENCE.SPECTRUM', 'Data product category'), ('PROG_ID', star['_prog_id'], 'ESO programme identification'),
-                    ('OBSTECH', 'ECHELLE', 'Technique of observation'), ('SPECSYS', 'TOPOCENT', 'Reference frame for spectral coordinates'),
-                    ('FLUXCAL', 'ABSOLUTE', 'Type of flux calibration'), ('CONTNORM', False, 'Spectrum not continuum normalised'),
-                    ('WAVELMIN', float(wave_nm[0]), '[nm] Minimum wavelength'), ('WAVELMAX', float(wave_nm[-1]), '[nm] Maximum wavelength'),
-                    ('SPEC_BIN', _UVES_STEP, '[nm] Wavelength bin size'), ('SPEC_RES', float(UVES_R), 'Spectral resolving power'),
-                    ('SNR', snr, 'Median signal to noise ratio per order'), ('DISPELEM', f'CD#3', 'Dispersive element name'),
-                    ('PROCSOFT', 'uves/5.4.3', 'Reduction software version'), ('REFERENC', '', 'Bibliographic reference'),
-                    ('HIERARCH ESO INS PATH', 'RED', 'Optical path'), ('HIERARCH ESO INS GRAT2 WLEN', float(setup[1:]), 'Grating central wavelength'),
-                    ('HIERARCH ESO QC VRAD BARYCOR', round(bc, 4), '[km/s] Barycentric correction')]]
+    cards = [
+        fits_card(k, v, c)
+        for k, v, c in [
+            ('ORIGIN', 'ESO', 'European Southern Observatory'),
+            ('TELESCOP', 'ESO-VLT-U2', 'ESO Telescope Designation'),
+            ('INSTRUME', 'UVES', 'Instrument used'),
+            ('OBJECT', star['_ges_object'], 'Original target'),
+            ('RA', star['ra_2000'], '[deg] Pointing position'),
+            ('DEC', star['dec_2000'], '[deg] Pointing position'),
+            ('EQUINOX', 2000.0, 'Standard FK5'),
+            ('RADESYS', 'FK5', 'Coordinate reference frame'),
+            ('DATE-OBS', date, 'Observing date'),
+            ('MJD-OBS', mjd, 'Start of observations (days)'),
+            ('MJD-END', mjd + exptime / 86400, 'End of observations (days)'),
+            ('EXPTIME', exptime, 'Total integration time'),
+            ('TEXPTIME', exptime, 'Total integration time of all exposures'),
+            ('ARCFILE', arcfile, 'Archive File Name'),
+            ('PRODCATG', 'SCIENCE.SPECTRUM', 'Data product category'),
+            ('PROG_ID', star['_prog_id'], 'ESO programme identification'),
+            ('OBSTECH', 'ECHELLE', 'Technique of observation'),
+            ('SPECSYS', 'TOPOCENT', 'Reference frame for spectral coordinates'),
+            ('FLUXCAL', 'ABSOLUTE', 'Type of flux calibration'),
+            ('CONTNORM', False, 'Spectrum not continuum normalised'),
+            ('WAVELMIN', float(wave_nm[0]), '[nm] Minimum wavelength'),
+            ('WAVELMAX', float(wave_nm[-1]), '[nm] Maximum wavelength'),
+            ('SPEC_BIN', _UVES_STEP, '[nm] Wavelength bin size'),
+            ('SPEC_RES', float(UVES_R), 'Spectral resolving power'),
+            ('SNR', snr, 'Median signal to noise ratio per order'),
+            ('DISPELEM', f'CD#3', 'Dispersive element name'),
+            ('PROCSOFT', 'uves/5.4.3', 'Reduction software version'),
+            ('REFERENC', '', 'Bibliographic reference'),
+            ('HIERARCH ESO INS PATH', 'RED', 'Optical path'),
+            ('HIERARCH ESO INS GRAT2 WLEN', float(setup[1:]), 'Grating central wavelength'),
+            ('HIERARCH ESO QC VRAD BARYCOR', round(bc, 4), '[km/s] Barycentric correction'),
+        ]
+    ]
     return image_hdu(None, cards, primary=True, extend=False)
 
 # %% ../../nbs/m3c_ges_files.ipynb
-def write_ges(outdir, # root of the mock sky
-              rng, # the star's Gaia-ESO random stream (np.random.Generator)
-              star:dict, # truth row as a dict (`instrument._star_dict`)
-              fault:str|None): # data fault of its spectrum ('bad_stretch', 'wrong_wavelength' or None)
+def write_ges(
+    outdir,  # root of the mock sky
+    rng,  # the star's Gaia-ESO random stream (np.random.Generator)
+    star: dict,  # truth row as a dict (`instrument._star_dict`)
+    fault: str | None,  # data fault of its spectrum ('bad_stretch', 'wrong_wavelength' or None)
+):
     "The UVES spectrum of a Gaia-ESO star; returns its observation row (a list of one)."
-    setup = str(star['ges_setup']); lo, hi = UVES_SETUPS[setup]
-    air = np.arange(lo / 10, hi / 10, _UVES_STEP) * 10; vac = air_to_vacuum(air)
-    mjd, bc, exptime = float(rng.uniform(56000, 58800)), float(rng.uniform(-28, 28)), float(rng.choice([1200.0, 1800.0, 3000.0]))
-    o = new_obs(rng, star, 'ges', 'uves', UVES_R, vac[0], vac[-1], float(np.clip(4000 * 10 ** (-0.4 * (star['gmag'] - 12)), 200, 50000)),
-                 star['ges_snr'], star['rv'] - bc, 1.0, mjd, sky_level=float(np.clip(0.02 * 10 ** (0.4 * (star['gmag'] - 12)), 0.005, 2)))
+    setup = str(star['ges_setup'])
+    lo, hi = UVES_SETUPS[setup]
+    air = np.arange(lo / 10, hi / 10, _UVES_STEP) * 10
+    vac = air_to_vacuum(air)
+    mjd, bc, exptime = (
+        float(rng.uniform(56000, 58800)),
+        float(rng.uniform(-28, 28)),
+        float(rng.choice([1200.0, 1800.0, 3000.0])),
+    )
+    o = new_obs(
+        rng,
+        star,
+        'ges',
+        'uves',
+        UVES_R,
+        vac[0],
+        vac[-1],
+        float(np.clip(4000 * 10 ** (-0.4 * (star['gmag'] - 12)), 200, 50000)),
+        star['ges_snr'],
+        star['rv'] - bc,
+        1.0,
+        mjd,
+        sky_level=float(np.clip(0.02 * 10 ** (0.4 * (star['gmag'] - 12)), 0.005, 2)),
+    )
     o.update(bc=bc, setup=setup, air=True, has_qual=bool(rng.random() > 0.2))
     model = model_flux(star, o, vac)
     err, noise = stated_error(rng, model, fibre_sky(o, vac), o['snr'], rn=0.02)
     flux, q = model + noise, np.zeros(len(air), np.int32)
-    cr, amp = cosmics(rng, len(air), int(rng.integers(3, 15))); flux[cr] += amp * err[cr]; o['n_cosmics'] = len(cr)
-    bad = rng.integers(0, len(air), int(rng.integers(5, 30))); q[cr] = 1; q[bad] = 1; flux[bad] = 0
-    gap = (air > _UVES_GAP[setup][0]) & (air < _UVES_GAP[setup][1]); q[gap] = 1; flux[gap] = 0; err[gap] = 0
-    if fault == 'bad_stretch': stretch_fault(rng, o, flux)
-    if fault == 'wrong_wavelength': o.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
+    cr, amp = cosmics(rng, len(air), int(rng.integers(3, 15)))
+    flux[cr] += amp * err[cr]
+    o['n_cosmics'] = len(cr)
+    bad = rng.integers(0, len(air), int(rng.integers(5, 30)))
+    q[cr] = 1
+    q[bad] = 1
+    flux[bad] = 0
+    gap = (air > _UVES_GAP[setup][0]) & (air < _UVES_GAP[setup][1])
+    q[gap] = 1
+    flux[gap] = 0
+    err[gap] = 0
+    if fault == 'bad_stretch':
+        stretch_fault(rng, o, flux)
+    if fault == 'wrong_wavelength':
+        o.update(fault='wrong_wavelength', fault_shift_kms=float(star['fault_shift_kms']))
     resp = 1e-16 * (1 + 0.3 * np.sin((air - lo) / (hi - lo) * np.pi))
-    stamp = (np.datetime64('2019-03-01T00:00:00') + np.timedelta64(int(star['star_index']) * 61013 + int(star['_seed_ms']), 'ms')).astype(str)[:23]
+    stamp = (
+        np.datetime64('2019-03-01T00:00:00')
+        + np.timedelta64(int(star['star_index']) * 61013 + int(star['_seed_ms']), 'ms')
+    ).astype(str)[:23]
     arcfile = f'ADP.{stamp}.fits'
     wave_nm = air / 10 * (1 + o['fault_shift_kms'] / C_KMS)
     snr = float(np.median((flux / np.where(err > 0, err, np.inf))[~gap]))
     primary = _uves_header(star, setup, mjd, exptime, bc, wave_nm, snr, arcfile)
     table = _uves_table(wave_nm, flux, err, flux * resp, err * resp, q if o['has_qual'] else None)
     rel = f'gaiaeso/spectra/{arcfile}'
-    write_file(Path(outdir) / rel, primary + table); o['relpath'] = rel
+    write_file(Path(outdir) / rel, primary + table)
+    o['relpath'] = rel
     return [o]

@@ -17,46 +17,67 @@ __all__ = ['write_file', 'fits_card', 'header_bytes', 'data_bytes', 'image_hdu',
            'stretch_fault', 'star_task']
 
 # %% ../../nbs/m3_instrument.ipynb
-def write_file(path, # final path
-               data): # bytes, or an astropy HDUList
+def write_file(
+    path,  # final path
+    data,  # bytes, or an astropy HDUList
+):
     "Write bytes or an HDUList to `path` atomically (`atomic.atomic_write`, no fsync)."
-    return atomic_write(path, (lambda tmp: data.writeto(tmp, overwrite=True)) if isinstance(data, fits.HDUList) else data,
-                        sync=False)
+    return atomic_write(
+        path, (lambda tmp: data.writeto(tmp, overwrite=True)) if isinstance(data, fits.HDUList) else data, sync=False
+    )
 
 # %% ../../nbs/m3_instrument.ipynb
 def _fits_float(x):
     "A float as astropy writes it in a header: Python's shortest repr, upper-case exponent, at most 20 characters."
     s = str(x).replace('e', 'E')
-    if len(s) > 20: i = s.find('E'); s = s[:20] if i < 0 else s[:20 - (len(s) - i)] + s[i:]
+    if len(s) > 20:
+        i = s.find('E')
+        s = s[:20] if i < 0 else s[: 20 - (len(s) - i)] + s[i:]
     return s
 
-@lru_cache(maxsize=1024)
-def _long_string_card(key, value:str, comment): return str(fits.Card(key, value, comment))  # CONTINUE cards, as astropy splits them
 
-def fits_card(key:str, # keyword (HIERARCH keywords and long strings go through astropy)
-              value, # str, bool, int or finite float
-              comment:str=''): # comment after the value
+@lru_cache(maxsize=1024)
+def _long_string_card(key, value: str, comment):
+    return str(fits.Card(key, value, comment))  # CONTINUE cards, as astropy splits them
+
+
+def fits_card(
+    key: str,  # keyword (HIERARCH keywords and long strings go through astropy)
+    value,  # str, bool, int or finite float
+    comment: str = '',  # comment after the value
+):
     "A header card formatted as `astropy.io.fits.Card` formats it (80 characters, or more with CONTINUE cards)."
-    if len(key) > 8 or ' ' in key: return str(fits.Card(key, value, comment))
-    if isinstance(value, str): v = f"'{value.replace(chr(39), chr(39) * 2):8}'".ljust(20) if value else "''"
-    elif isinstance(value, (bool, np.bool_)): v = f"{'T' if value else 'F':>20}"
-    elif isinstance(value, (int, np.integer)): v = f'{value:>20d}'
-    elif isinstance(value, (float, np.floating)) and np.isfinite(value): v = f'{_fits_float(value):>20}'
-    else: raise ValueError(f'{key}: header values are str, bool, int or finite float, not {value!r}')
+    if len(key) > 8 or ' ' in key:
+        return str(fits.Card(key, value, comment))
+    if isinstance(value, str):
+        v = f"'{value.replace(chr(39), chr(39) * 2):8}'".ljust(20) if value else "''"
+    elif isinstance(value, (bool, np.bool_)):
+        v = f"{'T' if value else 'F':>20}"
+    elif isinstance(value, (int, np.integer)):
+        v = f'{value:>20d}'
+    elif isinstance(value, (float, np.floating)) and np.isfinite(value):
+        v = f'{_fits_float(value):>20}'
+    else:
+        raise ValueError(f'{key}: header values are str, bool, int or finite float, not {value!r}')
     card = f'{key.upper():8}= {v}' + (f' / {comment}' if comment else '')
-    if len(card) <= 80: return f'{card:80}'
+    if len(card) <= 80:
+        return f'{card:80}'
     return _long_string_card(key, value, comment) if isinstance(value, str) else str(fits.Card(key, value, comment))
 
 # %% ../../nbs/m3_instrument.ipynb
 _BITPIX = {'u1': 8, 'i2': 16, 'i4': 32, 'i8': 64, 'f4': -32, 'f8': -64}
 
-def _block(b:bytes, fill:bytes): return b + fill * (-len(b) % 2880)
 
-def header_bytes(cards): # card images (`fits_card`)
+def _block(b: bytes, fill: bytes):
+    return b + fill * (-len(b) % 2880)
+
+
+def header_bytes(cards):  # card images (`fits_card`)
     "A header: the cards, END, padded with blanks to a multiple of 2880 bytes."
     return _block((''.join(cards) + 'END' + ' ' * 77).encode('ascii'), b' ')
 
-def data_bytes(a): # array, or None
+
+def data_bytes(a):  # array, or None
     "The data of an image HDU: big-endian, padded with zeros to a multiple of 2880 bytes."
     return b'' if a is None else _block(a.astype(a.dtype.newbyteorder('>'), copy=False).tobytes(), b'\0')
 
@@ -64,16 +85,25 @@ def data_bytes(a): # array, or None
 @lru_cache(maxsize=256)
 def _image_cards(primary, extend, bitpix, shape):
     "The structural cards of an image HDU (few kinds in a sky: built once each)."
-    c = [fits_card('SIMPLE', True, 'conforms to FITS standard') if primary else fits_card('XTENSION', 'IMAGE', 'Image extension'),
-         fits_card('BITPIX', bitpix, 'array data type'), fits_card('NAXIS', len(shape), 'number of array dimensions')]
+    c = [
+        fits_card('SIMPLE', True, 'conforms to FITS standard')
+        if primary
+        else fits_card('XTENSION', 'IMAGE', 'Image extension'),
+        fits_card('BITPIX', bitpix, 'array data type'),
+        fits_card('NAXIS', len(shape), 'number of array dimensions'),
+    ]
     c += [fits_card(f'NAXIS{i}', n) for i, n in enumerate(shape[::-1], 1)]
-    if primary: return c + ([fits_card('EXTEND', True)] if extend else [])
+    if primary:
+        return c + ([fits_card('EXTEND', True)] if extend else [])
     return c + [fits_card('PCOUNT', 0, 'number of parameters'), fits_card('GCOUNT', 1, 'number of groups')]
 
-def image_hdu(data=None, # array (uint8, int16/32/64, float32/64), or None for a header-only HDU
-              cards=(), # further cards (`fits_card`) after the structural ones
-              primary:bool=False, # the primary HDU (SIMPLE ...) rather than an IMAGE extension
-              extend:bool=True): # primary only: EXTEND = T (astropy adds it when it writes an HDUList)
+
+def image_hdu(
+    data=None,  # array (uint8, int16/32/64, float32/64), or None for a header-only HDU
+    cards=(),  # further cards (`fits_card`) after the structural ones
+    primary: bool = False,  # the primary HDU (SIMPLE ...) rather than an IMAGE extension
+    extend: bool = True,  # primary only: EXTEND = T (astropy adds it when it writes an HDUList)
+):
     "One image HDU as bytes: the header astropy writes for it, then the data."
     a = None if data is None else np.asarray(data)
     c = _image_cards(primary, extend, 8 if a is None else _BITPIX[a.dtype.str[1:]], () if a is None else a.shape)
@@ -82,75 +112,124 @@ def image_hdu(data=None, # array (uint8, int16/32/64, float32/64), or None for a
 # %% ../../nbs/m3_instrument.ipynb
 _TFORM = {'i2': 'I', 'i4': 'J', 'i8': 'K', 'f4': 'E', 'f8': 'D'}
 
+
 @lru_cache(maxsize=64)
 def _table_cards(spec, nrows, rowbytes):
     "The structural and column cards of a BINTABLE: `spec` is ((name, numpy dtype string, vector length or 0), ...)."
-    c = [fits_card(*k) for k in [('XTENSION', 'BINTABLE', 'binary table extension'), ('BITPIX', 8, 'array data type'),
-         ('NAXIS', 2, 'number of array dimensions'), ('NAXIS1', rowbytes, 'length of dimension 1'),
-         ('NAXIS2', nrows, 'length of dimension 2'), ('PCOUNT', 0, 'number of group parameters'),
-         ('GCOUNT', 1, 'number of groups'), ('TFIELDS', len(spec), 'number of table fields')]]
+    c = [
+        fits_card(*k)
+        for k in [
+            ('XTENSION', 'BINTABLE', 'binary table extension'),
+            ('BITPIX', 8, 'array data type'),
+            ('NAXIS', 2, 'number of array dimensions'),
+            ('NAXIS1', rowbytes, 'length of dimension 1'),
+            ('NAXIS2', nrows, 'length of dimension 2'),
+            ('PCOUNT', 0, 'number of group parameters'),
+            ('GCOUNT', 1, 'number of groups'),
+            ('TFIELDS', len(spec), 'number of table fields'),
+        ]
+    ]
     for i, (n, dt, rep) in enumerate(spec, 1):
         form = f'{dt[2:]}A' if dt[1] == 'S' else f'{rep or ""}{_TFORM[dt[1:]]}'
-        c += [fits_card(f'TTYPE{i}', n), fits_card(f'TFORM{i}', form)] + ([fits_card(f'TDIM{i}', f'({rep})')] if rep else [])
+        c += [fits_card(f'TTYPE{i}', n), fits_card(f'TFORM{i}', form)] + (
+            [fits_card(f'TDIM{i}', f'({rep})')] if rep else []
+        )
     return c
 
-def table_hdu(columns, # [(name, array)]: a value (1-D) or a vector (2-D) per row; str columns become 'nA'
-              cards=()): # further cards after the column definitions
+
+def table_hdu(
+    columns,  # [(name, array)]: a value (1-D) or a vector (2-D) per row; str columns become 'nA'
+    cards=(),  # further cards after the column definitions
+):
     "A BINTABLE HDU as bytes, as astropy's `BinTableHDU` writes a table of these columns."
-    cols = [(n, a.astype(f'S{a.dtype.itemsize // 4}') if a.dtype.kind == 'U' else a) for n, a in ((n, np.asarray(a)) for n, a in columns)]
-    rows = np.zeros(len(cols[0][1]), [(n, a.dtype if a.dtype.kind == 'S' else a.dtype.newbyteorder('>'), a.shape[1:]) for n, a in cols])
-    for n, a in cols: rows[n] = a
+    cols = [
+        (n, a.astype(f'S{a.dtype.itemsize // 4}') if a.dtype.kind == 'U' else a)
+        for n, a in ((n, np.asarray(a)) for n, a in columns)
+    ]
+    rows = np.zeros(
+        len(cols[0][1]),
+        [(n, a.dtype if a.dtype.kind == 'S' else a.dtype.newbyteorder('>'), a.shape[1:]) for n, a in cols],
+    )
+    for n, a in cols:
+        rows[n] = a
     spec = tuple((n, a.dtype.str, a.shape[1] if a.ndim > 1 else 0) for n, a in cols)
-    return header_bytes(_table_cards(spec, len(rows), rows.dtype.itemsize) + list(cards)) + _block(rows.tobytes(), b'\0')
+    return header_bytes(_table_cards(spec, len(rows), rows.dtype.itemsize) + list(cards)) + _block(
+        rows.tobytes(), b'\0'
+    )
 
 # %% ../../nbs/m3_instrument.ipynb
 def _params(star, teff=None):
     "synth parameters of a truth row (anomaly keys included)."
-    p = dict(teff=float(teff or star['teff']), logg=float(star['logg']), fe_h=float(star['fe_h']),
-             alpha_fe=float(star['alpha_fe']), vsini=float(star['vsini']))
-    if star['emission'] > 0: p['emission'] = float(star['emission'])
-    if star['abund_element']: p['abund_offsets'] = {str(star['abund_element']): float(star['abund_offset'])}
+    p = dict(
+        teff=float(teff or star['teff']),
+        logg=float(star['logg']),
+        fe_h=float(star['fe_h']),
+        alpha_fe=float(star['alpha_fe']),
+        vsini=float(star['vsini']),
+    )
+    if star['emission'] > 0:
+        p['emission'] = float(star['emission'])
+    if star['abund_element']:
+        p['abund_offsets'] = {str(star['abund_element']): float(star['abund_offset'])}
     return p
+
 
 def orbit_velocity(star, mjd):
     "Primary's orbital velocity (km/s) of an SB2 at `mjd` (0 for single stars)."
-    if star['anomaly'] != 'sb2' or mjd is None: return 0.0
+    if star['anomaly'] != 'sb2' or mjd is None:
+        return 0.0
     return float(star['sb2_k1'] * np.sin(2 * np.pi * (mjd - star['sb2_t0']) / star['sb2_period']))
 
 # %% ../../nbs/m3_instrument.ipynb
-def truth_spectrum(star, # a row of `draw_stars` (mapping)
-                   wave, # vacuum wavelengths (Å) in the frame of the observation
-                   R, # resolving power (None: no instrumental broadening)
-                   rv:float=0.0, # systemic velocity of the star in that frame (km/s)
-                   mjd:float|None=None): # time of the observation (SB2 orbit phase)
+def truth_spectrum(
+    star,  # a row of `draw_stars` (mapping)
+    wave,  # vacuum wavelengths (Å) in the frame of the observation
+    R,  # resolving power (None: no instrumental broadening)
+    rv: float = 0.0,  # systemic velocity of the star in that frame (km/s)
+    mjd: float | None = None,  # time of the observation (SB2 orbit phase)
+):
     "Noise-free normalised flux of a truth star; double-lined binaries are the light-weighted sum of two stars."
-    if star['anomaly'] != 'sb2': return normalised_spectrum(wave, _params(star), R, rv=rv)
-    v1 = orbit_velocity(star, mjd); l = float(star['sb2_light_ratio'])
+    if star['anomaly'] != 'sb2':
+        return normalised_spectrum(wave, _params(star), R, rv=rv)
+    v1 = orbit_velocity(star, mjd)
+    l = float(star['sb2_light_ratio'])
     f1 = normalised_spectrum(wave, _params(star), R, rv=rv + v1)
     f2 = normalised_spectrum(wave, _params(star, star['sb2_teff2']), R, rv=rv - v1 / float(star['sb2_q']))
     return (f1 + l * f2) / (1 + l)
 
 # %% ../../nbs/m3_instrument.ipynb
-def model_flux(star, # truth row
-               obs:dict, # observation parameters (a row of observations.parquet)
-               wave): # vacuum wavelengths in the file's frame (Å)
+def model_flux(
+    star,  # truth row
+    obs: dict,  # observation parameters (a row of observations.parquet)
+    wave,  # vacuum wavelengths in the file's frame (Å)
+):
     "Noise-free flux of an observation, in the file's units, before cosmic rays, bad pixels and faults."
     return model_telluric(star, obs, wave)[0]
+
 
 def model_telluric(star, obs, wave):
     "`model_flux`, and the telluric transmission in it (before the power `tpow`): APOGEE's writer needs both."
     wave = np.asarray(wave, float)
     tm = telluric_transmission(wave * obs['tell_factor'], airmass=obs['airmass'], pwv=obs['pwv'])
-    return baseline(star, obs, wave) * truth_spectrum(star, wave, obs['R'], rv=obs['rv_file'], mjd=obs['mjd']) * tm ** obs['tpow'], tm
+    return baseline(star, obs, wave) * truth_spectrum(
+        star, wave, obs['R'], rv=obs['rv_file'], mjd=obs['mjd']
+    ) * tm ** obs['tpow'], tm
+
 
 def baseline(star, obs, wave):
     "Flux scale × systematics polynomial × continuum: what normalising divides out."
     x = (2 * np.asarray(wave) - obs['wmin'] - obs['wmax']) / (obs['wmax'] - obs['wmin'])
-    return obs['scale'] * np.polynomial.polynomial.polyval(x, np.asarray(obs['sys'], float)) * continuum(wave, float(star['teff']))
+    return (
+        obs['scale']
+        * np.polynomial.polynomial.polyval(x, np.asarray(obs['sys'], float))
+        * continuum(wave, float(star['teff']))
+    )
+
 
 def fibre_sky(obs, wave):
     "Sky emission (file units) under the star's fibre/slit at vacuum file-frame wavelengths."
     return obs['scale'] * obs['sky_level'] * sky_emission(np.asarray(wave) * obs['tell_factor'])
+
 
 def stated_error(rng, model, sky, snr, rn=0.01):
     "Stated error (photon noise of star + sky, read noise) scaled to S/N `snr` at the median flux, and a draw from it."
@@ -161,12 +240,37 @@ def stated_error(rng, model, sky, snr, rn=0.01):
 # %% ../../nbs/m3_instrument.ipynb
 def new_obs(rng, star, survey, product, R, wmin, wmax, scale, snr, rv_file, tell_factor, mjd, tpow=1.0, sky_level=0.02):
     "Draw an observation's nuisance parameters (systematics, airmass, water vapour) and collect its truth."
-    return dict(survey=survey, product=product, star_index=int(star['star_index']), anomaly=str(star['anomaly']),
-                R=float(R), wmin=float(wmin), wmax=float(wmax), scale=float(scale), snr=float(snr),
-                sys=[1.0, *rng.normal(0, [0.05, 0.03, 0.01])], airmass=float(rng.uniform(1.0, 1.8)),
-                pwv=float(rng.uniform(0.5, 6.0)), tpow=float(tpow), sky_level=float(sky_level), rv_file=float(rv_file),
-                tell_factor=float(tell_factor), mjd=float(mjd), bc=0.0, fault='', fault_lo=-1, fault_hi=-1,
-                fault_shift_kms=0.0, n_cosmics=0, relpath='', visit=-1, ccd=0, setup='', has_ext4=True)
+    return dict(
+        survey=survey,
+        product=product,
+        star_index=int(star['star_index']),
+        anomaly=str(star['anomaly']),
+        R=float(R),
+        wmin=float(wmin),
+        wmax=float(wmax),
+        scale=float(scale),
+        snr=float(snr),
+        sys=[1.0, *rng.normal(0, [0.05, 0.03, 0.01])],
+        airmass=float(rng.uniform(1.0, 1.8)),
+        pwv=float(rng.uniform(0.5, 6.0)),
+        tpow=float(tpow),
+        sky_level=float(sky_level),
+        rv_file=float(rv_file),
+        tell_factor=float(tell_factor),
+        mjd=float(mjd),
+        bc=0.0,
+        fault='',
+        fault_lo=-1,
+        fault_hi=-1,
+        fault_shift_kms=0.0,
+        n_cosmics=0,
+        relpath='',
+        visit=-1,
+        ccd=0,
+        setup='',
+        has_ext4=True,
+    )
+
 
 def cosmics(rng, n, k):
     "Pixel indices and amplitudes (in units of the error) of `k` cosmic-ray hits."
@@ -175,7 +279,8 @@ def cosmics(rng, n, k):
 # %% ../../nbs/m3_instrument.ipynb
 def stretch_fault(rng, obs, flux):
     "A data fault: a stretch of 40–120 pixels replaced by a flat level, not flagged."
-    lo = int(rng.integers(200, flux.size - 300)); hi = lo + int(rng.integers(40, 120))
+    lo = int(rng.integers(200, flux.size - 300))
+    hi = lo + int(rng.integers(40, 120))
     flux[lo:hi] = np.median(flux) * rng.uniform(0.2, 0.5)
     obs.update(fault='bad_stretch', fault_lo=lo, fault_hi=hi)
 
@@ -185,6 +290,11 @@ def star_task(row, fields, ges_object, seed):
     d = {k: (v.item() if hasattr(v, 'item') else v) for k, v in zip(row.colnames, row.as_void())}
     d = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
     f = fields[d['field']]
-    d.update(_field_ra=f[0], _field_dec=f[1], _ges_object=ges_object.get(d['star_index'], ''),
-             _prog_id=GES_PROG_IDS[d['star_index'] % len(GES_PROG_IDS)], _seed_ms=seed * 7919 % 1000)
+    d.update(
+        _field_ra=f[0],
+        _field_dec=f[1],
+        _ges_object=ges_object.get(d['star_index'], ''),
+        _prog_id=GES_PROG_IDS[d['star_index'] % len(GES_PROG_IDS)],
+        _seed_ms=seed * 7919 % 1000,
+    )
     return d

@@ -15,37 +15,57 @@ __all__ = ['RangeRequestHandler', 'serve_directory']
 # %% ../../nbs/m4_mirror.ipynb
 class RangeRequestHandler(SimpleHTTPRequestHandler):
     "Static files over HTTP/1.1 with single byte ranges, ETag/Last-Modified and If-Range."
+
     protocol_version = 'HTTP/1.1'
     disable_nagle_algorithm = True  # headers and a small body must not wait for a delayed ACK (40 ms a file)
-    def log_message(self, *args): pass
 
-    def send_body(self, f, start:int, length:int): self.connection.sendfile(f, start, length)
+    def log_message(self, *args):
+        pass
+
+    def send_body(self, f, start: int, length: int):
+        self.connection.sendfile(f, start, length)
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
-        if not path.is_file(): return self.send_error(404)
+        if not path.is_file():
+            return self.send_error(404)
         with open(path, 'rb') as f:
-            st = os.fstat(f.fileno()); size = st.st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
             etag, lm = f'"{st.st_mtime_ns:x}-{size:x}"', self.date_time_string(int(st.st_mtime))
             start, end, rng = 0, size - 1, self.headers.get('Range')
             m = re.fullmatch(r'bytes=(\d*)-(\d*)', (rng or '').strip())
             use = m and (m[1] or m[2]) and self.headers.get('If-Range') in (None, etag, lm)
             if use:
-                start, end = (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m[1] else (max(0, size - int(m[2])), size - 1)
+                start, end = (
+                    (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m[1] else (max(0, size - int(m[2])), size - 1)
+                )
                 if start >= size:
-                    self.send_response(416); self.send_header('Content-Range', f'bytes */{size}'); self.send_header('Content-Length', '0')
+                    self.send_response(416)
+                    self.send_header('Content-Range', f'bytes */{size}')
+                    self.send_header('Content-Length', '0')
                     return self.end_headers()
             self.send_response(206 if use else 200)
-            for k, v in (('Content-Type', 'application/octet-stream'), ('Content-Length', str(end - start + 1)), ('ETag', etag),
-                         ('Last-Modified', lm), ('Accept-Ranges', 'bytes')): self.send_header(k, v)
-            if use: self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
-            self.end_headers(); self.send_body(f, start, end - start + 1)
+            for k, v in (
+                ('Content-Type', 'application/octet-stream'),
+                ('Content-Length', str(end - start + 1)),
+                ('ETag', etag),
+                ('Last-Modified', lm),
+                ('Accept-Ranges', 'bytes'),
+            ):
+                self.send_header(k, v)
+            if use:
+                self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
+            self.end_headers()
+            self.send_body(f, start, end - start + 1)
 
 # %% ../../nbs/m4_mirror.ipynb
-def serve_directory(root, # folder to serve
-                    handler=RangeRequestHandler, # request handler class
-                    host:str='127.0.0.1', # address to bind
-                    port:int=0): # 0: any free port
+def serve_directory(
+    root,  # folder to serve
+    handler=RangeRequestHandler,  # request handler class
+    host: str = '127.0.0.1',  # address to bind
+    port: int = 0,  # 0: any free port
+):
     "Serve `root` over HTTP from a background thread; returns the server (base URL in `.url`; stop with `.shutdown()`)."
     srv = ThreadingHTTPServer((host, port), partial(handler, directory=str(root)))
     srv.daemon_threads, srv.url = True, f'http://{host}:{srv.server_port}/'

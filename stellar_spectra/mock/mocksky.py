@@ -24,166 +24,260 @@ __all__ = ['TAR_COMPRESSLEVEL', 'make_star_files', 'write_eso_table', 'write_tru
            'write_spectra', 'sky_meta', 'generate_mock_sky']
 
 # %% ../../nbs/m0_mocksky.ipynb
-def make_star_files(outdir, # root of the mock sky
-                    star:dict, # truth row as a dict (see `instrument._star_dict`)
-                    seed:int=42): # seed of the sky
+def make_star_files(
+    outdir,  # root of the mock sky
+    star: dict,  # truth row as a dict (see `instrument._star_dict`)
+    seed: int = 42,  # seed of the sky
+):
     "Write all survey files of one star; returns the observation rows (truth) of the files written."
     fault = star['anomaly'] if star['anomaly'] in ('bad_stretch', 'wrong_wavelength') else None
     first = next((s for s in SURVEYS if star[f'in_{s}']), None)
     out, i = [], int(star['star_index'])
-    if star['in_apogee']: out += write_apogee(outdir, np.random.default_rng([seed, i, 11]), star, fault if first == 'apogee' else None)
-    if star['in_galah']: out += write_galah(outdir, np.random.default_rng([seed, i, 12]), star, fault if first == 'galah' else None)
-    if star['in_ges']: out += write_ges(outdir, np.random.default_rng([seed, i, 13]), star, fault if first == 'ges' else None)
-    for o in out: o.setdefault('row', -1); o.setdefault('air', False); o.setdefault('has_qual', False)
+    if star['in_apogee']:
+        out += write_apogee(outdir, np.random.default_rng([seed, i, 11]), star, fault if first == 'apogee' else None)
+    if star['in_galah']:
+        out += write_galah(outdir, np.random.default_rng([seed, i, 12]), star, fault if first == 'galah' else None)
+    if star['in_ges']:
+        out += write_ges(outdir, np.random.default_rng([seed, i, 13]), star, fault if first == 'ges' else None)
+    for o in out:
+        o.setdefault('row', -1)
+        o.setdefault('air', False)
+        o.setdefault('has_qual', False)
     return out
 
 # %% ../../nbs/m0_mocksky.ipynb
 def _write_table(path, t, **hdr):
     "A catalogue: empty primary HDU + BINTABLE, written atomically."
-    p = fits.PrimaryHDU(); p.header.update(hdr)
+    p = fits.PrimaryHDU()
+    p.header.update(hdr)
     write_file(path, fits.HDUList([p, fits.table_to_hdu(t)]))
 
+
 TAR_COMPRESSLEVEL = 1  # gzip level of the tarballs: level 9 takes 4× as long for files 3% smaller
+
 
 def _galah_nights(obs):
     "yymmdd night -> the relative paths of its GALAH camera files."
     nights = {}
     for o in obs:
-        if o['survey'] == 'galah': nights.setdefault(Path(o['relpath']).name[:6], []).append(o['relpath'])
+        if o['survey'] == 'galah':
+            nights.setdefault(Path(o['relpath']).name[:6], []).append(o['relpath'])
     return nights
+
 
 def _write_tarball(outdir, night, rels):
     "One night's GALAH tarball of the camera files, byte-reproducible."
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode='wb', mtime=0, filename='', compresslevel=TAR_COMPRESSLEVEL) as gz, tarfile.open(fileobj=gz, mode='w') as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode='wb', mtime=0, filename='', compresslevel=TAR_COMPRESSLEVEL) as gz,
+        tarfile.open(fileobj=gz, mode='w') as tar,
+    ):
         for rel in sorted(rels):
             data = (Path(outdir) / rel).read_bytes()
-            ti = tarfile.TarInfo(f'{night}/com/{Path(rel).name}'); ti.size, ti.mtime, ti.mode = len(data), 1546300800, 0o644
+            ti = tarfile.TarInfo(f'{night}/com/{Path(rel).name}')
+            ti.size, ti.mtime, ti.mode = len(data), 1546300800, 0o644
             tar.addfile(ti, io.BytesIO(data))
     write_file(Path(outdir) / 'galah' / galah_tarball_path(int(rels[0].split('/')[-1][:15])), buf.getvalue())
 
 # %% ../../nbs/m0_mocksky.ipynb
-def write_eso_table(outdir, # root of the mock sky
-                    obs:list, # observation rows of the files written (`make_star_files`)
-                    stars, # the truth table (`draw_stars`)
-                    ges): # the Gaia-ESO catalogue (`make_catalogues`)
+def write_eso_table(
+    outdir,  # root of the mock sky
+    obs: list,  # observation rows of the files written (`make_star_files`)
+    stars,  # the truth table (`draw_stars`)
+    ges,  # the Gaia-ESO catalogue (`make_catalogues`)
+):
     "eso_archive_query.csv: which ADP file holds which Gaia-ESO star."
-    by = {int(i): r for i, r in zip(stars['star_index'], stars)}; obj = dict(zip(ges['CNAME'], ges['OBJECT']))
+    by = {int(i): r for i, r in zip(stars['star_index'], stars)}
+    obj = dict(zip(ges['CNAME'], ges['OBJECT']))
     rows = []
     for o in obs:
-        if o['survey'] != 'ges': continue
+        if o['survey'] != 'ges':
+            continue
         s = by[o['star_index']]
         h = fits.getheader(Path(outdir) / o['relpath'])
-        rows.append({'ARCFILE': Path(o['relpath']).name, 'OBJECT': obj[s['cname']], 'CNAME': s['cname'], 'RA': h['RA'], 'DEC': h['DEC'],
-                     'INSTRUME': 'UVES', 'SETUP': o['setup'], 'MJD-OBS': h['MJD-OBS'], 'EXPTIME': h['EXPTIME'],
-                     'PROG_ID': h['PROG_ID'], 'SNR': round(h['SNR'], 1), 'WAVELMIN': h['WAVELMIN'], 'WAVELMAX': h['WAVELMAX']})
+        rows.append(
+            {
+                'ARCFILE': Path(o['relpath']).name,
+                'OBJECT': obj[s['cname']],
+                'CNAME': s['cname'],
+                'RA': h['RA'],
+                'DEC': h['DEC'],
+                'INSTRUME': 'UVES',
+                'SETUP': o['setup'],
+                'MJD-OBS': h['MJD-OBS'],
+                'EXPTIME': h['EXPTIME'],
+                'PROG_ID': h['PROG_ID'],
+                'SNR': round(h['SNR'], 1),
+                'WAVELMIN': h['WAVELMIN'],
+                'WAVELMAX': h['WAVELMAX'],
+            }
+        )
     write_file(Path(outdir) / 'gaiaeso' / 'eso_archive_query.csv', pd.DataFrame(rows).to_csv(index=False).encode())
 
 # %% ../../nbs/m0_mocksky.ipynb
-def write_truth(outdir, # root of the mock sky
-                stars, # the truth table (`draw_stars`)
-                obs:list, # observation rows of every file written
-                meta:dict): # `sky_meta`
+def write_truth(
+    outdir,  # root of the mock sky
+    stars,  # the truth table (`draw_stars`)
+    obs: list,  # observation rows of every file written
+    meta: dict,  # `sky_meta`
+):
     "stars.parquet, observations.parquet and meta.json under truth/."
     d = Path(outdir) / 'truth'
     for name, df in [('stars', stars.to_pandas()), ('observations', pd.DataFrame(obs))]:
-        buf = io.BytesIO(); df.to_parquet(buf, index=False); write_file(d / f'{name}.parquet', buf.getvalue())
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        write_file(d / f'{name}.parquet', buf.getvalue())
     write_file(d / 'meta.json', json.dumps(meta, indent=1, sort_keys=True).encode())
 
 # %% ../../nbs/m0_mocksky.ipynb
 def _summary(outdir, stars, obs, n_tar):
     "Counts per survey and product, and sizes, of a generated sky."
     files = {}
-    for o in obs: files.setdefault(o['product'] if o['survey'] != 'galah' else 'galah_ccd', set()).add(o['relpath'])
+    for o in obs:
+        files.setdefault(o['product'] if o['survey'] != 'galah' else 'galah_ccd', set()).add(o['relpath'])
     size = lambda sub: sum(p.stat().st_size for p in (Path(outdir) / sub).rglob('*') if p.is_file())
-    return {'outdir': str(outdir), 'n_stars': len(stars),
-            'stars': {s: int(stars[f'in_{s}'].sum()) for s in SURVEYS},
-            'files': {**{k: len(v) for k, v in sorted(files.items())}, 'galah_tarballs': n_tar},
-            'bytes': {k: size(k) for k in ('sdss', 'galah', 'gaiaeso', 'truth')}}
+    return {
+        'outdir': str(outdir),
+        'n_stars': len(stars),
+        'stars': {s: int(stars[f'in_{s}'].sum()) for s in SURVEYS},
+        'files': {**{k: len(v) for k, v in sorted(files.items())}, 'galah_tarballs': n_tar},
+        'bytes': {k: size(k) for k in ('sdss', 'galah', 'gaiaeso', 'truth')},
+    }
+
 
 def _missing_cameras(stars, obs):
     "sobject_id -> the camera numbers whose file was not written (a missing camera)."
     have = {}
     for o in obs:
-        if o['survey'] == 'galah': have.setdefault(int(Path(o['relpath']).name[:15]), set()).add(o['ccd'])
+        if o['survey'] == 'galah':
+            have.setdefault(int(Path(o['relpath']).name[:15]), set()).add(o['ccd'])
     sids = [int(s) for s in stars['sobject_id'][stars['in_galah']]]
     return {str(s): sorted({1, 2, 3, 4} - have.get(s, set())) for s in sids if len(have.get(s, ())) < 4}
+
 
 def _star_chunk(outdir, stars, seed):
     "`make_star_files` of several stars (one task for a worker process)."
     return [make_star_files(outdir, s, seed) for s in stars]
 
-def draw_sky(n_stars:int=30, # number of stars
-             seed:int=42, # random seed
-             crowded_fraction:float=0.0, # fraction of stars 1–3" from another
-             fast_fraction:float=0.02, # fraction of fast movers
-             overlap:dict|None=None): # survey membership probabilities {'A','G','E','AG','AE','GE','AGE'} (None: the default mix)
+
+def draw_sky(
+    n_stars: int = 30,  # number of stars
+    seed: int = 42,  # random seed
+    crowded_fraction: float = 0.0,  # fraction of stars 1–3" from another
+    fast_fraction: float = 0.02,  # fraction of fast movers
+    overlap: dict
+    | None = None,  # survey membership probabilities {'A','G','E','AG','AE','GE','AGE'} (None: the default mix)
+):
     "The stars (truth table), their catalogues, and one task per star for `write_spectra` (parameters checked first)."
-    for k, v, lo, hi in (('n_stars', n_stars, 1, np.inf), ('seed', seed, 0, np.inf),
-                         ('crowded_fraction', crowded_fraction, 0, 1), ('fast_fraction', fast_fraction, 0, 1)):
-        if not (np.isfinite(v) and lo <= v <= hi): raise ValueError(f'{k} must be a finite number in [{lo}, {hi}], not {v}')
+    for k, v, lo, hi in (
+        ('n_stars', n_stars, 1, np.inf),
+        ('seed', seed, 0, np.inf),
+        ('crowded_fraction', crowded_fraction, 0, 1),
+        ('fast_fraction', fast_fraction, 0, 1),
+    ):
+        if not (np.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f'{k} must be a finite number in [{lo}, {hi}], not {v}')
     if overlap is not None:
         bad = {k: v for k, v in overlap.items() if k not in OVERLAP_KEYS or not (np.isfinite(v) and v >= 0)}
         if bad or not sum(overlap.values()) > 0:
             raise ValueError(f'overlap: probabilities >= 0 of {list(OVERLAP_KEYS)} with a positive sum, not {overlap}')
-    stars = draw_stars(n_stars, seed=seed, crowded_fraction=crowded_fraction, fast_fraction=fast_fraction, overlap=overlap)
+    stars = draw_stars(
+        n_stars, seed=seed, crowded_fraction=crowded_fraction, fast_fraction=fast_fraction, overlap=overlap
+    )
     cats = make_catalogues(stars, seed=seed)
     fields = {r['name']: (float(r['ra']), float(r['dec'])) for r in survey_fields()}
     ges_obj = {int(i): str(o) for i, o in zip(stars['star_index'][stars['in_ges']], cats['ges']['OBJECT'])}
     return stars, cats, [star_task(r, fields, ges_obj, seed) for r in stars]
 
-def write_catalogues(outdir, # root of the mock sky
-                     cats:dict): # `make_catalogues` output
+
+def write_catalogues(
+    outdir,  # root of the mock sky
+    cats: dict,  # `make_catalogues` output
+):
     "The three survey catalogues, where the archives keep them."
     _write_table(Path(outdir) / 'sdss' / ALLSTAR_PATH, cats['apogee'])
     _write_table(Path(outdir) / 'galah' / GALAH_CATALOGUE_PATH, cats['galah'])
     _write_table(Path(outdir) / 'gaiaeso' / 'GES_DR4_catalogue.fits', cats['ges'])
 
-def write_spectra(outdir, # root of the mock sky
-                  tasks:list, # star tasks (`draw_sky`), all or some of the sky's
-                  seed:int=42, # seed of the sky
-                  n_workers:int=1, # worker processes
-                  bar=None, # a tqdm bar to advance by one per star (None: none)
-                  tarballs:bool=True): # also write GALAH's per-night tarballs (the archive's format; preprocess reads the camera files)
-    "Every file of the stars of `tasks` (chunks of stars in parallel when `n_workers > 1`), then the tarballs; returns (observations, tarballs)."
-    size = int(np.clip(len(tasks) // (8 * n_workers), 1, 32))  # chunks: few round trips, yet all workers busy to the end
-    chunks, tick = [tasks[i:i + size] for i in range(0, len(tasks), size)], (bar.update if bar is not None else lambda n: None)
+
+def write_spectra(
+    outdir,  # root of the mock sky
+    tasks: list,  # star tasks (`draw_sky`), all or some of the sky's
+    seed: int = 42,  # seed of the sky
+    n_workers: int = 1,  # worker processes
+    bar=None,  # a tqdm bar to advance by one per star (None: none)
+    tarballs: bool = True,  # also write GALAH's per-night tarballs (the archive's format; preprocess reads CCD files)
+):
+    """Every file of the stars of `tasks` (chunks of stars in parallel when `n_workers > 1`), then the tarballs; returns
+    (observations, tarballs)."""
+    size = int(
+        np.clip(len(tasks) // (8 * n_workers), 1, 32)
+    )  # chunks: few round trips, yet all workers busy to the end
+    chunks, tick = (
+        [tasks[i : i + size] for i in range(0, len(tasks), size)],
+        (bar.update if bar is not None else lambda n: None),
+    )
     if n_workers == 1:
         res = []
-        for c in chunks: res += _star_chunk(str(outdir), c, seed); tick(len(c))
-        obs = [o for r in res for o in r]; nights = _galah_nights(obs) if tarballs else {}
-        for night, rels in sorted(nights.items()): _write_tarball(outdir, night, rels)
+        for c in chunks:
+            res += _star_chunk(str(outdir), c, seed)
+            tick(len(c))
+        obs = [o for r in res for o in r]
+        nights = _galah_nights(obs) if tarballs else {}
+        for night, rels in sorted(nights.items()):
+            _write_tarball(outdir, night, rels)
         return obs, len(nights)
     with ProcessPoolExecutor(n_workers) as ex:
         futs = {ex.submit(_star_chunk, str(outdir), c, seed): len(c) for c in chunks}
-        for f in as_completed(futs): tick(futs[f])
-        obs = [o for f in futs for r in f.result() for o in r]; nights = _galah_nights(obs) if tarballs else {}
-        for f in [ex.submit(_write_tarball, outdir, night, rels) for night, rels in sorted(nights.items())]: f.result()
+        for f in as_completed(futs):
+            tick(futs[f])
+        obs = [o for f in futs for r in f.result() for o in r]
+        nights = _galah_nights(obs) if tarballs else {}
+        for f in [ex.submit(_write_tarball, outdir, night, rels) for night, rels in sorted(nights.items())]:
+            f.result()
     return obs, len(nights)
 
-def sky_meta(stars, # the truth table
-             obs:list, # observation rows of every file written
-             seed:int, crowded_fraction:float, fast_fraction:float, # the sky's parameters
-             overlap:dict|None=None):
-    "truth/meta.json: how the sky was made, epochs, and the faults a reader must meet (missing cameras, no extension 4)."
-    meta = {'seed': seed, 'n_stars': len(stars), 'crowded_fraction': crowded_fraction, 'fast_fraction': fast_fraction,
-            'versions': {'stellar_spectra': __version__, 'numpy': np.__version__, 'astropy': astropy.__version__},
-            'epochs': {'truth': 2016.0, 'apogee': 2000.0, 'galah': 2015.5, 'ges': 2000.0},
-            'missing_gaia_id': {'apogee': 0, 'galah': -1}, 'sources': {'sdss': SDSS_BASE_URL},
-            'galah_missing_cameras': _missing_cameras(stars, obs),
-            'galah_without_ext4': sorted({int(Path(o['relpath']).name[:15]) for o in obs if o['survey'] == 'galah' and not o['has_ext4']})}
+
+def sky_meta(
+    stars,  # the truth table
+    obs: list,  # observation rows of every file written
+    seed: int,
+    crowded_fraction: float,
+    fast_fraction: float,  # the sky's parameters
+    overlap: dict | None = None,
+):
+    """truth/meta.json: how the sky was made, epochs, and the faults a reader must meet (missing cameras, no extension
+    4)."""
+    meta = {
+        'seed': seed,
+        'n_stars': len(stars),
+        'crowded_fraction': crowded_fraction,
+        'fast_fraction': fast_fraction,
+        'versions': {'stellar_spectra': __version__, 'numpy': np.__version__, 'astropy': astropy.__version__},
+        'epochs': {'truth': 2016.0, 'apogee': 2000.0, 'galah': 2015.5, 'ges': 2000.0},
+        'missing_gaia_id': {'apogee': 0, 'galah': -1},
+        'sources': {'sdss': SDSS_BASE_URL},
+        'galah_missing_cameras': _missing_cameras(stars, obs),
+        'galah_without_ext4': sorted(
+            {int(Path(o['relpath']).name[:15]) for o in obs if o['survey'] == 'galah' and not o['has_ext4']}
+        ),
+    }
     return meta if overlap is None else {**meta, 'overlap': dict(overlap)}
 
-def generate_mock_sky(outdir=None, # root directory (None: a new temporary directory)
-                      n_stars:int=30, # number of stars
-                      seed:int=42, # random seed: same seed, identical files
-                      n_workers:int=1, # worker processes writing spectra
-                      crowded_fraction:float=0.0, # fraction of stars 1–3" from another (cross-match ambiguity)
-                      fast_fraction:float=0.02, # fraction of fast movers (hundreds of mas/yr)
-                      overlap:dict|None=None, # survey membership probabilities (None: the default mix of `population`)
-                      progress:bool=True): # show a progress bar
+
+def generate_mock_sky(
+    outdir=None,  # root directory (None: a new temporary directory)
+    n_stars: int = 30,  # number of stars
+    seed: int = 42,  # random seed: same seed, identical files
+    n_workers: int = 1,  # worker processes writing spectra
+    crowded_fraction: float = 0.0,  # fraction of stars 1–3" from another (cross-match ambiguity)
+    fast_fraction: float = 0.02,  # fraction of fast movers (hundreds of mas/yr)
+    overlap: dict | None = None,  # survey membership probabilities (None: the default mix of `population`)
+    progress: bool = True,  # show a progress bar
+):
     "Write a mock sky (catalogues, spectra in the surveys' formats, truth) under `outdir`; returns a summary dict."
-    if not (np.isfinite(n_workers) and n_workers >= 1): raise ValueError(f'n_workers must be a finite number in [1, inf], not {n_workers}')
+    if not (np.isfinite(n_workers) and n_workers >= 1):
+        raise ValueError(f'n_workers must be a finite number in [1, inf], not {n_workers}')
     stars, cats, tasks = draw_sky(n_stars, seed, crowded_fraction, fast_fraction, overlap)
     outdir = Path(outdir or tempfile.mkdtemp(prefix='mocksky_'))
     write_catalogues(outdir, cats)
@@ -192,4 +286,3 @@ def generate_mock_sky(outdir=None, # root directory (None: a new temporary direc
     write_eso_table(outdir, obs, stars, cats['ges'])
     write_truth(outdir, stars, obs, sky_meta(stars, obs, seed, crowded_fraction, fast_fraction, overlap))
     return _summary(outdir, stars, obs, n_tar)
-

@@ -20,24 +20,32 @@ ANOMALIES = ['sb2', 'chem_peculiar', 'emission', 'fast_rotator', 'bad_stretch', 
 A, G, E = 1, 2, 4
 # name, ra, dec, radius (deg), surveys, APOGEE telescope, cluster (dist kpc, pmra, pmdec, rv, [Fe/H]) or None
 _FIELDS = [
-    ('060+00', 295.976, 23.890, 1.5, A, 'apo25m', None), ('120+12', 1.983, 74.624, 1.5, A, 'apo25m', None),
-    ('090+45', 239.842, 58.280, 1.5, A, 'apo25m', None), ('180+04', 90.386, 30.962, 1.5, A, 'apo25m', None),
+    ('060+00', 295.976, 23.890, 1.5, A, 'apo25m', None),
+    ('120+12', 1.983, 74.624, 1.5, A, 'apo25m', None),
+    ('090+45', 239.842, 58.280, 1.5, A, 'apo25m', None),
+    ('180+04', 90.386, 30.962, 1.5, A, 'apo25m', None),
     ('M13', 250.423, 36.461, 0.15, A, 'apo25m', (7.1, -3.15, -2.57, -244.5, -1.55)),
-    ('001-05', 271.967, -30.576, 1.0, A, 'lco25m', None), ('356-05', 269.074, -34.923, 1.0, A, 'lco25m', None),
+    ('001-05', 271.967, -30.576, 1.0, A, 'lco25m', None),
+    ('356-05', 269.074, -34.923, 1.0, A, 'lco25m', None),
     ('300+00', 186.451, -62.726, 1.0, A, 'lco25m', None),
     ('M67', 132.846, 11.814, 0.25, A | E, 'apo25m', (0.86, -10.97, -2.94, 34.0, 0.0)),
     ('NGC2516', 119.527, -60.800, 0.3, A | G | E, 'lco25m', (0.41, -4.65, 11.22, 23.6, -0.05)),
     ('NGC6705', 282.766, -6.272, 0.15, A | G | E, 'apo25m', (2.2, -1.57, -4.13, 35.0, 0.1)),
-    ('240-20', 95.410, -32.447, 1.0, A | G, 'lco25m', None), ('210-30', 74.585, -10.869, 1.5, A | G, 'apo25m', None),
+    ('240-20', 95.410, -32.447, 1.0, A | G, 'lco25m', None),
+    ('210-30', 74.585, -10.869, 1.5, A | G, 'apo25m', None),
     ('NGC2243', 97.395, -31.282, 0.15, G | E, '', (4.0, -1.28, 5.49, 59.8, -0.38)),
     ('GES_MW_05', 305.764, -23.608, 0.5, G | E, '', None),
-    ('GES_MW_06', 283.989, -65.638, 0.5, E, '', None), ('GES_MW_07', 57.392, -70.348, 0.5, E, '', None),
-] + [(str(1000 + 37 * k), float((k * 137.508) % 360), float(-78 + 85 * ((k * 0.618034) % 1)), 1.0, G, '', None)
-     for k in range(1, 31)]  # GALAH 2dF fields, named by field id
+    ('GES_MW_06', 283.989, -65.638, 0.5, E, '', None),
+    ('GES_MW_07', 57.392, -70.348, 0.5, E, '', None),
+] + [
+    (str(1000 + 37 * k), float((k * 137.508) % 360), float(-78 + 85 * ((k * 0.618034) % 1)), 1.0, G, '', None)
+    for k in range(1, 31)
+]  # GALAH 2dF fields, named by field id
 
 # %% ../../nbs/m1_population.ipynb
 def survey_fields():
-    "The mock sky's fields as a Table: name, ra, dec, radius, surveys (bits 1 APOGEE, 2 GALAH, 4 Gaia-ESO), telescope, cluster."
+    """The mock sky's fields as a Table: name, ra, dec, radius, surveys (bits 1 APOGEE, 2 GALAH, 4 Gaia-ESO), telescope,
+    cluster."""
     t = Table(rows=[f[:6] for f in _FIELDS], names=['name', 'ra', 'dec', 'radius', 'surveys', 'telescope'])
     t['cluster'] = [f[6] is not None for f in _FIELDS]
     return t
@@ -45,21 +53,30 @@ def survey_fields():
 # %% ../../nbs/m1_population.ipynb
 def _categorical(rng, n, names, p):
     "`n` labels drawn with probabilities `p`, each possible one present at least once when n >= len(names)."
-    p = np.asarray(p, float); counts = rng.multinomial(n, p / p.sum())
+    p = np.asarray(p, float)
+    counts = rng.multinomial(n, p / p.sum())
     if n >= len(names):
         while ((counts == 0) & (p > 0)).any():
-            counts[np.argmax(counts)] -= 1; counts[np.flatnonzero((counts == 0) & (p > 0))[0]] += 1
+            counts[np.argmax(counts)] -= 1
+            counts[np.flatnonzero((counts == 0) & (p > 0))[0]] += 1
     return rng.permutation(np.repeat(np.asarray(names), counts))
 
 # %% ../../nbs/m1_population.ipynb
 def _chemistry(rng, n):
     "[Fe/H] and [α/Fe] of thin disc, thick disc and halo stars; also the population label."
     pop = rng.choice(np.array(['thin', 'thick', 'halo']), n, p=[0.78, 0.17, 0.05])
-    fe_h = np.select([pop == 'thin', pop == 'thick'], [rng.normal(-0.1, 0.22, n), rng.normal(-0.55, 0.3, n)],
-                     rng.normal(-1.5, 0.5, n)).clip(-2.5, 0.5)
-    alpha = np.select([pop == 'thin', pop == 'thick'], [np.maximum(0, -0.1 * fe_h), 0.1 + 0.2 * np.clip(-fe_h / 0.6, 0, 1)],
-                      np.full(n, 0.35)) + rng.normal(0, 0.03, n)
+    fe_h = np.select(
+        [pop == 'thin', pop == 'thick'],
+        [rng.normal(-0.1, 0.22, n), rng.normal(-0.55, 0.3, n)],
+        rng.normal(-1.5, 0.5, n),
+    ).clip(-2.5, 0.5)
+    alpha = np.select(
+        [pop == 'thin', pop == 'thick'],
+        [np.maximum(0, -0.1 * fe_h), 0.1 + 0.2 * np.clip(-fe_h / 0.6, 0, 1)],
+        np.full(n, 0.35),
+    ) + rng.normal(0, 0.03, n)
     return fe_h, alpha.clip(-0.2, 0.5), pop
+
 
 def _teff_logg(rng, kind, fe_h):
     "Teff (K) and log g on a rough isochrone for giants and dwarfs."
@@ -81,6 +98,7 @@ def _offsets(rng, ra0, dec0, radius, cluster):
     dec = np.clip(dec0 + r * np.sin(th), -89.9, 89.9)
     return (ra0 + r * np.cos(th) / np.cos(np.radians(dec))) % 360, dec
 
+
 def _kinematics(rng, dist, fast):
     "Proper motions (mas/yr) and parallax (mas) from distances (kpc); fast movers get 100–250 km/s at 20–150 pc."
     n = len(dist)
@@ -97,16 +115,27 @@ def _designation_key(ra, dec):
     ds = np.floor(np.abs(np.asarray(dec)) * 36000).astype(np.int64)
     return (cs << 23) | (np.asarray(dec) < 0).astype(np.int64) << 22 | ds
 
+
 def _designation(ra, dec):
     "2MASS-style designation 'HHMMSSss+DDMMSSs' from positions in degrees (truncated)."
     k = _designation_key(ra, dec)
     cs, neg, ds = k >> 23, (k >> 22) & 1, k & (2**22 - 1)
-    parts = [(cs // 360000, 2), (cs // 6000 % 60, 2), (cs % 6000, 4), (None, 1), (ds // 36000, 2), (ds // 600 % 60, 2), (ds % 600, 3)]
+    parts = [
+        (cs // 360000, 2),
+        (cs // 6000 % 60, 2),
+        (cs % 6000, 4),
+        (None, 1),
+        (ds // 36000, 2),
+        (ds // 600 % 60, 2),
+        (ds % 600, 3),
+    ]
     out, col = np.zeros((len(k), 16), np.uint8), 0
     for v, w in parts:
-        if v is None: out[:, col] = np.where(neg, ord('-'), ord('+'))
+        if v is None:
+            out[:, col] = np.where(neg, ord('-'), ord('+'))
         else:
-            for j in range(w): out[:, col + j] = ord('0') + v // 10 ** (w - 1 - j) % 10
+            for j in range(w):
+                out[:, col + j] = ord('0') + v // 10 ** (w - 1 - j) % 10
         col += w
     return out.view('S16').ravel().astype('U16')
 
@@ -127,16 +156,28 @@ def _sobject_ids(rng, field_idx, in_galah):
     out[idx] = yymmdd[group] * 10**9 + run[group] * 10**5 + (1 + rank // 350 % 2) * 1000 + 1 + rank % 350
     return out
 
+
 def _source_ids(ra, dec, star_index):
     "Unique Gaia-like int64 source ids with a coarse sky index in the high bits."
-    pix = (np.clip((dec + 90) / 180, 0, 0.9999) * 4096).astype(np.int64) * 4096 + (ra / 360 * 4096).astype(np.int64) % 4096
+    pix = (np.clip((dec + 90) / 180, 0, 0.9999) * 4096).astype(np.int64) * 4096 + (ra / 360 * 4096).astype(
+        np.int64
+    ) % 4096
     return pix * 2**35 + star_index.astype(np.int64) * 16 + 7
 
 # %% ../../nbs/m1_population.ipynb
 _COMBOS = [A, G, E, A | G, A | E, G | E, A | G | E]
-OVERLAP_KEYS = ('A', 'G', 'E', 'AG', 'AE', 'GE', 'AGE')  # the survey combinations of `overlap` (APOGEE, GALAH, Gaia-ESO)
+OVERLAP_KEYS = (
+    'A',
+    'G',
+    'E',
+    'AG',
+    'AE',
+    'GE',
+    'AGE',
+)  # the survey combinations of `overlap` (APOGEE, GALAH, Gaia-ESO)
 _COMBO_P = [0.40, 0.33, 0.05, 0.10, 0.04, 0.04, 0.04]
 _ANOM_P = [0.03, 0.02, 0.02, 0.02, 0.01, 0.01]
+
 
 def _place(rng, n, overlap=None):
     "Survey bits, field index and position of each star."
@@ -147,8 +188,13 @@ def _place(rng, n, overlap=None):
     for c in _COMBOS:
         sel = bits == c
         fidx[sel] = rng.choice(np.flatnonzero((np.asarray(fl['surveys']) & c) == c), sel.sum())
-    ra, dec = _offsets(rng, np.asarray(fl['ra'])[fidx], np.asarray(fl['dec'])[fidx], np.asarray(fl['radius'])[fidx],
-                       np.asarray(fl['cluster'])[fidx])
+    ra, dec = _offsets(
+        rng,
+        np.asarray(fl['ra'])[fidx],
+        np.asarray(fl['dec'])[fidx],
+        np.asarray(fl['radius'])[fidx],
+        np.asarray(fl['cluster'])[fidx],
+    )
     return bits, fidx, ra, dec
 
 # %% ../../nbs/m1_population.ipynb
@@ -172,7 +218,9 @@ def _anomaly_params(rng, t, anomaly):
 # %% ../../nbs/m1_population.ipynb
 def _photometry(rng, kind, teff, dist):
     "Apparent G, J, H, K magnitudes from a rough absolute H magnitude and colours."
-    m_h = np.where(kind == 'giant', -1.5 - 2.5 * (5000 - teff) / 1500, 5.5 - 3.5 * (teff - 3500) / 4000) + rng.normal(0, 0.3, len(teff))
+    m_h = np.where(kind == 'giant', -1.5 - 2.5 * (5000 - teff) / 1500, 5.5 - 3.5 * (teff - 3500) / 4000) + rng.normal(
+        0, 0.3, len(teff)
+    )
     hmag = m_h + 5 * np.log10(dist * 100) + rng.uniform(0, 0.5, len(teff))  # + extinction
     g_h = 0.5 + 2.6 * (7500 - teff) / 4000
     return hmag + g_h, hmag + 0.6 * g_h / 2.6, hmag, hmag - 0.1 * g_h / 2.6
@@ -182,13 +230,20 @@ def _survey_ids(t, rng, fidx):
     "J2000 (2MASS) astrometry and the identifiers each survey gives a star."
     n, fl = len(t), survey_fields()
     dt = EPOCHS['apogee'] - REF_EPOCH
-    ra2 = t['ra'] + t['pmra'] * dt / 3.6e6 / np.cos(np.radians(t['dec'])) + rng.normal(0, 0.07, n) / 3600 / np.cos(np.radians(t['dec']))
+    ra2 = (
+        t['ra']
+        + t['pmra'] * dt / 3.6e6 / np.cos(np.radians(t['dec']))
+        + rng.normal(0, 0.07, n) / 3600 / np.cos(np.radians(t['dec']))
+    )
     dec2 = t['dec'] + t['pmdec'] * dt / 3.6e6 + rng.normal(0, 0.07, n) / 3600
     for _ in range(10):  # 2MASS designations are unique: nudge the rare duplicates by 0.1" steps
         key = _designation_key(ra2 % 360, dec2)
-        order = np.argsort(key, kind='stable'); ks = key[order]
-        start = np.searchsorted(ks, ks, side='left'); rank = np.arange(n) - start
-        if not rank.any(): break
+        order = np.argsort(key, kind='stable')
+        ks = key[order]
+        start = np.searchsorted(ks, ks, side='left')
+        rank = np.arange(n) - start
+        if not rank.any():
+            break
         dec2[order] += rank * 0.1 / 3600
     des = _designation(ra2 % 360, dec2)
     t['ra_2000'], t['dec_2000'] = ra2 % 360, dec2
@@ -203,9 +258,11 @@ def _survey_ids(t, rng, fidx):
 # %% ../../nbs/m1_population.ipynb
 def _crowd(rng, bits, fidx, ra, dec, fraction):
     "Move a fraction of stars 1–3 arcsec from another star, taking its field and survey membership."
-    n = len(ra); m = int(round(n * fraction))
+    n = len(ra)
+    m = int(round(n * fraction))
     partner = np.full(n, -1, np.int64)
-    if m == 0 or n < 2: return partner
+    if m == 0 or n < 2:
+        return partner
     order = rng.permutation(n)
     mover, host = order[:m], order[m:][rng.integers(0, max(n - m, 1), m)]
     sep, pa = rng.uniform(1, 3, m) / 3600, rng.uniform(0, 2 * np.pi, m)
@@ -215,16 +272,20 @@ def _crowd(rng, bits, fidx, ra, dec, fraction):
     return partner
 
 # %% ../../nbs/m1_population.ipynb
-def draw_stars(n:int, # number of stars
-               seed:int=0, # random seed: same seed, same stars
-               crowded_fraction:float=0.0, # fraction of stars placed 1–3" from another star (cross-match ambiguity)
-               fast_fraction:float=0.02, # fraction of nearby fast movers (hundreds of mas/yr)
-               overlap:dict|None=None): # probabilities of survey membership {'A','G','E','AG','AE','GE','AGE'} (None: default mix)
+def draw_stars(
+    n: int,  # number of stars
+    seed: int = 0,  # random seed: same seed, same stars
+    crowded_fraction: float = 0.0,  # fraction of stars placed 1–3" from another star (cross-match ambiguity)
+    fast_fraction: float = 0.02,  # fraction of nearby fast movers (hundreds of mas/yr)
+    overlap: dict
+    | None = None,  # probabilities of survey membership {'A','G','E','AG','AE','GE','AGE'} (None: default mix)
+):
     "The truth table of a mock sky: one row per star with parameters, astrometry, survey membership and ids."
     rng = np.random.default_rng([seed, 1])
     bits, fidx, ra, dec = _place(rng, n, overlap)
     partner = _crowd(rng, bits, fidx, ra, dec, min(crowded_fraction, 0.5))
-    fl = survey_fields(); clus = np.array([f[6] or (np.nan,) * 5 for f in _FIELDS])[fidx]
+    fl = survey_fields()
+    clus = np.array([f[6] or (np.nan,) * 5 for f in _FIELDS])[fidx]
     member = ~np.isnan(clus[:, 0]) & (rng.random(n) < 0.7)
     t = Table({'star_index': np.arange(n, dtype=np.int64), 'ra': ra, 'dec': dec})
     fe_h, alpha_fe, pop = _chemistry(rng, n)
@@ -243,9 +304,27 @@ def draw_stars(n:int, # number of stars
     rv = np.where(member, clus[:, 3] + rng.normal(0, 1, n), rv)
     vsini = np.where(teff > 6300, rng.uniform(8, 40, n), rng.uniform(1, 6, n))
     gmag, jmag, hmag, kmag = _photometry(rng, kind, teff, dist)
-    t.add_columns([pmra, pmdec, plx, dist, teff, logg, fe_h, alpha_fe, vsini, rv, gmag, jmag, hmag, kmag, kind, pop],
-                  names=['pmra', 'pmdec', 'parallax', 'distance', 'teff', 'logg', 'fe_h', 'alpha_fe', 'vsini', 'rv',
-                         'gmag', 'jmag', 'hmag', 'kmag', 'kind', 'population'])
+    t.add_columns(
+        [pmra, pmdec, plx, dist, teff, logg, fe_h, alpha_fe, vsini, rv, gmag, jmag, hmag, kmag, kind, pop],
+        names=[
+            'pmra',
+            'pmdec',
+            'parallax',
+            'distance',
+            'teff',
+            'logg',
+            'fe_h',
+            'alpha_fe',
+            'vsini',
+            'rv',
+            'gmag',
+            'jmag',
+            'hmag',
+            'kmag',
+            'kind',
+            'population',
+        ],
+    )
     t['in_apogee'], t['in_galah'], t['in_ges'] = (bits & A) > 0, (bits & G) > 0, (bits & E) > 0
     t['cluster_member'], t['fast_mover'] = member, fast
     t['crowded_partner'] = partner
@@ -263,6 +342,7 @@ def _noisy(rng, x, sigma, offset=0.0, dtype=np.float32):
     "Catalogue value: truth + offset + Gaussian noise."
     return (np.asarray(x, float) + offset + rng.normal(0, sigma, len(x))).astype(dtype)
 
+
 def _propagate(s, epoch, sigma_mas, rng):
     "Positions (deg) at `epoch` from the truth at REF_EPOCH, with astrometric noise."
     dt, cosd = epoch - REF_EPOCH, np.cos(np.radians(s['dec']))
@@ -276,15 +356,25 @@ def _allstar(s, rng):
     miss_pm = rng.random(n) < 0.01
     src = np.where(rng.random(n) < 0.01, 0, s['gaia_source_id']).astype(np.int64)
     flags = np.where(s['anomaly'] == 'sb2', 1 << 16, 0) | np.where(s['anomaly'] == 'fast_rotator', 1 << 23, 0)
-    t = Table({'APOGEE_ID': s['apogee_id'].astype('U30'), 'TELESCOPE': s['telescope'].astype('U6'),
-               'FIELD': s['field'].astype('U20'), 'ALT_ID': np.full(n, '', 'U30'),
-               'RA': s['ra_2000'].astype(np.float64), 'DEC': s['dec_2000'].astype(np.float64)})
+    t = Table(
+        {
+            'APOGEE_ID': s['apogee_id'].astype('U30'),
+            'TELESCOPE': s['telescope'].astype('U6'),
+            'FIELD': s['field'].astype('U20'),
+            'ALT_ID': np.full(n, '', 'U30'),
+            'RA': s['ra_2000'].astype(np.float64),
+            'DEC': s['dec_2000'].astype(np.float64),
+        }
+    )
     for b in 'JHK':
-        t[b] = _noisy(rng, s[b.lower() + 'mag'], 0.02); t[b + '_ERR'] = np.full(n, 0.02, f4)
+        t[b] = _noisy(rng, s[b.lower() + 'mag'], 0.02)
+        t[b + '_ERR'] = np.full(n, 0.02, f4)
     t['NVISITS'] = s['apogee_nvisits'].astype(np.int32)
     t['SNR'] = s['apogee_snr'].astype(f4)
-    t['STARFLAG'] = flags.astype(np.int64); t['ANDFLAG'] = np.zeros(n, np.int64)
-    t['VHELIO_AVG'] = _noisy(rng, s['rv'], 0.1); t['VSCATTER'] = np.where(s['anomaly'] == 'sb2', s['sb2_k1'] * 0.7, 0.1).astype(f4)
+    t['STARFLAG'] = flags.astype(np.int64)
+    t['ANDFLAG'] = np.zeros(n, np.int64)
+    t['VHELIO_AVG'] = _noisy(rng, s['rv'], 0.1)
+    t['VSCATTER'] = np.where(s['anomaly'] == 'sb2', s['sb2_k1'] * 0.7, 0.1).astype(f4)
     t['VERR'] = np.full(n, 0.05, f4)
     t['GAIAEDR3_SOURCE_ID'] = src
     t['GAIAEDR3_PARALLAX'] = np.where(miss_pm, nan, _noisy(rng, s['parallax'], 0.03))
@@ -294,9 +384,16 @@ def _allstar(s, rng):
         t['GAIAEDR3_' + c + '_ERROR'] = np.where(miss_pm, nan, f4(0.03))
     t['GAIAEDR3_PHOT_G_MEAN_MAG'] = _noisy(rng, s['gmag'], 0.003)
     t['ASPCAPFLAG'] = np.zeros(n, np.int64)
-    for c, src_c, sig, off in [('TEFF', 'teff', 60, 30), ('LOGG', 'logg', 0.06, 0.05), ('M_H', 'fe_h', 0.03, 0.0),
-                               ('ALPHA_M', 'alpha_fe', 0.02, 0.0), ('VSINI', 'vsini', 1.0, 0.0), ('FE_H', 'fe_h', 0.03, 0.02)]:
-        t[c] = _noisy(rng, s[src_c], sig, off); t[c + '_ERR'] = np.full(n, sig, f4)
+    for c, src_c, sig, off in [
+        ('TEFF', 'teff', 60, 30),
+        ('LOGG', 'logg', 0.06, 0.05),
+        ('M_H', 'fe_h', 0.03, 0.0),
+        ('ALPHA_M', 'alpha_fe', 0.02, 0.0),
+        ('VSINI', 'vsini', 1.0, 0.0),
+        ('FE_H', 'fe_h', 0.03, 0.02),
+    ]:
+        t[c] = _noisy(rng, s[src_c], sig, off)
+        t[c + '_ERR'] = np.full(n, sig, f4)
     t['FE_H_FLAG'] = np.zeros(n, np.int32)
     return t
 
@@ -306,22 +403,38 @@ def _galah_catalogue(s, rng):
     n, f8 = len(s), np.float64
     ra, dec = _propagate(s, EPOCHS['galah'], 0.3, rng)
     miss = rng.random(n) < 0.01
-    flag = (np.where(s['anomaly'] == 'emission', 16, 0) | np.where(s['anomaly'] == 'sb2', 32, 0)
-            | np.where(s['anomaly'] == 'fast_rotator', 2, 0) | np.where(s['galah_snr'] < 30, 4, 0))
-    t = Table({'star_id': _designation(s['ra_2000'], s['dec_2000']),
-               'sobject_id': s['sobject_id'].astype(np.int64),
-               'dr3_source_id': np.where(miss, -1, s['gaia_source_id']).astype(np.int64),
-               'ra_dr2': ra.astype(f8), 'dec_dr2': dec.astype(f8)})
+    flag = (
+        np.where(s['anomaly'] == 'emission', 16, 0)
+        | np.where(s['anomaly'] == 'sb2', 32, 0)
+        | np.where(s['anomaly'] == 'fast_rotator', 2, 0)
+        | np.where(s['galah_snr'] < 30, 4, 0)
+    )
+    t = Table(
+        {
+            'star_id': _designation(s['ra_2000'], s['dec_2000']),
+            'sobject_id': s['sobject_id'].astype(np.int64),
+            'dr3_source_id': np.where(miss, -1, s['gaia_source_id']).astype(np.int64),
+            'ra_dr2': ra.astype(f8),
+            'dec_dr2': dec.astype(f8),
+        }
+    )
     t['parallax'] = _noisy(rng, s['parallax'], 0.05, dtype=f8)
     t['pmra'] = np.where(miss, np.nan, _noisy(rng, s['pmra'], 0.05, dtype=f8))
     t['pmdec'] = np.where(miss, np.nan, _noisy(rng, s['pmdec'], 0.05, dtype=f8))
     t['flag_sp'] = flag.astype(np.int64)
-    for c, src_c, sig, off in [('teff', 'teff', 80, -20), ('logg', 'logg', 0.15, 0.0), ('fe_h', 'fe_h', 0.06, -0.03),
-                               ('alpha_fe', 'alpha_fe', 0.04, 0.0)]:
-        t[c] = _noisy(rng, s[src_c], sig, off, f8); t['e_' + c] = np.full(n, float(sig))
-    t['flag_fe_h'] = np.zeros(n, np.int64); t['flag_alpha_fe'] = np.zeros(n, np.int64)
+    for c, src_c, sig, off in [
+        ('teff', 'teff', 80, -20),
+        ('logg', 'logg', 0.15, 0.0),
+        ('fe_h', 'fe_h', 0.06, -0.03),
+        ('alpha_fe', 'alpha_fe', 0.04, 0.0),
+    ]:
+        t[c] = _noisy(rng, s[src_c], sig, off, f8)
+        t['e_' + c] = np.full(n, float(sig))
+    t['flag_fe_h'] = np.zeros(n, np.int64)
+    t['flag_alpha_fe'] = np.zeros(n, np.int64)
     t['vbroad'] = _noisy(rng, np.hypot(s['vsini'], 4.0), 1.0, dtype=f8)
-    t['rv_galah'] = _noisy(rng, s['rv'], 0.1, dtype=f8); t['e_rv_galah'] = np.full(n, 0.1)
+    t['rv_galah'] = _noisy(rng, s['rv'], 0.1, dtype=f8)
+    t['e_rv_galah'] = np.full(n, 0.1)
     for c, fac in zip([1, 2, 3, 4], [0.55, 0.85, 1.0, 1.05]):
         t[f'snr_c{c}_iraf'] = (s['galah_snr'] * fac).astype(f8)
     return t
@@ -331,23 +444,43 @@ def _ges_catalogue(s, rng):
     "Gaia-ESO DR4 catalogue rows (J2000 positions, epoch 2000.0)."
     n, f4 = len(s), np.float32
     member = np.asarray(s['cluster_member'])
-    t = Table({'CNAME': s['cname'].astype('U16'),
-               'OBJECT': np.array([f'{f}_{i % 100000:05d}' for f, i in zip(s['field'], s['star_index'])], 'U24'),
-               'GES_FLD': s['field'].astype('U24'), 'GES_TYPE': np.where(member, 'GE_CL', 'GE_MW').astype('U8'),
-               'RA': np.zeros(n), 'DEC': np.zeros(n)})
-    t['RA'], t['DEC'] = _propagate(s, EPOCHS['ges'], 70.0, rng)  # its own astrometric noise (70 mas), not a copy of APOGEE's
-    for c, src_c, sig, off in [('TEFF', 'teff', 70, 0), ('LOGG', 'logg', 0.12, -0.05), ('FEH', 'fe_h', 0.07, 0.02),
-                               ('ALPHA_FE', 'alpha_fe', 0.05, 0.0), ('VRAD', 'rv', 0.3, 0.2), ('VSINI', 'vsini', 1.5, 0.0)]:
-        t[c] = _noisy(rng, s[src_c], sig, off); t['E_' + c] = np.full(n, sig, f4)
-    t['SETUP'] = s['ges_setup'].astype('U8'); t['SNR'] = s['ges_snr'].astype(f4)
+    t = Table(
+        {
+            'CNAME': s['cname'].astype('U16'),
+            'OBJECT': np.array([f'{f}_{i % 100000:05d}' for f, i in zip(s['field'], s['star_index'])], 'U24'),
+            'GES_FLD': s['field'].astype('U24'),
+            'GES_TYPE': np.where(member, 'GE_CL', 'GE_MW').astype('U8'),
+            'RA': np.zeros(n),
+            'DEC': np.zeros(n),
+        }
+    )
+    t['RA'], t['DEC'] = _propagate(
+        s, EPOCHS['ges'], 70.0, rng
+    )  # its own astrometric noise (70 mas), not a copy of APOGEE's
+    for c, src_c, sig, off in [
+        ('TEFF', 'teff', 70, 0),
+        ('LOGG', 'logg', 0.12, -0.05),
+        ('FEH', 'fe_h', 0.07, 0.02),
+        ('ALPHA_FE', 'alpha_fe', 0.05, 0.0),
+        ('VRAD', 'rv', 0.3, 0.2),
+        ('VSINI', 'vsini', 1.5, 0.0),
+    ]:
+        t[c] = _noisy(rng, s[src_c], sig, off)
+        t['E_' + c] = np.full(n, sig, f4)
+    t['SETUP'] = s['ges_setup'].astype('U8')
+    t['SNR'] = s['ges_snr'].astype(f4)
     t['INSTRUMENT'] = np.full(n, 'UVES', 'U8')
     return t
 
 # %% ../../nbs/m1_population.ipynb
-def make_catalogues(stars:Table, # truth from `draw_stars`
-                    seed:int=0): # random seed of the catalogue noise
+def make_catalogues(
+    stars: Table,  # truth from `draw_stars`
+    seed: int = 0,  # random seed of the catalogue noise
+):
     "The APOGEE allStar, GALAH DR3 and Gaia-ESO DR4 catalogues the surveys would publish for `stars`."
     rng = np.random.default_rng([seed, 2])
-    return {'apogee': _allstar(stars[stars['in_apogee']], rng),
-            'galah': _galah_catalogue(stars[stars['in_galah']], rng),
-            'ges': _ges_catalogue(stars[stars['in_ges']], rng)}
+    return {
+        'apogee': _allstar(stars[stars['in_apogee']], rng),
+        'galah': _galah_catalogue(stars[stars['in_galah']], rng),
+        'ges': _ges_catalogue(stars[stars['in_ges']], rng),
+    }

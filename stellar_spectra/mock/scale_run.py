@@ -5,13 +5,20 @@
 # %% ../../nbs/m5_scale_run.ipynb 3
 from __future__ import annotations
 import json, os, shutil, time
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from ..atomic import atomic_write
-from .mocksky import draw_sky, write_catalogues, write_spectra, write_eso_table, write_truth, sky_meta
+from stellar_spectra.mock.mocksky import (
+    draw_sky,
+    write_catalogues,
+    write_spectra,
+    write_eso_table,
+    write_truth,
+    sky_meta,
+)
 from ..pipeline.crossmatch import crossmatch_surveys
 from ..pipeline.preprocess import run_preprocess, check_params
 from ..pipeline.storage import merge_shards
@@ -23,80 +30,117 @@ __all__ = ['RUN_STAGES', 'RunStage', 'ScaleConfig', 'scale_config', 'stage_param
 # %% ../../nbs/m5_scale_run.ipynb
 RUN_STAGES = ('sky', 'crossmatch', 'parts', 'truth', 'store', 'train', 'evaluate')  # in the order they run
 RunStage = Literal[RUN_STAGES]  # the stage names as a type: the command line offers them as choices
-_SKY_KEYS = ('n_stars', 'seed', 'overlap', 'crowded_fraction', 'fast_fraction', 'part_stars', 'chunk_size', 'method', 'native')  # decide the data
+_SKY_KEYS = (
+    'n_stars',
+    'seed',
+    'overlap',
+    'crowded_fraction',
+    'fast_fraction',
+    'part_stars',
+    'chunk_size',
+    'method',
+    'native',
+)  # decide the data
+
 
 @dataclass
 class ScaleConfig:
-    n_stars: int = 12                # stars drawn (each in one, two or three surveys)
-    seed: int = 42                   # the sky's seed: same seed, same files
-    overlap: dict|None = None        # survey membership mix over `population.OVERLAP_KEYS` (None: the default mix)
-    crowded_fraction: float = 0.0    # stars 1-3" from another
-    fast_fraction: float = 0.02      # fast movers
-    part_stars: int = 2000           # cross-matched stars whose raw files are written, preprocessed and deleted together
-    n_workers: int = 0               # processes for the mock sky and the preprocessing (0: every core)
-    chunk_size: int = 64             # spectra per preprocess shard
-    method: str = 'gaussian'         # continuum method (`continuum.METHODS`)
-    keep_raw: bool = False           # keep every part's raw files (a whole mock sky's disk)
-    native: bool = False             # keep the native spectra too (Parquet, ~235 KB a spectrum: ~47 GB for the seed's sky in shards and store)
-    train_preset: str|None = None    # a preset under `train: presets:` of the params file
-    train: dict|None = None          # train options over that section and preset
-    evaluate: dict|None = None       # evaluate options over the `evaluate:` section
-    until: str = 'evaluate'          # the last stage to run (`RUN_STAGES`)
+    n_stars: int = 12  # stars drawn (each in one, two or three surveys)
+    seed: int = 42  # the sky's seed: same seed, same files
+    overlap: dict | None = None  # survey membership mix over `population.OVERLAP_KEYS` (None: the default mix)
+    crowded_fraction: float = 0.0  # stars 1-3" from another
+    fast_fraction: float = 0.02  # fast movers
+    part_stars: int = 2000  # cross-matched stars whose raw files are written, preprocessed and deleted together
+    n_workers: int = 0  # processes for the mock sky and the preprocessing (0: every core)
+    chunk_size: int = 64  # spectra per preprocess shard
+    method: str = 'gaussian'  # continuum method (`continuum.METHODS`)
+    keep_raw: bool = False  # keep every part's raw files (a whole mock sky's disk)
+    # keep the native spectra too (Parquet, ~235 KB a spectrum: ~47 GB for the seed's sky in shards and store)
+    native: bool = False
+    train_preset: str | None = None  # a preset under `train: presets:` of the params file
+    train: dict | None = None  # train options over that section and preset
+    evaluate: dict | None = None  # evaluate options over the `evaluate:` section
+    until: str = 'evaluate'  # the last stage to run (`RUN_STAGES`)
 
     def __post_init__(self):
         for k in ('n_stars', 'part_stars', 'chunk_size'):
-            if not (isinstance(getattr(self, k), (int, np.integer)) and getattr(self, k) >= 1): raise ValueError(f'scale: {k} must be an integer >= 1, not {getattr(self, k)!r}')
-        if self.until not in RUN_STAGES: raise ValueError(f'scale: until must be one of {RUN_STAGES}, not {self.until!r}')
+            if not (isinstance(getattr(self, k), (int, np.integer)) and getattr(self, k) >= 1):
+                raise ValueError(f'scale: {k} must be an integer >= 1, not {getattr(self, k)!r}')
+        if self.until not in RUN_STAGES:
+            raise ValueError(f'scale: until must be one of {RUN_STAGES}, not {self.until!r}')
         check_params(self.chunk_size, self.n_workers, self.method)
 
-    def workers(self): return self.n_workers or len(os.sched_getaffinity(0))
+    def workers(self):
+        return self.n_workers or len(os.sched_getaffinity(0))
 
 # %% ../../nbs/m5_scale_run.ipynb
 def _section(params, name):
     "A params.yaml section as a dict ({} without a file)."
-    if params is None: return {}
+    if params is None:
+        return {}
     import yaml
+
     return dict((yaml.safe_load(Path(params).read_text()) or {}).get(name) or {})
 
-def scale_config(params=None, # a params.yaml with a `scale:` section (None: the defaults)
-                 preset:str|None=None, # a preset under `scale: presets:`
-                 **over): # settings over both (None values are ignored)
+
+def scale_config(
+    params=None,  # a params.yaml with a `scale:` section (None: the defaults)
+    preset: str | None = None,  # a preset under `scale: presets:`
+    **over,  # settings over both (None values are ignored)
+):
     "The run's `ScaleConfig`: the `scale:` section, then a preset, then `over`."
-    sec = _section(params, 'scale'); presets = sec.pop('presets', None) or {}
+    sec = _section(params, 'scale')
+    presets = sec.pop('presets', None) or {}
     if preset is not None:
-        if preset not in presets: raise ValueError(f"{params}: no preset {preset!r} under scale: presets: (has {sorted(presets)})")
+        if preset not in presets:
+            raise ValueError(f"{params}: no preset {preset!r} under scale: presets: (has {sorted(presets)})")
         sec.update(presets[preset])
     sec.update({k: v for k, v in over.items() if v is not None})
     known = {f.name for f in fields(ScaleConfig)}
-    if set(sec) - known: raise ValueError(f"{params}: unknown scale options {sorted(set(sec) - known)} (known: {sorted(known)})")
+    if set(sec) - known:
+        raise ValueError(f"{params}: unknown scale options {sorted(set(sec) - known)} (known: {sorted(known)})")
     return ScaleConfig(**sec)
 
 # %% ../../nbs/m5_scale_run.ipynb
-def stage_params(cfg:ScaleConfig, # the run's settings
-                 params=None): # the params.yaml whose `train:` and `evaluate:` sections the run starts from
+def stage_params(
+    cfg: ScaleConfig,  # the run's settings
+    params=None,  # the params.yaml whose `train:` and `evaluate:` sections the run starts from
+):
     "{'train': ..., 'evaluate': ...}: the options the train and evaluate stages get, checked now."
     train, ev = _section(params, 'train'), _section(params, 'evaluate')
     presets = train.pop('presets', None) or {}
     if cfg.train_preset is not None:
-        if cfg.train_preset not in presets: raise ValueError(f"{params}: no preset {cfg.train_preset!r} under train: presets: (has {sorted(presets)})")
+        if cfg.train_preset not in presets:
+            raise ValueError(f"{params}: no preset {cfg.train_preset!r} under train: presets: (has {sorted(presets)})")
         train.update(presets[cfg.train_preset])
-    train.update(cfg.train or {}); ev.update(cfg.evaluate or {})
-    if RUN_STAGES.index(cfg.until) >= RUN_STAGES.index('train'):   # torch only when the run trains
+    train.update(cfg.train or {})
+    ev.update(cfg.evaluate or {})
+    if RUN_STAGES.index(cfg.until) >= RUN_STAGES.index('train'):  # torch only when the run trains
         from stellar_spectra.model.training import TrainConfig
         from stellar_spectra.evaluation.results import EvalConfig
+
         for C, opts, name in ((TrainConfig, train, 'train'), (EvalConfig, ev, 'evaluate')):
             known = {f.name for f in fields(C)}
-            if set(opts) - known: raise ValueError(f"scale: unknown {name} options {sorted(set(opts) - known)}")
+            if set(opts) - known:
+                raise ValueError(f"scale: unknown {name} options {sorted(set(opts) - known)}")
             C(**opts)
     return dict(train=train, evaluate=ev)
 
 # %% ../../nbs/m5_scale_run.ipynb
-_IDS = {'apogee': 'apogee_id', 'galah': 'sobject_id', 'ges': 'cname'}  # the survey identifier in both the truth and the cross-match
+_IDS = {
+    'apogee': 'apogee_id',
+    'galah': 'sobject_id',
+    'ges': 'cname',
+}  # the survey identifier in both the truth and the cross-match
 
-def star_parts(xm:pd.DataFrame, # the cross-match (`common_stars.parquet`), its row number the star key
-               stars:pd.DataFrame, # the truth table (star_index, in_<survey>, the identifiers)
-               part_stars:int): # cross-match rows per part
-    "[{'name', 'rows', 'stars'}]: blocks of cross-match rows and the mock stars (truth star_index) whose files they need."
+
+def star_parts(
+    xm: pd.DataFrame,  # the cross-match (`common_stars.parquet`), its row number the star key
+    stars: pd.DataFrame,  # the truth table (star_index, in_<survey>, the identifiers)
+    part_stars: int,  # cross-match rows per part
+):
+    """[{'name', 'rows', 'stars'}]: blocks of cross-match rows and the mock stars (truth star_index) whose files they
+    need."""
     need = np.full((len(xm), len(_IDS)), -1, np.int64)
     for j, (s, col) in enumerate(_IDS.items()):
         ids = stars.loc[stars[f'in_{s}'].astype(bool), [col, 'star_index']]
@@ -104,94 +148,149 @@ def star_parts(xm:pd.DataFrame, # the cross-match (`common_stars.parquet`), its 
         need[hit, j] = xm.loc[hit, col].map(dict(zip(ids[col], ids['star_index']))).fillna(-1).to_numpy(np.int64)
     parts = []
     for k, a in enumerate(range(0, len(xm), part_stars)):
-        n = need[a:a + part_stars]
-        parts.append(dict(name=f'part_{k:04d}', rows=np.arange(a, min(a + part_stars, len(xm))), stars=np.unique(n[n >= 0])))
+        n = need[a : a + part_stars]
+        parts.append(
+            dict(name=f'part_{k:04d}', rows=np.arange(a, min(a + part_stars, len(xm))), stars=np.unique(n[n >= 0]))
+        )
     return parts
 
 # %% ../../nbs/m5_scale_run.ipynb
-def disk_bytes(path): # a folder
+def disk_bytes(path):  # a folder
     "Bytes of the files under `path` (what the run holds on disk)."
     total = 0
     for d, _, files in os.walk(path):
         for f in files:
-            try: total += os.stat(os.path.join(d, f)).st_size
-            except FileNotFoundError: pass
+            try:
+                total += os.stat(os.path.join(d, f)).st_size
+            except FileNotFoundError:
+                pass
     return total
 
 # %% ../../nbs/m5_scale_run.ipynb
-def run_part(part:dict, # from `star_parts`
-             sky:dict, # 'stars' (astropy Table), 'tasks', 'ges' (the Gaia-ESO catalogue)
-             xm:pd.DataFrame, # the cross-match
-             cfg:ScaleConfig, # settings
-             root:Path, # the run's folder
-             scheduler:str|None=None): # address of the Dask cluster for the preprocessing (None: `cfg.workers()` locally)
-    "Write the part's raw files, preprocess them into `preprocess/<part>/`, record the part, delete the raw files; returns the record."
-    name, root = part['name'], Path(root); raw, pre = root / 'raw' / name, root / 'preprocess' / name
+def run_part(
+    part: dict,  # from `star_parts`
+    sky: dict,  # 'stars' (astropy Table), 'tasks', 'ges' (the Gaia-ESO catalogue)
+    xm: pd.DataFrame,  # the cross-match
+    cfg: ScaleConfig,  # settings
+    root: Path,  # the run's folder
+    scheduler: str | None = None,  # address of the Dask cluster for the preprocessing (None: `cfg.workers()` locally)
+):
+    """Write the part's raw files, preprocess them into `preprocess/<part>/`, record the part, delete the raw files;
+    returns the record."""
+    name, root = part['name'], Path(root)
+    raw, pre = root / 'raw' / name, root / 'preprocess' / name
     t0 = time.perf_counter()
     obs, _ = write_spectra(raw, [sky['tasks'][i] for i in part['stars']], cfg.seed, cfg.workers(), tarballs=False)
     write_eso_table(raw, obs, sky['stars'], sky['ges'])
     xm.iloc[part['rows']].to_parquet(raw / 'common_stars.parquet', index=True)  # keeps the row numbers: the star keys
     t1 = time.perf_counter()
-    summ = run_preprocess(raw, raw / 'common_stars.parquet', pre, cfg.chunk_size, scheduler=scheduler,
-                          n_workers=cfg.workers() if scheduler is None else 2, method=cfg.method, native=cfg.native, progress=False)
+    summ = run_preprocess(
+        raw,
+        raw / 'common_stars.parquet',
+        pre,
+        cfg.chunk_size,
+        scheduler=scheduler,
+        n_workers=cfg.workers() if scheduler is None else 2,
+        method=cfg.method,
+        native=cfg.native,
+        progress=False,
+    )
     t2 = time.perf_counter()
-    rec = dict(name=name, n_rows=len(part['rows']), n_stars_written=len(part['stars']), n_files=len(obs),
-               n_spectra=summ['n_spectra'], errors=len(summ['errors']), mocksky_s=t1 - t0, preprocess_s=t2 - t1,
-               disk_bytes=disk_bytes(root), raw_bytes=disk_bytes(raw))
+    rec = dict(
+        name=name,
+        n_rows=len(part['rows']),
+        n_stars_written=len(part['stars']),
+        n_files=len(obs),
+        n_spectra=summ['n_spectra'],
+        errors=len(summ['errors']),
+        mocksky_s=t1 - t0,
+        preprocess_s=t2 - t1,
+        disk_bytes=disk_bytes(root),
+        raw_bytes=disk_bytes(raw),
+    )
     atomic_write(root / 'parts' / f'{name}.obs.parquet', lambda tmp: pd.DataFrame(obs).to_parquet(tmp, index=False))
     atomic_write(root / 'parts' / f'{name}.json', json.dumps(rec, indent=1))
-    if not cfg.keep_raw: shutil.rmtree(raw)
+    if not cfg.keep_raw:
+        shutil.rmtree(raw)
     return rec
 
 # %% ../../nbs/m5_scale_run.ipynb
-def _load_sky(cfg:ScaleConfig):
+def _load_sky(cfg: ScaleConfig):
     "The stars, catalogues and star tasks (drawn again on a resume: the same for the same settings)."
     stars, cats, tasks = draw_sky(cfg.n_stars, cfg.seed, cfg.crowded_fraction, cfg.fast_fraction, cfg.overlap)
     return dict(stars=stars, cats=cats, tasks=tasks, ges=cats['ges'])
 
-def _check_same(root:Path, cfg:ScaleConfig):
+
+def _check_same(root: Path, cfg: ScaleConfig):
     "Record the settings that decide the data; a folder made with others is an error."
     want, p = {k: getattr(cfg, k) for k in _SKY_KEYS}, root / 'scale.json'
     if p.is_file():
         have = json.loads(p.read_text())
         diff = sorted(k for k in want if have.get(k) != json.loads(json.dumps(want[k])))
-        if diff: raise ValueError(f'{root}: made with other settings ({", ".join(f"{k}: {have.get(k)} there, {want[k]} now" for k in diff)}); '
-                                  'use another folder or delete it')
-    root.mkdir(parents=True, exist_ok=True); atomic_write(p, json.dumps(want, indent=1))
+        if diff:
+            raise ValueError(
+                f'{root}: made with other settings '
+                f'({", ".join(f"{k}: {have.get(k)} there, {want[k]} now" for k in diff)}); '
+                'use another folder or delete it'
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write(p, json.dumps(want, indent=1))
 
-def _truth(root:Path, sky:dict, cfg:ScaleConfig, parts:list):
+
+def _truth(root: Path, sky: dict, cfg: ScaleConfig, parts: list):
     "truth/ of the sky: every part's observations, each file once, in star order (as `generate_mock_sky` writes them)."
     obs = pd.concat([pd.read_parquet(root / 'parts' / f"{p['name']}.obs.parquet") for p in parts], ignore_index=True)
     obs = obs.drop_duplicates(['relpath', 'row']).sort_values('star_index', kind='stable')
-    recs = [{k: v for k, v in r.items() if not (v is None or (isinstance(v, float) and np.isnan(v)))} for r in obs.to_dict('records')]
-    write_truth(root / 'sky', sky['stars'], recs, sky_meta(sky['stars'], recs, cfg.seed, cfg.crowded_fraction, cfg.fast_fraction, cfg.overlap))
+    recs = [
+        {k: v for k, v in r.items() if not (v is None or (isinstance(v, float) and np.isnan(v)))}
+        for r in obs.to_dict('records')
+    ]
+    write_truth(
+        root / 'sky',
+        sky['stars'],
+        recs,
+        sky_meta(sky['stars'], recs, cfg.seed, cfg.crowded_fraction, cfg.fast_fraction, cfg.overlap),
+    )
     return len(recs)
 
 # %% ../../nbs/m5_scale_run.ipynb
-def _cluster(n:int):
+def _cluster(n: int):
     "A Dask LocalCluster of `n` single-threaded worker processes for every part's preprocessing (None for n <= 1)."
-    if n <= 1: return None
+    if n <= 1:
+        return None
     import logging, dask
     from distributed import LocalCluster
     from stellar_spectra.pipeline.preprocess import WORKER_MALLOC
+
     env = {**dask.config.get('distributed.nanny.pre-spawn-environ', default={}), **WORKER_MALLOC}
     with dask.config.set({'distributed.nanny.pre-spawn-environ': env}):
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+        return LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+
 
 def _parts(root, sky, xm, cfg, parts, progress):
     "Every part without a record, one after the other; the records of all."
     todo = [p for p in parts if not (root / 'parts' / f"{p['name']}.json").is_file()]
-    for p in parts:                                                  # a finished part's raw files, left by a kill just after its record
-        if p not in todo and (root / 'raw' / p['name']).is_dir() and not cfg.keep_raw: shutil.rmtree(root / 'raw' / p['name'])
+    for p in parts:  # a finished part's raw files, left by a kill just after its record
+        if p not in todo and (root / 'raw' / p['name']).is_dir() and not cfg.keep_raw:
+            shutil.rmtree(root / 'raw' / p['name'])
     cluster = _cluster(cfg.workers()) if todo else None
     try:
-        with tqdm(total=len(parts), initial=len(parts) - len(todo), desc='scale: parts (mock sky + preprocess)', unit='part',
-                  disable=not progress) as bar:
+        with tqdm(
+            total=len(parts),
+            initial=len(parts) - len(todo),
+            desc='scale: parts (mock sky + preprocess)',
+            unit='part',
+            disable=not progress,
+        ) as bar:
             for p in todo:
                 rec = run_part(p, sky, xm, cfg, root, cluster.scheduler_address if cluster else None)
-                bar.set_postfix(spectra=rec['n_spectra'], disk=f"{rec['disk_bytes'] / 1e9:.2f} GB"); bar.update()
+                bar.set_postfix(spectra=rec['n_spectra'], disk=f"{rec['disk_bytes'] / 1e9:.2f} GB")
+                bar.update()
     finally:
-        if cluster is not None: cluster.close()
+        if cluster is not None:
+            cluster.close()
     return [json.loads((root / 'parts' / f"{p['name']}.json").read_text()) for p in parts]
 
 # %% ../../nbs/m5_scale_run.ipynb
@@ -199,56 +298,103 @@ def _summary(root, cfg, stages, recs, store):
     "The run's row of the scaling table."
     n_spec, n_stars_w = sum(r['n_spectra'] for r in recs), sum(r['n_stars_written'] for r in recs)
     mock_s, pre_s = sum(r['mocksky_s'] for r in recs), sum(r['preprocess_s'] for r in recs)
-    out = dict(outdir=str(root), n_stars=cfg.n_stars, n_parts=len(recs), n_workers=cfg.workers(), n_spectra=n_spec,
-               stage_s={k: round(v['s'] + v.get('draw_s', 0), 2) for k, v in stages.items()},
-               mocksky_stars_per_s=n_stars_w / mock_s if mock_s else None, preprocess_spectra_per_s=n_spec / pre_s if pre_s else None,
-               disk_peak_bytes=max([r['disk_bytes'] for r in recs] + [v.get('disk_bytes', 0) for v in stages.values()]),
-               raw_part_bytes_max=max((r['raw_bytes'] for r in recs), default=0))
-    if store: out.update(store_spectra=store['n_spectra'], store_bytes_per_spectrum=store['regridded_bytes_per_spectrum'])
+    out = dict(
+        outdir=str(root),
+        n_stars=cfg.n_stars,
+        n_parts=len(recs),
+        n_workers=cfg.workers(),
+        n_spectra=n_spec,
+        stage_s={k: round(v['s'] + v.get('draw_s', 0), 2) for k, v in stages.items()},
+        mocksky_stars_per_s=n_stars_w / mock_s if mock_s else None,
+        preprocess_spectra_per_s=n_spec / pre_s if pre_s else None,
+        disk_peak_bytes=max([r['disk_bytes'] for r in recs] + [v.get('disk_bytes', 0) for v in stages.values()]),
+        raw_part_bytes_max=max((r['raw_bytes'] for r in recs), default=0),
+    )
+    if store:
+        out.update(store_spectra=store['n_spectra'], store_bytes_per_spectrum=store['regridded_bytes_per_spectrum'])
     for k in ('train', 'evaluate'):
-        if k in stages: out[k] = {a: b for a, b in stages[k].items() if a not in ('s', 'disk_bytes')}
+        if k in stages:
+            out[k] = {a: b for a, b in stages[k].items() if a not in ('s', 'disk_bytes')}
     return out
 
 # %% ../../nbs/m5_scale_run.ipynb
-def run_scale(outdir:str='data/scale', # the run's folder: sky/, crossmatch/, preprocess/, parts/, store/, model/, results/
-              params:str|None=None, # params.yaml: its `scale:` section (and `train:`, `evaluate:` for those stages)
-              preset:str|None=None, # a preset under `scale: presets:` (e.g. cpu)
-              n_stars:int|None=None, # override: stars drawn
-              part_stars:int|None=None, # override: cross-matched stars per part
-              n_workers:int|None=None, # override: processes (0: every core)
-              until:RunStage|None=None, # override: the last stage to run (`RUN_STAGES`)
-              progress:bool=True): # progress bars
-    "The seed-scale run: mock sky, cross-match, preprocessing in parts (raw files made and deleted), store, training, evaluation."
+def run_scale(
+    outdir: str = 'data/scale',  # the run's folder: sky/, crossmatch/, preprocess/, parts/, store/, model/, results/
+    params: str | None = None,  # params.yaml: its `scale:` section (and `train:`, `evaluate:` for those stages)
+    preset: str | None = None,  # a preset under `scale: presets:` (e.g. cpu)
+    n_stars: int | None = None,  # override: stars drawn
+    part_stars: int | None = None,  # override: cross-matched stars per part
+    n_workers: int | None = None,  # override: processes (0: every core)
+    until: RunStage | None = None,  # override: the last stage to run (`RUN_STAGES`)
+    progress: bool = True,  # progress bars
+):
+    """The seed-scale run: mock sky, cross-match, preprocessing in parts (raw files made and deleted), store, training,
+    evaluation."""
     cfg = scale_config(params, preset, n_stars=n_stars, part_stars=part_stars, n_workers=n_workers, until=until)
     opts, root, last = stage_params(cfg, params), Path(outdir), RUN_STAGES.index(cfg.until)
     _check_same(root, cfg)
-    sp = root / 'stages.json'; stages = json.loads(sp.read_text()) if sp.is_file() else {}
+    sp = root / 'stages.json'
+    stages = json.loads(sp.read_text()) if sp.is_file() else {}
+
     def stage(name, fn):
-        if name in stages or RUN_STAGES.index(name) > last: return stages.get(name)
-        t = time.perf_counter(); res = fn() or {}
+        if name in stages or RUN_STAGES.index(name) > last:
+            return stages.get(name)
+        t = time.perf_counter()
+        res = fn() or {}
         stages[name] = dict(s=time.perf_counter() - t, disk_bytes=disk_bytes(root), **res)
-        atomic_write(sp, json.dumps(stages, indent=1, default=str)); return stages[name]
-    t = time.perf_counter(); sky = _load_sky(cfg); draw_s = time.perf_counter() - t    # drawn again on a resume
+        atomic_write(sp, json.dumps(stages, indent=1, default=str))
+        return stages[name]
+
+    t = time.perf_counter()
+    sky = _load_sky(cfg)
+    draw_s = time.perf_counter() - t  # drawn again on a resume
     stage('sky', lambda: dict(draw_s=draw_s, **(write_catalogues(root / 'sky', sky['cats']) or {})))
     xm_path = root / 'crossmatch' / 'common_stars.parquet'
-    stage('crossmatch', lambda: dict(counts=crossmatch_surveys(root / 'sky', out=xm_path, workers=cfg.workers(), progress=progress)['counts']))
+    stage(
+        'crossmatch',
+        lambda: dict(
+            counts=crossmatch_surveys(root / 'sky', out=xm_path, workers=cfg.workers(), progress=progress)['counts']
+        ),
+    )
     recs, store = [], None
     if last >= RUN_STAGES.index('parts'):
-        xm = pd.read_parquet(xm_path); parts = star_parts(xm, sky['stars'].to_pandas(), cfg.part_stars)
+        xm = pd.read_parquet(xm_path)
+        parts = star_parts(xm, sky['stars'].to_pandas(), cfg.part_stars)
         recs = _parts(root, sky, xm, cfg, parts, progress)
-        stages['parts'] = dict(s=sum(r['mocksky_s'] + r['preprocess_s'] for r in recs), disk_bytes=max(r['disk_bytes'] for r in recs))
+        stages['parts'] = dict(
+            s=sum(r['mocksky_s'] + r['preprocess_s'] for r in recs), disk_bytes=max(r['disk_bytes'] for r in recs)
+        )
         stage('truth', lambda: dict(n_observations=_truth(root, sky, cfg, parts)))
         shard_dirs = [root / 'preprocess' / p['name'] / 'shards' for p in parts]
         store = stage('store', lambda: merge_shards(shard_dirs, root / 'store', progress=progress))
     if last >= RUN_STAGES.index('train'):
         import yaml
+
         atomic_write(root / 'params.yaml', yaml.safe_dump(opts, sort_keys=False))
         from stellar_spectra.model.training import run_training
-        stage('train', lambda: run_training(root / 'store' / 'regridded.h5', root / 'model', params=root / 'params.yaml', progress=progress))
+
+        stage(
+            'train',
+            lambda: run_training(
+                root / 'store' / 'regridded.h5', root / 'model', params=root / 'params.yaml', progress=progress
+            ),
+        )
     if last >= RUN_STAGES.index('evaluate'):
         from stellar_spectra.evaluation.results import run_evaluation
-        stage('evaluate', lambda: dict(table=run_evaluation(root / 'store' / 'regridded.h5', root / 'model', root / 'sky', root / 'results',
-                                                            params=root / 'params.yaml', progress=progress).to_dict('records')))
+
+        stage(
+            'evaluate',
+            lambda: dict(
+                table=run_evaluation(
+                    root / 'store' / 'regridded.h5',
+                    root / 'model',
+                    root / 'sky',
+                    root / 'results',
+                    params=root / 'params.yaml',
+                    progress=progress,
+                ).to_dict('records')
+            ),
+        )
     summary = _summary(root, cfg, stages, recs, store)
     atomic_write(root / 'scale_summary.json', json.dumps(summary, indent=1, default=str))
     return summary

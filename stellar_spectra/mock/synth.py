@@ -15,8 +15,10 @@ __all__ = ['THETA_SUN', 'TEFF_SUN', 'LOGG_SUN', 'D_MAX', 'TELLURIC_SIGMA', 'cont
            'telluric_transmission', 'sky_emission']
 
 # %% ../../nbs/m2_synth.ipynb
-def continuum(wave, # wavelengths (Å)
-              teff:float): # effective temperature (K)
+def continuum(
+    wave,  # wavelengths (Å)
+    teff: float,  # effective temperature (K)
+):
     "Smooth positive continuum shape: the Planck function B_λ(teff) divided by its maximum."
     x = 1.438777e8 / (np.asarray(wave, float) * teff)  # hc/λkT with λ in Å
     xm = 4.965114  # Wien: B_λ peaks at hc/λkT = 4.965
@@ -25,6 +27,7 @@ def continuum(wave, # wavelengths (Å)
 # %% ../../nbs/m2_synth.ipynb
 THETA_SUN, TEFF_SUN, LOGG_SUN = 5040 / 5777, 5777.0, 4.44
 D_MAX = {'hydrogen': 0.8, 'metal': 0.85, 'alpha': 0.85, 'molecule': 0.6}
+
 
 def _atom_terms(teff, logg, ip, ion, chi):
     "log of (ionisation fraction × Boltzmann factor / H⁻ opacity) for atomic lines."
@@ -36,18 +39,29 @@ def _atom_terms(teff, logg, ip, ion, chi):
     return log_f - theta * chi - log_kappa
 
 # %% ../../nbs/m2_synth.ipynb
-def _hydrogen_s(teff): return np.exp(-(np.log(teff / 9000.0) / 0.3) ** 2) + 0.01
-def _molecule_s(teff): return 1 / (1 + np.exp((teff - 4600.0) / 200.0))
+def _hydrogen_s(teff):
+    return np.exp(-((np.log(teff / 9000.0) / 0.3) ** 2)) + 0.01
+
+
+def _molecule_s(teff):
+    return 1 / (1 + np.exp((teff - 4600.0) / 200.0))
+
 
 def _columns(lines):
     "Numpy columns of a line table (astropy Table or mapping of arrays)."
-    return {k: np.asarray(lines[k]) for k in ('wave_vac', 'chi', 'strength', 'group', 'element', 'ion', 'series', 'upper', 'gamma', 'mass', 'ip')}
+    return {
+        k: np.asarray(lines[k])
+        for k in ('wave_vac', 'chi', 'strength', 'group', 'element', 'ion', 'series', 'upper', 'gamma', 'mass', 'ip')
+    }
 
 # %% ../../nbs/m2_synth.ipynb
 def _opt(params, key):
     "An optional parameter: None when absent (works for dicts and table rows)."
-    try: return params[key]
-    except (KeyError, IndexError, ValueError): return None
+    try:
+        return params[key]
+    except (KeyError, IndexError, ValueError):
+        return None
+
 
 def _emission_weight(series, upper):
     "Relative emission strength of hydrogen lines: 1 for H-alpha, falling with the upper level."
@@ -55,10 +69,16 @@ def _emission_weight(series, upper):
     base = np.select([series == 2, series == 3, series == 4], [1.0, 0.25, 0.2], 0.0)
     return base * (first / np.maximum(upper, 1)) ** 2.5
 
+
 def _abundance(params, element, group):
     "[X/H] of each line's element: [Fe/H], + [α/Fe] for alpha elements, + any abundance offset."
-    ab = np.where(group == 'hydrogen', 0.0, params['fe_h'] + np.where(np.isin(element, list(ALPHA_ELEMENTS)), params['alpha_fe'], 0.0))
-    for el, off in (_opt(params, 'abund_offsets') or {}).items(): ab = ab + np.where(element == el, off, 0.0)
+    ab = np.where(
+        group == 'hydrogen',
+        0.0,
+        params['fe_h'] + np.where(np.isin(element, list(ALPHA_ELEMENTS)), params['alpha_fe'], 0.0),
+    )
+    for el, off in (_opt(params, 'abund_offsets') or {}).items():
+        ab = ab + np.where(element == el, off, 0.0)
     return ab
 
 # %% ../../nbs/m2_synth.ipynb
@@ -66,34 +86,45 @@ def _strength(params, c):
     "Line strength X relative to the Sun's (see above) of each line in columns `c`."
     teff, logg = float(params['teff']), float(params['logg'])
     g, ab = c['group'], _abundance(params, c['element'], c['group'])
-    atom = _atom_terms(teff, logg, c['ip'], c['ion'], c['chi']) - _atom_terms(TEFF_SUN, LOGG_SUN, c['ip'], c['ion'], c['chi'])
+    atom = _atom_terms(teff, logg, c['ip'], c['ion'], c['chi']) - _atom_terms(
+        TEFF_SUN, LOGG_SUN, c['ip'], c['ion'], c['chi']
+    )
     mol = np.log10(_molecule_s(teff) / _molecule_s(4000.0)) - 0.3 * (logg - 1.5) - (5040 / teff - 1.26) * c['chi']
     hyd = np.log10(_hydrogen_s(teff) / _hydrogen_s(TEFF_SUN))
     logx = c['strength'] + ab + np.select([g == 'hydrogen', g == 'molecule'], [hyd, mol], atom)
     return 10 ** np.clip(logx, -30, 30)
 
+
 def _depth(params, c, x):
     "Central depth from strengths `x`, with emission subtracted."
     g = c['group']
-    d = np.select([g == 'hydrogen', g == 'molecule'], [D_MAX['hydrogen'], D_MAX['molecule']], D_MAX['metal']) * x / (1 + x)
+    d = (
+        np.select([g == 'hydrogen', g == 'molecule'], [D_MAX['hydrogen'], D_MAX['molecule']], D_MAX['metal'])
+        * x
+        / (1 + x)
+    )
     return d - 2 * float(_opt(params, 'emission') or 0.0) * _emission_weight(c['series'], c['upper'])
 
 # %% ../../nbs/m2_synth.ipynb
-def line_depths(params, # mapping: teff, logg, fe_h, alpha_fe (+ optional emission, abund_offsets)
-                lines=None): # line table (default: the full `linelist.line_list()`)
+def line_depths(
+    params,  # mapping: teff, logg, fe_h, alpha_fe (+ optional emission, abund_offsets)
+    lines=None,  # line table (default: the full `linelist.line_list()`)
+):
     "Central depth of each line in the star (before any broadening); negative for lines in emission."
     c = _columns(line_list() if lines is None else lines)
     return _depth(params, c, _strength(params, c))
 
 # %% ../../nbs/m2_synth.ipynb
 def _widths(params, mass, x=0.0):
-    "Gaussian sigmas (ln λ) of each line of strength `x`: local (thermal, microturbulence, saturation) and stellar (+ macroturbulence, rotation)."
+    """Gaussian sigmas (ln λ) of each line of strength `x`: local (thermal, microturbulence, saturation) and stellar (+
+    macroturbulence, rotation)."""
     teff, logg = float(params['teff']), float(params['logg'])
     xi = np.clip(2.2 - 0.25 * logg, 0.7, 2.5)
     zeta = np.clip(2.0 + 0.8 * (LOGG_SUN - logg) + 1.5 * (teff - 5000) / 1000, 1.0, 8.0)
     v2 = (8.314e-3 * teff / mass + xi**2 / 2) * (1 + 3 * np.tanh(np.log1p(x) / 3)) ** 2
     v2_star = v2 + zeta**2 / 2 + (0.474 * float(_opt(params, 'vsini') or 0.0)) ** 2
     return np.sqrt(v2) / C_KMS, np.sqrt(v2_star) / C_KMS
+
 
 def _gamma(params, gamma, group):
     "Lorentzian half width (ln λ) of each line in the star."
@@ -110,6 +141,7 @@ def _pairs(x, centre, half):
     pix = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n - lo, n)
     return pix, line
 
+
 def _profile_sum(x, centre, weight, sigma, gamma=None, eps=1e-5):
     "Sum over lines of weight × area-normalised Voigt (Gaussian where gamma is 0) profiles at sorted x."
     out = np.zeros(len(x))
@@ -118,7 +150,9 @@ def _profile_sum(x, centre, weight, sigma, gamma=None, eps=1e-5):
     half = 7 * sigma
     pix, line = _pairs(x, centre[g], half[g])
     u = (x[pix] - centre[g][line]) / sigma[g][line]
-    out += np.bincount(pix, weights=(weight[g] / (sigma[g] * np.sqrt(2 * np.pi)))[line] * np.exp(-0.5 * u * u), minlength=len(x))
+    out += np.bincount(
+        pix, weights=(weight[g] / (sigma[g] * np.sqrt(2 * np.pi)))[line] * np.exp(-0.5 * u * u), minlength=len(x)
+    )
     if (~g).any():
         v = ~g
         half_v = np.minimum(np.maximum(half[v], np.sqrt(np.abs(weight[v]) * gamma[v] / (np.pi * eps))), 0.05)
@@ -134,15 +168,19 @@ def _deblend(lnw, ew, sigma, gamma, eps=1e-5):
     pts = np.sort(np.concatenate([lnw, (lnw[1:] + lnw[:-1]) / 2]))  # centres and midpoints, interleaved
     g, v = gamma == 0, gamma != 0
     pix_g, line_g = _pairs(pts, lnw[g], 7 * sigma[g])  # Gaussian lines: the same pairs and shapes every round
-    u = (pts[pix_g] - lnw[g][line_g]) / sigma[g][line_g]; shape_g = np.exp(-0.5 * u * u)
+    u = (pts[pix_g] - lnw[g][line_g]) / sigma[g][line_g]
+    shape_g = np.exp(-0.5 * u * u)
     reach = lambda w: np.minimum(np.maximum(7 * sigma[v], np.sqrt(np.abs(w[v]) * gamma[v] / (np.pi * eps))), 0.05)
-    pix_v, line_v = _pairs(pts, lnw[v], reach(w))  # widths only shrink: the first round's Voigt pairs hold every later one
+    pix_v, line_v = _pairs(
+        pts, lnw[v], reach(w)
+    )  # widths only shrink: the first round's Voigt pairs hold every later one
     shape_v = voigt_profile(pts[pix_v] - lnw[v][line_v], sigma[v][line_v], gamma[v][line_v])
     for _ in range(5):  # the neighbours shrink too: a few rounds settle the sums below 1
         s = np.zeros(len(pts))  # = _profile_sum(pts, lnw, w, sigma, gamma, eps), term for term in the same order
         s += np.bincount(pix_g, weights=(w[g] / (sigma[g] * np.sqrt(2 * np.pi)))[line_g] * shape_g, minlength=len(pts))
         if v.any():
-            half = reach(w); k = (pts[pix_v] >= (lnw[v] - half)[line_v]) & (pts[pix_v] < (lnw[v] + half)[line_v])
+            half = reach(w)
+            k = (pts[pix_v] >= (lnw[v] - half)[line_v]) & (pts[pix_v] < (lnw[v] + half)[line_v])
             s += np.bincount(pix_v[k], weights=w[v][line_v[k]] * shape_v[k], minlength=len(pts))
         mid = np.concatenate([[0.0], s[1::2], [0.0]])
         s = np.maximum(s[::2], np.maximum(mid[1:], mid[:-1]))  # a blend of close lines peaks between them
@@ -161,9 +199,16 @@ def _line_columns():
 def _params_key(params):
     "Hashable key of the parameters a spectrum depends on (dicts and table rows alike)."
     ab = _opt(params, 'abund_offsets') or {}
-    return (float(params['teff']), float(params['logg']), float(params['fe_h']), float(params['alpha_fe']),
-            float(_opt(params, 'vsini') or 0.0), float(_opt(params, 'emission') or 0.0),
-            tuple(sorted((str(k), float(v)) for k, v in ab.items())))
+    return (
+        float(params['teff']),
+        float(params['logg']),
+        float(params['fe_h']),
+        float(params['alpha_fe']),
+        float(_opt(params, 'vsini') or 0.0),
+        float(_opt(params, 'emission') or 0.0),
+        tuple(sorted((str(k), float(v)) for k, v in ab.items())),
+    )
+
 
 @lru_cache(maxsize=8)
 def _star_lines(key):
@@ -171,55 +216,76 @@ def _star_lines(key):
     teff, logg, fe_h, alpha_fe, vsini, emission, ab = key
     p = dict(teff=teff, logg=logg, fe_h=fe_h, alpha_fe=alpha_fe, vsini=vsini, emission=emission, abund_offsets=dict(ab))
     c = _line_columns()
-    strength = _strength(p, c); d = _depth(p, c, strength)
+    strength = _strength(p, c)
+    d = _depth(p, c, strength)
     (sig_loc, sig_star), gam = _widths(p, c['mass'], strength), _gamma(p, c['gamma'], c['group'])
-    return dict(lnw=c['lnw'], on=np.abs(d) > 1e-5, ew=d / voigt_profile(0.0, sig_loc, gam), sig_star=sig_star, gam=gam,
-                blends={}, spectra={})
+    return dict(
+        lnw=c['lnw'],
+        on=np.abs(d) > 1e-5,
+        ew=d / voigt_profile(0.0, sig_loc, gam),
+        sig_star=sig_star,
+        gam=gam,
+        blends={},
+        spectra={},
+    )
 
 # %% ../../nbs/m2_synth.ipynb
-def _absorption(star, # `_star_lines` of the star
-                xs, # sorted rest-frame ln λ
-                R): # resolving power
+def _absorption(
+    star,  # `_star_lines` of the star
+    xs,  # sorted rest-frame ln λ
+    R,  # resolving power
+):
     "Summed line absorption of a star at `xs`, from the lines within 0.06 in ln λ (no line's window reaches further)."
     i, j = np.searchsorted(star['lnw'], [xs[0] - 0.06, xs[-1] + 0.06])
     if (i, j) not in star['blends']:  # the blends depend on the lines considered: the same lines, the same blends
-        if len(star['blends']) >= 16: star['blends'].clear()
+        if len(star['blends']) >= 16:
+            star['blends'].clear()
         on = star['on'][i:j]
         lnw, sig, gam = star['lnw'][i:j][on], star['sig_star'][i:j][on], star['gam'][i:j][on]
         star['blends'][i, j] = lnw, _deblend(lnw, star['ew'][i:j][on], sig, gam), sig, gam
     lnw, w, sig_star, gam = star['blends'][i, j]
-    return _profile_sum(xs, lnw, w, np.sqrt(sig_star ** 2 + sigma_lnlam(R) ** 2), gam)
+    return _profile_sum(xs, lnw, w, np.sqrt(sig_star**2 + sigma_lnlam(R) ** 2), gam)
+
 
 def _sort_order(x):
     "None if `x` is increasing, else the permutation that sorts it (the reversal when decreasing)."
     d = np.diff(x)
     return None if np.all(d > 0) else np.arange(len(x))[::-1] if np.all(d < 0) else np.argsort(x)
 
+
 def _in_order(x, f):
     "`f` (a function of sorted ln λ) evaluated at the sorted `x`, returned in the order of `x`."
     order = _sort_order(x)
-    if order is None: return f(x)
-    out = np.empty(len(x)); out[order] = f(x[order])
+    if order is None:
+        return f(x)
+    out = np.empty(len(x))
+    out[order] = f(x[order])
     return out
 
 # %% ../../nbs/m2_synth.ipynb
-def normalised_spectrum(wave, # vacuum wavelengths (Å) in the observer's frame
-                        params, # mapping: teff, logg, fe_h, alpha_fe, vsini (+ emission, abund_offsets)
-                        R, # resolving power (FWHM); None or inf: no instrumental broadening
-                        rv:float=0.0): # radial velocity of the star (km/s): λ_obs = λ_rest (1 + rv/c)
+def normalised_spectrum(
+    wave,  # vacuum wavelengths (Å) in the observer's frame
+    params,  # mapping: teff, logg, fe_h, alpha_fe, vsini (+ emission, abund_offsets)
+    R,  # resolving power (FWHM); None or inf: no instrumental broadening
+    rv: float = 0.0,  # radial velocity of the star (km/s): λ_obs = λ_rest (1 + rv/c)
+):
     "Continuum-normalised flux of a star at vacuum wavelengths `wave`."
-    wave = np.asarray(wave, float); shape = wave.shape
+    wave = np.asarray(wave, float)
+    shape = wave.shape
     x = np.log(wave.ravel()) - np.log1p(rv / C_KMS)
-    if x.size == 0: return np.ones(shape)
+    if x.size == 0:
+        return np.ones(shape)
     star = _star_lines(_params_key(params))
     key = (R, rv, x.tobytes())  # the same pixels, resolution and velocity again: rendered once
     if key not in star['spectra']:
-        if len(star['spectra']) >= 4: star['spectra'].clear()
+        if len(star['spectra']) >= 4:
+            star['spectra'].clear()
         star['spectra'][key] = 1 - _in_order(x, lambda xs: _absorption(star, xs, R))
     return star['spectra'][key].reshape(shape).copy()
 
 # %% ../../nbs/m2_synth.ipynb
 TELLURIC_SIGMA = 1.4e-5  # Gaussian sigma (ln λ) of telluric and sky lines, ~ the surveys' resolution
+
 
 def _band(head_air, b_lower, b_upper, tau_max, t_rot=250.0, jmax=35, parity=None, vacuum_head=None):
     "(ln λ, peak optical depth) of the lines of one band; parity 1/0 keeps odd/even lower J only."
@@ -237,37 +303,60 @@ def _forest(rng, lo_air, hi_air, tau_max, per_angstrom):
     env = np.sin(np.pi * (w - w.min()) / np.ptp(w)) ** 0.5
     return np.log(w), tau_max * env * rng.random(n) ** 3
 
+
 def _sorted_lines(lnw, peak):
     "(ln λ, peak) sorted by wavelength once, for `_gauss_peaks` (no two lines at the same wavelength)."
-    srt = np.argsort(lnw); lnw, peak = lnw[srt], peak[srt]
+    srt = np.argsort(lnw)
+    lnw, peak = lnw[srt], peak[srt]
     assert np.all(np.diff(lnw) > 0)
     return lnw, peak
+
 
 @lru_cache(maxsize=1)
 def _telluric_lines():
     "Cached telluric lines: 'dry' (O2, CO2, CH4) and 'wet' (H2O) as (ln λ, peak τ at airmass 1, pwv 2 mm)."
-    dry = [_band(7593.7, 1.4377, 1.3912, 4.0, parity=1), _band(6867.2, 1.4377, 1.3731, 1.0, parity=1),
-           _band(5800.0, 1.4377, 1.3900, 0.03, jmax=12, parity=1),
-           _band(0, 0.3902, 0.3902, 0.08, parity=0, jmax=50, vacuum_head=1e8 / 6348.0),
-           _band(0, 0.3902, 0.3902, 0.12, parity=0, jmax=50, vacuum_head=1e8 / 6228.0),
-           _band(0, 5.24, 5.24, 0.25, t_rot=200, jmax=12, vacuum_head=1e8 / 6005.0),
-           (np.log(1e8 / (6005.0 - np.arange(5) * 0.8)), np.full(5, 0.15))]  # CH4 Q branch
+    dry = [
+        _band(7593.7, 1.4377, 1.3912, 4.0, parity=1),
+        _band(6867.2, 1.4377, 1.3731, 1.0, parity=1),
+        _band(5800.0, 1.4377, 1.3900, 0.03, jmax=12, parity=1),
+        _band(0, 0.3902, 0.3902, 0.08, parity=0, jmax=50, vacuum_head=1e8 / 6348.0),
+        _band(0, 0.3902, 0.3902, 0.12, parity=0, jmax=50, vacuum_head=1e8 / 6228.0),
+        _band(0, 5.24, 5.24, 0.25, t_rot=200, jmax=12, vacuum_head=1e8 / 6005.0),
+        (np.log(1e8 / (6005.0 - np.arange(5) * 0.8)), np.full(5, 0.15)),
+    ]  # CH4 Q branch
     rng = np.random.default_rng(20_240_522)
-    wet = [_forest(rng, lo, hi, tau, dens) for lo, hi, tau, dens in
-           [(5870, 6000, 0.04, 0.5), (6470, 6600, 0.26, 1.0), (7160, 7340, 1.5, 1.5), (8120, 8340, 0.8, 1.5),
-            (8950, 9800, 2.5, 1.5), (15100, 15350, 0.35, 0.3), (16750, 17000, 0.3, 0.3), (15100, 17000, 0.03, 0.1)]]
-    return {'dry': _sorted_lines(*map(np.concatenate, zip(*dry))), 'wet': _sorted_lines(*map(np.concatenate, zip(*wet)))}
+    wet = [
+        _forest(rng, lo, hi, tau, dens)
+        for lo, hi, tau, dens in [
+            (5870, 6000, 0.04, 0.5),
+            (6470, 6600, 0.26, 1.0),
+            (7160, 7340, 1.5, 1.5),
+            (8120, 8340, 0.8, 1.5),
+            (8950, 9800, 2.5, 1.5),
+            (15100, 15350, 0.35, 0.3),
+            (16750, 17000, 0.3, 0.3),
+            (15100, 17000, 0.03, 0.1),
+        ]
+    ]
+    return {
+        'dry': _sorted_lines(*map(np.concatenate, zip(*dry))),
+        'wet': _sorted_lines(*map(np.concatenate, zip(*wet))),
+    }
 
 # %% ../../nbs/m2_synth.ipynb
 def _gauss_peaks(xs, centre, peak, sigma=TELLURIC_SIGMA):
     "Sum of Gaussians of given peak heights and common sigma at sorted ln-wavelengths `xs` (`centre` sorted too)."
     return _profile_sum(xs, centre, peak * sigma * np.sqrt(2 * np.pi), np.full(len(centre), sigma))
 
-def telluric_transmission(wave, # observed-frame vacuum wavelengths (Å)
-                          airmass:float=1.0, # airmass of the observation
-                          pwv:float=2.0): # precipitable water vapour (mm)
+
+def telluric_transmission(
+    wave,  # observed-frame vacuum wavelengths (Å)
+    airmass: float = 1.0,  # airmass of the observation
+    pwv: float = 2.0,  # precipitable water vapour (mm)
+):
     "Transmission of the Earth's atmosphere, in [0, 1]."
-    wave = np.asarray(wave, float); x = np.log(wave.ravel())
+    wave = np.asarray(wave, float)
+    x = np.log(wave.ravel())
     t = _telluric_lines()
     tau = _in_order(x, lambda xs: _gauss_peaks(xs, *t['dry']) + pwv / 2.0 * _gauss_peaks(xs, *t['wet']))
     return np.exp(-airmass * tau).reshape(wave.shape)
@@ -281,10 +370,14 @@ def _oh_bands():
     out = []
     for dv, a in amp.items():
         for vu in range(dv, 10):
-            vl = vu - dv; nu0 = g(vu) - g(vl); bs, db = b(vu) + b(vl), b(vu) - b(vl)
-            if not 1e8 / 17500 < nu0 < 1e8 / 5500: continue
+            vl = vu - dv
+            nu0 = g(vu) - g(vl)
+            bs, db = b(vu) + b(vl), b(vu) - b(vl)
+            if not 1e8 / 17500 < nu0 < 1e8 / 5500:
+                continue
             nu, erot, wt = band_lines(nu0 - bs**2 / (4 * db), b(vl), b(vu), jmax=8)
-            s = wt * np.exp(-1.4388 * erot / 200.0); s = a * s / s.max()
+            s = wt * np.exp(-1.4388 * erot / 200.0)
+            s = a * s / s.max()
             for shift, f in [(0.3, 1.0), (-0.3, 1.0), (-8.0, 0.6)]:
                 out.append((np.log(1e8 / (nu + shift)), f * s))
     return tuple(np.concatenate(z) for z in zip(*out))
@@ -297,8 +390,13 @@ def _sky_lines():
     lnw, peak = _oh_bands()
     return _sorted_lines(np.concatenate([lnw, np.log(atoms)]), np.concatenate([peak, [0.6, 0.3, 0.1, 0.08, 0.08]]))
 
-def sky_emission(wave, # observed-frame vacuum wavelengths (Å)
-                 strength:float=1.0): # overall brightness of the sky
+
+def sky_emission(
+    wave,  # observed-frame vacuum wavelengths (Å)
+    strength: float = 1.0,  # overall brightness of the sky
+):
     "Additive night-sky spectrum (OH airglow, [O I], Na D, faint continuum), in units of a stellar continuum of 1."
     wave = np.asarray(wave, float)
-    return (strength * (0.003 + _in_order(np.log(wave.ravel()), lambda xs: _gauss_peaks(xs, *_sky_lines())))).reshape(wave.shape)
+    return (strength * (0.003 + _in_order(np.log(wave.ravel()), lambda xs: _gauss_peaks(xs, *_sky_lines())))).reshape(
+        wave.shape
+    )

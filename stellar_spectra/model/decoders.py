@@ -16,8 +16,11 @@ from ..pipeline.resample import Grid, common_grid
 __all__ = ['grid_window', 'GONConfig', 'check_grid', 'Decoder']
 
 # %% ../../nbs/07a_decoders.ipynb
-def grid_window(wmin:float, wmax:float, # wavelength range (Å)
-                grid:Grid|None=None): # the grid (default `resample.common_grid()`)
+def grid_window(
+    wmin: float,
+    wmax: float,  # wavelength range (Å)
+    grid: Grid | None = None,  # the grid (default `resample.common_grid()`)
+):
     "Slice of the grid pixels with wmin <= λ <= wmax."
     ln = (grid or common_grid()).ln_wave
     return slice(int(np.searchsorted(ln, math.log(wmin))), int(np.searchsorted(ln, math.log(wmax), 'right')))
@@ -25,40 +28,44 @@ def grid_window(wmin:float, wmax:float, # wavelength range (Å)
 # %% ../../nbs/07a_decoders.ipynb
 _COMMON = common_grid()  # the defaults of the grid fields below
 
+
 @dataclass
 class GONConfig:
-    latent_dim: int = 16          # size of the per-star latent z
-    hidden: int = 64              # width of the hidden layers
-    n_layers: int = 3             # number of hidden layers
-    decoder: str = 'siren'        # 'siren': sine layers (SIREN init); 'fourier': Fourier features + GELU MLP
-    n_fourier: int = 64           # Fourier frequencies of the coordinate (0: the raw coordinate)
-    fourier_scale: float = 100.0  # std of those frequencies, in half-cycles over [-1, 1]; 1-pixel lines on the full grid need thousands
-    w0: float = 30.0              # SIREN frequency factor sin(w0 * (W h + b))
-    conditioning: str = 'film'    # 'concat': z joins the first layer; 'film': z scales and shifts every layer
-    inner_steps: int = 1          # GON gradient steps from z0 = 0
-    step: str = 'fisher'          # 'fisher': z = -eta (F + lambda I)^-1 grad, F the Fisher information of the inner chi2 (a latent
-                                  # that does not scale with S/N); 'gradient': z = -eta grad (the original GON step)
-    prior_precision: float = 1.0  # lambda of the 'fisher' step: the latent's prior precision, which bounds z where F is small
-    learn_step: bool = True       # learn the inner step size eta (as log eta)
-    step_init: float|None = None  # initial eta (None: 1 for 'fisher'; 1e-5 for 'gradient', whose chi2 is a SUM over pixels)
-    shared_origin: bool = True    # compute the first step once per distinct coordinate (exact, since z0 = 0)
-    n_surveys: int = 3            # per-survey linear continuum residuals (0: none)
+    latent_dim: int = 16  # size of the per-star latent z
+    hidden: int = 64  # width of the hidden layers
+    n_layers: int = 3  # number of hidden layers
+    decoder: str = 'siren'  # 'siren': sine layers (SIREN init); 'fourier': Fourier features + GELU MLP
+    n_fourier: int = 64  # Fourier frequencies of the coordinate (0: the raw coordinate)
+    fourier_scale: float = 100.0  # std of those frequencies, half-cycles over [-1, 1] (1-pixel lines need thousands)
+    w0: float = 30.0  # SIREN frequency factor sin(w0 * (W h + b))
+    conditioning: str = 'film'  # 'concat': z joins the first layer; 'film': z scales and shifts every layer
+    inner_steps: int = 1  # GON gradient steps from z0 = 0
+    step: str = 'fisher'  # 'fisher': z = -eta (F + lambda I)^-1 grad, F the Fisher information of the inner chi2 (a
+    # latent that does not scale with S/N); 'gradient': z = -eta grad (the original GON step)
+    prior_precision: float = 1.0  # lambda of the 'fisher' step: the latent's prior precision (bounds z if F is small)
+    learn_step: bool = True  # learn the inner step size eta (as log eta)
+    step_init: float | None = None  # initial eta (None: 1 for 'fisher'; 1e-5 for 'gradient', whose chi2 sums pixels)
+    shared_origin: bool = True  # compute the first step once per distinct coordinate (exact, since z0 = 0)
+    n_surveys: int = 3  # per-survey linear continuum residuals (0: none)
     line_window_weight: float = 0.0  # extra loss weight inside line windows (0: uniform)
-    line_window_kms: float = 25.0    # half-width of a line window (km/s)
-    grid_R: float = _COMMON.R              # the grid (`resample.Grid`) the coordinates live on: resolving power,
+    line_window_kms: float = 25.0  # half-width of a line window (km/s)
+    grid_R: float = _COMMON.R  # the grid (`resample.Grid`) the coordinates live on: resolving power,
     grid_ln_lam0: float = _COMMON.ln_lam0  # ... ln λ of its first pixel (Å),
-    grid_dln: float = _COMMON.dln          # ... its step in ln λ
-    grid_n: int = _COMMON.n                # ... and its number of pixels (default: `resample.common_grid()`)
-    lnlam_min: float|None = None  # ln λ mapped to coordinate -1 (None: the grid's first pixel)
-    lnlam_max: float|None = None  # ln λ mapped to coordinate +1 (None: the grid's last pixel)
-    seed: int = 0                 # seed of the Fourier frequencies and the initialisation
+    grid_dln: float = _COMMON.dln  # ... its step in ln λ
+    grid_n: int = _COMMON.n  # ... and its number of pixels (default: `resample.common_grid()`)
+    lnlam_min: float | None = None  # ln λ mapped to coordinate -1 (None: the grid's first pixel)
+    lnlam_max: float | None = None  # ln λ mapped to coordinate +1 (None: the grid's last pixel)
+    seed: int = 0  # seed of the Fourier frequencies and the initialisation
 
     def __post_init__(self):
-        for f in fields(self):                                   # plain Python values (numpy scalars do not serialise safely)
+        for f in fields(self):  # plain Python values (numpy scalars do not serialise safely)
             v = getattr(self, f.name)
-            if isinstance(f.default, (bool, int, float)) and not isinstance(v, str): setattr(self, f.name, type(f.default)(v))
+            if isinstance(f.default, (bool, int, float)) and not isinstance(v, str):
+                setattr(self, f.name, type(f.default)(v))
         assert self.decoder in ('siren', 'fourier'), f"decoder must be 'siren' or 'fourier', not {self.decoder!r}"
-        assert self.conditioning in ('concat', 'film'), f"conditioning must be 'concat' or 'film', not {self.conditioning!r}"
+        assert self.conditioning in ('concat', 'film'), (
+            f"conditioning must be 'concat' or 'film', not {self.conditioning!r}"
+        )
         assert self.latent_dim > 0 and self.hidden > 0 and self.n_layers > 0 and self.inner_steps > 0
         assert self.step in ('fisher', 'gradient'), f"step must be 'fisher' or 'gradient', not {self.step!r}"
         self.step_init = float(self.step_init if self.step_init is not None else 1.0 if self.step == 'fisher' else 1e-5)
@@ -66,37 +73,65 @@ class GONConfig:
         ln = self.grid.ln_wave[[0, -1]]
         self.lnlam_min = float(ln[0] if self.lnlam_min is None else self.lnlam_min)
         self.lnlam_max = float(ln[1] if self.lnlam_max is None else self.lnlam_max)
-        assert ln[0] - self.grid_dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid_dln, "lnlam_min/max must lie on the grid"
+        assert ln[0] - self.grid_dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid_dln, (
+            "lnlam_min/max must lie on the grid"
+        )
         assert self.step_init > 0
 
     @property
-    def grid(self): return Grid(self.grid_R, self.grid_ln_lam0, self.grid_dln, self.grid_n)
+    def grid(self):
+        return Grid(self.grid_R, self.grid_ln_lam0, self.grid_dln, self.grid_n)
 
     @classmethod
-    def from_dict(cls, d:dict): return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_dict(cls, d: dict):
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
-    def window(cls, wmin:float, wmax:float, # wavelength range (Å) of the coordinates
-               grid:Grid|None=None, **kw): # the grid (default `common_grid()`); other fields
+    def window(
+        cls,
+        wmin: float,
+        wmax: float,  # wavelength range (Å) of the coordinates
+        grid: Grid | None = None,
+        **kw,  # the grid (default `common_grid()`); other fields
+    ):
         "A configuration whose coordinates span the grid's pixels in [wmin, wmax]."
-        grid = grid or common_grid(); ln = grid.ln_wave[grid_window(wmin, wmax, grid)]
-        return cls(grid_R=grid.R, grid_ln_lam0=grid.ln_lam0, grid_dln=grid.dln, grid_n=grid.n, lnlam_min=ln[0], lnlam_max=ln[-1], **kw)
+        grid = grid or common_grid()
+        ln = grid.ln_wave[grid_window(wmin, wmax, grid)]
+        return cls(
+            grid_R=grid.R,
+            grid_ln_lam0=grid.ln_lam0,
+            grid_dln=grid.dln,
+            grid_n=grid.n,
+            lnlam_min=ln[0],
+            lnlam_max=ln[-1],
+            **kw,
+        )
 
 # %% ../../nbs/07a_decoders.ipynb
-def check_grid(cfg:GONConfig, # the model's configuration
-               grid:Grid, # the grid the spectra were resampled onto
-               what:str='spectra'): # what is on `grid`, for the message
+def check_grid(
+    cfg: GONConfig,  # the model's configuration
+    grid: Grid,  # the grid the spectra were resampled onto
+    what: str = 'spectra',  # what is on `grid`, for the message
+):
     "Raise ValueError unless `grid` is the grid the model's coordinates come from."
     mine = cfg.grid
-    same = (grid.n == mine.n and np.isclose(grid.R, mine.R, rtol=1e-9) and abs(grid.ln_lam0 - mine.ln_lam0) < 1e-3 * mine.dln
-            and abs(grid.dln - mine.dln) * mine.n < 1e-3 * mine.dln)
-    if not same: raise ValueError(f"{what} are on {grid}, but the model's coordinates come from {mine}: resample them onto "
-                                  f"the model's grid (resample.common_grid())")
+    same = (
+        grid.n == mine.n
+        and np.isclose(grid.R, mine.R, rtol=1e-9)
+        and abs(grid.ln_lam0 - mine.ln_lam0) < 1e-3 * mine.dln
+        and abs(grid.dln - mine.dln) * mine.n < 1e-3 * mine.dln
+    )
+    if not same:
+        raise ValueError(
+            f"{what} are on {grid}, but the model's coordinates come from {mine}: resample them onto "
+            f"the model's grid (resample.common_grid())"
+        )
 
 # %% ../../nbs/07a_decoders.ipynb
 class Decoder(nn.Module):
     "f(z, x) -> normalised flux; z (B, D) or (B, P, D), x (B, P) or (P,) shared by every row, in [-1, 1] -> (B, P)."
-    def __init__(self, cfg:GONConfig):
+
+    def __init__(self, cfg: GONConfig):
         super().__init__()
         self.cfg, H, L = cfg, cfg.hidden, cfg.n_layers
         g = torch.Generator().manual_seed(cfg.seed)
@@ -114,30 +149,47 @@ class Decoder(nn.Module):
             n = lin.in_features
             if c.decoder == 'siren':
                 b = 1 / n if i == 0 else math.sqrt(6 / n) / c.w0
-                with torch.no_grad(): lin.weight.uniform_(-b, b, generator=g); lin.bias.uniform_(-b, b, generator=g)
+                with torch.no_grad():
+                    lin.weight.uniform_(-b, b, generator=g)
+                    lin.bias.uniform_(-b, b, generator=g)
         for m in (self.z_in, self.film):
             if m is not None:
-                with torch.no_grad(): m.weight.normal_(0, 0.1 / math.sqrt(c.latent_dim), generator=g)
-                if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
-        with torch.no_grad(): self.out.weight.mul_(0.1); nn.init.zeros_(self.out.bias)
+                with torch.no_grad():
+                    m.weight.normal_(0, 0.1 / math.sqrt(c.latent_dim), generator=g)
+                if getattr(m, 'bias', None) is not None:
+                    nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+            nn.init.zeros_(self.out.bias)
 
 # %% ../../nbs/07a_decoders.ipynb
-def _encode_coord(dec:Decoder, x):
+def _encode_coord(dec: Decoder, x):
     "Fourier features of x: (..., P) -> (..., P, 2F), or (..., P, 1) without features."
-    if not dec.cfg.n_fourier: return x[..., None]
+    if not dec.cfg.n_fourier:
+        return x[..., None]
     a = math.pi * x[..., None] * dec.freqs
     return torch.cat([torch.sin(a), torch.cos(a)], -1)
 
-def _decoder_forward(self:Decoder, z, x):
+
+def _decoder_forward(self: Decoder, z, x):
     c = self.cfg
-    assert x.dim() in (1, 2) and z.shape[-1] == c.latent_dim, f"need x (B, P) or (P,) and z (B, D={c.latent_dim}); got {tuple(x.shape)}, {tuple(z.shape)}"
-    if z.dim() == 2: z = z[:, None, :]                          # (B, 1, D): one latent per spectrum
-    h = _encode_coord(self, x)                                   # (B, P, E), or (P, E) for shared coordinates: the first
+    assert x.dim() in (1, 2) and z.shape[-1] == c.latent_dim, (
+        f"need x (B, P) or (P,) and z (B, D={c.latent_dim}); got {tuple(x.shape)}, {tuple(z.shape)}"
+    )
+    if z.dim() == 2:
+        z = z[:, None, :]  # (B, 1, D): one latent per spectrum
+    h = _encode_coord(self, x)  # (B, P, E), or (P, E) for shared coordinates: the first
     film = self.film(z).chunk(2 * c.n_layers, -1) if self.film is not None else None  # layer then runs once per pixel
     for i, lin in enumerate(self.layers):
-        a = lin(h)                                               # (B, P, H)
-        if i == 0 and self.z_in is not None: a = a + self.z_in(z)
-        if film is not None: a = a * (1 + film[2 * i]) + film[2 * i + 1]
+        a = lin(h)  # (B, P, H)
+        if i == 0 and self.z_in is not None:
+            a = a + self.z_in(z)
+        if film is not None:
+            a = a * (1 + film[2 * i]) + film[2 * i + 1]
         h = torch.sin(c.w0 * a) if c.decoder == 'siren' else F.gelu(a)
-    return 1 + self.out(h)[..., 0].to(torch.promote_types(x.dtype, torch.float32))  # (B, P); >= fp32 around 1 under autocast
+    return 1 + self.out(h)[..., 0].to(
+        torch.promote_types(x.dtype, torch.float32)
+    )  # (B, P); >= fp32 around 1 under autocast
+
+
 Decoder.forward = _decoder_forward

@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..pipeline.resample import common_grid
 from ..atomic import atomic_path
 from .decoders import GONConfig, Decoder
-from .gon_batches import SpectraBatch, chi2, batch_of_stars
+from .gon_batches import SpectraBatch, chi2
 
 # %% auto 0
 __all__ = ['GON', 'count_params', 'autoencoder_params', 'origin_jacobian', 'latent_step', 'check_coords', 'encode', 'gon_loss',
@@ -20,51 +20,70 @@ __all__ = ['GON', 'count_params', 'autoencoder_params', 'origin_jacobian', 'late
 # %% ../../nbs/07_gon_model.ipynb
 class GON(nn.Module):
     "Decoder + inner step size + per-survey continuum residual."
-    def __init__(self, cfg:GONConfig):
+
+    def __init__(self, cfg: GONConfig):
         super().__init__()
         self.cfg, self.decoder = cfg, Decoder(cfg)
         log_eta = torch.tensor(math.log(cfg.step_init))
-        if cfg.learn_step: self.log_eta = nn.Parameter(log_eta)
-        else: self.register_buffer('log_eta', log_eta)
+        if cfg.learn_step:
+            self.log_eta = nn.Parameter(log_eta)
+        else:
+            self.register_buffer('log_eta', log_eta)
         self.nuisance = nn.Parameter(torch.zeros(max(cfg.n_surveys, 1), 2), requires_grad=cfg.n_surveys > 0)
 
-    def coord(self, lnlam): # (B, P) ln λ, best float64 -> coordinates in [-1, 1] in the model's dtype
+    def coord(self, lnlam):  # (B, P) ln λ, best float64 -> coordinates in [-1, 1] in the model's dtype
         "Model coordinate of ln λ: computed in lnlam's precision, then cast to the parameters' dtype."
-        return (2 * (lnlam - self.cfg.lnlam_min) / (self.cfg.lnlam_max - self.cfg.lnlam_min) - 1).to(self.nuisance.dtype)
+        return (2 * (lnlam - self.cfg.lnlam_min) / (self.cfg.lnlam_max - self.cfg.lnlam_min) - 1).to(
+            self.nuisance.dtype
+        )
 
-    def render(self, z, x, survey): # latents (B, D) or (B, P, D); coordinates x (B, P); survey (B,) -> flux (B, P)
+    def render(self, z, x, survey):  # latents (B, D) or (B, P, D); coordinates x (B, P); survey (B,) -> flux (B, P)
         "Model flux at coordinates x: decoder plus the survey's continuum residual."
         c = self.nuisance[survey.clamp(0, self.nuisance.shape[0] - 1)]  # (B, 2)
         return self.decoder(z, x) + c[:, :1] + c[:, 1:] * x
 
 # %% ../../nbs/07_gon_model.ipynb
-def count_params(m:nn.Module): return sum(p.numel() for p in m.parameters() if p.requires_grad)
+def count_params(m: nn.Module):
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
-def autoencoder_params(cfg:GONConfig, # the decoder's configuration
-                       n_pixels:int=common_grid().n, # encoder input: flux on the whole common grid
-                       enc_hidden:int|None=None): # encoder width (default: the decoder's)
+
+def autoencoder_params(
+    cfg: GONConfig,  # the decoder's configuration
+    n_pixels: int = common_grid().n,  # encoder input: flux on the whole common grid
+    enc_hidden: int | None = None,  # encoder width (default: the decoder's)
+):
     "Trainable parameters of an autoencoder with the same decoder plus an MLP encoder of n_layers hidden layers."
     H = enc_hidden or cfg.hidden
     dims = [n_pixels] + [H] * cfg.n_layers + [cfg.latent_dim]
     return count_params(GON(cfg)) + sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
 
 # %% ../../nbs/07_gon_model.ipynb
-def origin_jacobian(model:GON, # the model
-                    u, # (U,) distinct coordinates, or (B, P) coordinates of every pixel (no sharing)
-                    create_graph:bool=True): # keep the graph (training)
+def origin_jacobian(
+    model: GON,  # the model
+    u,  # (U,) distinct coordinates, or (B, P) coordinates of every pixel (no sharing)
+    create_graph: bool = True,  # keep the graph (training)
+):
     "Decoder flux f(0, u) (U,) or (B, P) and its Jacobian df/dz at z = 0 (U, D) or (B, P, D), in one decoder pass."
-    zu = torch.zeros((1,) * (2 - u.dim()) + u.shape + (model.cfg.latent_dim,), device=u.device, dtype=u.dtype, requires_grad=True)
-    fu = model.decoder(zu, u)                                              # (1, U): x shared, so the first layer runs once
-    J = torch.autograd.grad(fu.sum(), zu, create_graph=create_graph)[0]   # each pixel has its own z0, so this is df/dz per pixel
+    zu = torch.zeros(
+        (1,) * (2 - u.dim()) + u.shape + (model.cfg.latent_dim,), device=u.device, dtype=u.dtype, requires_grad=True
+    )
+    fu = model.decoder(zu, u)  # (1, U): x shared, so the first layer runs once
+    J = torch.autograd.grad(fu.sum(), zu, create_graph=create_graph)[
+        0
+    ]  # each pixel has its own z0, so this is df/dz per pixel
     return (fu[0], J[0]) if u.dim() == 1 else (fu, J)
 
-def latent_step(model:GON, # the model
-                g, # (S, D) gradient of chi2/2 with respect to the latent
-                F=None, # (S, D, D) Fisher information J^T W J of chi2/2 ('fisher' step)
-                z=None): # (S, D) the latent the step starts from (None: the origin)
+
+def latent_step(
+    model: GON,  # the model
+    g,  # (S, D) gradient of chi2/2 with respect to the latent
+    F=None,  # (S, D, D) Fisher information J^T W J of chi2/2 ('fisher' step)
+    z=None,  # (S, D) the latent the step starts from (None: the origin)
+):
     "One inner step: z - eta g ('gradient'), or z - eta (F + lambda I)^-1 (g + lambda z) ('fisher'), in fp32 or better."
     eta, c = model.log_eta.exp(), model.cfg
-    if c.step == 'gradient': return (0 if z is None else z) - eta * g
+    if c.step == 'gradient':
+        return (0 if z is None else z) - eta * g
     with torch.autocast(g.device.type, enabled=False):
         dt = torch.promote_types(g.dtype, torch.float32)
         A = F.to(dt) + c.prior_precision * torch.eye(c.latent_dim, dtype=dt, device=g.device)
@@ -72,78 +91,104 @@ def latent_step(model:GON, # the model
         dz = torch.linalg.solve(A, rhs[..., None])[..., 0]
     return (0 if z is None else z) - eta * dz
 
-def _origin_terms(model:GON, x, b:SpectraBatch, create_graph:bool=True):
+
+def _origin_terms(model: GON, x, b: SpectraBatch, create_graph: bool = True):
     "Per-spectrum gradient of chi2/2 at z = 0 (B, D) and, for the 'fisher' step, its Fisher information (B, D, D)."
-    if model.cfg.shared_origin:                                            # once per distinct coordinate (exact at z0 = 0)
-        u, inv = torch.unique(x, return_inverse=True)                      # (U,), (B, P)
-        fu, J = origin_jacobian(model, u, create_graph)                    # (U,), (U, D)
-        fu, J = fu[inv], J[inv]                                            # (B, P), (B, P, D)
-    else: fu, J = origin_jacobian(model, x, create_graph)                  # at every pixel of every spectrum
+    if model.cfg.shared_origin:  # once per distinct coordinate (exact at z0 = 0)
+        u, inv = torch.unique(x, return_inverse=True)  # (U,), (B, P)
+        fu, J = origin_jacobian(model, u, create_graph)  # (U,), (U, D)
+        fu, J = fu[inv], J[inv]  # (B, P), (B, P, D)
+    else:
+        fu, J = origin_jacobian(model, x, create_graph)  # at every pixel of every spectrum
     c = model.nuisance[b.survey.clamp(0, model.nuisance.shape[0] - 1)]
-    r = fu + c[:, :1] + c[:, 1:] * x - b.flux                              # (B, P)
-    with torch.autocast(x.device.type, enabled=False):                   # a sum over thousands of pixels: fp32
+    r = fu + c[:, :1] + c[:, 1:] * x - b.flux  # (B, P)
+    with torch.autocast(x.device.type, enabled=False):  # a sum over thousands of pixels: fp32
         dt = torch.promote_types(x.dtype, torch.float32)
-        w, Jb = (b.weight * b.ivar).to(dt), J.to(dt)                       # (B, P), (B, P, D)
+        w, Jb = (b.weight * b.ivar).to(dt), J.to(dt)  # (B, P), (B, P, D)
         g = torch.einsum('bp,bpd->bd', w * r.to(dt), Jb)
         return g, (torch.einsum('bp,bpd,bpe->bde', w, Jb, Jb) if model.cfg.step == 'fisher' else None)
 
 # %% ../../nbs/07_gon_model.ipynb
-def check_coords(model:GON, x, weight, tol:float=0.1):
+def check_coords(model: GON, x, weight, tol: float = 0.1):
     "Raise if weighted pixels lie outside the model's coordinate range (by more than tol, e.g. velocity shifts)."
     bad = (x.abs() > 1 + tol) & (weight > 0)
     if bool(bad.any()):
         lo, hi = math.exp(model.cfg.lnlam_min), math.exp(model.cfg.lnlam_max)
-        raise ValueError(f"{int(bad.sum())} unmasked pixels lie outside the model's grid {lo:.1f}-{hi:.1f} Å "
-                         f"(wrong grid or units? lnlam must be the natural log of vacuum Å)")
+        raise ValueError(
+            f"{int(bad.sum())} unmasked pixels lie outside the model's grid {lo:.1f}-{hi:.1f} Å "
+            f"(wrong grid or units? lnlam must be the natural log of vacuum Å)"
+        )
 
 # %% ../../nbs/07_gon_model.ipynb
-def encode(model:GON, # the model
-           b:SpectraBatch, # spectra; b.star groups them
-           n_steps:int|None=None, # inner steps (default cfg.inner_steps)
-           x=None): # coordinates (B, P) if not b.lnlam's (e.g. shifted by a radial velocity)
+def encode(
+    model: GON,  # the model
+    b: SpectraBatch,  # spectra; b.star groups them
+    n_steps: int | None = None,  # inner steps (default cfg.inner_steps)
+    x=None,  # coordinates (B, P) if not b.lnlam's (e.g. shifted by a radial velocity)
+):
     "GON latents: (S, D) for the S distinct stars, and the (B,) index of each spectrum's star."
     stars, sidx = torch.unique(b.star, return_inverse=True)
     x = model.coord(b.lnlam) if x is None else x
     check_coords(model, x, b.weight)
-    keep, S, D = torch.is_grad_enabled(), len(stars), model.cfg.latent_dim   # outside training, no graph is kept
+    keep, S, D = torch.is_grad_enabled(), len(stars), model.cfg.latent_dim  # outside training, no graph is kept
     with torch.enable_grad():
-        if model.cfg.shared_origin or model.cfg.step == 'fisher':              # the origin's gradient (and Fisher information)
-            g, F = _origin_terms(model, x, b, keep)                        # per spectrum (B, D), (B, D, D)
-            g = g.new_zeros(S, D).index_add(0, sidx, g)                    # per star: the spectra's terms add up
-            if F is not None: F = F.new_zeros(S, D, D).index_add(0, sidx, F)
-        else:                                                              # the plain autograd step (the check of the above)
+        if model.cfg.shared_origin or model.cfg.step == 'fisher':  # the origin's gradient (and Fisher information)
+            g, F = _origin_terms(model, x, b, keep)  # per spectrum (B, D), (B, D, D)
+            g = g.new_zeros(S, D).index_add(0, sidx, g)  # per star: the spectra's terms add up
+            if F is not None:
+                F = F.new_zeros(S, D, D).index_add(0, sidx, F)
+        else:  # the plain autograd step (the check of the above)
             z0 = torch.zeros(S, D, device=x.device, dtype=x.dtype, requires_grad=True)
             g = torch.autograd.grad(0.5 * chi2(model.render(z0[sidx], x, b.survey), b).sum(), z0, create_graph=keep)[0]
             F = None
-        z = latent_step(model, g, F)                                       # (S, D)
-        for k in range(1, n_steps or model.cfg.inner_steps):               # further steps: autograd from z
-            if not keep: z = z.detach().requires_grad_(True)
+        z = latent_step(model, g, F)  # (S, D)
+        for k in range(1, n_steps or model.cfg.inner_steps):  # further steps: autograd from z
+            if not keep:
+                z = z.detach().requires_grad_(True)
             g = torch.autograd.grad(0.5 * chi2(model.render(z[sidx], x, b.survey), b).sum(), z, create_graph=keep)[0]
             z = latent_step(model, g, F, z)
-    if not keep: z = z.detach()
+    if not keep:
+        z = z.detach()
     return z.to(x.dtype), sidx
 
 # %% ../../nbs/07_gon_model.ipynb
-def gon_loss(model:GON, # the model
-             b:SpectraBatch, # spectra
-             render=None): # the outer renderer (default model.render; e.g. a torch.compile'd one)
+def gon_loss(
+    model: GON,  # the model
+    b: SpectraBatch,  # spectra
+    render=None,  # the outer renderer (default model.render; e.g. a torch.compile'd one)
+):
     "Outer loss: chi2 of the reconstruction at the GON latent, per unit pixel weight."
     z, sidx = encode(model, b)
     pred = (render or model.render)(z[sidx], model.coord(b.lnlam), b.survey)  # (B, P)
     return chi2(pred, b).sum() / b.weight.sum()
 
 # %% ../../nbs/07_gon_model.ipynb
-def save_checkpoint(path, # destination file
-                    model:GON, opt=None, step:int=0, best_val:float=float('inf')):
+def save_checkpoint(
+    path,  # destination file
+    model: GON,
+    opt=None,
+    step: int = 0,
+    best_val: float = float('inf'),
+):
     "Write a checkpoint atomically (`atomic_path`: temporary file, then rename)."
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict() if opt is not None else None,
-                 config=asdict(model.cfg), step=int(step), best_val=float(best_val))
-    with atomic_path(path) as tmp: torch.save(state, tmp)
+    state = dict(
+        model=model.state_dict(),
+        optimizer=opt.state_dict() if opt is not None else None,
+        config=asdict(model.cfg),
+        step=int(step),
+        best_val=float(best_val),
+    )
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
 
 def load_checkpoint(path, map_location='cpu'):
     "Model (eval mode), optimiser state dict (or None) and a dict with config, step, best_val."
-    if not os.path.exists(path): raise FileNotFoundError(f"no checkpoint at {path}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
     st = torch.load(path, map_location=map_location, weights_only=True)
-    st['config'].setdefault('step', 'gradient')                            # written before the 'fisher' step existed
-    model = GON(GONConfig.from_dict(st['config'])); model.load_state_dict(st['model']); model.eval()
+    st['config'].setdefault('step', 'gradient')  # written before the 'fisher' step existed
+    model = GON(GONConfig.from_dict(st['config']))
+    model.load_state_dict(st['model'])
+    model.eval()
     return model, st['optimizer'], dict(config=model.cfg, step=st['step'], best_val=st['best_val'])

@@ -16,143 +16,214 @@ __all__ = ['SURVEY_WINDOWS', 'survey_pixels', 'SpectraBatch', 'pad_spectra', 'ch
            'batch_from_store', 'split_by_star', 'batch_of_stars']
 
 # %% ../../nbs/07b_gon_batches.ipynb
-SURVEY_WINDOWS = {'apogee': [(15150.0, 16950.0)], 'galah': list(GALAH_COVERAGE.values()),
-                  'ges': [UVES_SETUPS['U580']]}  # observed ranges (Å), approximate
+SURVEY_WINDOWS = {
+    'apogee': [(15150.0, 16950.0)],
+    'galah': list(GALAH_COVERAGE.values()),
+    'ges': [UVES_SETUPS['U580']],
+}  # observed ranges (Å), approximate
 
-def survey_pixels(grid:Grid|None, # the grid (default `resample.common_grid()`)
-                  survey:str): # one of `SURVEYS`
+
+def survey_pixels(
+    grid: Grid | None,  # the grid (default `resample.common_grid()`)
+    survey: str,  # one of `SURVEYS`
+):
     "Boolean mask (grid.n,) of the grid pixels a survey observes."
-    if survey not in SURVEY_WINDOWS: raise ValueError(f"unknown survey {survey!r}; expected one of {SURVEYS}")
+    if survey not in SURVEY_WINDOWS:
+        raise ValueError(f"unknown survey {survey!r}; expected one of {SURVEYS}")
     wave = (grid or common_grid()).wave
     return np.any([(wave >= a) & (wave <= b) for a, b in SURVEY_WINDOWS[survey]], axis=0)
 
 # %% ../../nbs/07b_gon_batches.ipynb
 @dataclass
 class SpectraBatch:
-    lnlam: torch.Tensor   # (B, P) ln λ (Å) of the observed pixels, padded; float64 (float32 rounds ln λ by ~1% of a pixel)
-    flux: torch.Tensor    # (B, P) normalised flux
-    ivar: torch.Tensor    # (B, P) inverse variance
+    lnlam: (
+        torch.Tensor
+    )  # (B, P) ln λ (Å) of the observed pixels, padded; float64 (float32 rounds ln λ by ~1% of a pixel)
+    flux: torch.Tensor  # (B, P) normalised flux
+    ivar: torch.Tensor  # (B, P) inverse variance
     weight: torch.Tensor  # (B, P) pixel weight, 0 = masked or padding
     survey: torch.Tensor  # (B,) survey index into SURVEYS
-    star: torch.Tensor    # (B,) star index; spectra of one star share a latent
+    star: torch.Tensor  # (B,) star index; spectra of one star share a latent
 
     def __post_init__(self):
         B, P = self.flux.shape if self.flux.dim() == 2 else (None, None)
         for k in ('lnlam', 'flux', 'ivar', 'weight'):
             v = getattr(self, k)
-            if v.dim() != 2 or v.shape != (B, P): raise ValueError(f"{k} has shape {tuple(v.shape)}; expected (B, P) = {(B, P)} like flux")
+            if v.dim() != 2 or v.shape != (B, P):
+                raise ValueError(f"{k} has shape {tuple(v.shape)}; expected (B, P) = {(B, P)} like flux")
         for k in ('survey', 'star'):
-            if getattr(self, k).shape != (B,): raise ValueError(f"{k} has shape {tuple(getattr(self, k).shape)}; expected (B,) = ({B},)")
-        if not torch.isfinite(self.weight).all() or (self.weight < 0).any(): raise ValueError("weight must be finite and >= 0")
+            if getattr(self, k).shape != (B,):
+                raise ValueError(f"{k} has shape {tuple(getattr(self, k).shape)}; expected (B,) = ({B},)")
+        if not torch.isfinite(self.weight).all() or (self.weight < 0).any():
+            raise ValueError("weight must be finite and >= 0")
         used = self.weight > 0
         for k in ('lnlam', 'flux', 'ivar'):
             bad = used & ~torch.isfinite(getattr(self, k))
-            if bad.any(): raise ValueError(f"{k} is NaN/inf at {int(bad.sum())} unmasked pixels (spectra {bad.any(1).nonzero()[:5, 0].tolist()}...)")
+            if bad.any():
+                raise ValueError(
+                    f"{k} is NaN/inf at {int(bad.sum())} unmasked pixels (spectra "
+                    f"{bad.any(1).nonzero()[:5, 0].tolist()}...)"
+                )
             setattr(self, k, torch.where(used, getattr(self, k), torch.zeros_like(getattr(self, k))))
-        if (self.ivar < 0).any(): raise ValueError("ivar must be >= 0")
+        if (self.ivar < 0).any():
+            raise ValueError("ivar must be >= 0")
         empty = ~(used & (self.ivar > 0)).any(1)
-        if empty.any(): raise ValueError(f"spectra {empty.nonzero()[:10, 0].tolist()} have no unmasked pixel with ivar > 0")
+        if empty.any():
+            raise ValueError(f"spectra {empty.nonzero()[:10, 0].tolist()} have no unmasked pixel with ivar > 0")
 
-    def to(self, arg): # a device, or a float dtype for the float tensors (lnlam is never cast down)
+    def to(self, arg):  # a device, or a float dtype for the float tensors (lnlam is never cast down)
         "Move to a device or cast the float tensors."
         fl = isinstance(arg, torch.dtype)
-        cast = lambda k, v: v.to(torch.promote_types(arg, v.dtype) if k == 'lnlam' else arg) if v.is_floating_point() else v
-        return SpectraBatch(**{f.name: cast(f.name, getattr(self, f.name)) if fl else getattr(self, f.name).to(arg) for f in fields(self)})
-    def __getitem__(self, idx): return SpectraBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
-    def __len__(self): return self.flux.shape[0]
+        cast = lambda k, v: (
+            v.to(torch.promote_types(arg, v.dtype) if k == 'lnlam' else arg) if v.is_floating_point() else v
+        )
+        return SpectraBatch(
+            **{
+                f.name: cast(f.name, getattr(self, f.name)) if fl else getattr(self, f.name).to(arg)
+                for f in fields(self)
+            }
+        )
+
+    def __getitem__(self, idx):
+        return SpectraBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def __len__(self):
+        return self.flux.shape[0]
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def pad_spectra(spectra, # iterable of dicts with wave (Å), flux, ivar and optional weight (default 1)
-                survey, # survey index per spectrum
-                star, # star index per spectrum
-                dtype=torch.float32):
+def pad_spectra(
+    spectra,  # iterable of dicts with wave (Å), flux, ivar and optional weight (default 1)
+    survey,  # survey index per spectrum
+    star,  # star index per spectrum
+    dtype=torch.float32,
+):
     "Pad variable-length spectra into a `SpectraBatch` (weight 0 on the padding)."
     spectra = list(spectra)
-    if not spectra: raise ValueError("no spectra")
+    if not spectra:
+        raise ValueError("no spectra")
     P = max(len(s['wave']) for s in spectra)
     out = {k: np.zeros((len(spectra), P)) for k in ('lnlam', 'flux', 'ivar', 'weight')}
     for i, s in enumerate(spectra):
         n = len(s['wave'])
         for k in ('flux', 'ivar'):
-            if len(s[k]) != n: raise ValueError(f"spectrum {i}: {k} has {len(s[k])} pixels, wave has {n}")
-        out['lnlam'][i, :n] = np.log(s['wave']); out['flux'][i, :n] = s['flux']; out['ivar'][i, :n] = s['ivar']
+            if len(s[k]) != n:
+                raise ValueError(f"spectrum {i}: {k} has {len(s[k])} pixels, wave has {n}")
+        out['lnlam'][i, :n] = np.log(s['wave'])
+        out['flux'][i, :n] = s['flux']
+        out['ivar'][i, :n] = s['ivar']
         out['weight'][i, :n] = s.get('weight', 1.0)
     t = {k: torch.as_tensor(v, dtype=torch.float64 if k == 'lnlam' else dtype) for k, v in out.items()}
-    return SpectraBatch(**t, survey=torch.as_tensor(np.asarray(survey), dtype=torch.long),
-                        star=torch.as_tensor(np.asarray(star), dtype=torch.long))
+    return SpectraBatch(
+        **t,
+        survey=torch.as_tensor(np.asarray(survey), dtype=torch.long),
+        star=torch.as_tensor(np.asarray(star), dtype=torch.long),
+    )
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def chi2(pred, b:SpectraBatch): # model flux (B, P), batch
+def chi2(pred, b: SpectraBatch):  # model flux (B, P), batch
     "Masked inverse-variance chi2 per spectrum, summed over pixels: (B,)."
     return (b.weight * b.ivar * (pred - b.flux) ** 2).sum(-1)
 
-def line_window_weights(wave, # wavelengths (Å) of the pixels
-                        lines, # line centres (Å), e.g. linelist.reference_lines(...)['wave_vac']
-                        weight:float, # extra weight inside a window
-                        half_width_kms:float=25.0): # window half-width
+
+def line_window_weights(
+    wave,  # wavelengths (Å) of the pixels
+    lines,  # line centres (Å), e.g. linelist.reference_lines(...)['wave_vac']
+    weight: float,  # extra weight inside a window
+    half_width_kms: float = 25.0,  # window half-width
+):
     "Per-pixel multiplicative weights: 1 + weight within ± half_width of any line."
-    lines = np.sort(np.asarray(lines, float)); wave = np.asarray(wave, float)
-    if not len(lines): return np.ones_like(wave)
+    lines = np.sort(np.asarray(lines, float))
+    wave = np.asarray(wave, float)
+    if not len(lines):
+        return np.ones_like(wave)
     i = np.clip(np.searchsorted(lines, wave), 1, max(len(lines) - 1, 1))
     d = np.minimum(np.abs(wave - lines[i - 1]), np.abs(wave - lines[np.minimum(i, len(lines) - 1)]))
     return 1 + weight * (d / wave * C_KMS <= half_width_kms)
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def with_line_windows(b:SpectraBatch, # spectra
-                      cfg:GONConfig, # line_window_weight and line_window_kms
-                      lines=None): # line centres (Å); default linelist.reference_lines over the batch's range
+def with_line_windows(
+    b: SpectraBatch,  # spectra
+    cfg: GONConfig,  # line_window_weight and line_window_kms
+    lines=None,  # line centres (Å); default linelist.reference_lines over the batch's range
+):
     "The batch with its pixel weights multiplied by the line-window weights (unchanged if the weight is 0)."
-    if cfg.line_window_weight == 0: return b
+    if cfg.line_window_weight == 0:
+        return b
     wave = np.exp(b.lnlam.detach().cpu().double().numpy())
     if lines is None:
         from stellar_spectra.linelist import reference_lines
+
         used = wave[b.weight.cpu().numpy() > 0]
         lines = np.asarray(reference_lines(used.min(), used.max())['wave_vac'])
     lw = line_window_weights(wave, lines, cfg.line_window_weight, cfg.line_window_kms)
-    return SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight * torch.as_tensor(lw, dtype=b.weight.dtype, device=b.weight.device), b.survey, b.star)
+    return SpectraBatch(
+        b.lnlam,
+        b.flux,
+        b.ivar,
+        b.weight * torch.as_tensor(lw, dtype=b.weight.dtype, device=b.weight.device),
+        b.survey,
+        b.star,
+    )
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def batch_from_store(store, # a `storage.RegriddedStore`: .grid, .meta (star, survey, ...), .read(rows, fields)
-                     rows, # row numbers (spec_id) to take, any order
-                     flux:str='norm_flux', # flux field
-                     ivar:str='norm_ivar', # inverse-variance field
-                     cfg:GONConfig|None=None, # the model's configuration: check the grid, apply its line windows
-                     dtype=torch.float32):
+def batch_from_store(
+    store,  # a `storage.RegriddedStore`: .grid, .meta (star, survey, ...), .read(rows, fields)
+    rows,  # row numbers (spec_id) to take, any order
+    flux: str = 'norm_flux',  # flux field
+    ivar: str = 'norm_ivar',  # inverse-variance field
+    cfg: GONConfig | None = None,  # the model's configuration: check the grid, apply its line windows
+    dtype=torch.float32,
+):
     "A `SpectraBatch` of the stored spectra's pixels with weight > 0, padded; survey index and star key from the meta."
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if cfg is not None: check_grid(cfg, store.grid, 'the stored spectra')
+    if cfg is not None:
+        check_grid(cfg, store.grid, 'the stored spectra')
     d = store.read(rows, fields=(flux, ivar, 'weight'))
     meta = store.meta.iloc[rows]
     unknown = sorted(set(meta['survey']) - set(SURVEYS))
-    if unknown: raise ValueError(f"store rows have surveys {unknown}; the model knows {SURVEYS}")
-    keep = np.asarray(d['weight']) > 0                                      # (B, n)
+    if unknown:
+        raise ValueError(f"store rows have surveys {unknown}; the model knows {SURVEYS}")
+    keep = np.asarray(d['weight']) > 0  # (B, n)
     n = keep.sum(1)
-    if (n == 0).any(): raise ValueError(f"store rows {rows[n == 0][:10].tolist()} have no pixel with weight > 0")
-    idx = np.argsort(~keep, axis=1, kind='stable')[:, :n.max()]            # (B, P): observed pixels first, in order
+    if (n == 0).any():
+        raise ValueError(f"store rows {rows[n == 0][:10].tolist()} have no pixel with weight > 0")
+    idx = np.argsort(~keep, axis=1, kind='stable')[:, : n.max()]  # (B, P): observed pixels first, in order
     pad = np.arange(idx.shape[1]) >= n[:, None]
     take = lambda a: np.where(pad, 0, np.take_along_axis(np.asarray(a), idx, 1))
-    t = {k: torch.as_tensor(v, dtype=torch.float64 if k == 'lnlam' else dtype) for k, v in dict(lnlam=store.grid.ln_wave[idx], flux=take(d[flux]),
-                                                             ivar=take(d[ivar]), weight=take(d['weight'])).items()}
-    b = SpectraBatch(**t, survey=torch.as_tensor(np.array(meta['survey'].map(SURVEYS.index), dtype=np.int64)),
-                     star=torch.as_tensor(np.array(meta['star'], dtype=np.int64)))
+    t = {
+        k: torch.as_tensor(v, dtype=torch.float64 if k == 'lnlam' else dtype)
+        for k, v in dict(
+            lnlam=store.grid.ln_wave[idx], flux=take(d[flux]), ivar=take(d[ivar]), weight=take(d['weight'])
+        ).items()
+    }
+    b = SpectraBatch(
+        **t,
+        survey=torch.as_tensor(np.array(meta['survey'].map(SURVEYS.index), dtype=np.int64)),
+        star=torch.as_tensor(np.array(meta['star'], dtype=np.int64)),
+    )
     return b if cfg is None else with_line_windows(b, cfg)
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def split_by_star(star, # star index of every spectrum
-                  fractions=(0.8, 0.1, 0.1), # train, validation, test
-                  seed:int=0):
+def split_by_star(
+    star,  # star index of every spectrum
+    fractions=(0.8, 0.1, 0.1),  # train, validation, test
+    seed: int = 0,
+):
     "Indices of the spectra in each set: a tuple (train, val, test) of int arrays."
-    star = np.asarray(star); u = np.unique(star)
+    star = np.asarray(star)
+    u = np.unique(star)
     perm = np.random.default_rng(seed).permutation(u)
     edges = np.round(np.cumsum(fractions) / np.sum(fractions) * len(u)).astype(int)
     sets = np.split(perm, edges[:-1])
     return tuple(np.flatnonzero(np.isin(star, s)) for s in sets)
 
 # %% ../../nbs/07b_gon_batches.ipynb
-def batch_of_stars(b:SpectraBatch, # spectra
-                   stars): # star indices to take
+def batch_of_stars(
+    b: SpectraBatch,  # spectra
+    stars,  # star indices to take
+):
     "The spectra of the given stars, with padding trimmed to the longest spectrum."
     sel = torch.isin(b.star, torch.as_tensor(stars, device=b.star.device)).nonzero()[:, 0]
     out = b[sel]
-    n = int((out.weight > 0).nonzero()[:, 1].max()) + 1                 # trim common padding
+    n = int((out.weight > 0).nonzero()[:, 1].max()) + 1  # trim common padding
     return SpectraBatch(out.lnlam[:, :n], out.flux[:, :n], out.ivar[:, :n], out.weight[:, :n], out.survey, out.star)

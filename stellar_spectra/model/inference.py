@@ -14,130 +14,180 @@ __all__ = ['V_SCALE', 'latent_prior', 'fit_prior', 'render_theta', 'jacobian', '
            'coarse_rv', 'impute', 'anomaly_score', 'predict_survey']
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _on_model(model:GON, # the model
-              b:SpectraBatch): # spectra
+def _on_model(
+    model: GON,  # the model
+    b: SpectraBatch,  # spectra
+):
     "The batch on the model's device, its float tensors in the model's dtype (ln λ stays float64)."
     p = model.nuisance
-    if b.flux.device != p.device: b = b.to(p.device)
+    if b.flux.device != p.device:
+        b = b.to(p.device)
     return b if b.flux.dtype == p.dtype else b.to(p.dtype)
 
-def _chunks(sidx, # (B,) group of each spectrum, in 0..S-1
-            S:int, # number of groups
-            chunk:int): # groups per chunk
+
+def _chunks(
+    sidx,  # (B,) group of each spectrum, in 0..S-1
+    S: int,  # number of groups
+    chunk: int,  # groups per chunk
+):
     "Per chunk of at most `chunk` consecutive groups: its first group and the (n,) indices of its spectra."
-    if chunk < 1: raise ValueError(f"chunk must be >= 1, not {chunk}")
-    for a in range(0, S, chunk): yield a, ((sidx >= a) & (sidx < a + chunk)).nonzero()[:, 0]
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, not {chunk}")
+    for a in range(0, S, chunk):
+        yield a, ((sidx >= a) & (sidx < a + chunk)).nonzero()[:, 0]
 
 # %% ../../nbs/08_gon_inference.ipynb
-def latent_prior(z, # latents (N, D) of training stars
-                 ridge:float=1e-6): # added to the diagonal, relative to the mean variance
+def latent_prior(
+    z,  # latents (N, D) of training stars
+    ridge: float = 1e-6,  # added to the diagonal, relative to the mean variance
+):
     "Gaussian prior (mean (D,), covariance (D, D)) fitted to latents."
     z = z.detach() if torch.is_tensor(z) else torch.as_tensor(z)
-    if z.dim() != 2 or len(z) < 2: raise ValueError(f"need latents (N >= 2, D); got shape {tuple(z.shape)}")
+    if z.dim() != 2 or len(z) < 2:
+        raise ValueError(f"need latents (N >= 2, D); got shape {tuple(z.shape)}")
     mu, c = z.mean(0), torch.cov(z.T).reshape(z.shape[1], z.shape[1])
     return mu, c + ridge * (c.diagonal().mean() + 1e-12) * torch.eye(len(mu), dtype=z.dtype, device=z.device)
 
+
 @torch.no_grad()
-def fit_prior(model:GON, # trained model
-              b:SpectraBatch, # the (training) spectra; b.star groups them
-              chunk:int=256): # stars per `encode` call
+def fit_prior(
+    model: GON,  # trained model
+    b: SpectraBatch,  # the (training) spectra; b.star groups them
+    chunk: int = 256,  # stars per `encode` call
+):
     "Empirical prior from the GON latents of the stars in a batch."
-    b = _on_model(model, b); stars = torch.unique(b.star)
+    b = _on_model(model, b)
+    stars = torch.unique(b.star)
     return latent_prior(torch.cat([encode(model, b[torch.isin(b.star, s)])[0] for s in stars.split(chunk)]))
 
 # %% ../../nbs/08_gon_inference.ipynb
 V_SCALE = 10.0  # km/s per unit of the velocity parameter
 
-def render_theta(model:GON, # trained model
-                 theta, # (B, K) or (B, P, K): latent, then v / V_SCALE if K = D + 1
-                 lnlam, # (B, P) observed ln λ
-                 survey): # (B,) survey index
+
+def render_theta(
+    model: GON,  # trained model
+    theta,  # (B, K) or (B, P, K): latent, then v / V_SCALE if K = D + 1
+    lnlam,  # (B, P) observed ln λ
+    survey,  # (B,) survey index
+):
     "Model flux (B, P) for parameters theta."
     D, x = model.cfg.latent_dim, model.coord(lnlam)
     if theta.shape[-1] == D + 1:
         v = theta[..., D] * V_SCALE
-        if v.dim() == 1: v = v[:, None]
+        if v.dim() == 1:
+            v = v[:, None]
         x = x - 2 * torch.log1p(v / C_KMS) / (model.cfg.lnlam_max - model.cfg.lnlam_min)
     return model.render(theta[..., :D], x, survey)
 
-def jacobian(model:GON, # trained model
-             theta, # (B, K) parameters of each spectrum
-             lnlam, # (B, P) observed ln λ
-             survey): # (B,) survey index
+
+def jacobian(
+    model: GON,  # trained model
+    theta,  # (B, K) parameters of each spectrum
+    lnlam,  # (B, P) observed ln λ
+    survey,  # (B,) survey index
+):
     "Model flux (B, P) and its Jacobian (B, P, K) with respect to theta."
     B, P = lnlam.shape
     with torch.enable_grad():
         t = theta.detach()[:, None, :].expand(B, P, theta.shape[-1]).clone().requires_grad_(True)
         f = render_theta(model, t, lnlam, survey)
-        J, = torch.autograd.grad(f.sum(), t)
+        (J,) = torch.autograd.grad(f.sum(), t)
     return f.detach(), J
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _by_group(v, # (B, ...) per-spectrum values
-              sidx, # (B,) group of each spectrum
-              S:int): # number of groups
+def _by_group(
+    v,  # (B, ...) per-spectrum values
+    sidx,  # (B,) group of each spectrum
+    S: int,  # number of groups
+):
     "Sum per-spectrum values into their groups (S, ...)."
     return torch.zeros((S,) + v.shape[1:], dtype=v.dtype, device=v.device).index_add(0, sidx, v)
 
-def spectrum_theta(theta, # (S, K) group parameters: latent (D), then velocity slots
-                   sidx, # (B,) group of each spectrum
-                   slot, # (B,) velocity slot of each spectrum within its group
-                   D:int): # latent size
+
+def spectrum_theta(
+    theta,  # (S, K) group parameters: latent (D), then velocity slots
+    sidx,  # (B,) group of each spectrum
+    slot,  # (B,) velocity slot of each spectrum within its group
+    D: int,  # latent size
+):
     "Per-spectrum parameters (B, D) or (B, D + 1): the group's latent and the spectrum's own velocity."
     t = theta[sidx]
     return t if theta.shape[-1] == D else torch.cat([t[:, :D], t.gather(1, D + slot[:, None])], 1)
 
-def _slots(sidx, # (B,) group of each spectrum
-           S:int): # number of groups
+
+def _slots(
+    sidx,  # (B,) group of each spectrum
+    S: int,  # number of groups
+):
     "Rank of each spectrum within its group (B,) and the spectra per group (S,)."
     counts = torch.bincount(sidx, minlength=S)
     order = torch.argsort(sidx, stable=True)
-    rank = torch.empty_like(sidx); rank[order] = torch.arange(len(sidx), device=sidx.device) - (torch.cumsum(counts, 0) - counts)[sidx[order]]
+    rank = torch.empty_like(sidx)
+    rank[order] = torch.arange(len(sidx), device=sidx.device) - (torch.cumsum(counts, 0) - counts)[sidx[order]]
     return rank, counts
 
 # %% ../../nbs/08_gon_inference.ipynb
-def neg_log_post(model, # trained model
-                 theta, # (S, K) parameters per group
-                 b:SpectraBatch, # spectra
-                 prior=None, # (mean, cov) of the latent
-                 sidx=None, # (B,) group of each spectrum; default: one group per spectrum
-                 slot=None): # (B,) velocity slot of each spectrum; default 0
+def neg_log_post(
+    model,  # trained model
+    theta,  # (S, K) parameters per group
+    b: SpectraBatch,  # spectra
+    prior=None,  # (mean, cov) of the latent
+    sidx=None,  # (B,) group of each spectrum; default: one group per spectrum
+    slot=None,  # (B,) velocity slot of each spectrum; default 0
+):
     "Negative log posterior per group (S,): chi2/2 summed over its spectra + prior term."
     sidx = torch.arange(len(b), device=theta.device) if sidx is None else sidx
     slot = torch.zeros_like(sidx) if slot is None else slot
     t = spectrum_theta(theta, sidx, slot, model.cfg.latent_dim)
     out = _by_group(0.5 * chi2(render_theta(model, t, b.lnlam, b.survey), b), sidx, len(theta))
     if prior is not None:
-        dz = theta[..., :model.cfg.latent_dim] - prior[0].to(theta)
+        dz = theta[..., : model.cfg.latent_dim] - prior[0].to(theta)
         out = out + 0.5 * (dz * torch.linalg.solve(prior[1].to(theta), dz.T).T).sum(-1)
     return out
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _embed(J, # (B, P, D[+1]) per-spectrum Jacobians
-           slot, # (B,) velocity slot of each spectrum
-           D:int, # latent size
-           K:int): # parameters per group
+def _embed(
+    J,  # (B, P, D[+1]) per-spectrum Jacobians
+    slot,  # (B,) velocity slot of each spectrum
+    D: int,  # latent size
+    K: int,  # parameters per group
+):
     "Per-spectrum Jacobians placed into the group layout (B, P, K)."
-    if J.shape[-1] == K and (K == D or not bool(slot.any())): return J
-    out = J.new_zeros(J.shape[:-1] + (K,)); out[..., :D] = J[..., :D]
+    if J.shape[-1] == K and (K == D or not bool(slot.any())):
+        return J
+    out = J.new_zeros(J.shape[:-1] + (K,))
+    out[..., :D] = J[..., :D]
     return out.scatter(-1, (D + slot)[:, None, None].expand(J.shape[0], J.shape[1], 1), J[..., D:])
 
-def _lm_steps(model, theta, b, prior, n_steps, sidx, slot, fixed, # as in `_fit_groups`; theta (S, K) the start
-              lam0=1e-3): # initial damping
-    "Damped Gauss-Newton iterations from theta (S, K); `fixed` (S, K) marks unused slots. Returns theta and the Gauss-Newton matrix."
+
+def _lm_steps(
+    model,
+    theta,
+    b,
+    prior,
+    n_steps,
+    sidx,
+    slot,
+    fixed,  # as in `_fit_groups`; theta (S, K) the start
+    lam0=1e-3,  # initial damping
+):
+    """Damped Gauss-Newton iterations from theta (S, K); `fixed` (S, K) marks unused slots. Returns theta and the
+    Gauss-Newton matrix."""
     D, K, S = model.cfg.latent_dim, theta.shape[-1], len(theta)
     Pinv = torch.zeros(K, K, dtype=theta.dtype, device=theta.device)
-    if prior is not None: Pinv[:D, :D] = torch.linalg.inv(prior[1].to(theta))
-    Pinv = Pinv + torch.diag_embed(fixed.to(theta))                         # (S, K, K): unused slots held by a unit curvature
+    if prior is not None:
+        Pinv[:D, :D] = torch.linalg.inv(prior[1].to(theta))
+    Pinv = Pinv + torch.diag_embed(fixed.to(theta))  # (S, K, K): unused slots held by a unit curvature
     lam = torch.full((S,), lam0, dtype=theta.dtype, device=theta.device)
     cur = neg_log_post(model, theta, b, prior, sidx, slot)
     W, I = b.weight * b.ivar, torch.eye(K, dtype=theta.dtype, device=theta.device)
     for _ in range(n_steps):
         f, J = jacobian(model, spectrum_theta(theta, sidx, slot, D), b.lnlam, b.survey)
-        J = _embed(J, slot, D, K)                                            # (B, P, K)
+        J = _embed(J, slot, D, K)  # (B, P, K)
         H = _by_group(torch.einsum('bpk,bp,bpl->bkl', J, W, J), sidx, S) + Pinv
         g = _by_group(torch.einsum('bpk,bp->bk', J, W * (b.flux - f)), sidx, S)
-        if prior is not None: g[:, :D] -= (Pinv[:, :D, :D] @ (theta[:, :D] - prior[0].to(theta))[..., None])[..., 0]
+        if prior is not None:
+            g[:, :D] -= (Pinv[:, :D, :D] @ (theta[:, :D] - prior[0].to(theta))[..., None])[..., 0]
         Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2)[:, None, :] * I + 1e-9 * I)
         new = theta + torch.linalg.solve(Hd, g[..., None])[..., 0]
         val = neg_log_post(model, new, b, prior, sidx, slot)
@@ -147,14 +197,19 @@ def _lm_steps(model, theta, b, prior, n_steps, sidx, slot, fixed, # as in `_fit_
     return theta, H
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _hessian(model, theta, b, prior, sidx, slot): # as in `neg_log_post`
+def _hessian(model, theta, b, prior, sidx, slot):  # as in `neg_log_post`
     "Hessian of each group's negative log posterior with respect to its parameters (S, K, K), in K backward passes."
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
-        g, = torch.autograd.grad(neg_log_post(model, t, b, prior, sidx, slot).sum(), t, create_graph=True)   # (S, K)
-        return torch.stack([torch.autograd.grad(g[:, k].sum(), t, retain_graph=True)[0] for k in range(t.shape[1])], 1).detach()
+        (g,) = torch.autograd.grad(neg_log_post(model, t, b, prior, sidx, slot).sum(), t, create_graph=True)  # (S, K)
+        return torch.stack(
+            [torch.autograd.grad(g[:, k].sum(), t, retain_graph=True)[0] for k in range(t.shape[1])], 1
+        ).detach()
 
-def _covariance(model, theta, b, prior, H_gn, sidx, slot, fixed): # as in `_fit_groups`; H_gn (S, K, K) the Gauss-Newton matrix
+
+def _covariance(
+    model, theta, b, prior, H_gn, sidx, slot, fixed
+):  # as in `_fit_groups`; H_gn (S, K, K) the Gauss-Newton matrix
     "Inverse Hessian of the negative log posterior per group (S, K, K); Gauss-Newton where not positive definite."
     H = _hessian(model, theta, b, prior, sidx, slot) + torch.diag_embed(fixed.to(theta))
     ok = torch.isfinite(H).all(-1).all(-1)
@@ -162,151 +217,210 @@ def _covariance(model, theta, b, prior, H_gn, sidx, slot, fixed): # as in `_fit_
     return torch.linalg.inv(torch.where(ok[:, None, None], H, H_gn))
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _starts(model, b, prior, sidx, slot, S, m, x, rv0): # as in `_fit_groups`; x (B, P) coordinates at rv0, m velocity slots
-    "Starting parameters (S, K): the best of the GON latent, the origin and the prior mean, with the starting velocities."
+def _starts(
+    model, b, prior, sidx, slot, S, m, x, rv0
+):  # as in `_fit_groups`; x (B, P) coordinates at rv0, m velocity slots
+    """Starting parameters (S, K): the best of the GON latent, the origin and the prior mean, with the
+    starting velocities."""
     z0, _ = encode(model, SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, sidx), x=x)
     starts = [z0, torch.zeros_like(z0)] + ([prior[0].to(z0).expand_as(z0)] if prior is not None else [])
     if m:
-        v = z0.new_zeros(S, m); v[sidx, slot] = rv0.to(z0) / V_SCALE
+        v = z0.new_zeros(S, m)
+        v[sidx, slot] = rv0.to(z0) / V_SCALE
         starts = [torch.cat([z, v], 1) for z in starts]
-    nlp = torch.stack([neg_log_post(model, t, b, prior, sidx, slot) for t in starts])   # (n_starts, S)
+    nlp = torch.stack([neg_log_post(model, t, b, prior, sidx, slot) for t in starts])  # (n_starts, S)
     return torch.stack(starts)[nlp.argmin(0), torch.arange(S, device=z0.device)]
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _fit_stats(model, theta, b, sidx, slot): # as in `_fit_groups`
+def _fit_stats(model, theta, b, sidx, slot):  # as in `_fit_groups`
     "Per group (S,): chi2, used pixels and squared residuals beyond the noise, summed over its spectra."
-    with torch.no_grad(): pred = render_theta(model, spectrum_theta(theta, sidx, slot, model.cfg.latent_dim), b.lnlam, b.survey)
+    with torch.no_grad():
+        pred = render_theta(model, spectrum_theta(theta, sidx, slot, model.cfg.latent_dim), b.lnlam, b.survey)
     used = (b.weight > 0) & (b.ivar > 0)
     excess = torch.where(used, (pred - b.flux) ** 2 - 1 / b.ivar.clamp(min=1e-30), torch.zeros_like(pred))
     return tuple(_by_group(v, sidx, len(theta)) for v in (chi2(pred, b), used.sum(1), excess.sum(1)))
 
-def _fit_groups(model:GON, # trained model
-                b:SpectraBatch, # the spectra of the chunk's groups
-                prior, # (mean, cov) or None
-                sidx, # (B,) group of each spectrum within the chunk
-                slot, # (B,) velocity slot of each spectrum
-                fixed, # (S, K) unused parameter slots; K > D: fit velocities
-                rv0, # (B,) starting velocities (km/s), or None (`coarse_rv`)
-                n_steps:int): # Gauss-Newton iterations
+
+def _fit_groups(
+    model: GON,  # trained model
+    b: SpectraBatch,  # the spectra of the chunk's groups
+    prior,  # (mean, cov) or None
+    sidx,  # (B,) group of each spectrum within the chunk
+    slot,  # (B,) velocity slot of each spectrum
+    fixed,  # (S, K) unused parameter slots; K > D: fit velocities
+    rv0,  # (B,) starting velocities (km/s), or None (`coarse_rv`)
+    n_steps: int,  # Gauss-Newton iterations
+):
     "One chunk: MAP parameters (S, K), inverse Hessians (S, K, K), then `_fit_stats`."
     S, m = fixed.shape[0], fixed.shape[1] - model.cfg.latent_dim
     x = model.coord(b.lnlam)
     if m:
         rv0 = coarse_rv(model, b, None if prior is None else prior[0]) if rv0 is None else rv0
         x = x - 2 * torch.log1p(rv0[:, None] / C_KMS) / (model.cfg.lnlam_max - model.cfg.lnlam_min)
-    with torch.no_grad(): theta = _starts(model, b, prior, sidx, slot, S, m, x, rv0)
+    with torch.no_grad():
+        theta = _starts(model, b, prior, sidx, slot, S, m, x, rv0)
     theta, H = _lm_steps(model, theta.detach(), b, prior, n_steps, sidx, slot, fixed)
     return (theta, _covariance(model, theta, b, prior, H, sidx, slot, fixed)) + _fit_stats(model, theta, b, sidx, slot)
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _layout(b:SpectraBatch, # spectra
-            by_star:bool, # one group per star (else per spectrum)
-            fit_rv:bool, # a velocity slot per spectrum of a group
-            D:int): # latent size
+def _layout(
+    b: SpectraBatch,  # spectra
+    by_star: bool,  # one group per star (else per spectrum)
+    fit_rv: bool,  # a velocity slot per spectrum of a group
+    D: int,  # latent size
+):
     "Groups (S,), each spectrum's group (B,) and velocity slot (B,), and the unused parameter slots (S, D + m)."
     dev = b.flux.device
     groups, sidx = torch.unique(b.star, return_inverse=True) if by_star else (torch.arange(len(b), device=dev),) * 2
     slot, counts = _slots(sidx, len(groups))
-    m = int(counts.max()) if fit_rv else 0                                  # the largest group's spectra, in every chunk
+    m = int(counts.max()) if fit_rv else 0  # the largest group's spectra, in every chunk
     fixed = torch.zeros(len(groups), D + m, dtype=torch.bool, device=dev)
-    fixed[:, D:] = torch.arange(m, device=dev) >= counts[:, None]           # velocity slots no spectrum uses
+    fixed[:, D:] = torch.arange(m, device=dev) >= counts[:, None]  # velocity slots no spectrum uses
     return groups, sidx, slot, fixed
 
-def _spectrum_cov(cov, # (S, K, K) group covariances
-                  sidx, # (B,) group of each spectrum
-                  slot, # (B,) velocity slot of each spectrum
-                  D:int): # latent size
+
+def _spectrum_cov(
+    cov,  # (S, K, K) group covariances
+    sidx,  # (B,) group of each spectrum
+    slot,  # (B,) velocity slot of each spectrum
+    D: int,  # latent size
+):
     "Each spectrum's (z[, v]) block of its group's covariance (B, D[+1], D[+1])."
     B, dev = len(sidx), cov.device
     k = torch.arange(D, device=dev).expand(B, D)
-    if cov.shape[-1] > D: k = torch.cat([k, D + slot[:, None]], 1)
+    if cov.shape[-1] > D:
+        k = torch.cat([k, D + slot[:, None]], 1)
     return cov[sidx][torch.arange(B, device=dev)[:, None, None], k[:, :, None], k[:, None, :]]
 
 # %% ../../nbs/08_gon_inference.ipynb
-def fit_latent(model:GON, # trained model
-               b:SpectraBatch, # spectra (moved to the model's device and dtype)
-               prior=None, # (mean, cov) from `fit_prior`, or None for maximum likelihood
-               fit_rv:bool=False, # also fit a radial velocity per spectrum
-               rv0=None, # starting velocities (B,) km/s (default: `coarse_rv`)
-               n_steps:int=15, # Gauss-Newton iterations
-               inflate:bool=True, # scale the covariance by max(1, reduced chi2)
-               by_star:bool=False, # one latent per star (b.star) from all its spectra, instead of one per spectrum
-               chunk:int=8): # groups (spectra, or stars if by_star) fitted at a time: memory is bounded by a chunk's
-    "MAP latent per spectrum or per star (+ a velocity per spectrum), with covariances, chi2, degrees of freedom and model variance."
-    model.eval(); b, D = _on_model(model, b), model.cfg.latent_dim
+def fit_latent(
+    model: GON,  # trained model
+    b: SpectraBatch,  # spectra (moved to the model's device and dtype)
+    prior=None,  # (mean, cov) from `fit_prior`, or None for maximum likelihood
+    fit_rv: bool = False,  # also fit a radial velocity per spectrum
+    rv0=None,  # starting velocities (B,) km/s (default: `coarse_rv`)
+    n_steps: int = 15,  # Gauss-Newton iterations
+    inflate: bool = True,  # scale the covariance by max(1, reduced chi2)
+    by_star: bool = False,  # one latent per star (b.star) from all its spectra, instead of one per spectrum
+    chunk: int = 8,  # groups (spectra, or stars if by_star) fitted at a time: memory is bounded by a chunk's
+):
+    """MAP latent per spectrum or per star (+ a velocity per spectrum), with covariances, chi2, degrees of freedom and
+    model variance."""
+    model.eval()
+    b, D = _on_model(model, b), model.cfg.latent_dim
     groups, sidx, slot, fixed = _layout(b, by_star, fit_rv, D)
     rv0 = None if rv0 is None else torch.as_tensor(rv0, dtype=b.flux.dtype, device=b.flux.device)
-    parts = [_fit_groups(model, b[i], prior, sidx[i] - a, slot[i], fixed[a:a + chunk], None if rv0 is None else rv0[i], n_steps)
-             for a, i in _chunks(sidx, len(groups), chunk)]
+    parts = [
+        _fit_groups(
+            model, b[i], prior, sidx[i] - a, slot[i], fixed[a : a + chunk], None if rv0 is None else rv0[i], n_steps
+        )
+        for a, i in _chunks(sidx, len(groups), chunk)
+    ]
     theta, cov, c2, n, excess = (torch.cat(p) for p in zip(*parts))
-    dof, model_var = n - (~fixed).sum(1), (excess / n).clamp(min=0)            # residual variance beyond the noise
-    if inflate: cov = cov * (c2 / dof).clamp(min=1)[:, None, None]
-    ts, cs = spectrum_theta(theta, sidx, slot, D), _spectrum_cov(cov, sidx, slot, D)   # (B, D[+1]), (B, D[+1], D[+1])
-    out = dict(theta=theta, cov=cov, z=theta[:, :D], z_cov=cov[:, :D, :D], chi2=c2, dof=dof, model_var=model_var, star=groups,
-               group=sidx, theta_spec=ts, cov_spec=cs, model_var_spec=model_var[sidx])
-    if fit_rv: out.update(rv=ts[:, D] * V_SCALE, rv_err=cs[:, D, D].sqrt() * V_SCALE)
+    dof, model_var = n - (~fixed).sum(1), (excess / n).clamp(min=0)  # residual variance beyond the noise
+    if inflate:
+        cov = cov * (c2 / dof).clamp(min=1)[:, None, None]
+    ts, cs = spectrum_theta(theta, sidx, slot, D), _spectrum_cov(cov, sidx, slot, D)  # (B, D[+1]), (B, D[+1], D[+1])
+    out = dict(
+        theta=theta,
+        cov=cov,
+        z=theta[:, :D],
+        z_cov=cov[:, :D, :D],
+        chi2=c2,
+        dof=dof,
+        model_var=model_var,
+        star=groups,
+        group=sidx,
+        theta_spec=ts,
+        cov_spec=cs,
+        model_var_spec=model_var[sidx],
+    )
+    if fit_rv:
+        out.update(rv=ts[:, D] * V_SCALE, rv_err=cs[:, D, D].sqrt() * V_SCALE)
     return out
 
 # %% ../../nbs/08_gon_inference.ipynb
-def _rv_scan(model:GON, # trained model
-             b:SpectraBatch, # spectra (on the model's device)
-             z, # template latents (B, D), or None: each spectrum's GON latent at v = 0
-             v_grid): # (V,) trial velocities (km/s)
+def _rv_scan(
+    model: GON,  # trained model
+    b: SpectraBatch,  # spectra (on the model's device)
+    z,  # template latents (B, D), or None: each spectrum's GON latent at v = 0
+    v_grid,  # (V,) trial velocities (km/s)
+):
     "Chi2 (B, V) of the template at each trial velocity."
-    if z is None:                                                      # one star per spectrum
-        z = encode(model, SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, torch.arange(len(b), device=b.flux.device)))[0]
-    return torch.stack([chi2(render_theta(model, torch.cat([z, (v / V_SCALE).expand(len(z), 1)], 1), b.lnlam, b.survey), b)
-                        for v in v_grid], 1)
+    if z is None:  # one star per spectrum
+        z = encode(
+            model, SpectraBatch(b.lnlam, b.flux, b.ivar, b.weight, b.survey, torch.arange(len(b), device=b.flux.device))
+        )[0]
+    return torch.stack(
+        [
+            chi2(render_theta(model, torch.cat([z, (v / V_SCALE).expand(len(z), 1)], 1), b.lnlam, b.survey), b)
+            for v in v_grid
+        ],
+        1,
+    )
 
-def _parabola(c2, # (B, V) chi2 at each trial velocity
-              v_grid): # (V,) evenly spaced trial velocities
+
+def _parabola(
+    c2,  # (B, V) chi2 at each trial velocity
+    v_grid,  # (V,) evenly spaced trial velocities
+):
     "Velocity (B,) at the least chi2, refined by a parabola through the best trial and its neighbours."
     i = c2.argmin(1).clamp(1, len(v_grid) - 2)
     ym, y0, yp = (c2.gather(1, (i + k)[:, None])[:, 0] for k in (-1, 0, 1))
     shift = (0.5 * (ym - yp) / (ym - 2 * y0 + yp).clamp(min=1e-12)).clamp(-1, 1)
     return v_grid[i] + shift * (v_grid[1] - v_grid[0])
 
+
 @torch.no_grad()
-def coarse_rv(model:GON, # trained model
-              b:SpectraBatch, # spectra
-              z=None, # template latent (D,) or (B, D); default: each spectrum's GON latent at v = 0
-              v_grid=None, # trial velocities (km/s); default -400..400 in steps of 10
-              chunk:int=64): # spectra rendered at a time
-    "Velocity (B,) minimising the chi2 of a fixed template over a grid (a chi2 cross-correlation), refined by a parabola."
-    b = _on_model(model, b); kw = dict(dtype=b.flux.dtype, device=b.flux.device)
-    v_grid = torch.arange(-400., 401., 10., **kw) if v_grid is None else torch.as_tensor(v_grid, **kw)
+def coarse_rv(
+    model: GON,  # trained model
+    b: SpectraBatch,  # spectra
+    z=None,  # template latent (D,) or (B, D); default: each spectrum's GON latent at v = 0
+    v_grid=None,  # trial velocities (km/s); default -400..400 in steps of 10
+    chunk: int = 64,  # spectra rendered at a time
+):
+    """Velocity (B,) minimising the chi2 of a fixed template over a grid (a chi2 cross-correlation), refined by a
+    parabola."""
+    b = _on_model(model, b)
+    kw = dict(dtype=b.flux.dtype, device=b.flux.device)
+    v_grid = torch.arange(-400.0, 401.0, 10.0, **kw) if v_grid is None else torch.as_tensor(v_grid, **kw)
     z = None if z is None else torch.as_tensor(z, **kw).expand(len(b), model.cfg.latent_dim)
     rows = torch.arange(len(b), device=b.flux.device).split(chunk)
     return _parabola(torch.cat([_rv_scan(model, b[i], None if z is None else z[i], v_grid) for i in rows]), v_grid)
 
 # %% ../../nbs/08_gon_inference.ipynb
-def impute(model:GON, # trained model
-           fit:dict, # output of `fit_latent`
-           lnlam, # (B, Q) ln λ where to render, a row per spectrum of the fitted batch
-           survey, # (B,) survey index of the rendering (its continuum residual)
-           model_error:bool=True, # add the fit's residual variance beyond the noise
-           chunk:int=8): # spectra whose Jacobians are held at a time
+def impute(
+    model: GON,  # trained model
+    fit: dict,  # output of `fit_latent`
+    lnlam,  # (B, Q) ln λ where to render, a row per spectrum of the fitted batch
+    survey,  # (B,) survey index of the rendering (its continuum residual)
+    model_error: bool = True,  # add the fit's residual variance beyond the noise
+    chunk: int = 8,  # spectra whose Jacobians are held at a time
+):
     "Rendered flux (B, Q) and its 1-sigma uncertainty (B, Q): latent covariance through the Jacobian (+ model error)."
     th, cov = fit['theta_spec'], fit['cov_spec']
     lnlam = torch.as_tensor(lnlam, dtype=torch.float64, device=th.device)  # coordinates in double, cast by the model
     survey, f, var = torch.as_tensor(survey, device=th.device), [], []
     for i in torch.arange(len(th), device=th.device).split(chunk):
         fi, J = jacobian(model, th[i], lnlam[i], survey[i])
-        f.append(fi); var.append(torch.einsum('bqk,bkl,bql->bq', J, cov[i], J))
+        f.append(fi)
+        var.append(torch.einsum('bqk,bkl,bql->bq', J, cov[i], J))
     var = torch.cat(var) + (fit['model_var_spec'][:, None] if model_error else 0)
     return torch.cat(f), var.clamp(min=0).sqrt()
 
 # %% ../../nbs/08_gon_inference.ipynb
-def anomaly_score(fit:dict): # output of `fit_latent`
+def anomaly_score(fit: dict):  # output of `fit_latent`
     "Reduced chi2 after inference (B,): large = unlike the training set."
     return fit['chi2'] / fit['dof'].clamp(min=1)
 
 # %% ../../nbs/08_gon_inference.ipynb
-def predict_survey(model:GON, # trained model
-                   b:SpectraBatch, # spectra in the survey that observed them
-                   lnlam_to, # (B, Q) ln λ of the other survey's pixels
-                   survey_to, # (B,) its survey index
-                   prior=None, # empirical prior
-                   chunk:int=8): # spectra fitted and rendered at a time
+def predict_survey(
+    model: GON,  # trained model
+    b: SpectraBatch,  # spectra in the survey that observed them
+    lnlam_to,  # (B, Q) ln λ of the other survey's pixels
+    survey_to,  # (B,) its survey index
+    prior=None,  # empirical prior
+    chunk: int = 8,  # spectra fitted and rendered at a time
+):
     "Flux (B, Q) and uncertainty the other survey would see, from the latents inferred here."
     return impute(model, fit_latent(model, b, prior, chunk=chunk), lnlam_to, survey_to, chunk=chunk)

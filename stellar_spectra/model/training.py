@@ -13,7 +13,7 @@ import torch.distributed as dist
 from ..pipeline.resample import Grid
 from ..atomic import atomic_path, atomic_write
 from .decoders import GONConfig, check_grid
-from .gon import GON, origin_jacobian, latent_step, save_checkpoint, load_checkpoint
+from .gon import GON, origin_jacobian, latent_step, save_checkpoint
 from ..formats import SURVEYS
 from .gon_batches import split_by_star
 
@@ -25,45 +25,78 @@ __all__ = ['PackedSample', 'pack_store', 'save_packed', 'load_packed', 'export_p
 @dataclass
 class PackedSample:
     "Stored spectra as the model sees them: per survey, every spectrum on that survey's observed pixels of the grid."
-    grid: Grid   # the grid the pixel indices refer to
-    pix: dict    # survey -> (P_s,) int64 grid pixels observed by any spectrum of the survey
-    flux: dict   # survey -> (N_s, P_s) float32 normalised flux (0 where unused)
+
+    grid: Grid  # the grid the pixel indices refer to
+    pix: dict  # survey -> (P_s,) int64 grid pixels observed by any spectrum of the survey
+    flux: dict  # survey -> (N_s, P_s) float32 normalised flux (0 where unused)
     wivar: dict  # survey -> (N_s, P_s) float32 loss weight x inverse variance (0: pixel unused)
-    star: dict   # survey -> (N_s,) int64 star key (all spectra of a star share a latent)
-    row: dict    # survey -> (N_s,) int64 store row (spec_id)
+    star: dict  # survey -> (N_s,) int64 star key (all spectra of a star share a latent)
+    row: dict  # survey -> (N_s,) int64 store row (spec_id)
 
     @property
-    def surveys(self): return [s for s in SURVEYS if s in self.pix]
-    def __len__(self): return sum(len(v) for v in self.star.values())
-    def stars(self): return np.unique(np.concatenate([self.star[s] for s in self.surveys]))
-    def nbytes(self): return sum(self.flux[s].nbytes + self.wivar[s].nbytes for s in self.surveys)
-    def subset(self, stars): # star keys to keep
+    def surveys(self):
+        return [s for s in SURVEYS if s in self.pix]
+
+    def __len__(self):
+        return sum(len(v) for v in self.star.values())
+
+    def stars(self):
+        return np.unique(np.concatenate([self.star[s] for s in self.surveys]))
+
+    def nbytes(self):
+        return sum(self.flux[s].nbytes + self.wivar[s].nbytes for s in self.surveys)
+
+    def subset(self, stars):  # star keys to keep
         "The spectra of the given stars."
         keep = {s: np.isin(self.star[s], stars) for s in self.surveys}
-        return PackedSample(self.grid, dict(self.pix), *({s: d[s][keep[s]] for s in self.surveys}
-                                                          for d in (self.flux, self.wivar, self.star, self.row)))
+        return PackedSample(
+            self.grid,
+            dict(self.pix),
+            *({s: d[s][keep[s]] for s in self.surveys} for d in (self.flux, self.wivar, self.star, self.row)),
+        )
+
     @classmethod
-    def from_batch(cls, b, # a `gon_batches.SpectraBatch` whose ln λ are pixels of `grid` (e.g. `mock_batch` on grid wavelengths)
-                   grid:Grid): # the grid
+    def from_batch(
+        cls,
+        b,  # a `gon_batches.SpectraBatch` whose ln λ are pixels of `grid` (e.g. `mock_batch` on grid wavelengths)
+        grid: Grid,  # the grid
+    ):
         "Pack a padded batch of on-grid spectra; b.survey indexes `SURVEYS`."
         lnl, w = b.lnlam.detach().cpu().double().numpy(), (b.weight * b.ivar).detach().cpu().float().numpy()
         f, used = b.flux.detach().cpu().float().numpy(), w > 0
-        ipx = (lnl - grid.ln_lam0) / grid.dln; pxi = np.rint(ipx).astype(np.int64)
+        ipx = (lnl - grid.ln_lam0) / grid.dln
+        pxi = np.rint(ipx).astype(np.int64)
         off = used & ((np.abs(ipx - pxi) > 1e-3) | (pxi < 0) | (pxi >= grid.n))
-        if off.any(): raise ValueError(f"{int(off.sum())} used pixels are off the grid's pixels: resample the spectra onto {grid} first")
-        sv, st = b.survey.cpu().numpy(), b.star.cpu().numpy(); d = {k: {} for k in ('pix', 'flux', 'wivar', 'star', 'row')}
+        if off.any():
+            raise ValueError(
+                f"{int(off.sum())} used pixels are off the grid's pixels: resample the spectra onto {grid} first"
+            )
+        sv, st = b.survey.cpu().numpy(), b.star.cpu().numpy()
+        d = {k: {} for k in ('pix', 'flux', 'wivar', 'star', 'row')}
         for k in np.unique(sv):
             s, rows = SURVEYS[k], np.flatnonzero(sv == k)
-            pix = np.unique(pxi[rows][used[rows]]); col = np.searchsorted(pix, pxi[rows])
+            pix = np.unique(pxi[rows][used[rows]])
+            col = np.searchsorted(pix, pxi[rows])
             fl, wi = np.zeros((len(rows), len(pix)), np.float32), np.zeros((len(rows), len(pix)), np.float32)
             for j, r in enumerate(rows):
-                m = used[r]; fl[j, col[j][m]] = f[r][m]; wi[j, col[j][m]] = w[r][m]
-            d['pix'][s], d['flux'][s], d['wivar'][s], d['star'][s], d['row'][s] = pix, fl, wi, st[rows].astype(np.int64), rows
+                m = used[r]
+                fl[j, col[j][m]] = f[r][m]
+                wi[j, col[j][m]] = w[r][m]
+            d['pix'][s], d['flux'][s], d['wivar'][s], d['star'][s], d['row'][s] = (
+                pix,
+                fl,
+                wi,
+                st[rows].astype(np.int64),
+                rows,
+            )
         return cls(grid, **d)
 
     def __repr__(self):
-        return (f"PackedSample({len(self)} spectra of {len(self.stars())} stars: " + ', '.join(
-            f"{s} {len(self.star[s])} x {len(self.pix[s])} px" for s in self.surveys) + f"; {self.nbytes() / 1e6:.1f} MB)")
+        return (
+            f"PackedSample({len(self)} spectra of {len(self.stars())} stars: "
+            + ', '.join(f"{s} {len(self.star[s])} x {len(self.pix[s])} px" for s in self.surveys)
+            + f"; {self.nbytes() / 1e6:.1f} MB)"
+        )
 
 # %% ../../nbs/09_gon_training.ipynb
 def _observed_pixels(store, rows_by_survey, block):
@@ -71,29 +104,39 @@ def _observed_pixels(store, rows_by_survey, block):
     out = {}
     for s, rows in rows_by_survey.items():
         used = np.zeros(store.grid.n, bool)
-        for a in range(0, len(rows), block): used |= (store.read(rows[a:a + block], ('weight',))['weight'] > 0).any(0)
+        for a in range(0, len(rows), block):
+            used |= (store.read(rows[a : a + block], ('weight',))['weight'] > 0).any(0)
         out[s] = np.flatnonzero(used)
     return out
 
-def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
-               rows=None, # store rows to take (default: all)
-               surveys=None, # surveys that must be present and are taken (None: those the store has)
-               block:int=128, # rows read at a time: the host memory used is block x grid pixels x 3 arrays
-               progress:bool=False): # show a progress bar
+
+def pack_store(
+    store,  # a `regridded.RegriddedStore` (or the path of one)
+    rows=None,  # store rows to take (default: all)
+    surveys=None,  # surveys that must be present and are taken (None: those the store has)
+    block: int = 128,  # rows read at a time: the host memory used is block x grid pixels x 3 arrays
+    progress: bool = False,  # show a progress bar
+):
     "Read the stored spectra into a `PackedSample`: observed pixels only, flux, weight x ivar, star and row."
     if isinstance(store, (str, os.PathLike)):
-        from stellar_spectra.pipeline.regridded import open_regridded                  # h5py only where a store is read
+        from stellar_spectra.pipeline.regridded import open_regridded  # h5py only where a store is read
+
         store = open_regridded(store)
     meta = store.meta
     rows = np.arange(len(meta)) if rows is None else np.asarray(rows, np.int64)
-    if not len(rows): raise ValueError(f"{store.path}: the store has no spectra to train on")
+    if not len(rows):
+        raise ValueError(f"{store.path}: the store has no spectra to train on")
     sv = np.asarray(meta['survey'])[rows]
     unknown = sorted(set(sv) - set(SURVEYS))
-    if unknown: raise ValueError(f"{store.path}: surveys {unknown} are not among the model's {SURVEYS}")
+    if unknown:
+        raise ValueError(f"{store.path}: surveys {unknown} are not among the model's {SURVEYS}")
     surveys = [s for s in SURVEYS if (sv == s).any()] if surveys is None else list(surveys)
     missing = [s for s in surveys if not (sv == s).any()]
-    if missing: raise ValueError(f"{store.path}: no spectra of {missing} (it has {sorted(set(sv))}); "
-                                 f"train on the surveys it has with surveys={sorted(set(sv))}")
+    if missing:
+        raise ValueError(
+            f"{store.path}: no spectra of {missing} (it has {sorted(set(sv))}); "
+            f"train on the surveys it has with surveys={sorted(set(sv))}"
+        )
     by = {s: rows[sv == s] for s in SURVEYS if (sv == s).any() and s in surveys}
     pix = _observed_pixels(store, by, block)
     out = {k: {} for k in ('flux', 'wivar', 'star', 'row')}
@@ -101,80 +144,122 @@ def pack_store(store, # a `regridded.RegriddedStore` (or the path of one)
     for s, r in by.items():
         fl, wi = np.zeros((len(r), len(pix[s])), np.float32), np.zeros((len(r), len(pix[s])), np.float32)
         for a in range(0, len(r), block):
-            d = store.read(r[a:a + block], ('norm_flux', 'norm_ivar', 'weight'), pix=pix[s])   # the survey's pixels only
+            d = store.read(
+                r[a : a + block], ('norm_flux', 'norm_ivar', 'weight'), pix=pix[s]
+            )  # the survey's pixels only
             f, iv, w = d['norm_flux'], d['norm_ivar'], d['weight']
             used = w > 0
             bad = used & ~(np.isfinite(f) & np.isfinite(iv) & (iv >= 0))
             if bad.any():
                 i = int(np.flatnonzero(bad.any(1))[0])
-                raise ValueError(f"{store.path}: row {int(r[a + i])} ({s}) has NaN/inf flux or ivar at {int(bad[i].sum())} "
-                                 f"pixels of weight > 0")
-            fl[a:a + len(f)] = np.where(used, f, 0); wi[a:a + len(f)] = np.where(used, w * iv, 0)
+                raise ValueError(
+                    f"{store.path}: row {int(r[a + i])} ({s}) has NaN/inf flux or ivar at {int(bad[i].sum())} "
+                    f"pixels of weight > 0"
+                )
+            fl[a : a + len(f)] = np.where(used, f, 0)
+            wi[a : a + len(f)] = np.where(used, w * iv, 0)
             bar.update(len(f))
-        keep = (wi > 0).any(1)                                           # rows with no usable pixel (the alignment guard's
-        if not keep.all():                                               # outliers have weight 0 everywhere) carry nothing
-            warnings.warn(f"{store.path}: {int((~keep).sum())} {s} spectra have no pixel with weight x ivar > 0 and are left out "
-                          f"(rows {r[~keep][:10].tolist()}; the alignment guard's outliers have weight 0)")
+        keep = (wi > 0).any(1)  # rows with no usable pixel (the alignment guard's
+        if not keep.all():  # outliers have weight 0 everywhere) carry nothing
+            warnings.warn(
+                f"{store.path}: {int((~keep).sum())} {s} spectra have no pixel with weight x ivar > 0 and are left out "
+                f"(rows {r[~keep][:10].tolist()}; the alignment guard's outliers have weight 0)"
+            )
         out['flux'][s], out['wivar'][s] = fl[keep], wi[keep]
         out['star'][s], out['row'][s] = np.asarray(meta['star'])[r][keep].astype(np.int64), r[keep].astype(np.int64)
     bar.close()
     return PackedSample(store.grid, pix, **out)
 
+
 def _bar(total, progress, desc):
     "A tqdm bar, or a stand-in where tqdm is absent or progress is off."
     try:
         from tqdm.auto import tqdm
+
         return tqdm(total=total, disable=not progress, desc=desc)
     except ImportError:
+
         class _Quiet:
-            def update(self, n=1): pass
-            def close(self): pass
-            def set_postfix(self, **kw): pass
+            def update(self, n=1):
+                pass
+
+            def close(self):
+                pass
+
+            def set_postfix(self, **kw):
+                pass
+
         return _Quiet()
 
 # %% ../../nbs/09_gon_training.ipynb
-def save_packed(sample:PackedSample, # the sample
-                path, # output .npz (written atomically)
-                precision:str='float16'): # 'float32', or 'float16': flux - 1 and 1/sqrt(weight x ivar) in half precision
+def save_packed(
+    sample: PackedSample,  # the sample
+    path,  # output .npz (written atomically)
+    precision: str = 'float16',  # 'float32', or 'float16': flux - 1 and 1/sqrt(weight x ivar) in half precision
+):
     "Write a `PackedSample` as one .npz (numpy only, so it travels to machines without h5py or astropy)."
-    if precision not in ('float32', 'float16'): raise ValueError(f"precision must be 'float32' or 'float16', not {precision!r}")
+    if precision not in ('float32', 'float16'):
+        raise ValueError(f"precision must be 'float32' or 'float16', not {precision!r}")
     g = sample.grid
-    d = dict(grid=np.array([g.R, g.ln_lam0, g.dln, g.n], float), precision=np.array(precision), surveys=np.array(sample.surveys))
+    d = dict(
+        grid=np.array([g.R, g.ln_lam0, g.dln, g.n], float),
+        precision=np.array(precision),
+        surveys=np.array(sample.surveys),
+    )
     for s in sample.surveys:
         d[f'{s}/pix'], d[f'{s}/star'], d[f'{s}/row'] = sample.pix[s], sample.star[s], sample.row[s]
-        if precision == 'float32': d[f'{s}/flux'], d[f'{s}/wivar'] = sample.flux[s], sample.wivar[s]
+        if precision == 'float32':
+            d[f'{s}/flux'], d[f'{s}/wivar'] = sample.flux[s], sample.wivar[s]
         else:
             w = sample.wivar[s]
             d[f'{s}/dflux'] = (sample.flux[s] - 1).astype(np.float16)
             d[f'{s}/err'] = np.where(w > 0, 1 / np.sqrt(np.where(w > 0, w, 1)), 0).astype(np.float16)
     with atomic_path(path) as tmp:
-        with open(tmp, 'wb') as f: np.savez(f, **d)
+        with open(tmp, 'wb') as f:
+            np.savez(f, **d)
     return Path(path)
 
-def load_packed(path): # an .npz written by `save_packed`
+
+def load_packed(path):  # an .npz written by `save_packed`
     "Read a `PackedSample` written by `save_packed`."
     import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as z: return _unpack(z)
+        with np.load(path, allow_pickle=False) as z:
+            return _unpack(z)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a packed sample (truncated, or not written by save_packed?): {e}") from None
 
-def export_packed(store:str, # a regridded store (`store` stage)
-                  out:str, # the .npz to write
-                  precision:str='float16'): # 'float16' (4 bytes per observed pixel) or 'float32'
+
+def export_packed(
+    store: str,  # a regridded store (`store` stage)
+    out: str,  # the .npz to write
+    precision: str = 'float16',  # 'float16' (4 bytes per observed pixel) or 'float32'
+):
     "Pack a regridded store into one .npz that `stellar-spectra train --store OUT.npz` reads where there is no h5py."
     sample = pack_store(store)
     path = save_packed(sample, out, precision)
-    return dict(out=str(path), spectra=len(sample), stars=int(len(sample.stars())), bytes=path.stat().st_size,
-                bytes_per_spectrum=path.stat().st_size / len(sample))
+    return dict(
+        out=str(path),
+        spectra=len(sample),
+        stars=int(len(sample.stars())),
+        bytes=path.stat().st_size,
+        bytes_per_spectrum=path.stat().st_size / len(sample),
+    )
+
 
 def _unpack(z):
-    R, l0, dl, n = z['grid']; prec = str(z['precision']); out = {k: {} for k in ('pix', 'flux', 'wivar', 'star', 'row')}
+    R, l0, dl, n = z['grid']
+    prec = str(z['precision'])
+    out = {k: {} for k in ('pix', 'flux', 'wivar', 'star', 'row')}
     for s in map(str, z['surveys']):
-        for k in ('pix', 'star', 'row'): out[k][s] = z[f'{s}/{k}'].astype(np.int64)
-        if prec == 'float32': out['flux'][s], out['wivar'][s] = z[f'{s}/flux'], z[f'{s}/wivar']
+        for k in ('pix', 'star', 'row'):
+            out[k][s] = z[f'{s}/{k}'].astype(np.int64)
+        if prec == 'float32':
+            out['flux'][s], out['wivar'][s] = z[f'{s}/flux'], z[f'{s}/wivar']
         else:
-            e = z[f'{s}/err'].astype(np.float32); used = e > 0
+            e = z[f'{s}/err'].astype(np.float32)
+            used = e > 0
             out['flux'][s] = np.where(used, z[f'{s}/dflux'].astype(np.float32) + 1, 0)
             out['wivar'][s] = np.where(used, 1 / np.where(used, e, 1) ** 2, 0).astype(np.float32)
     return PackedSample(Grid(float(R), float(l0), float(dl), int(n)), **out)
@@ -183,239 +268,367 @@ def _unpack(z):
 @dataclass
 class TrainConfig:
     # the model (GONConfig fields)
-    latent_dim: int = 16          # size of the per-star latent
-    hidden: int = 64              # decoder width
-    n_layers: int = 3             # decoder hidden layers
-    decoder: str = 'siren'        # 'siren' or 'fourier'
-    n_fourier: int = 64           # Fourier frequencies of the wavelength coordinate
-    fourier_scale: float = 3000.0 # their spread: the common grid has 47,414 pixels and lines a few pixels wide
-    w0: float = 30.0              # SIREN frequency factor
-    conditioning: str = 'film'    # 'film' or 'concat'
-    step: str = 'fisher'          # the GON step: 'fisher' (S/N-invariant latent) or 'gradient'
+    latent_dim: int = 16  # size of the per-star latent
+    hidden: int = 64  # decoder width
+    n_layers: int = 3  # decoder hidden layers
+    decoder: str = 'siren'  # 'siren' or 'fourier'
+    n_fourier: int = 64  # Fourier frequencies of the wavelength coordinate
+    fourier_scale: float = 3000.0  # their spread: the common grid has 47,414 pixels and lines a few pixels wide
+    w0: float = 30.0  # SIREN frequency factor
+    conditioning: str = 'film'  # 'film' or 'concat'
+    step: str = 'fisher'  # the GON step: 'fisher' (S/N-invariant latent) or 'gradient'
     prior_precision: float = 1.0  # lambda of the Fisher step
     # the optimisation
-    steps: int = 300              # optimiser steps (at most)
-    batch_stars: int = 32         # stars per step (all their spectra come together)
-    lr: float = 1e-3              # peak learning rate (AdamW)
-    weight_decay: float = 0.0     # AdamW weight decay
-    warmup: float = 0.05          # fraction of the steps with a linear warm-up, then cosine decay
-    min_lr: float = 0.05          # final learning rate as a fraction of lr
-    clip: float = 1.0             # gradient norm clip
-    eval_every: int = 50          # steps between validations (and last.pt checkpoints)
-    patience: int = 0             # stop after this many validations without improvement (0: never)
-    eval_stars: int = 256         # stars per validation batch
-    time_limit: float = 0.0       # stop after this many seconds of training, e.g. in a GPU slot (0: no limit)
+    steps: int = 300  # optimiser steps (at most)
+    batch_stars: int = 32  # stars per step (all their spectra come together)
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup: float = 0.05  # fraction of the steps with a linear warm-up, then cosine decay
+    min_lr: float = 0.05  # final learning rate as a fraction of lr
+    clip: float = 1.0  # gradient norm clip
+    eval_every: int = 50  # steps between validations (and last.pt checkpoints)
+    patience: int = 0  # stop after this many validations without improvement (0: never)
+    eval_stars: int = 256  # stars per validation batch
+    time_limit: float = 0.0  # stop after this many seconds of training, e.g. in a GPU slot (0: no limit)
     # where and how
-    device: str = 'auto'          # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
-    precision: str = 'auto'       # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'
-    compile: str = 'auto'         # 'auto' (on CUDA), 'yes' or 'no': torch.compile of the outer pass
-    data_on_device: str = 'auto'  # 'auto' (when the sample fits in half the free memory), 'yes' or 'no' (stream with prefetch)
-    seed: int = 0                 # seed of the split, the initialisation and the batches
-    train_frac: float = 0.8       # fraction of the stars for training,
-    val_frac: float = 0.1         # ... for validation (model selection); the rest is the test split
+    device: str = 'auto'  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
+    precision: str = 'auto'  # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'
+    compile: str = 'auto'  # 'auto' (on CUDA), 'yes' or 'no': torch.compile of the outer pass
+    data_on_device: str = 'auto'  # 'auto' (if the sample fits in half the free memory), 'yes' or 'no' (a stream)
+    seed: int = 0  # seed of the split, the initialisation and the batches
+    train_frac: float = 0.8  # fraction of the stars for training,
+    val_frac: float = 0.1  # ... for validation (model selection); the rest is the test split
 
     def __post_init__(self):
-        for f in fields(self):                               # plain values from YAML/CLI strings and numpy scalars
+        for f in fields(self):  # plain values from YAML/CLI strings and numpy scalars
             v = getattr(self, f.name)
-            if isinstance(f.default, bool): v = v if isinstance(v, bool) else str(v).lower() in ('1', 'true', 'yes')
-            elif isinstance(f.default, (int, float, str)): v = type(f.default)(v)
+            if isinstance(f.default, bool):
+                v = v if isinstance(v, bool) else str(v).lower() in ('1', 'true', 'yes')
+            elif isinstance(f.default, (int, float, str)):
+                v = type(f.default)(v)
             setattr(self, f.name, v)
-        checks = {'precision': ('auto', 'bf16', 'fp32'), 'compile': ('auto', 'yes', 'no'), 'data_on_device': ('auto', 'yes', 'no'),
-                  'step': ('fisher', 'gradient'), 'decoder': ('siren', 'fourier'), 'conditioning': ('film', 'concat')}
+        checks = {
+            'precision': ('auto', 'bf16', 'fp32'),
+            'compile': ('auto', 'yes', 'no'),
+            'data_on_device': ('auto', 'yes', 'no'),
+            'step': ('fisher', 'gradient'),
+            'decoder': ('siren', 'fourier'),
+            'conditioning': ('film', 'concat'),
+        }
         for k, ok in checks.items():
-            if getattr(self, k) not in ok: raise ValueError(f"train: {k} must be one of {ok}, not {getattr(self, k)!r}")
+            if getattr(self, k) not in ok:
+                raise ValueError(f"train: {k} must be one of {ok}, not {getattr(self, k)!r}")
         for k in ('latent_dim', 'hidden', 'n_layers', 'steps', 'batch_stars', 'eval_every', 'eval_stars'):
-            if getattr(self, k) < 1: raise ValueError(f"train: {k} must be >= 1, not {getattr(self, k)}")
+            if getattr(self, k) < 1:
+                raise ValueError(f"train: {k} must be >= 1, not {getattr(self, k)}")
         for k in ('lr', 'fourier_scale', 'prior_precision', 'clip'):
             v = getattr(self, k)
-            if not (math.isfinite(v) and v > 0): raise ValueError(f"train: {k} must be a finite number > 0, not {v}")
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"train: {k} must be a finite number > 0, not {v}")
         if not (0 < self.train_frac < 1 and 0 < self.val_frac < 1 and self.train_frac + self.val_frac < 1):
-            raise ValueError(f"train: need 0 < train_frac, val_frac and train_frac + val_frac < 1 (a test split); "
-                             f"got {self.train_frac}, {self.val_frac}")
+            raise ValueError(
+                f"train: need 0 < train_frac, val_frac and train_frac + val_frac < 1 (a test split); "
+                f"got {self.train_frac}, {self.val_frac}"
+            )
 
-    def model_config(self, grid:Grid): # the grid of the training spectra
+    def model_config(self, grid: Grid):  # the grid of the training spectra
         "The `GONConfig` of the model on `grid`."
-        keys = ('latent_dim', 'hidden', 'n_layers', 'decoder', 'n_fourier', 'fourier_scale', 'w0', 'conditioning', 'step',
-                'prior_precision', 'seed')
-        return GONConfig(grid_R=grid.R, grid_ln_lam0=grid.ln_lam0, grid_dln=grid.dln, grid_n=grid.n, n_surveys=len(SURVEYS),
-                         **{k: getattr(self, k) for k in keys})
+        keys = (
+            'latent_dim',
+            'hidden',
+            'n_layers',
+            'decoder',
+            'n_fourier',
+            'fourier_scale',
+            'w0',
+            'conditioning',
+            'step',
+            'prior_precision',
+            'seed',
+        )
+        return GONConfig(
+            grid_R=grid.R,
+            grid_ln_lam0=grid.ln_lam0,
+            grid_dln=grid.dln,
+            grid_n=grid.n,
+            n_surveys=len(SURVEYS),
+            **{k: getattr(self, k) for k in keys},
+        )
 
 # %% ../../nbs/09_gon_training.ipynb
-def split_sample(sample:PackedSample, # the packed spectra
-                 cfg:TrainConfig): # train_frac, val_frac and seed
+def split_sample(
+    sample: PackedSample,  # the packed spectra
+    cfg: TrainConfig,  # train_frac, val_frac and seed
+):
     "Star keys of the train, validation and test splits: every spectrum of a star, from every survey, on one side."
     stars = sample.stars()
     tr, va, te = split_by_star(stars, (cfg.train_frac, cfg.val_frac, 1 - cfg.train_frac - cfg.val_frac), seed=cfg.seed)
     out = dict(train=stars[tr], val=stars[va], test=stars[te])
-    if len(stars) < 3: raise ValueError(f"{len(stars)} stars are too few to split into train, validation and test")
-    for k in ('val', 'test'):                                  # a tiny sample: one training star each for an empty split
-        if not len(out[k]): out[k], out['train'] = out['train'][-1:], out['train'][:-1]
+    if len(stars) < 3:
+        raise ValueError(f"{len(stars)} stars are too few to split into train, validation and test")
+    for k in ('val', 'test'):  # a tiny sample: one training star each for an empty split
+        if not len(out[k]):
+            out[k], out['train'] = out['train'][-1:], out['train'][:-1]
     return out
 
 # %% ../../nbs/09_gon_training.ipynb
-def resolve_device(cfg:TrainConfig):
+def resolve_device(cfg: TrainConfig):
     "The torch device, the autocast dtype (None: fp32) and whether to compile, from cfg's 'auto' choices."
-    if cfg.device == 'auto': dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-    else: dev = cfg.device
-    if dev.startswith('cuda') and not torch.cuda.is_available(): raise ValueError(f"train: device {dev!r} asked for, but CUDA is not available")
+    if cfg.device == 'auto':
+        dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    else:
+        dev = cfg.device
+    if dev.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f"train: device {dev!r} asked for, but CUDA is not available")
     dev = torch.device(dev)
     cuda = dev.type == 'cuda'
     if cfg.precision == 'bf16' and not (cuda and torch.cuda.is_bf16_supported()):
         raise ValueError(f"train: precision 'bf16' needs a CUDA device with bf16 (device is {dev})")
-    amp = torch.bfloat16 if cfg.precision == 'bf16' or (cfg.precision == 'auto' and cuda and torch.cuda.is_bf16_supported()) else None
+    amp = (
+        torch.bfloat16
+        if cfg.precision == 'bf16' or (cfg.precision == 'auto' and cuda and torch.cuda.is_bf16_supported())
+        else None
+    )
     return dev, amp, cfg.compile == 'yes' or (cfg.compile == 'auto' and cuda)
 
 # %% ../../nbs/09_gon_training.ipynb
 class DeviceSample:
-    "A `PackedSample` ready for steps: tensors on the device (or pinned host memory, streamed), coordinates, star lookup."
-    def __init__(self, sample:PackedSample, model:GON, device, on_device:bool=True):
+    """A `PackedSample` ready for steps: tensors on the device (or pinned host memory, streamed), coordinates, star
+    lookup."""
+
+    def __init__(self, sample: PackedSample, model: GON, device, on_device: bool = True):
         self.sample, self.device, self.on_device = sample, torch.device(device), on_device
         home = self.device if on_device else torch.device('cpu')
         pin = (not on_device) and self.device.type == 'cuda'
-        u = np.unique(np.concatenate([sample.pix[s] for s in sample.surveys]))      # (U,) grid pixels of any survey
+        u = np.unique(np.concatenate([sample.pix[s] for s in sample.surveys]))  # (U,) grid pixels of any survey
         ln = torch.as_tensor(sample.grid.ln_wave, dtype=torch.float64)
-        self.u = model.coord(ln[u][None])[0].to(self.device)                          # (U,) coordinates
+        self.u = model.coord(ln[u][None])[0].to(self.device)  # (U,) coordinates
         self.groups = []
         for s in sample.surveys:
             t = lambda a: (lambda x: x.pin_memory() if pin else x)(torch.as_tensor(a).to(home))
-            self.groups.append(dict(survey=s, k=SURVEYS.index(s), upos=torch.as_tensor(np.searchsorted(u, sample.pix[s])).to(self.device),
-                                    x=model.coord(ln[sample.pix[s]][None])[0].to(self.device), flux=t(sample.flux[s]),
-                                    wivar=t(sample.wivar[s]), star=torch.as_tensor(sample.star[s]).to(home)))
+            self.groups.append(
+                dict(
+                    survey=s,
+                    k=SURVEYS.index(s),
+                    upos=torch.as_tensor(np.searchsorted(u, sample.pix[s])).to(self.device),
+                    x=model.coord(ln[sample.pix[s]][None])[0].to(self.device),
+                    flux=t(sample.flux[s]),
+                    wivar=t(sample.wivar[s]),
+                    star=torch.as_tensor(sample.star[s]).to(home),
+                )
+            )
 
-    def batch(self, stars): # sorted star keys (K,) of the batch
+    def batch(self, stars):  # sorted star keys (K,) of the batch
         "Per survey group: the rows of the given stars, with each row's slot in `stars`."
         stars = torch.as_tensor(stars).to(self.groups[0]['star'].device)
         out = []
         for g in self.groups:
             rows = torch.isin(g['star'], stars).nonzero()[:, 0]
-            if not len(rows): continue
+            if not len(rows):
+                continue
             take = lambda a: a.index_select(0, rows).to(self.device, non_blocking=True)
-            out.append(dict(g, flux=take(g['flux']), wivar=take(g['wivar']),
-                            slot=torch.searchsorted(stars, g['star'][rows]).to(self.device, non_blocking=True)))
+            out.append(
+                dict(
+                    g,
+                    flux=take(g['flux']),
+                    wivar=take(g['wivar']),
+                    slot=torch.searchsorted(stars, g['star'][rows]).to(self.device, non_blocking=True),
+                )
+            )
         return out
 
 # %% ../../nbs/09_gon_training.ipynb
-def _group_chi2(model:GON, z, x, flux, wivar, k:int):
+def _group_chi2(model: GON, z, x, flux, wivar, k: int):
     "Sum over a survey group of weight x ivar x (model - flux)^2: z (n, D), x (P,) shared, flux and wivar (n, P)."
     c = model.nuisance[min(k, model.nuisance.shape[0] - 1)]
-    pred = model.decoder(z, x) + c[0] + c[1] * x                           # (n, P)
+    pred = model.decoder(z, x) + c[0] + c[1] * x  # (n, P)
     return (wivar * (pred - flux) ** 2).sum()
 
-def packed_chi2(model:GON, # the model
-                groups:list, # `DeviceSample.batch` output
-                n_stars:int, # number of star slots
-                u, # (U,) coordinates of every pixel the groups use
-                origin=None, # (f0, J) at u, if already computed (evaluation)
-                outer=None, # the outer-pass function (default `_group_chi2`; a torch.compile'd one in training)
-                create_graph:bool=True): # keep the graph through the inner step (training)
+
+def packed_chi2(
+    model: GON,  # the model
+    groups: list,  # `DeviceSample.batch` output
+    n_stars: int,  # number of star slots
+    u,  # (U,) coordinates of every pixel the groups use
+    origin=None,  # (f0, J) at u, if already computed (evaluation)
+    outer=None,  # the outer-pass function (default `_group_chi2`; a torch.compile'd one in training)
+    create_graph: bool = True,  # keep the graph through the inner step (training)
+):
     "The GON's chi2 sum per survey group at the one-step latents of the batch's stars: a list of (chi2, n pixels)."
-    f0, J = origin if origin is not None else origin_jacobian(model, u, create_graph)   # (U,), (U, D)
+    f0, J = origin if origin is not None else origin_jacobian(model, u, create_graph)  # (U,), (U, D)
     D = model.cfg.latent_dim
-    with torch.autocast(u.device.type, enabled=False):                     # inner sums over thousands of pixels: fp32
-        dt = torch.promote_types(J.dtype, torch.float32); f0, J = f0.to(dt), J.to(dt)
+    with torch.autocast(u.device.type, enabled=False):  # inner sums over thousands of pixels: fp32
+        dt = torch.promote_types(J.dtype, torch.float32)
+        f0, J = f0.to(dt), J.to(dt)
         g, F = J.new_zeros(n_stars, D), J.new_zeros(n_stars, D * D) if model.cfg.step == 'fisher' else None
         for gr in groups:
-            c = model.nuisance[min(gr['k'], model.nuisance.shape[0] - 1)].to(dt); Jg = J[gr['upos']]              # (P, D)
-            w = gr['wivar'].to(dt); r = f0[gr['upos']] + c[0] + c[1] * gr['x'].to(dt) - gr['flux'].to(dt)  # (n, P)
+            c = model.nuisance[min(gr['k'], model.nuisance.shape[0] - 1)].to(dt)
+            Jg = J[gr['upos']]  # (P, D)
+            w = gr['wivar'].to(dt)
+            r = f0[gr['upos']] + c[0] + c[1] * gr['x'].to(dt) - gr['flux'].to(dt)  # (n, P)
             g = g.index_add(0, gr['slot'], (w * r) @ Jg)
-            if F is not None: F = F.index_add(0, gr['slot'], w @ (Jg[:, :, None] * Jg[:, None, :]).reshape(len(Jg), D * D))
-    z = latent_step(model, g, None if F is None else F.reshape(n_stars, D, D))     # (K, D)
+            if F is not None:
+                F = F.index_add(0, gr['slot'], w @ (Jg[:, :, None] * Jg[:, None, :]).reshape(len(Jg), D * D))
+    z = latent_step(model, g, None if F is None else F.reshape(n_stars, D, D))  # (K, D)
     outer = outer or _group_chi2
-    return [(outer(model, z[gr['slot']], gr['x'], gr['flux'], gr['wivar'], gr['k']), (gr['wivar'] > 0).sum()) for gr in groups]
+    return [
+        (outer(model, z[gr['slot']], gr['x'], gr['flux'], gr['wivar'], gr['k']), (gr['wivar'] > 0).sum())
+        for gr in groups
+    ]
 
 # %% ../../nbs/09_gon_training.ipynb
 @torch.no_grad()
-def evaluate_packed(model:GON, # the model
-                    data:DeviceSample, # spectra
-                    stars, # star keys to evaluate
-                    batch_stars:int=256): # stars per batch
+def evaluate_packed(
+    model: GON,  # the model
+    data: DeviceSample,  # spectra
+    stars,  # star keys to evaluate
+    batch_stars: int = 256,  # stars per batch
+):
     "Reduced chi2 (per used pixel) of the one-step reconstruction, per survey and 'all', in fp32."
-    was = model.training; model.eval()
-    with torch.enable_grad(): f0, J = origin_jacobian(model, data.u, create_graph=False)
-    stars = np.sort(np.asarray(stars)); tot = {}
+    was = model.training
+    model.eval()
+    with torch.enable_grad():
+        f0, J = origin_jacobian(model, data.u, create_graph=False)
+    stars = np.sort(np.asarray(stars))
+    tot = {}
     for a in range(0, len(stars), batch_stars):
-        grs = data.batch(stars[a:a + batch_stars])
-        for gr, (c2, n) in zip(grs, packed_chi2(model, grs, len(stars[a:a + batch_stars]), data.u, (f0.detach(), J.detach()))):
-            t = tot.setdefault(gr['survey'], [0.0, 0]); t[0] += float(c2); t[1] += int(n)
+        grs = data.batch(stars[a : a + batch_stars])
+        for gr, (c2, n) in zip(
+            grs, packed_chi2(model, grs, len(stars[a : a + batch_stars]), data.u, (f0.detach(), J.detach()))
+        ):
+            t = tot.setdefault(gr['survey'], [0.0, 0])
+            t[0] += float(c2)
+            t[1] += int(n)
     model.train(was)
     out = {s: c / max(n, 1) for s, (c, n) in tot.items()}
     out['all'] = sum(c for c, _ in tot.values()) / max(sum(n for _, n in tot.values()), 1)
     return out
 
-def baselines(sample:PackedSample, # all spectra
-              split:dict, # star keys per split (`split_sample`)
-              on:str='val'): # split to score
-    "Reduced chi2 on a split of a flat continuum (flux = 1) and of the mean spectrum learned per survey on the train split."
+
+def baselines(
+    sample: PackedSample,  # all spectra
+    split: dict,  # star keys per split (`split_sample`)
+    on: str = 'val',  # split to score
+):
+    """Reduced chi2 on a split of a flat continuum (flux = 1) and of the mean spectrum learned per survey on the train
+    split."""
     out = {}
     for name in ('flat', 'mean'):
-        c2 = n = 0.0; res = {}
+        c2 = n = 0.0
+        res = {}
         for s in sample.surveys:
             tr, ev = np.isin(sample.star[s], split['train']), np.isin(sample.star[s], split[on])
-            if not ev.any(): continue
+            if not ev.any():
+                continue
             w, f = sample.wivar[s], sample.flux[s]
-            if name == 'flat': m = np.ones(f.shape[1])
-            else: m = np.where(w[tr].sum(0) > 0, (w[tr] * f[tr]).sum(0) / np.maximum(w[tr].sum(0), 1e-30), 1.0)
+            if name == 'flat':
+                m = np.ones(f.shape[1])
+            else:
+                m = np.where(w[tr].sum(0) > 0, (w[tr] * f[tr]).sum(0) / np.maximum(w[tr].sum(0), 1e-30), 1.0)
             cs, ns = float((w[ev] * (f[ev] - m) ** 2).sum()), float((w[ev] > 0).sum())
-            res[s] = cs / ns; c2 += cs; n += ns
-        res['all'] = c2 / max(n, 1); out[name] = res
+            res[s] = cs / ns
+            c2 += cs
+            n += ns
+        res['all'] = c2 / max(n, 1)
+        out[name] = res
     return out
 
 # %% ../../nbs/09_gon_training.ipynb
-def _schedule(cfg:TrainConfig):
+def _schedule(cfg: TrainConfig):
     "Learning-rate factor per step: linear warm-up, then cosine decay to min_lr."
     wu = max(1, int(cfg.warmup * cfg.steps))
+
     def f(step):
-        if step < wu: return (step + 1) / wu
+        if step < wu:
+            return (step + 1) / wu
         t = min(1.0, (step - wu) / max(1, cfg.steps - wu))
         return cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
     return f
 
-def _batch_stars(train_stars, cfg:TrainConfig, step:int):
+
+def _batch_stars(train_stars, cfg: TrainConfig, step: int):
     "Sorted star keys of a step: epochs of seeded permutations, so a step's batch depends only on (seed, step)."
-    n = len(train_stars); K = min(cfg.batch_stars, n); per = n // K
+    n = len(train_stars)
+    K = min(cfg.batch_stars, n)
+    per = n // K
     epoch, i = divmod(step - 1, per)
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-    return np.sort(train_stars[perm[i * K:(i + 1) * K]])
+    return np.sort(train_stars[perm[i * K : (i + 1) * K]])
+
 
 def _dist():
     "(rank, world size) under torchrun, else (0, 1)."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+
 class _Step(torch.nn.Module):
     "The training step's loss as a module, so that DistributedDataParallel can wrap it."
-    def __init__(self, model, outer): super().__init__(); self.model, self.outer = model, outer
+
+    def __init__(self, model, outer):
+        super().__init__()
+        self.model, self.outer = model, outer
+
     def forward(self, groups, n_stars, u, n_global, scale):
         res = packed_chi2(self.model, groups, n_stars, u, outer=self.outer)
         return scale * sum(c for c, _ in res) / n_global, [(float(c.detach()), int(n)) for c, n in res]
 
 # %% ../../nbs/09_gon_training.ipynb
-def _fingerprint(sample:PackedSample, split:dict):
+def _fingerprint(sample: PackedSample, split: dict):
     "What a resumed run must share with the run it continues: the data and the split."
-    return dict(n_spectra=len(sample), rows=int(sum(int(v.sum()) for v in sample.row.values())),
-                stars={k: [int(len(v)), int(np.sum(v))] for k, v in split.items()}, grid=list(asdict(sample.grid).values()))
+    return dict(
+        n_spectra=len(sample),
+        rows=int(sum(int(v.sum()) for v in sample.row.values())),
+        stars={k: [int(len(v)), int(np.sum(v))] for k, v in split.items()},
+        grid=list(asdict(sample.grid).values()),
+    )
+
 
 def _save_last(path, model, opt, sched, step, best, bad, hist, cfg, fp):
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), step=step, best_val=best,
-                 bad_evals=bad, history=json.dumps(hist), train_config=json.dumps(asdict(cfg)), fingerprint=json.dumps(fp),
-                 torch_rng=torch.get_rng_state(), config=asdict(model.cfg))
-    with atomic_path(path) as tmp: torch.save(state, tmp)
+    state = dict(
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        step=step,
+        best_val=best,
+        bad_evals=bad,
+        history=json.dumps(hist),
+        train_config=json.dumps(asdict(cfg)),
+        fingerprint=json.dumps(fp),
+        torch_rng=torch.get_rng_state(),
+        config=asdict(model.cfg),
+    )
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
-def _write_json(path, obj): atomic_write(path, json.dumps(obj, indent=1, default=float))
 
-def train(sample:PackedSample, # spectra (`pack_store`)
-          cfg:TrainConfig, # what to train and how
-          outdir=None, # where checkpoints, split, config and history go (None: nowhere)
-          resume:bool=True, # continue from outdir/last.pt if it exists
-          progress:bool=True, # progress bar
-          stop_after:int|None=None, # return after this step (for tests of resume; None: run to the end)
-          model:GON|None=None, # a model to train in place (default: a new one from cfg's model fields, on the sample's grid)
-          split:dict|None=None): # star keys per split, dict(train=, val=, test=) (default: `split_sample(sample, cfg)`)
+def _write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=1, default=float))
+
+
+def train(
+    sample: PackedSample,  # spectra (`pack_store`)
+    cfg: TrainConfig,  # what to train and how
+    outdir=None,  # where checkpoints, split, config and history go (None: nowhere)
+    resume: bool = True,  # continue from outdir/last.pt if it exists
+    progress: bool = True,  # progress bar
+    stop_after: int | None = None,  # return after this step (for tests of resume; None: run to the end)
+    model: GON
+    | None = None,  # a model to train in place (default: a new one from cfg's model fields, on the sample's grid)
+    split: dict | None = None,  # star keys per split, dict(train=, val=, test=) (default: `split_sample(sample, cfg)`)
+):
     "Train a GON on the train split with validation-based early stopping and full resume; returns (model, history)."
     rank, world = _dist()
     dev, amp, comp = resolve_device(cfg)
-    if world > 1 and dev.type == 'cuda': dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-    split = split_sample(sample, cfg) if split is None else {k: np.asarray(split[k], np.int64) for k in ('train', 'val', 'test')}
-    if set(split['train']) & (set(split['val']) | set(split['test'])): raise ValueError("train: the splits share stars")
+    if world > 1 and dev.type == 'cuda':
+        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    split = (
+        split_sample(sample, cfg)
+        if split is None
+        else {k: np.asarray(split[k], np.int64) for k in ('train', 'val', 'test')}
+    )
+    if set(split['train']) & (set(split['val']) | set(split['test'])):
+        raise ValueError("train: the splits share stars")
     fp = _fingerprint(sample, split)
     torch.manual_seed(cfg.seed)
     model = (GON(cfg.model_config(sample.grid)) if model is None else model).to(dev)
@@ -428,99 +641,154 @@ def train(sample:PackedSample, # spectra (`pack_store`)
     if out is not None and resume and (out / 'last.pt').exists():
         st = torch.load(out / 'last.pt', map_location=dev, weights_only=True)
         if json.loads(st['train_config']) != asdict(cfg) or json.loads(st['fingerprint']) != json.loads(json.dumps(fp)):
-            raise ValueError(f"{out / 'last.pt'}: written by a run with other settings or data; remove {out} or pass resume=False")
-        model.load_state_dict(st['model']); opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
+            raise ValueError(
+                f"{out / 'last.pt'}: written by a run with other settings or data; remove {out} or pass resume=False"
+            )
+        model.load_state_dict(st['model'])
+        opt.load_state_dict(st['optimizer'])
+        sched.load_state_dict(st['scheduler'])
         step, best, bad, hist = st['step'], st['best_val'], st['bad_evals'], json.loads(st['history'])
         torch.set_rng_state(st['torch_rng'].cpu())
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / 'split.json', {k: v.tolist() for k, v in split.items()})
-        _write_json(out / 'config.json', dict(train=asdict(cfg), model=asdict(model.cfg), device=str(dev),
-                                              precision='bf16' if amp else 'fp32', compile=comp, world_size=world))
+        _write_json(
+            out / 'config.json',
+            dict(
+                train=asdict(cfg),
+                model=asdict(model.cfg),
+                device=str(dev),
+                precision='bf16' if amp else 'fp32',
+                compile=comp,
+                world_size=world,
+            ),
+        )
     fits = dev.type != 'cuda' or sample.nbytes() < 0.5 * torch.cuda.mem_get_info(dev)[0]
-    data = DeviceSample(sample.subset(np.concatenate([split['train'], split['val']])), model, dev,
-                        on_device=cfg.data_on_device == 'yes' or (cfg.data_on_device == 'auto' and fits))
+    data = DeviceSample(
+        sample.subset(np.concatenate([split['train'], split['val']])),
+        model,
+        dev,
+        on_device=cfg.data_on_device == 'yes' or (cfg.data_on_device == 'auto' and fits),
+    )
     outer = _group_chi2
     if comp:
         outer = torch.compile(_group_chi2, dynamic=True)
     stepper = _Step(model, outer)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
+
         stepper = DistributedDataParallel(stepper, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    trs = np.sort(split['train']); run = {}
-    bar = _bar(cfg.steps, progress and rank == 0, 'train'); bar.update(step)
-    t_wait = t_all = 0.0; n_spec = 0; t0 = time.perf_counter()
+    trs = np.sort(split['train'])
+    run = {}
+    bar = _bar(cfg.steps, progress and rank == 0, 'train')
+    bar.update(step)
+    t_wait = t_all = 0.0
+    n_spec = 0
+    t0 = time.perf_counter()
     while step < cfg.steps:
         step += 1
         ta = time.perf_counter()
         stars = _batch_stars(trs, cfg, step)
-        mine = np.ascontiguousarray(stars[rank::world])   # torch.searchsorted wants contiguous keys
+        mine = np.ascontiguousarray(stars[rank::world])  # torch.searchsorted wants contiguous keys
         groups = data.batch(mine)
         n_loc = torch.tensor(float(sum(int((g['wivar'] > 0).sum()) for g in groups)), device=dev)
-        if dev.type == 'cuda': torch.cuda.synchronize(dev)
-        tb = time.perf_counter(); t_wait += tb - ta
+        if dev.type == 'cuda':
+            torch.cuda.synchronize(dev)
+        tb = time.perf_counter()
+        t_wait += tb - ta
         n_glob = n_loc.clone()
-        if world > 1: dist.all_reduce(n_glob)
+        if world > 1:
+            dist.all_reduce(n_glob)
         model.train()
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, parts = stepper(groups, len(mine), data.u, n_glob, float(world))
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip); opt.step(); sched.step()
-        if not math.isfinite(float(loss.detach())): raise FloatingPointError(f"train: the loss is {float(loss.detach())} at step {step}; lower lr ({cfg.lr})")
-        if dev.type == 'cuda': torch.cuda.synchronize(dev)
-        t_all += time.perf_counter() - ta; n_spec += sum(len(g['slot']) for g in groups) * world
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        sched.step()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"train: the loss is {float(loss.detach())} at step {step}; lower lr ({cfg.lr})")
+        if dev.type == 'cuda':
+            torch.cuda.synchronize(dev)
+        t_all += time.perf_counter() - ta
+        n_spec += sum(len(g['slot']) for g in groups) * world
         for g, (c, n) in zip(groups, parts):
-            r = run.setdefault(g['survey'], [0.0, 0]); r[0] += c; r[1] += n
+            r = run.setdefault(g['survey'], [0.0, 0])
+            r[0] += c
+            r[1] += n
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            if world > 1:                                   # the train chi2 of the whole batches, not this rank's share
+            if world > 1:  # the train chi2 of the whole batches, not this rank's share
                 t = torch.tensor([run.get(s, [0.0, 0]) for s in SURVEYS], dtype=torch.float64, device=dev)
                 dist.all_reduce(t)
                 run = {s: [c, int(n)] for s, (c, n) in zip(SURVEYS, t.tolist()) if n > 0}
             v = evaluate_packed(model, data, split['val'], cfg.eval_stars)
-            hist['step'].append(step); hist['lr'].append(sched.get_last_lr()[0]); hist['time'].append(time.perf_counter() - t0)
-            for s, (c, n) in run.items(): hist['train'].setdefault(s, []).append(c / max(n, 1))
-            for s, x in v.items(): hist['val'].setdefault(s, []).append(x)
-            hist['data_wait'].append(t_wait / max(t_all, 1e-12)); hist['spectra_per_s'].append(n_spec / max(t_all, 1e-12))
+            hist['step'].append(step)
+            hist['lr'].append(sched.get_last_lr()[0])
+            hist['time'].append(time.perf_counter() - t0)
+            for s, (c, n) in run.items():
+                hist['train'].setdefault(s, []).append(c / max(n, 1))
+            for s, x in v.items():
+                hist['val'].setdefault(s, []).append(x)
+            hist['data_wait'].append(t_wait / max(t_all, 1e-12))
+            hist['spectra_per_s'].append(n_spec / max(t_all, 1e-12))
             run, t_wait, t_all, n_spec = {}, 0.0, 0.0, 0
             bar.set_postfix(val=f"{v['all']:.3g}")
             if v['all'] < best:
                 best, bad = v['all'], 0
-                if out is not None and rank == 0: save_checkpoint(out / 'best.pt', model, None, step, best)
-            else: bad += 1
+                if out is not None and rank == 0:
+                    save_checkpoint(out / 'best.pt', model, None, step, best)
+            else:
+                bad += 1
             if out is not None and rank == 0:
                 _save_last(out / 'last.pt', model, opt, sched, step, best, bad, hist, cfg, fp)
                 _write_json(out / 'history.json', hist)
-            stop = torch.tensor(int(bool(cfg.patience and bad >= cfg.patience) or bool(cfg.time_limit and hist['time'][-1] > cfg.time_limit)
-                                    or (stop_after is not None and step >= stop_after)), device=dev)
-            if world > 1: dist.all_reduce(stop, op=dist.ReduceOp.MAX)     # every rank stops at the same step
-            if int(stop): break
+            stop = torch.tensor(
+                int(
+                    bool(cfg.patience and bad >= cfg.patience)
+                    or bool(cfg.time_limit and hist['time'][-1] > cfg.time_limit)
+                    or (stop_after is not None and step >= stop_after)
+                ),
+                device=dev,
+            )
+            if world > 1:
+                dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+            if int(stop):
+                break
     bar.close()
-    if world > 1: dist.barrier()
+    if world > 1:
+        dist.barrier()
     return model, hist
 
 # %% ../../nbs/09_gon_training.ipynb
-def run_training(store:str='data/store/regridded.h5', # the regridded store (`store` stage)
-                 outdir:str='data/model', # where the model goes: best.pt, last.pt, config.json, split.json, history.json, summary.json
-                 params:str|None=None, # a params.yaml whose `train:` section sets the options (the pipeline's)
-                 preset:str|None=None, # a named preset under `train: presets:` in that file, applied over the section
-                 device:str|None=None, # override: 'auto', 'cpu', 'cuda'
-                 steps:int|None=None, # override: optimiser steps
-                 resume:bool=True, # continue a stopped run from outdir/last.pt
-                 progress:bool=True): # show progress bars
+def run_training(
+    store: str = 'data/store/regridded.h5',  # the regridded store (`store` stage)
+    outdir: str = 'data/model',  # the model's folder: best.pt, last.pt, config, split, history, summary (.json)
+    params: str | None = None,  # a params.yaml whose `train:` section sets the options (the pipeline's)
+    preset: str | None = None,  # a named preset under `train: presets:` in that file, applied over the section
+    device: str | None = None,  # override: 'auto', 'cpu', 'cuda'
+    steps: int | None = None,  # override: optimiser steps
+    resume: bool = True,  # continue a stopped run from outdir/last.pt
+    progress: bool = True,  # show progress bars
+):
     "The `train` stage: pack the store, split by star, train, and write the model and its summary."
     opts = {}
     if params is not None:
         import yaml
+
         sec = (yaml.safe_load(Path(params).read_text()) or {}).get('train') or {}
         presets = sec.pop('presets', {}) or {}
         opts = dict(sec)
         if preset is not None:
-            if preset not in presets: raise ValueError(f"{params}: no preset {preset!r} under train: presets: (has {sorted(presets)})")
+            if preset not in presets:
+                raise ValueError(f"{params}: no preset {preset!r} under train: presets: (has {sorted(presets)})")
             opts.update(presets[preset])
-    elif preset is not None: raise ValueError("preset needs params (the file that defines the presets)")
+    elif preset is not None:
+        raise ValueError("preset needs params (the file that defines the presets)")
     unknown = sorted(set(opts) - {f.name for f in fields(TrainConfig)})
-    if unknown: raise ValueError(f"{params}: unknown train options {unknown}")
+    if unknown:
+        raise ValueError(f"{params}: unknown train options {unknown}")
     opts.update({k: v for k, v in dict(device=device, steps=steps).items() if v is not None})
     cfg = TrainConfig(**opts)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -530,15 +798,23 @@ def run_training(store:str='data/store/regridded.h5', # the regridded store (`st
     t_pack = time.perf_counter() - t0
     model, hist = train(sample, cfg, outdir, resume=resume, progress=progress)
     rank, _ = _dist()
-    summ = dict(spectra=len(sample), stars=int(len(sample.stars())), pack_s=t_pack, steps=hist['step'][-1] if hist['step'] else 0,
-                best_val=min(hist['val']['all']) if hist['val'] else None)
+    summ = dict(
+        spectra=len(sample),
+        stars=int(len(sample.stars())),
+        pack_s=t_pack,
+        steps=hist['step'][-1] if hist['step'] else 0,
+        best_val=min(hist['val']['all']) if hist['val'] else None,
+    )
     if rank == 0:
         split = json.loads((Path(outdir) / 'split.json').read_text())
-        summ.update(val=hist['val'] and {s: v[-1] for s, v in hist['val'].items()},
-                    baselines_val=baselines(sample, {k: np.asarray(v) for k, v in split.items()}, 'val'),
-                    spectra_per_s=hist['spectra_per_s'][-1] if hist['spectra_per_s'] else None,
-                    data_wait=hist['data_wait'][-1] if hist['data_wait'] else None,
-                    n_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        summ.update(
+            val=hist['val'] and {s: v[-1] for s, v in hist['val'].items()},
+            baselines_val=baselines(sample, {k: np.asarray(v) for k, v in split.items()}, 'val'),
+            spectra_per_s=hist['spectra_per_s'][-1] if hist['spectra_per_s'] else None,
+            data_wait=hist['data_wait'][-1] if hist['data_wait'] else None,
+            n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
         _write_json(Path(outdir) / 'summary.json', summ)
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
-    return summ if rank == 0 else None                                     # one summary, from rank 0
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return summ if rank == 0 else None  # one summary, from rank 0

@@ -21,33 +21,52 @@ __all__ = ['FAULTS', 'MisalignedGridError', 'line_pixels', 'coverage_segments', 
 # %% ../../nbs/05a_alignment.ipynb
 class MisalignedGridError(ValueError):
     "The rest-frame spectra of a survey are not where the reference lines say they should be."
-    def __init__(self, message:str, # what is off, by how much, in which survey
-                 surveys=()): # the surveys at fault
-        super().__init__(message); self.surveys = list(surveys)
-    def __reduce__(self): return (type(self), (self.args[0], self.surveys))
+
+    def __init__(
+        self,
+        message: str,  # what is off, by how much, in which survey
+        surveys=(),  # the surveys at fault
+    ):
+        super().__init__(message)
+        self.surveys = list(surveys)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.surveys))
 
 # %% ../../nbs/05a_alignment.ipynb
 @functools.lru_cache(maxsize=8)
-def _reference_pixels(grid:Grid):
+def _reference_pixels(grid: Grid):
     "Sorted pixel coordinates of `linelist.reference_lines()` on `grid`, computed once per grid (read-only)."
-    p = np.sort((np.log(np.asarray(reference_lines()['wave_vac'], float)) - grid.ln_lam0) / grid.dln); p.flags.writeable = False
+    p = np.sort((np.log(np.asarray(reference_lines()['wave_vac'], float)) - grid.ln_lam0) / grid.dln)
+    p.flags.writeable = False
     return p
 
-def line_pixels(grid:Grid, # the common grid
-                lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
-                margin:float=0.0): # keep lines at least this many pixels inside the grid
+
+def line_pixels(
+    grid: Grid,  # the common grid
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    margin: float = 0.0,  # keep lines at least this many pixels inside the grid
+):
     "Sorted pixel coordinates of the reference lines on `grid`."
-    p = _reference_pixels(grid) if lines is None else np.sort((np.log(np.asarray(lines, float)) - grid.ln_lam0) / grid.dln)
+    p = (
+        _reference_pixels(grid)
+        if lines is None
+        else np.sort((np.log(np.asarray(lines, float)) - grid.ln_lam0) / grid.dln)
+    )
     return p[(p >= margin) & (p <= grid.n - 1 - margin)]
 
 # %% ../../nbs/05a_alignment.ipynb
-def coverage_segments(good, # (N, M) or (M,) usable pixels
-                      min_gap:int=50): # unusable pixels that separate two segments
+def coverage_segments(
+    good,  # (N, M) or (M,) usable pixels
+    min_gap: int = 50,  # unusable pixels that separate two segments
+):
     "Segment number of every pixel, (N, M): runs of usable pixels split by gaps of >= min_gap; -1 where unusable."
-    good = np.atleast_2d(good); seg = np.full(good.shape, -1)
+    good = np.atleast_2d(good)
+    seg = np.full(good.shape, -1)
     for n, g in enumerate(good):
         i = np.flatnonzero(g)
-        if len(i): seg[n, i] = np.r_[0, np.cumsum(np.diff(i) > min_gap)]
+        if len(i):
+            seg[n, i] = np.r_[0, np.cumsum(np.diff(i) > min_gap)]
     return seg
 
 # %% ../../nbs/05a_alignment.ipynb
@@ -56,47 +75,84 @@ def _take(a, rows, cols):
     ok = (cols >= 0) & (cols < a.shape[-1])
     return np.where(ok, a[rows, np.clip(cols, 0, a.shape[-1] - 1)], 0), ok
 
+
 @functools.lru_cache(maxsize=4)
-def _line_masks(p:bytes, sigma:float, search:int):
-    "The Gaussian line masks of `line_ccf`, (L, lags, 2K+1), for the line pixels `p` (as bytes): computed once per line list."
-    p = np.frombuffer(p); pc = np.round(p).astype(int); K = search + int(np.ceil(4 * sigma)); j = np.arange(-K, K + 1)
+def _line_masks(p: bytes, sigma: float, search: int):
+    """The Gaussian line masks of `line_ccf`, (L, lags, 2K+1), for the line pixels `p` (as bytes): computed once per
+    line list."""
+    p = np.frombuffer(p)
+    pc = np.round(p).astype(int)
+    K = search + int(np.ceil(4 * sigma))
+    j = np.arange(-K, K + 1)
     u = j[None, :] - (p - pc)[:, None]
-    g = np.exp(-0.5 * ((u[:, None, :] - np.arange(-search, search + 1)[None, :, None]) / sigma) ** 2); g.flags.writeable = False
+    g = np.exp(-0.5 * ((u[:, None, :] - np.arange(-search, search + 1)[None, :, None]) / sigma) ** 2)
+    g.flags.writeable = False
     return g
 
+
 def _ccf_loop(flux, ivar, good, pc, g, R, which, one_f, one_i, ccf, cvar):
-    "`line_ccf` window by window: the products with the mask summed within R pixels of each lag (farther, the mask is < 1e-17)."
-    M = flux.shape[1]; S = ccf.shape[2] // 2; K = g.shape[2] // 2; a = np.zeros(2 * K + 1); v = np.zeros(2 * K + 1)
+    """`line_ccf` window by window: the products with the mask summed within R pixels of each lag (farther, the mask is
+    < 1e-17)."""
+    M = flux.shape[1]
+    S = ccf.shape[2] // 2
+    K = g.shape[2] // 2
+    a = np.zeros(2 * K + 1)
+    v = np.zeros(2 * K + 1)
     for n in range(flux.shape[0]):
         for l in range(len(pc)):
-            if not which[n, l]: continue
+            if not which[n, l]:
+                continue
             for j in range(2 * K + 1):
                 c = pc[l] - K + j
                 if 0 <= c < M and good[n, c]:
-                    a[j] = min(max(one_f[0] - flux[n, c], -one_f[0]), one_f[0]); v[j] = one_i[0] / ivar[n, c]  # in the arrays' own precision
-                else: a[j] = 0.0; v[j] = 0.0
+                    a[j] = min(max(one_f[0] - flux[n, c], -one_f[0]), one_f[0])
+                    v[j] = one_i[0] / ivar[n, c]  # in the arrays' own precision
+                else:
+                    a[j] = 0.0
+                    v[j] = 0.0
             for k in range(2 * S + 1):
-                s = 0.0; sv = 0.0
+                s = 0.0
+                sv = 0.0
                 for j in range(max(0, k + K - S - R), min(2 * K + 1, k + K - S + R + 1)):
-                    x = g[l, k, j]; s += a[j] * x; sv += v[j] * x * x
-                ccf[n, l, k] = s; cvar[n, l, k] = sv
+                    x = g[l, k, j]
+                    s += a[j] * x
+                    sv += v[j] * x * x
+                ccf[n, l, k] = s
+                cvar[n, l, k] = sv
+
 
 _ccf_nb = jit(_ccf_loop, error_model='numpy')
 
-def line_ccf(flux, # (N, M) normalised flux
-             ivar, # (N, M) its inverse variance
-             good, # (N, M) usable pixels
-             p, # (L,) line pixels
-             sigma:float, # Gaussian sigma of the mask (pixels)
-             search:int, # lags -search..search (pixels)
-             which=None): # (N, L) windows to correlate (None: all); the others are 0
+
+def line_ccf(
+    flux,  # (N, M) normalised flux
+    ivar,  # (N, M) its inverse variance
+    good,  # (N, M) usable pixels
+    p,  # (L,) line pixels
+    sigma: float,  # Gaussian sigma of the mask (pixels)
+    search: int,  # lags -search..search (pixels)
+    which=None,  # (N, L) windows to correlate (None: all); the others are 0
+):
     "Per line, the absorption cross-correlated with a Gaussian line mask: (N, L, 2 search + 1), and its variance."
-    good = np.ascontiguousarray(good, bool); flux, ivar = (np.ascontiguousarray(np.broadcast_to(x, good.shape)) for x in (flux, ivar))
-    N, L = len(flux), len(p); p = np.ascontiguousarray(p, float)
+    good = np.ascontiguousarray(good, bool)
+    flux, ivar = (np.ascontiguousarray(np.broadcast_to(x, good.shape)) for x in (flux, ivar))
+    N, L = len(flux), len(p)
+    p = np.ascontiguousarray(p, float)
     which = np.ones((N, L), bool) if which is None else np.ascontiguousarray(which, bool)
     ccf, cvar = np.zeros((N, L, 2 * search + 1)), np.zeros((N, L, 2 * search + 1))
-    _ccf_nb(flux, ivar, good, np.round(p).astype(np.int64), _line_masks(p.tobytes(), float(sigma), int(search)), int(np.ceil(9 * sigma)),
-            which, np.ones(1, flux.dtype), np.ones(1, ivar.dtype), ccf, cvar)
+    _ccf_nb(
+        flux,
+        ivar,
+        good,
+        np.round(p).astype(np.int64),
+        _line_masks(p.tobytes(), float(sigma), int(search)),
+        int(np.ceil(9 * sigma)),
+        which,
+        np.ones(1, flux.dtype),
+        np.ones(1, ivar.dtype),
+        ccf,
+        cvar,
+    )
     return ccf, cvar
 
 # %% ../../nbs/05a_alignment.ipynb
@@ -105,289 +161,490 @@ def _peak(c):
     i = int(np.argmax(c))
     if 0 < i < len(c) - 1:
         den = c[i - 1] - 2 * c[i] + c[i + 1]
-        if den < 0: return i + 0.5 * (c[i - 1] - c[i + 1]) / den
+        if den < 0:
+            return i + 0.5 * (c[i - 1] - c[i + 1]) / den
     return float(i)
 
-def coarse_shifts(ccf, var, # (N, L, lags) from `line_ccf`
-                  seg, # (N, L) segment of each line
-                  has, # (N, L) lines with data
-                  search:int, # lag of index 0 is -search
-                  min_lines:int=5, # lines a segment needs for a shift of its own
-                  nsig:float=5.0): # significance a segment's own peak needs
+
+def coarse_shifts(
+    ccf,
+    var,  # (N, L, lags) from `line_ccf`
+    seg,  # (N, L) segment of each line
+    has,  # (N, L) lines with data
+    search: int,  # lag of index 0 is -search
+    min_lines: int = 5,  # lines a segment needs for a shift of its own
+    nsig: float = 5.0,  # significance a segment's own peak needs
+):
     "Coarse shift (pixels) of every line window, (N, L): the spectrum's correlation peak, or its segment's."
-    N, L, _ = ccf.shape; k0 = np.full((N, L), np.nan)
+    N, L, _ = ccf.shape
+    k0 = np.full((N, L), np.nan)
     for n in range(N):
-        if not has[n].any(): continue
-        ks = _peak(ccf[n, has[n]].sum(0)); k0[n, has[n]] = ks - search
+        if not has[n].any():
+            continue
+        ks = _peak(ccf[n, has[n]].sum(0))
+        k0[n, has[n]] = ks - search
         for s in np.unique(seg[n, has[n]]):
             sel = has[n] & (seg[n] == s)
-            if sel.sum() < min_lines: continue
-            c, v = ccf[n, sel].sum(0), var[n, sel].sum(0); i, j = int(np.argmax(c)), int(round(ks))
-            if c[i] - c[j] > nsig * np.sqrt(v[i] + v[j]): k0[n, sel] = _peak(c) - search
+            if sel.sum() < min_lines:
+                continue
+            c, v = ccf[n, sel].sum(0), var[n, sel].sum(0)
+            i, j = int(np.argmax(c)), int(round(ks))
+            if c[i] - c[j] > nsig * np.sqrt(v[i] + v[j]):
+                k0[n, sel] = _peak(c) - search
     return k0
 
 # %% ../../nbs/05a_alignment.ipynb
 _BIG = float(np.finfo(np.float64).max)  # what `np.nan_to_num` makes of +inf
 
+
 def _solve_small(A, r, x, P):
-    "x = A⁻¹ r for a small dense A, by Gaussian elimination with partial pivoting (A and r are overwritten; P: scratch)."
+    """x = A⁻¹ r for a small dense A, by Gaussian elimination with partial pivoting (A and r are overwritten; P:
+    scratch)."""
     n = len(r)
     for c in range(n):
         q = c
         for i in range(c + 1, n):
-            if abs(A[i, c]) > abs(A[q, c]): q = i
+            if abs(A[i, c]) > abs(A[q, c]):
+                q = i
         if q != c:
-            for j in range(n): P[j] = A[c, j]; A[c, j] = A[q, j]; A[q, j] = P[j]
-            t = r[c]; r[c] = r[q]; r[q] = t
+            for j in range(n):
+                P[j] = A[c, j]
+                A[c, j] = A[q, j]
+                A[q, j] = P[j]
+            t = r[c]
+            r[c] = r[q]
+            r[q] = t
         for i in range(c + 1, n):
             g = A[i, c] / A[c, c]
-            for j in range(c, n): A[i, j] -= g * A[c, j]
+            for j in range(c, n):
+                A[i, j] -= g * A[c, j]
             r[i] -= g * r[c]
     for i in range(n - 1, -1, -1):
         t = r[i]
-        for j in range(i + 1, n): t -= A[i, j] * x[j]
+        for j in range(i + 1, n):
+            t -= A[i, j] * x[j]
         x[i] = t / A[i, i]
+
 
 def _finite(v):
     "`np.nan_to_num` of one number: NaN -> 0, ±inf -> ± the largest float."
     return 0.0 if v != v else min(max(v, -_BIG), _BIG)
 
+
 def _fit_loop(f, w, x, d0, s0, niter, th, err):
     "`fit_gaussians` window by window: damped Gauss-Newton on (a, b, d, mu, s) from depth d0, then the error of mu."
     nw, W = f.shape
-    J, E = np.empty((W, 5)), np.empty(W); A, B = np.empty((5, 5)), np.empty((5, 5)); r, st, P = np.empty(5), np.empty(5), np.empty(5)
+    J, E = np.empty((W, 5)), np.empty(W)
+    A, B = np.empty((5, 5)), np.empty((5, 5))
+    r, st, P = np.empty(5), np.empty(5), np.empty(5)
     for n in range(nw):
-        t = th[n]; t[:] = 0.0; t[0] = 1.0; t[2] = d0[n]; t[4] = 1.2 * s0
+        t = th[n]
+        t[:] = 0.0
+        t[0] = 1.0
+        t[2] = d0[n]
+        t[4] = 1.2 * s0
         for it in range(niter):
             a, b, d, mu, s = t[0], t[1], t[2], t[3], t[4]
             for k in range(W):
-                z = (x[n, k] - mu) / s; e = np.exp(-0.5 * z * z); E[k] = e
-                J[k, 0] = 1.0; J[k, 1] = x[n, k]; J[k, 2] = -e; J[k, 3] = -d * e * z / s; J[k, 4] = -d * e * z * z / s
+                z = (x[n, k] - mu) / s
+                e = np.exp(-0.5 * z * z)
+                E[k] = e
+                J[k, 0] = 1.0
+                J[k, 1] = x[n, k]
+                J[k, 2] = -e
+                J[k, 3] = -d * e * z / s
+                J[k, 4] = -d * e * z * z / s
             for i in range(5):
                 for j in range(5):
                     acc = 0.0
-                    for k in range(W): acc += J[k, i] * w[n, k] * J[k, j]
+                    for k in range(W):
+                        acc += J[k, i] * w[n, k] * J[k, j]
                     A[i, j] = acc if np.isfinite(acc) else 0.0
-            for i in range(5): A[i, i] += 1e-9 + 1e-3 * A[i, i]  # Levenberg damping
+            for i in range(5):
+                A[i, i] += 1e-9 + 1e-3 * A[i, i]  # Levenberg damping
             for i in range(5):
                 acc = 0.0
-                for k in range(W): acc += J[k, i] * (w[n, k] * (f[n, k] - (a + b * x[n, k] - d * E[k])))
+                for k in range(W):
+                    acc += J[k, i] * (w[n, k] * (f[n, k] - (a + b * x[n, k] - d * E[k])))
                 r[i] = _finite(acc)
-            B[:, :] = A; _solve_small(B, r, st, P)
-            for i in range(5): st[i] = _finite(st[i])
-            st[3] = min(max(st[3], -0.5), 0.5); st[4] = min(max(st[4], -0.5 * t[4]), 0.5 * t[4])
-            for i in range(5): t[i] += st[i]
+            B[:, :] = A
+            _solve_small(B, r, st, P)
+            for i in range(5):
+                st[i] = _finite(st[i])
+            st[3] = min(max(st[3], -0.5), 0.5)
+            st[4] = min(max(st[4], -0.5 * t[4]), 0.5 * t[4])
+            for i in range(5):
+                t[i] += st[i]
             t[4] = min(max(t[4], 0.2 * s0), 10 * s0)
-        B[:, :] = A; r[:] = 0.0; r[3] = 1.0; _solve_small(B, r, st, P)  # column 3 of A⁻¹
+        B[:, :] = A
+        r[:] = 0.0
+        r[3] = 1.0
+        _solve_small(B, r, st, P)  # column 3 of A⁻¹
         err[n] = np.sqrt(abs(st[3]))
+
 
 _solve_small, _finite = jit(_solve_small, error_model='numpy'), jit(_finite)
 _fit_nb = jit(_fit_loop, error_model='numpy')
 
-def fit_gaussians(f, # (..., W) flux in the windows
-                  w, # (..., W) weights (inverse variances; 0 = unusable)
-                  x, # (..., W) pixel positions relative to the window centre
-                  s0:float, # expected line sigma (pixels): the starting width
-                  niter:int=15): # Gauss-Newton iterations
-    "Fits of a + b x - d exp(-(x - mu)²/2s²) to every window: parameters (..., 5) = (a, b, d, mu, s) and the error of mu."
-    f, w, x = np.broadcast_arrays(np.asarray(f), np.asarray(w), np.asarray(x)); shape, W = f.shape[:-1], f.shape[-1]
+
+def fit_gaussians(
+    f,  # (..., W) flux in the windows
+    w,  # (..., W) weights (inverse variances; 0 = unusable)
+    x,  # (..., W) pixel positions relative to the window centre
+    s0: float,  # expected line sigma (pixels): the starting width
+    niter: int = 15,  # Gauss-Newton iterations
+):
+    """Fits of a + b x - d exp(-(x - mu)²/2s²) to every window: parameters (..., 5) = (a, b, d, mu, s) and the error of
+    mu."""
+    f, w, x = np.broadcast_arrays(np.asarray(f), np.asarray(w), np.asarray(x))
+    shape, W = f.shape[:-1], f.shape[-1]
     d0 = np.clip(1 - f[..., W // 2], 0.05, 1)  # the starting depth, in the flux's own precision
-    th, err, flat = np.empty((int(np.prod(shape)), 5)), np.empty(int(np.prod(shape))), lambda v: np.ascontiguousarray(v.reshape(-1, W), float)
+    th, err, flat = (
+        np.empty((int(np.prod(shape)), 5)),
+        np.empty(int(np.prod(shape))),
+        lambda v: np.ascontiguousarray(v.reshape(-1, W), float),
+    )
     _fit_nb(flat(f), flat(w), flat(x), np.ascontiguousarray(d0.ravel(), float), float(s0), int(niter), th, err)
     return th.reshape(shape + (5,)), err.reshape(shape)
 
 # %% ../../nbs/05a_alignment.ipynb
-def measure_lines(grid:Grid, # the common grid
-                  flux, ivar, mask, # (N, M) or (M,) normalised flux, its ivar, True = bad
-                  lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
-                  search:int=50, # coarse search range (pixels)
-                  half:int=3, # half width of the fitting window (pixels)
-                  min_gap:int=50): # pixels of gap that separate detector segments
-    "Fit every reference line in every spectrum: dict of (N, L) offset (px), err, depth, width, segment, and the line pixels."
+def measure_lines(
+    grid: Grid,  # the common grid
+    flux,
+    ivar,
+    mask,  # (N, M) or (M,) normalised flux, its ivar, True = bad
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    search: int = 50,  # coarse search range (pixels)
+    half: int = 3,  # half width of the fitting window (pixels)
+    min_gap: int = 50,  # pixels of gap that separate detector segments
+):
+    """Fit every reference line in every spectrum: dict of (N, L) offset (px), err, depth, width, segment, and the line
+    pixels."""
     flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask))
-    N, M = flux.shape; s0 = grid.sampling / FWHM_SIGMA; good = (ivar > 0) & ~mask & np.isfinite(flux)
-    p = line_pixels(grid, lines, margin=half + 1); pc = np.round(p).astype(int); rows = np.arange(N)[:, None, None]
+    N, M = flux.shape
+    s0 = grid.sampling / FWHM_SIGMA
+    good = (ivar > 0) & ~mask & np.isfinite(flux)
+    p = line_pixels(grid, lines, margin=half + 1)
+    pc = np.round(p).astype(int)
+    rows = np.arange(N)[:, None, None]
     has = _take(good, rows, pc[None, :, None] + np.arange(-half, half + 1))[0].sum(-1) >= 2 * half
     seg = coverage_segments(good, min_gap)[:, pc]
     k0 = coarse_shifts(*line_ccf(flux, ivar, good, p, s0, search, has), seg, has, search)
-    centre = p + np.nan_to_num(k0); cols = np.round(centre).astype(int)[..., None] + np.arange(-half, half + 1)
-    f, w = _take(flux, rows, cols)[0], np.where(_take(good, rows, cols)[0], _take(np.broadcast_to(ivar, good.shape), rows, cols)[0], 0.0)
+    centre = p + np.nan_to_num(k0)
+    cols = np.round(centre).astype(int)[..., None] + np.arange(-half, half + 1)
+    f, w = (
+        _take(flux, rows, cols)[0],
+        np.where(_take(good, rows, cols)[0], _take(np.broadcast_to(ivar, good.shape), rows, cols)[0], 0.0),
+    )
     th, err = np.full(has.shape + (5,), np.nan), np.full(has.shape, np.nan)  # windows without data are not fitted
     th[has], err[has] = fit_gaussians(f[has], w[has], (cols - centre[..., None])[has], s0)
     a, b, d, mu, s = np.moveaxis(th, -1, 0)
-    ok = has & np.isfinite(k0) & (w > 0).all(-1) & (d > 0.03) & (s > 0.5 * s0) & (s < 4 * s0) & (np.abs(mu) < half) & np.isfinite(err)
+    ok = (
+        has
+        & np.isfinite(k0)
+        & (w > 0).all(-1)
+        & (d > 0.03)
+        & (s > 0.5 * s0)
+        & (s < 4 * s0)
+        & (np.abs(mu) < half)
+        & np.isfinite(err)
+    )
     keep = lambda v: np.where(ok, v, np.nan)
     return dict(offset=keep(k0 + mu), err=keep(err), depth=keep(d), width=keep(s), segment=seg, lines=p)
 
 # %% ../../nbs/05a_alignment.ipynb
 def _robust_one(off, err, seg, segment, floor, clip, min_lines, o, s, d, keep):
-    "`robust_mean` of one row's lines (all of them if segment < -1, else those of `segment`): (mean, error, lines kept)."
+    """`robust_mean` of one row's lines (all of them if segment < -1, else those of `segment`): (mean, error, lines
+    kept)."""
     n = 0
     for i in range(len(off)):
         if np.isfinite(off[i]) and np.isfinite(err[i]) and (segment < -1 or seg[i] == segment):
-            o[n] = off[i]; s[n] = np.hypot(err[i], floor); n += 1
-    if n < min_lines: return np.nan, np.nan, 0
-    c = np.median(o[:n]); sw = 0.0; kept = 0
+            o[n] = off[i]
+            s[n] = np.hypot(err[i], floor)
+            n += 1
+    if n < min_lines:
+        return np.nan, np.nan, 0
+    c = np.median(o[:n])
+    sw = 0.0
+    kept = 0
     for _ in range(5):
-        for i in range(n): d[i] = abs(o[i] - c)
-        mad = 1.4826 * np.median(d[:n]); sw = 0.0; swo = 0.0; kept = 0
+        for i in range(n):
+            d[i] = abs(o[i] - c)
+        mad = 1.4826 * np.median(d[:n])
+        sw = 0.0
+        swo = 0.0
+        kept = 0
         for i in range(n):
             keep[i] = d[i] <= clip * np.hypot(s[i], mad)
-            if keep[i]: wt = 1.0 / s[i] ** 2; sw += wt; swo += wt * o[i]; kept += 1
+            if keep[i]:
+                wt = 1.0 / s[i] ** 2
+                sw += wt
+                swo += wt * o[i]
+                kept += 1
         c = swo / sw
     chi2 = 0.0
     for i in range(n):
-        if keep[i]: chi2 += 1.0 / s[i] ** 2 * (o[i] - c) ** 2
+        if keep[i]:
+            chi2 += 1.0 / s[i] ** 2 * (o[i] - c) ** 2
     return c, np.sqrt(max(chi2 / max(kept - 1, 1), 1.0) / sw), kept
 
+
 def _robust_loop(off, err, seg, per_segment, floor, clip, min_lines, max_err, m, e, k, worst):
-    "Per row: `robust_mean` of all lines (m, e, k) and, if `per_segment`, the offset of its worst detector segment (worst)."
-    L = off.shape[1]; o, s, d, keep = np.empty(L), np.empty(L), np.empty(L), np.empty(L, np.bool_)
+    """Per row: `robust_mean` of all lines (m, e, k) and, if `per_segment`, the offset of its worst detector segment
+    (worst)."""
+    L = off.shape[1]
+    o, s, d, keep = np.empty(L), np.empty(L), np.empty(L), np.empty(L, np.bool_)
     for r in range(len(off)):
         m[r], e[r], k[r] = _robust_one(off[r], err[r], seg[r], -2, floor, clip, min_lines, o, s, d, keep)
-        if not per_segment: continue
-        worst[r] = np.nan; last = -1
+        if not per_segment:
+            continue
+        worst[r] = np.nan
+        last = -1
         for _ in range(L):  # the segments >= 0 in increasing order; the first of the largest |offset| wins
             nxt = -1
             for i in range(L):
-                if seg[r, i] > last and (nxt < 0 or seg[r, i] < nxt): nxt = seg[r, i]
-            if nxt < 0: break
-            last = nxt; c, ce, _ = _robust_one(off[r], err[r], seg[r], nxt, floor, clip, min_lines, o, s, d, keep)
-            if ce <= max_err and (worst[r] != worst[r] or abs(c) > abs(worst[r])): worst[r] = c
+                if seg[r, i] > last and (nxt < 0 or seg[r, i] < nxt):
+                    nxt = seg[r, i]
+            if nxt < 0:
+                break
+            last = nxt
+            c, ce, _ = _robust_one(off[r], err[r], seg[r], nxt, floor, clip, min_lines, o, s, d, keep)
+            if ce <= max_err and (worst[r] != worst[r] or abs(c) > abs(worst[r])):
+                worst[r] = c
+
 
 _robust_one = jit(_robust_one, error_model='numpy')
 _robust_nb = jit(_robust_loop, error_model='numpy')
 
-def robust_mean(off, # (N, L) or (L,) per-line offsets (NaN = no measurement)
-                err, # their errors
-                floor:float=0.03, # added in quadrature to every line's error (pixels)
-                clip:float=3.0, # rejection threshold (sigma)
-                min_lines:int=5): # fewer usable lines: NaN
+
+def robust_mean(
+    off,  # (N, L) or (L,) per-line offsets (NaN = no measurement)
+    err,  # their errors
+    floor: float = 0.03,  # added in quadrature to every line's error (pixels)
+    clip: float = 3.0,  # rejection threshold (sigma)
+    min_lines: int = 5,  # fewer usable lines: NaN
+):
     "Clipped weighted mean over lines: mean, error and lines kept, each (N,)."
-    off, err = (np.ascontiguousarray(np.atleast_2d(v), float) for v in (off, err)); n = len(off)
+    off, err = (np.ascontiguousarray(np.atleast_2d(v), float) for v in (off, err))
+    n = len(off)
     m, e, k = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, int)
-    _robust_nb(off, err, np.zeros(off.shape, np.int64), False, float(floor), float(clip), int(min_lines), 0.0, m, e, k, np.empty(n))
+    _robust_nb(
+        off,
+        err,
+        np.zeros(off.shape, np.int64),
+        False,
+        float(floor),
+        float(clip),
+        int(min_lines),
+        0.0,
+        m,
+        e,
+        k,
+        np.empty(n),
+    )
     return m, e, k
 
 # %% ../../nbs/05a_alignment.ipynb
-def line_offsets(grid:Grid, # the common grid
-                 flux, ivar, mask, # (N, M) or (M,) rest-frame normalised flux, ivar, True = bad
-                 lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
-                 max_err:float=0.25, # a less certain offset is reported as NaN
-                 **kw): # `measure_lines` options (search, half, min_gap)
+def line_offsets(
+    grid: Grid,  # the common grid
+    flux,
+    ivar,
+    mask,  # (N, M) or (M,) rest-frame normalised flux, ivar, True = bad
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    max_err: float = 0.25,  # a less certain offset is reported as NaN
+    **kw,  # `measure_lines` options (search, half, min_gap)
+):
     "Offset (pixels) of every spectrum's reference lines from their rest wavelengths, (N,); NaN when too few lines."
     r = measure_lines(grid, flux, ivar, mask, lines, **kw)
     m, e, _ = robust_mean(r['offset'], r['err'])
     return np.where(e <= max_err, m, np.nan)
 
 # %% ../../nbs/05a_alignment.ipynb
-def spectrum_offsets(grid:Grid, # the common grid
-                     flux, ivar, mask, # (N, M) rest-frame normalised flux, ivar, True = bad
-                     lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
-                     outlier_px:float=0.5, # a spectrum (or segment) off by more is an outlier
-                     max_err:float=0.25, # a less certain offset is reported as NaN
-                     chunk:int=64, # spectra measured together
-                     **kw): # `measure_lines` options
+def spectrum_offsets(
+    grid: Grid,  # the common grid
+    flux,
+    ivar,
+    mask,  # (N, M) rest-frame normalised flux, ivar, True = bad
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    outlier_px: float = 0.5,  # a spectrum (or segment) off by more is an outlier
+    max_err: float = 0.25,  # a less certain offset is reported as NaN
+    chunk: int = 64,  # spectra measured together
+    **kw,  # `measure_lines` options
+):
     "One row per spectrum: offset_px, err_px, n_lines, segment_px (its worst detector segment), outlier."
-    flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask)); parts = []
+    flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask))
+    parts = []
     for c in range(0, len(flux), chunk):
-        r = measure_lines(grid, flux[c:c + chunk], ivar[c:c + chunk], mask[c:c + chunk], lines, **kw); n = len(r['offset'])
+        r = measure_lines(grid, flux[c : c + chunk], ivar[c : c + chunk], mask[c : c + chunk], lines, **kw)
+        n = len(r['offset'])
         m, e, k, worst = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int64), np.full(n, np.nan)
-        _robust_nb(*(np.ascontiguousarray(r[x], t) for x, t in (('offset', float), ('err', float), ('segment', np.int64))), True,
-                   0.03, 3.0, 5, float(max_err), m, e, k, worst)  # `robust_mean`'s defaults, over all lines and per segment
-        parts.append(pd.DataFrame({'offset_px': np.where(e <= max_err, m, np.nan), 'err_px': e, 'n_lines': k, 'segment_px': worst}))
-    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame([], columns=['offset_px', 'err_px', 'n_lines', 'segment_px'])
+        _robust_nb(
+            *(np.ascontiguousarray(r[x], t) for x, t in (('offset', float), ('err', float), ('segment', np.int64))),
+            True,
+            0.03,
+            3.0,
+            5,
+            float(max_err),
+            m,
+            e,
+            k,
+            worst,
+        )  # `robust_mean`'s defaults, over all lines and per segment
+        parts.append(
+            pd.DataFrame(
+                {'offset_px': np.where(e <= max_err, m, np.nan), 'err_px': e, 'n_lines': k, 'segment_px': worst}
+            )
+        )
+    df = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame([], columns=['offset_px', 'err_px', 'n_lines', 'segment_px'])
+    )
     df['outlier'] = (df['offset_px'].abs() > outlier_px) | (df['segment_px'].abs() > outlier_px)
     return df
 
 # %% ../../nbs/05a_alignment.ipynb
-def stack(flux, ivar, mask): # (N, M) flux, ivar, True = bad
+def stack(flux, ivar, mask):  # (N, M) flux, ivar, True = bad
     "Inverse-variance weighted mean of spectra on one grid: flux, ivar, bad of shape (M,)."
-    w = np.where(np.atleast_2d(mask) | ~np.isfinite(flux), 0.0, np.atleast_2d(ivar)); s = w.sum(0)
-    with np.errstate(invalid='ignore', divide='ignore'): f = np.where(s > 0, (w * np.nan_to_num(flux)).sum(0) / s, 1.0)
+    w = np.where(np.atleast_2d(mask) | ~np.isfinite(flux), 0.0, np.atleast_2d(ivar))
+    s = w.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        f = np.where(s > 0, (w * np.nan_to_num(flux)).sum(0) / s, 1.0)
     return f, s, s == 0
 
 # %% ../../nbs/05a_alignment.ipynb
-def survey_row(grid:Grid, # the common grid
-               survey:str, # the survey's name
-               per:pd.DataFrame, # its spectra's rows of `spectrum_offsets`
-               flux, ivar, bad, # (M,) its stacked spectrum (outliers left out), e.g. from `stack`
-               lines=None): # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+def survey_row(
+    grid: Grid,  # the common grid
+    survey: str,  # the survey's name
+    per: pd.DataFrame,  # its spectra's rows of `spectrum_offsets`
+    flux,
+    ivar,
+    bad,  # (M,) its stacked spectrum (outliers left out), e.g. from `stack`
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+):
     "One survey's row of the report: stacked offset and error, per-spectrum median and scatter, outliers."
-    out = per['outlier'].astype(bool); o = per['offset_px'].dropna(); oi = per.loc[~out, 'offset_px'].dropna()  # measured; inliers
+    out = per['outlier'].astype(bool)
+    o = per['offset_px'].dropna()
+    oi = per.loc[~out, 'offset_px'].dropna()  # measured; inliers
     ids = (per['spec_id'] if 'spec_id' in per else pd.Series(per.index, index=per.index))[out]
     r = measure_lines(grid, flux, ivar, bad, lines) if (np.asarray(ivar) > 0).any() else None
     m, e, nl = robust_mean(r['offset'], r['err']) if r is not None else ([np.nan], [np.nan], [0])
-    return dict(survey=survey, n_spectra=len(per), n_measured=len(o), n_lines=int(nl[0]), offset_px=m[0], offset_err_px=e[0],
-                offset_kms=m[0] * grid.dln * C_KMS, median_px=oi.median() if len(oi) else np.nan,
-                scatter_px=1.4826 * (oi - oi.median()).abs().median() if len(oi) else np.nan, noise_px=per['err_px'].median(),
-                n_outliers=int(out.sum()), max_abs_px=o.abs().max() if len(o) else np.nan, outliers=[int(i) for i in ids])
+    return dict(
+        survey=survey,
+        n_spectra=len(per),
+        n_measured=len(o),
+        n_lines=int(nl[0]),
+        offset_px=m[0],
+        offset_err_px=e[0],
+        offset_kms=m[0] * grid.dln * C_KMS,
+        median_px=oi.median() if len(oi) else np.nan,
+        scatter_px=1.4826 * (oi - oi.median()).abs().median() if len(oi) else np.nan,
+        noise_px=per['err_px'].median(),
+        n_outliers=int(out.sum()),
+        max_abs_px=o.abs().max() if len(o) else np.nan,
+        outliers=[int(i) for i in ids],
+    )
 
 # %% ../../nbs/05a_alignment.ipynb
-def alignment_report(grid:Grid, # the common grid
-                     flux, ivar, mask, # (N, M) rest-frame normalised flux, ivar, True = bad
-                     survey, # (N,) survey of each spectrum (or one name)
-                     lines=None, # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
-                     outlier_px:float=0.5, # a spectrum (or segment) off by more is an outlier
-                     spectra:pd.DataFrame|None=None): # `spectrum_offsets` already computed (None: computed here)
+def alignment_report(
+    grid: Grid,  # the common grid
+    flux,
+    ivar,
+    mask,  # (N, M) rest-frame normalised flux, ivar, True = bad
+    survey,  # (N,) survey of each spectrum (or one name)
+    lines=None,  # vacuum rest wavelengths (Å); None: `linelist.reference_lines()`
+    outlier_px: float = 0.5,  # a spectrum (or segment) off by more is an outlier
+    spectra: pd.DataFrame | None = None,  # `spectrum_offsets` already computed (None: computed here)
+):
     "One row per survey: stacked offset (px) and error, per-spectrum median and scatter, outliers."
     flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask))
     survey = np.broadcast_to(np.asarray(survey), (len(flux),))
-    per = spectrum_offsets(grid, flux, ivar, mask, lines, outlier_px) if spectra is None else spectra.reset_index(drop=True)
+    per = (
+        spectrum_offsets(grid, flux, ivar, mask, lines, outlier_px)
+        if spectra is None
+        else spectra.reset_index(drop=True)
+    )
     rows = []
     for sv in dict.fromkeys(survey):
-        k = survey == sv; ps = per[k]
+        k = survey == sv
+        ps = per[k]
         use = np.flatnonzero(k)[(ps['offset_px'].notna() & ~ps['outlier']).to_numpy()]
         rows.append(survey_row(grid, sv, ps, *stack(flux[use], ivar[use], mask[use]), lines))
     return pd.DataFrame(rows)
 
 # %% ../../nbs/05a_alignment.ipynb
-def _named(ids, n:int=10):
+def _named(ids, n: int = 10):
     "' (id, id, ...)' naming the first `n` outlying spectra; '' when there are none (or the report has no `outliers`)."
-    if not isinstance(ids, (list, tuple)) or not ids: return ''
+    if not isinstance(ids, (list, tuple)) or not ids:
+        return ''
     return f" ({', '.join(map(str, ids[:n]))}{', ...' if len(ids) > n else ''})"
 
-def check_alignment(report:pd.DataFrame, # from `alignment_report`
-                    tol_px:float=0.1, # tolerance, pixels of the common grid
-                    max_outlier_fraction:float=0.5): # fail when more than this fraction of a survey's spectra are outliers
-    "Raise `MisalignedGridError` naming every survey whose lines are off (stacked, or spectrum by spectrum); else return the report."
+
+def check_alignment(
+    report: pd.DataFrame,  # from `alignment_report`
+    tol_px: float = 0.1,  # tolerance, pixels of the common grid
+    max_outlier_fraction: float = 0.5,  # fail when more than this fraction of a survey's spectra are outliers
+):
+    """Raise `MisalignedGridError` naming every survey whose lines are off (stacked, or spectrum by spectrum); else
+    return the report."""
     bad = []
     for r in report.itertuples():
         why = []
-        if abs(r.offset_px) > tol_px: why.append(f'stacked lines off by {r.offset_px:+.3f} ± {r.offset_err_px:.3f} px')
+        if abs(r.offset_px) > tol_px:
+            why.append(f'stacked lines off by {r.offset_px:+.3f} ± {r.offset_err_px:.3f} px')
         if r.n_outliers > max_outlier_fraction * max(r.n_measured, 1):
-            why.append(f'{r.n_outliers} of {r.n_measured} spectra individually off by > 0.5 px{_named(getattr(r, "outliers", None))}')
-        if r.scatter_px > tol_px + 3 * r.noise_px: why.append(f'per-spectrum offsets scatter by {r.scatter_px:.3f} px (noise {r.noise_px:.3f} px)')
-        if why: bad.append((r.survey, why))
-        elif r.n_spectra and np.isnan(r.offset_px): warnings.warn(f'alignment of {r.survey} cannot be verified: no spectrum has enough measurable lines')
+            why.append(
+                f'{r.n_outliers} of {r.n_measured} spectra individually off by > 0.5 '
+                f'px{_named(getattr(r, "outliers", None))}'
+            )
+        if r.scatter_px > tol_px + 3 * r.noise_px:
+            why.append(f'per-spectrum offsets scatter by {r.scatter_px:.3f} px (noise {r.noise_px:.3f} px)')
+        if why:
+            bad.append((r.survey, why))
+        elif r.n_spectra and np.isnan(r.offset_px):
+            warnings.warn(f'alignment of {r.survey} cannot be verified: no spectrum has enough measurable lines')
     if bad:
-        raise MisalignedGridError(f'misaligned wavelength grid (tolerance {tol_px} px): ' + '; '.join(f"{s}: {', '.join(w)}" for s, w in bad),
-                                  [s for s, _ in bad])
+        raise MisalignedGridError(
+            f'misaligned wavelength grid (tolerance {tol_px} px): ' + '; '.join(f"{s}: {', '.join(w)}" for s, w in bad),
+            [s for s, _ in bad],
+        )
     return report
 
 # %% ../../nbs/05a_alignment.ipynb
 FAULTS = ('air', 'rv_skip', 'rv_double', 'pixel')
 
-def inject_fault(spec:Spectrum, # a spectrum as read (with its velocity)
-                 fault:str): # one of `FAULTS`
-    "A copy of `spec` with a classic processing fault: air wavelengths, velocity skipped or doubled, solution one pixel off."
-    if fault == 'air': return dataclasses.replace(spec, wave=vacuum_to_air(spec.wave))
-    if fault == 'rv_skip': return dataclasses.replace(spec, frame='rest')
-    if fault == 'rv_double': return dataclasses.replace(spec, rv=spec.rv + spec.frame_rv)  # the velocity in its frame doubles
+
+def inject_fault(
+    spec: Spectrum,  # a spectrum as read (with its velocity)
+    fault: str,  # one of `FAULTS`
+):
+    """A copy of `spec` with a classic processing fault: air wavelengths, velocity skipped or doubled, solution one
+    pixel off."""
+    if fault == 'air':
+        return dataclasses.replace(spec, wave=vacuum_to_air(spec.wave))
+    if fault == 'rv_skip':
+        return dataclasses.replace(spec, frame='rest')
+    if fault == 'rv_double':
+        return dataclasses.replace(spec, rv=spec.rv + spec.frame_rv)  # the velocity in its frame doubles
     if fault == 'pixel':
-        d = np.diff(spec.wave); step = np.minimum(np.r_[d, d[-1]], np.r_[d[0], d])  # the native step (not across camera gaps)
+        d = np.diff(spec.wave)
+        step = np.minimum(np.r_[d, d[-1]], np.r_[d[0], d])  # the native step (not across camera gaps)
         return dataclasses.replace(spec, wave=spec.wave + step)
     raise ValueError(f'inject_fault: unknown fault {fault!r}, expected one of {FAULTS}')
 
 # %% ../../nbs/05a_alignment.ipynb
-def process_for_check(spec:Spectrum, # a spectrum as read
-                      grid:Grid, # the common grid
-                      rv:float=np.nan, # catalogue velocity (km/s), used when the spectrum has none
-                      fault:str|None=None, # a deliberate fault (`inject_fault`) or None
-                      method:str='gaussian'): # continuum method
+def process_for_check(
+    spec: Spectrum,  # a spectrum as read
+    grid: Grid,  # the common grid
+    rv: float = np.nan,  # catalogue velocity (km/s), used when the spectrum has none
+    fault: str | None = None,  # a deliberate fault (`inject_fault`) or None
+    method: str = 'gaussian',  # continuum method
+):
     "read -> (fault) -> to_rest_grid -> normalise: normalised flux, ivar and bad on the grid, and the velocity removed."
-    if not np.isfinite(spec.frame_rv): spec = dataclasses.replace(spec, rv=rv)
-    if fault: spec = inject_fault(spec, fault)
+    if not np.isfinite(spec.frame_rv):
+        spec = dataclasses.replace(spec, rv=rv)
+    if fault:
+        spec = inject_fault(spec, fault)
     r = to_rest_grid(spec, grid)
     nf, niv = normalise(grid.wave, r['flux'], r['ivar'], r['bad'], method=method)
     return nf, niv, r['bad'] | (niv == 0), r['rv_used']

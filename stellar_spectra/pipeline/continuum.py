@@ -16,12 +16,16 @@ __all__ = ['METHODS', 'ContinuumMethod', 'good_pixels', 'clipped_fit', 'gaussian
 _FM = {'reassoc', 'contract', 'nsz', 'arcp'}  # fast-math flags that keep NaN and inf semantics
 _BAD = -1e300  # variance of an unusable pixel: every clip test fails
 
-def good_pixels(flux, # (N, P)
-                ivar, # (N, P) inverse variance
-                mask=None): # (N, P) True = bad, or None
+
+def good_pixels(
+    flux,  # (N, P)
+    ivar,  # (N, P) inverse variance
+    mask=None,  # (N, P) True = bad, or None
+):
     "Usable pixels: unmasked, finite flux, 0 < ivar < inf."
     g = np.isfinite(flux) & (ivar > 0) & (ivar < np.inf)
     return g if mask is None else g & ~np.asarray(mask, bool)
+
 
 @jit()
 def _prep(fin, ivin, m, cp, f, v, iv):
@@ -30,26 +34,53 @@ def _prep(fin, ivin, m, cp, f, v, iv):
     for p in range(len(fin)):
         x, i = fin[p], ivin[p]
         if np.isfinite(x) and i > 0 and i < np.inf and not m[p] and cp[p]:
-            f[p] = x; iv[p] = i; v[p] = 1.0 / i; ng += 1
-        else: f[p] = 0.0; iv[p] = 0.0; v[p] = _BAD
-    f[len(fin):] = 0.0; iv[len(fin):] = 0.0; v[len(fin):] = _BAD
+            f[p] = x
+            iv[p] = i
+            v[p] = 1.0 / i
+            ng += 1
+        else:
+            f[p] = 0.0
+            iv[p] = 0.0
+            v[p] = _BAD
+    f[len(fin) :] = 0.0
+    iv[len(fin) :] = 0.0
+    v[len(fin) :] = _BAD
     return ng
 
 # %% ../../nbs/04_continuum.ipynb
 @jit(fastmath=_FM)
 def _top_quantile(f, v, B, q, out):
-    "Per block of B pixels: the q-quantile ('lower') of the usable fluxes (out[0], NaN if none) and their count (out[1])."
+    """Per block of B pixels: the q-quantile ('lower') of the usable fluxes (out[0], NaN if none) and their count
+    (out[1])."""
     for b in range(len(out[0])):
-        t0 = -np.inf; t1 = -np.inf; t2 = -np.inf; t3 = -np.inf; t4 = -np.inf; k = 0; p0 = b * B
+        t0 = -np.inf
+        t1 = -np.inf
+        t2 = -np.inf
+        t3 = -np.inf
+        t4 = -np.inf
+        k = 0
+        p0 = b * B
         for j in range(B):  # the 5 largest, decreasing, by a compare-exchange chain
-            ok = v[p0 + j] != _BAD; y = f[p0 + j] if ok else -np.inf; k += ok
-            hi = max(t0, y); y = min(t0, y); t0 = hi
-            hi = max(t1, y); y = min(t1, y); t1 = hi
-            hi = max(t2, y); y = min(t2, y); t2 = hi
-            hi = max(t3, y); y = min(t3, y); t3 = hi
+            ok = v[p0 + j] != _BAD
+            y = f[p0 + j] if ok else -np.inf
+            k += ok
+            hi = max(t0, y)
+            y = min(t0, y)
+            t0 = hi
+            hi = max(t1, y)
+            y = min(t1, y)
+            t1 = hi
+            hi = max(t2, y)
+            y = min(t2, y)
+            t2 = hi
+            hi = max(t3, y)
+            y = min(t3, y)
+            t3 = hi
             t4 = max(t4, y)
         r = (k - 1) - int(q * (k - 1))
-        out[0, b] = np.nan if k == 0 else (t0 if r == 0 else (t1 if r == 1 else (t2 if r == 2 else (t3 if r == 3 else t4))))
+        out[0, b] = (
+            np.nan if k == 0 else (t0 if r == 0 else (t1 if r == 1 else (t2 if r == 2 else (t3 if r == 3 else t4))))
+        )
         out[1, b] = k
 
 # %% ../../nbs/04_continuum.ipynb
@@ -57,71 +88,114 @@ def _top_quantile(f, v, B, q, out):
 def _slopes(cb, b0, b1, S):
     "Per block of [b0, b1): difference to the left (S[0]) and right (S[1]) neighbour centre, extrapolated at the ends."
     for b in range(b0, b1):
-        l = min(max(b, b0 + 1), b1 - 1); r = max(min(b, b1 - 2), b0)
-        S[0, b] = cb[l] - cb[l - 1] if b1 - b0 > 1 else 0.0; S[1, b] = cb[r + 1] - cb[r] if b1 - b0 > 1 else 0.0
+        l = min(max(b, b0 + 1), b1 - 1)
+        r = max(min(b, b1 - 2), b0)
+        S[0, b] = cb[l] - cb[l - 1] if b1 - b0 > 1 else 0.0
+        S[1, b] = cb[r + 1] - cb[r] if b1 - b0 > 1 else 0.0
+
 
 @jit(fastmath=_FM)
 def _clip_sums(f, v, iv, cb, S, b0, b1, B, lo2, up2, fl2, st, weighted):
-    "One pass: per block of [b0, b1), count and Σf (weighted: Σiv, Σiv f) of the pixels within the clip of continuum `cb`."
+    """One pass: per block of [b0, b1), count and Σf (weighted: Σiv, Σiv f) of the pixels within the clip of continuum
+    `cb`."""
     h = (B - 1) / 2
     for b in range(b0, b1):
-        c0 = cb[b]; sl = S[0, b] / B; sr = S[1, b] / B; p0 = b * B; n = 0.0; sf = 0.0
+        c0 = cb[b]
+        sl = S[0, b] / B
+        sr = S[1, b] / B
+        p0 = b * B
+        n = 0.0
+        sf = 0.0
         if weighted:
             for j in range(B):
-                dd = j - h; c = c0 + (sl if dd < 0 else sr) * dd; x = f[p0 + j]; d = x - c
+                dd = j - h
+                c = c0 + (sl if dd < 0 else sr) * dd
+                x = f[p0 + j]
+                d = x - c
                 k = iv[p0 + j] if d * d < (lo2 if d < 0 else up2) * (v[p0 + j] + fl2 * c * c) else 0.0
-                n += k; sf += k * x
+                n += k
+                sf += k * x
         else:
             for j in range(B):
-                dd = j - h; c = c0 + (sl if dd < 0 else sr) * dd; x = f[p0 + j]; d = x - c
+                dd = j - h
+                c = c0 + (sl if dd < 0 else sr) * dd
+                x = f[p0 + j]
+                d = x - c
                 k = 1.0 if d * d < (lo2 if d < 0 else up2) * (v[p0 + j] + fl2 * c * c) else 0.0
-                n += k; sf += k * x
-        st[0, b] = n; st[1, b] = sf
+                n += k
+                sf += k * x
+        st[0, b] = n
+        st[1, b] = sf
 
 # %% ../../nbs/04_continuum.ipynb
 @jit()
 def _fill(y, b0, b1):
-    "Fill NaN entries of y[b0:b1] by linear interpolation (constant beyond the outer finite ones); False if none is finite."
+    """Fill NaN entries of y[b0:b1] by linear interpolation (constant beyond the outer finite ones); False if none is
+    finite."""
     last = -1
     for b in range(b0, b1):
-        if np.isnan(y[b]): continue
+        if np.isnan(y[b]):
+            continue
         if last < 0:
-            for j in range(b0, b): y[j] = y[b]
+            for j in range(b0, b):
+                y[j] = y[b]
         else:
-            for j in range(last + 1, b): y[j] = y[last] + (y[b] - y[last]) * (j - last) / (b - last)
+            for j in range(last + 1, b):
+                y[j] = y[last] + (y[b] - y[last]) * (j - last) / (b - last)
         last = b
-    if last < 0: return False
-    for j in range(last + 1, b1): y[j] = y[last]
+    if last < 0:
+        return False
+    for j in range(last + 1, b1):
+        y[j] = y[last]
     return True
+
 
 @jit()
 def _running_median(y, b0, b1, size, out):
     "Running median of y[b0:b1] (no NaN) over `size` (odd) entries, ends repeated, by a sorted sliding window."
-    h = size // 2; win = np.empty(size)
-    for j in range(size): win[j] = y[min(max(b0 + j - h, b0), b1 - 1)]
+    h = size // 2
+    win = np.empty(size)
+    for j in range(size):
+        win[j] = y[min(max(b0 + j - h, b0), b1 - 1)]
     win.sort()
     for b in range(b0, b1):
         out[b] = win[h]
         old, new = y[min(max(b - h, b0), b1 - 1)], y[min(b + h + 1, b1 - 1)]
         i = 0
-        while win[i] != old: i += 1  # remove the value leaving the window ...
+        while win[i] != old:
+            i += 1  # remove the value leaving the window ...
         while i > 0 and win[i - 1] > new:  # ... and insert the one entering, in order
-            win[i] = win[i - 1]; i -= 1
+            win[i] = win[i - 1]
+            i -= 1
         while i < size - 1 and win[i + 1] < new:
-            win[i] = win[i + 1]; i += 1
+            win[i] = win[i + 1]
+            i += 1
         win[i] = new
 
 # %% ../../nbs/04_continuum.ipynb
 @jit(fastmath=_FM)
 def _gauss_est(st, b0, b1, K, pad, out):
-    "Gaussian-weighted local linear fit to the kept pixels (block counts, flux sums st) at the block centres of [b0, b1)."
-    T = K.shape[1] // 2; pad[:] = 0.0
-    pad[0, T:T + b1 - b0] = st[0, b0:b1]; pad[1, T:T + b1 - b0] = st[1, b0:b1]
+    """Gaussian-weighted local linear fit to the kept pixels (block counts, flux sums st) at the block centres of [b0,
+    b1)."""
+    T = K.shape[1] // 2
+    pad[:] = 0.0
+    pad[0, T : T + b1 - b0] = st[0, b0:b1]
+    pad[1, T : T + b1 - b0] = st[1, b0:b1]
     for b in range(b0, b1):
-        s0 = 0.0; s1 = 0.0; s2 = 0.0; t0 = 0.0; t1 = 0.0; i = b - b0
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        t0 = 0.0
+        t1 = 0.0
+        i = b - b0
         for t in range(2 * T + 1):  # K: the kernel times t**0, t**1, t**2
-            w = pad[0, i + t]; wf = pad[1, i + t]
-            s0 += K[0, t] * w; s1 += K[1, t] * w; s2 += K[2, t] * w; t0 += K[0, t] * wf; t1 += K[1, t] * wf
+            w = pad[0, i + t]
+            wf = pad[1, i + t]
+            s0 += K[0, t] * w
+            s1 += K[1, t] * w
+            s2 += K[2, t] * w
+            t0 += K[0, t] * wf
+            t1 += K[1, t] * wf
         det = s0 * s2 - s1 * s1
         out[b] = np.nan if s0 <= 1e-6 else ((s2 * t0 - s1 * t1) / det if det > 1e-6 * s0 * s0 else t0 / s0)
 
@@ -129,105 +203,160 @@ def _gauss_est(st, b0, b1, K, pad, out):
 @jit()
 def _segments(cnt, b0, b1, gap, segs):
     "Runs of blocks with data in [b0, b1) separated by more than `gap` empty blocks, into segs (k, 2); returns k."
-    k = 0; last = -1
+    k = 0
+    last = -1
     for b in range(b0, b1):
-        if cnt[b] == 0: continue
+        if cnt[b] == 0:
+            continue
         if last < 0 or b - last > gap + 1:
-            if last >= 0: segs[k - 1, 1] = last + 1
-            segs[k, 0] = b; k += 1
+            if last >= 0:
+                segs[k - 1, 1] = last + 1
+            segs[k, 0] = b
+            k += 1
         last = b
-    if k: segs[k - 1, 1] = last + 1
+    if k:
+        segs[k - 1, 1] = last + 1
     return k
+
 
 @jit()
 def _solve_spd(G, r):
     "Solution of G x = r for a small symmetric positive-definite G, by Cholesky (G is overwritten)."
-    n = len(r); x = r.copy()
+    n = len(r)
+    x = r.copy()
     for j in range(n):
-        for k in range(j): G[j, j] -= G[j, k] ** 2
+        for k in range(j):
+            G[j, j] -= G[j, k] ** 2
         G[j, j] = np.sqrt(G[j, j])
         for i in range(j + 1, n):
-            for k in range(j): G[i, j] -= G[i, k] * G[j, k]
+            for k in range(j):
+                G[i, j] -= G[i, k] * G[j, k]
             G[i, j] /= G[j, j]
     for i in range(n):  # L y = r, then L^T x = y
-        for k in range(i): x[i] -= G[i, k] * x[k]
+        for k in range(i):
+            x[i] -= G[i, k] * x[k]
         x[i] /= G[i, i]
     for i in range(n - 1, -1, -1):
-        for k in range(i + 1, n): x[i] -= G[k, i] * x[k]
+        for k in range(i + 1, n):
+            x[i] -= G[k, i] * x[k]
         x[i] /= G[i, i]
     return x
 
+
 @jit()
 def _cheb_est(st, xb, segs, k, deg, out):
-    "ivar-weighted least-squares Chebyshev polynomial of degree deg per segment from block sums (Σiv, Σiv f), at the centres."
+    """ivar-weighted least-squares Chebyshev polynomial of degree deg per segment from block sums (Σiv, Σiv f), at the
+    centres."""
     for s in range(k):
-        a, b = segs[s, 0], segs[s, 1]; x0 = xb[a]; sc = 2 / (xb[b - 1] - x0) if b - 1 > a else 0.0
-        mw = np.zeros(2 * deg + 1); r = np.zeros(deg + 1)  # Σ w T_i (i <= 2 deg), Σ w f T_i
+        a, b = segs[s, 0], segs[s, 1]
+        x0 = xb[a]
+        sc = 2 / (xb[b - 1] - x0) if b - 1 > a else 0.0
+        mw = np.zeros(2 * deg + 1)
+        r = np.zeros(deg + 1)  # Σ w T_i (i <= 2 deg), Σ w f T_i
         for j in range(a, b):
             w, wf = st[0, j], st[1, j]
-            if w == 0: continue
-            u = (xb[j] - x0) * sc - 1; tp, tc = 1.0, u; mw[0] += w; r[0] += wf
+            if w == 0:
+                continue
+            u = (xb[j] - x0) * sc - 1
+            tp, tc = 1.0, u
+            mw[0] += w
+            r[0] += wf
             for i in range(1, 2 * deg + 1):
                 mw[i] += w * tc
-                if i <= deg: r[i] += wf * tc
+                if i <= deg:
+                    r[i] += wf * tc
                 tp, tc = tc, 2 * u * tc - tp
         if mw[0] == 0:
-            out[a:b] = np.nan; continue
+            out[a:b] = np.nan
+            continue
         G = np.empty((deg + 1, deg + 1))
         for i in range(deg + 1):
-            for l in range(deg + 1): G[i, l] = 0.5 * (mw[i + l] + mw[abs(i - l)])
+            for l in range(deg + 1):
+                G[i, l] = 0.5 * (mw[i + l] + mw[abs(i - l)])
         tr = np.trace(G)
-        for i in range(deg + 1): G[i, i] += 1e-10 * tr + 1e-300
+        for i in range(deg + 1):
+            G[i, i] += 1e-10 * tr + 1e-300
         coef = _solve_spd(G, r)
         for j in range(a, b):  # Clenshaw
-            u = (xb[j] - x0) * sc - 1; c1, c2 = 0.0, 0.0
-            for i in range(deg, 0, -1): c1, c2 = 2 * u * c1 - c2 + coef[i], c1
+            u = (xb[j] - x0) * sc - 1
+            c1, c2 = 0.0, 0.0
+            for i in range(deg, 0, -1):
+                c1, c2 = 2 * u * c1 - c2 + coef[i], c1
             out[j] = u * c1 - c2 + coef[0]
 
 # %% ../../nbs/04_continuum.ipynb
 @jit(fastmath=_FM)
 def _expand(cb, S, cnt, b0, b1, B, reach, near, out):
-    "Continuum at the pixels of out: linear between block centres of [b0, b1); NaN farther than `reach` blocks from data."
-    P = len(out); h = (B - 1) / 2; last = -10 ** 9; nx = 10 ** 9
+    """Continuum at the pixels of out: linear between block centres of [b0, b1); NaN farther than `reach` blocks from
+    data."""
+    P = len(out)
+    h = (B - 1) / 2
+    last = -(10**9)
+    nx = 10**9
     for b in range(b1 - 1, b0 - 1, -1):
-        if cnt[b] > 0: nx = b
+        if cnt[b] > 0:
+            nx = b
         near[b] = nx - b <= reach
     for b in range(b0, b1):
-        if cnt[b] > 0: last = b
+        if cnt[b] > 0:
+            last = b
         near[b] = near[b] or b - last <= reach
-    out[:b0 * B] = np.nan; out[b1 * B:] = np.nan
+    out[: b0 * B] = np.nan
+    out[b1 * B :] = np.nan
     for b in range(b0, b1):
-        p0 = b * B; c0, sl, sr = cb[b], S[0, b] / B, S[1, b] / B
-        for j in range(min(B, P - p0)): out[p0 + j] = (c0 + (sl if j < h else sr) * (j - h)) if near[b] else np.nan
+        p0 = b * B
+        c0, sl, sr = cb[b], S[0, b] / B, S[1, b] / B
+        for j in range(min(B, P - p0)):
+            out[p0 + j] = (c0 + (sl if j < h else sr) * (j - h)) if near[b] else np.nan
 
 # %% ../../nbs/04_continuum.ipynb
 @jit()
 def _fit(method, xb, fin, ivin, m, cp, B, niter, lo, up, floor, start_q, start_size, size, K, deg, gap, reach, cont):
     "The clipping loop over the rows of fin (method 0 gaussian, 1 chebyshev, 2 running median), into cont."
-    N, P = fin.shape; nb = len(xb); lo2, up2, fl2 = lo * lo, up * up, floor * floor
-    f = np.empty(nb * B); v = np.empty(nb * B); iv = np.empty(nb * B)
-    st = np.zeros((2, nb)); qb = np.empty((2, nb)); cb = np.empty(nb); new = np.empty(nb); tmp = np.empty(nb)
-    S = np.zeros((2, nb)); near = np.empty(nb, np.bool_); pad = np.empty((2, nb + K.shape[1])); segs = np.empty((nb, 2), np.int64)
+    N, P = fin.shape
+    nb = len(xb)
+    lo2, up2, fl2 = lo * lo, up * up, floor * floor
+    f = np.empty(nb * B)
+    v = np.empty(nb * B)
+    iv = np.empty(nb * B)
+    st = np.zeros((2, nb))
+    qb = np.empty((2, nb))
+    cb = np.empty(nb)
+    new = np.empty(nb)
+    tmp = np.empty(nb)
+    S = np.zeros((2, nb))
+    near = np.empty(nb, np.bool_)
+    pad = np.empty((2, nb + K.shape[1]))
+    segs = np.empty((nb, 2), np.int64)
     for n in range(N):
         if _prep(fin[n], ivin[n], m[min(n, len(m) - 1)], cp, f, v, iv) == 0:
-            cont[n] = np.nan; continue
+            cont[n] = np.nan
+            continue
         _top_quantile(f, v, B, start_q, qb)
         b0, b1 = 0, nb
-        while qb[1, b0] == 0: b0 += 1
-        while qb[1, b1 - 1] == 0: b1 -= 1
-        _fill(qb[0], b0, b1); _running_median(qb[0], b0, b1, start_size, cb)
+        while qb[1, b0] == 0:
+            b0 += 1
+        while qb[1, b1 - 1] == 0:
+            b1 -= 1
+        _fill(qb[0], b0, b1)
+        _running_median(qb[0], b0, b1, start_size, cb)
         k = _segments(qb[1], b0, b1, gap, segs) if method == 1 else 0
         for it in range(niter):
             _slopes(cb, b0, b1, S)
             _clip_sums(f, v, iv, cb, S, b0, b1, B, lo2, up2, fl2, st, method == 1)
             new[b0:b1] = np.nan
-            if method == 0: _gauss_est(st, b0, b1, K, pad, new)
-            elif method == 1: _cheb_est(st, xb, segs, k, deg, new)
+            if method == 0:
+                _gauss_est(st, b0, b1, K, pad, new)
+            elif method == 1:
+                _cheb_est(st, xb, segs, k, deg, new)
             else:
-                for b in range(b0, b1): tmp[b] = st[1, b] / st[0, b] if st[0, b] > 0 else np.nan
-                if _fill(tmp, b0, b1): _running_median(tmp, b0, b1, size, new)
+                for b in range(b0, b1):
+                    tmp[b] = st[1, b] / st[0, b] if st[0, b] > 0 else np.nan
+                if _fill(tmp, b0, b1):
+                    _running_median(tmp, b0, b1, size, new)
             for b in range(b0, b1):
-                if np.isfinite(new[b]): cb[b] = new[b]
+                if np.isfinite(new[b]):
+                    cb[b] = new[b]
         _slopes(cb, b0, b1, S)
         _expand(cb, S, qb[1], b0, b1, B, reach, near, cont[n])
 
@@ -235,93 +364,172 @@ def _fit(method, xb, fin, ivin, m, cp, B, niter, lo, up, floor, start_q, start_s
 @jit()
 def _usable_span(fin, ivin, m, cp):
     "(lo, hi): the first and one past the last pixel usable in any row (as `_prep` decides); lo >= hi when none is."
-    N, P = fin.shape; lo, hi = P, 0
+    N, P = fin.shape
+    lo, hi = P, 0
     for n in range(N):
         mn = m[min(n, len(m) - 1)]
         for p in range(lo):
             x, i = fin[n, p], ivin[n, p]
-            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]: lo = p; break
+            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]:
+                lo = p
+                break
         for p in range(P - 1, max(hi, lo) - 1, -1):
             x, i = fin[n, p], ivin[n, p]
-            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]: hi = p + 1; break
+            if np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cp[p]:
+                hi = p + 1
+                break
     return lo, hi
 
 # %% ../../nbs/04_continuum.ipynb
 def _blocks_x(wave, block):
     "ln λ at the block centres (the last, partial block extrapolated) and the mean ln λ step per block."
-    w = np.asarray(wave, float); P = len(w); nb = -(-P // block); j = np.arange(nb) * block + (block - 1) / 2
-    i = np.minimum(np.floor(j).astype(int), P - 2); lw = np.log(w[i]), np.log(w[i + 1])
+    w = np.asarray(wave, float)
+    P = len(w)
+    nb = -(-P // block)
+    j = np.arange(nb) * block + (block - 1) / 2
+    i = np.minimum(np.floor(j).astype(int), P - 2)
+    lw = np.log(w[i]), np.log(w[i + 1])
     return lw[0] + (lw[1] - lw[0]) * (j - i), (np.log(w[-1]) - np.log(w[0])) / (P - 1) * block
+
 
 def _check(wave, flux, ivar, mask):
     "Arrays as the loop wants them, or a ValueError saying what is wrong."
-    flux = np.atleast_2d(np.asarray(flux)); P = flux.shape[-1]
-    if flux.ndim != 2: raise ValueError(f'continuum: flux must be (N, P) or (P,), got shape {flux.shape}')
-    if np.shape(wave) != (P,): raise ValueError(f'continuum: wave has shape {np.shape(wave)}, flux has {P} pixels')
+    flux = np.atleast_2d(np.asarray(flux))
+    P = flux.shape[-1]
+    if flux.ndim != 2:
+        raise ValueError(f'continuum: flux must be (N, P) or (P,), got shape {flux.shape}')
+    if np.shape(wave) != (P,):
+        raise ValueError(f'continuum: wave has shape {np.shape(wave)}, flux has {P} pixels')
     if P < 2 or not np.isfinite(wave[0]) or not np.isfinite(wave[-1]) or wave[-1] <= wave[0]:
         raise ValueError('continuum: wave must be finite, increasing and at least 2 pixels long')
-    try: ivar = np.broadcast_to(np.asarray(ivar), flux.shape); m = np.zeros((1, P), bool) if mask is None else np.atleast_2d(np.asarray(mask, bool))
-    except ValueError: raise ValueError(f'continuum: ivar {np.shape(ivar)} or mask {np.shape(mask)} do not match flux {flux.shape}') from None
-    if m.shape[1] != P or m.ndim != 2 or len(m) not in (1, len(flux)): raise ValueError(f'continuum: mask {np.shape(mask)} does not match flux {flux.shape}')
-    return flux if flux.dtype.kind == 'f' else flux.astype(float), ivar if ivar.dtype.kind == 'f' else ivar.astype(float), m
+    try:
+        ivar = np.broadcast_to(np.asarray(ivar), flux.shape)
+        m = np.zeros((1, P), bool) if mask is None else np.atleast_2d(np.asarray(mask, bool))
+    except ValueError:
+        raise ValueError(
+            f'continuum: ivar {np.shape(ivar)} or mask {np.shape(mask)} do not match flux {flux.shape}'
+        ) from None
+    if m.shape[1] != P or m.ndim != 2 or len(m) not in (1, len(flux)):
+        raise ValueError(f'continuum: mask {np.shape(mask)} does not match flux {flux.shape}')
+    return (
+        flux if flux.dtype.kind == 'f' else flux.astype(float),
+        ivar if ivar.dtype.kind == 'f' else ivar.astype(float),
+        m,
+    )
 
 # %% ../../nbs/04_continuum.ipynb
-def clipped_fit(method:str, # 'gaussian', 'chebyshev' or 'median'
-                wave, flux, ivar, mask=None, # (P,) wave uniform in ln λ; (N, P) or (P,) flux, ivar, mask (True = bad)
-                niter:int=4, # clip-and-estimate iterations
-                lower:float=1.5, # lower clip, in s
-                upper:float=4.0, # upper clip, in s
-                floor:float=0.005, # relative floor of s
-                block:int=32, # block size (pixels)
-                start_q:float=0.9, # quantile of each block for the start
-                start_width:float=0.005, # running-median window of the start, ln λ
-                width:float=0.003, # gaussian: sigma; median: full window (ln λ)
-                deg:int=4, # chebyshev: degree per segment
-                min_gap:int=50, # chebyshev: pixels of gap that separate segments
-                continuum_pixels=None, # optional (P,) bool: the only pixels allowed in the fit
-                reach:int=64): # pixels from usable data beyond which the continuum is NaN
-    "The shared loop: start near the top, clip asymmetrically, re-estimate; the continuum (N, P) or (P,), NaN far from data."
+def clipped_fit(
+    method: str,  # 'gaussian', 'chebyshev' or 'median'
+    wave,
+    flux,
+    ivar,
+    mask=None,  # (P,) wave uniform in ln λ; (N, P) or (P,) flux, ivar, mask (True = bad)
+    niter: int = 4,  # clip-and-estimate iterations
+    lower: float = 1.5,  # lower clip, in s
+    upper: float = 4.0,  # upper clip, in s
+    floor: float = 0.005,  # relative floor of s
+    block: int = 32,  # block size (pixels)
+    start_q: float = 0.9,  # quantile of each block for the start
+    start_width: float = 0.005,  # running-median window of the start, ln λ
+    width: float = 0.003,  # gaussian: sigma; median: full window (ln λ)
+    deg: int = 4,  # chebyshev: degree per segment
+    min_gap: int = 50,  # chebyshev: pixels of gap that separate segments
+    continuum_pixels=None,  # optional (P,) bool: the only pixels allowed in the fit
+    reach: int = 64,  # pixels from usable data beyond which the continuum is NaN
+):
+    """The shared loop: start near the top, clip asymmetrically, re-estimate; the continuum (N, P) or (P,), NaN far from
+    data."""
     code = {'gaussian': 0, 'chebyshev': 1, 'median': 2}[method]
-    flux_, ivar, m = _check(wave, flux, ivar, mask); P = flux_.shape[1]
-    if block - int(start_q * (block - 1)) > 5: raise ValueError(f'continuum: start_q={start_q} too low for block={block} (at most the 5 largest fluxes of a block are kept)')
-    cp = np.ones(P, bool) if continuum_pixels is None else np.ascontiguousarray(np.broadcast_to(np.asarray(continuum_pixels, bool), (P,)))
-    xb, dxb = _blocks_x(wave, block); sig = width / dxb
-    t = np.arange(-int(3 * sig + 0.5), int(3 * sig + 0.5) + 1); k = np.exp(-0.5 * (t / sig) ** 2); k /= k.sum()
+    flux_, ivar, m = _check(wave, flux, ivar, mask)
+    P = flux_.shape[1]
+    if block - int(start_q * (block - 1)) > 5:
+        raise ValueError(
+            f'continuum: start_q={start_q} too low for block={block} (at most the 5 largest fluxes of a block are kept)'
+        )
+    cp = (
+        np.ones(P, bool)
+        if continuum_pixels is None
+        else np.ascontiguousarray(np.broadcast_to(np.asarray(continuum_pixels, bool), (P,)))
+    )
+    xb, dxb = _blocks_x(wave, block)
+    sig = width / dxb
+    t = np.arange(-int(3 * sig + 0.5), int(3 * sig + 0.5) + 1)
+    k = np.exp(-0.5 * (t / sig) ** 2)
+    k /= k.sum()
     odd = lambda x: max(1, int(round(x))) | 1
-    lo, hi = _usable_span(flux_, ivar, m, cp); b0, b1 = lo // block, -(-hi // block)  # the blocks holding usable pixels:
-    p0, p1 = b0 * block, min(P, b1 * block); cont = np.full(flux_.shape, np.nan)        # the rest is NaN (far from data)
+    lo, hi = _usable_span(flux_, ivar, m, cp)
+    b0, b1 = lo // block, -(-hi // block)  # the blocks holding usable pixels:
+    p0, p1 = b0 * block, min(P, b1 * block)
+    cont = np.full(flux_.shape, np.nan)  # the rest is NaN (far from data)
     if hi > lo:
         c, part = np.empty((len(flux_), p1 - p0)), lambda a: np.ascontiguousarray(a[:, p0:p1])
-        _fit(code, xb[b0:b1], part(flux_), part(ivar), part(m), cp[p0:p1], block, niter, lower, upper, floor, start_q,
-             odd(start_width / dxb), odd(width / dxb), np.stack([k, k * t, k * t * t]), deg, max(min_gap // block, 1), max(1, reach // block), c)
+        _fit(
+            code,
+            xb[b0:b1],
+            part(flux_),
+            part(ivar),
+            part(m),
+            cp[p0:p1],
+            block,
+            niter,
+            lower,
+            upper,
+            floor,
+            start_q,
+            odd(start_width / dxb),
+            odd(width / dxb),
+            np.stack([k, k * t, k * t * t]),
+            deg,
+            max(min_gap // block, 1),
+            max(1, reach // block),
+            c,
+        )
         cont[:, p0:p1] = c
     return cont[0] if np.ndim(flux) == 1 else cont
 
 # %% ../../nbs/04_continuum.ipynb
-def gaussian_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,); wave uniform in ln λ
-                       width:float=0.003, # Gaussian sigma, ln λ
-                       **kw): # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+def gaussian_continuum(
+    wave,
+    flux,
+    ivar,
+    mask=None,  # arrays (N, P) or (P,); wave uniform in ln λ
+    width: float = 0.003,  # Gaussian sigma, ln λ
+    **kw,  # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+):
     "Continuum by mask-aware (normalised, local-linear) Gaussian smoothing of the kept pixels."
     return clipped_fit('gaussian', wave, flux, ivar, mask, width=width, **kw)
 
 # %% ../../nbs/04_continuum.ipynb
-def chebyshev_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,)
-                        deg:int=4, # polynomial degree per segment
-                        min_gap:int=50, # pixels of gap that separate segments
-                        **kw): # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+def chebyshev_continuum(
+    wave,
+    flux,
+    ivar,
+    mask=None,  # arrays (N, P) or (P,)
+    deg: int = 4,  # polynomial degree per segment
+    min_gap: int = 50,  # pixels of gap that separate segments
+    **kw,  # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+):
     "Continuum by an ivar-weighted, iteratively clipped Chebyshev polynomial per chip/camera segment."
     return clipped_fit('chebyshev', wave, flux, ivar, mask, deg=deg, min_gap=min_gap, **kw)
 
 # %% ../../nbs/04_continuum.ipynb
-def median_continuum(wave, flux, ivar, mask=None, # arrays (N, P) or (P,); wave uniform in ln λ
-                     width:float=0.01, # full window of the running median, ln λ
-                     **kw): # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+def median_continuum(
+    wave,
+    flux,
+    ivar,
+    mask=None,  # arrays (N, P) or (P,); wave uniform in ln λ
+    width: float = 0.01,  # full window of the running median, ln λ
+    **kw,  # `clipped_fit` options: niter, lower, upper, floor, block, continuum_pixels, ...
+):
     "Continuum by a mask-aware running median of the mean flux of the kept pixels of each block."
     return clipped_fit('median', wave, flux, ivar, mask, width=width, **kw)
 
 # %% ../../nbs/04_continuum.ipynb
 METHODS = {'gaussian': gaussian_continuum, 'chebyshev': chebyshev_continuum, 'median': median_continuum}
-ContinuumMethod = Literal[tuple(METHODS)]  # the method names as a type: a signature that takes one lets the command line offer the choices
+ContinuumMethod = Literal[
+    tuple(METHODS)
+]  # the method names as a type: a signature that takes one lets the command line offer the choices
+
 
 @jit()
 def _divide(flux, ivar, m, c, nf, niv):
@@ -331,14 +539,23 @@ def _divide(flux, ivar, m, c, nf, niv):
         for p in range(flux.shape[1]):
             x, i, cc = flux[n, p], ivar[n, p], c[n, p]
             ok = np.isfinite(x) and i > 0 and i < np.inf and not mn[p] and cc > 0 and cc < np.inf
-            nf[n, p] = x / cc if ok else 1.0; niv[n, p] = i * cc * cc if ok else 0.0
+            nf[n, p] = x / cc if ok else 1.0
+            niv[n, p] = i * cc * cc if ok else 0.0
 
-def normalise(wave, flux, ivar, mask=None, # arrays (N, P) or (P,)
-              method:ContinuumMethod='gaussian', # one of `METHODS`
-              **kw): # options of the method
+
+def normalise(
+    wave,
+    flux,
+    ivar,
+    mask=None,  # arrays (N, P) or (P,)
+    method: ContinuumMethod = 'gaussian',  # one of `METHODS`
+    **kw,  # options of the method
+):
     "Continuum-normalised flux and ivar: (flux / c, ivar * c²), flux 1 and ivar 0 where unusable."
-    if method not in METHODS: raise ValueError(f"normalise: unknown method {method!r}, expected one of {list(METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"normalise: unknown method {method!r}, expected one of {list(METHODS)}")
     c = METHODS[method](wave, flux, ivar, mask, **kw)
-    flux_, ivar_, m = _check(wave, flux, ivar, mask); nf, niv = np.empty(flux_.shape), np.empty(flux_.shape)
+    flux_, ivar_, m = _check(wave, flux, ivar, mask)
+    nf, niv = np.empty(flux_.shape), np.empty(flux_.shape)
     _divide(flux_, ivar_, m, np.atleast_2d(c), nf, niv)
     return (nf[0], niv[0]) if np.ndim(flux) == 1 else (nf, niv)

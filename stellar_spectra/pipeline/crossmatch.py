@@ -16,18 +16,19 @@ from ..atomic import atomic_write
 from .sky_index import unit_vectors, radec, arcsec_of_chord, candidate_pairs
 from ..io.catalogues import CATALOGUES, Catalogue, read_catalogue
 
-
 # %% auto 0
 __all__ = ['FLAGS', 'IDS', 'resolve_pairs', 'merge_catalogue', 'crossmatch', 'match_counts', 'score_against_truth',
            'write_parquet', 'catalogue_paths', 'crossmatch_surveys']
 
 # %% ../../nbs/02_crossmatch.ipynb
-def resolve_pairs(ip, # index in the first list of each candidate pair
-                  iq, # index in the second list
-                  sep, # separation (arcsec)
-                  n_p:int, # length of the first list
-                  n_q:int, # length of the second list
-                  rank=None): # per pair, lower wins before separation (e.g. Gaia id agreement)
+def resolve_pairs(
+    ip,  # index in the first list of each candidate pair
+    iq,  # index in the second list
+    sep,  # separation (arcsec)
+    n_p: int,  # length of the first list
+    n_q: int,  # length of the second list
+    rank=None,  # per pair, lower wins before separation (e.g. Gaia id agreement)
+):
     "Unique best pairing: (match: q index per p or -1, contested_p, contested_q bool arrays)."
     cp, cq = np.bincount(ip, minlength=n_p), np.bincount(iq, minlength=n_q)
     match = np.full(n_p, -1, np.int64)
@@ -37,25 +38,31 @@ def resolve_pairs(ip, # index in the first list of each candidate pair
     rk = np.zeros(len(hard)) if rank is None else np.asarray(rank)[hard]
     used = np.zeros(n_q, bool)
     for p, q in zip(ip[hard[np.lexsort((sep[hard], rk))]].tolist(), iq[hard[np.lexsort((sep[hard], rk))]].tolist()):
-        if match[p] < 0 and not used[q]: match[p], used[q] = q, True
+        if match[p] < 0 and not used[q]:
+            match[p], used[q] = q, True
     cont_p, cont_q = np.zeros(n_p, bool), np.zeros(n_q, bool)
     cont_p[ip[hard]], cont_q[iq[hard]] = True, True
     return match, cont_p, cont_q
 
 # %% ../../nbs/02_crossmatch.ipynb
 def _row_values(rows, cats, get, order=None):
-    "Per master row, `get(cat, member_rows)` of the first member (in `order`) with a finite value; also which catalogue."
-    n = len(rows['flags']); out, src = None, np.full(n, -1)
-    for k in (order or range(len(cats))):
+    """Per master row, `get(cat, member_rows)` of the first member (in `order`) with a finite value; also which
+    catalogue."""
+    n = len(rows['flags'])
+    out, src = None, np.full(n, -1)
+    for k in order or range(len(cats)):
         c, r = cats[k], rows[cats[k].name]
         take = (r >= 0) & (src < 0)
         v = get(c, r[take])
         ok = np.isfinite(v[0]) if isinstance(v, tuple) else np.ones(len(r[take]), bool)
-        if out is None: out = tuple(np.full(n, np.nan) for _ in range(len(v)))
+        if out is None:
+            out = tuple(np.full(n, np.nan) for _ in range(len(v)))
         idx = np.flatnonzero(take)[ok]
-        for o, x in zip(out, v): o[idx] = x[ok]
+        for o, x in zip(out, v):
+            o[idx] = x[ok]
         src[idx] = k
     return out, src
+
 
 def _positions(rows, cats, epoch):
     "Per master row: ra, dec, epoch of the member whose catalogue epoch is closest to `epoch`; best pmra, pmdec."
@@ -65,7 +72,7 @@ def _positions(rows, cats, epoch):
     return ra, dec, ep, pmra, pmdec, src
 
 # %% ../../nbs/02_crossmatch.ipynb
-def _moving_catalogue_pairs(xp, e, q:Catalogue, tree, radius, slow=2.0, **kw):
+def _moving_catalogue_pairs(xp, e, q: Catalogue, tree, radius, slow=2.0, **kw):
     "Candidates between fixed points `xp` at epoch `e` and catalogue `q` moved to `e` with its own proper motions."
     dt = e - q.epoch
     shift = np.hypot(np.nan_to_num(q.pmra), np.nan_to_num(q.pmdec)) * abs(dt) / 1000  # arcsec
@@ -81,20 +88,24 @@ def _moving_catalogue_pairs(xp, e, q:Catalogue, tree, radius, slow=2.0, **kw):
     return i, j, s
 
 # %% ../../nbs/02_crossmatch.ipynb
-FLAGS = {'NO_PM': 1,  # no proper motion in any member: positions not epoch-corrected
-         'PM_PARTIAL': 2,  # a member catalogue that carries proper motions has none for this star (another member's used)
-         'AMBIGUOUS': 4,  # more than one candidate within the radius on either side of a pairing
-         'LOST': 8,  # lost a contested pairing: kept unmatched rather than paired with a worse candidate
-         'GAIA_MISMATCH': 16,  # members carry different Gaia source ids (only with trust_gaia_ids=False)
-         'GAIA_VETO': 32}  # a candidate within the radius was refused because its Gaia source id differs
+FLAGS = {
+    'NO_PM': 1,  # no proper motion in any member: positions not epoch-corrected
+    'PM_PARTIAL': 2,  # a member catalogue that carries proper motions has none for this star (another member's used)
+    'AMBIGUOUS': 4,  # more than one candidate within the radius on either side of a pairing
+    'LOST': 8,  # lost a contested pairing: kept unmatched rather than paired with a worse candidate
+    'GAIA_MISMATCH': 16,  # members carry different Gaia source ids (only with trust_gaia_ids=False)
+    'GAIA_VETO': 32,
+}  # a candidate within the radius was refused because its Gaia source id differs
 
 # %% ../../nbs/02_crossmatch.ipynb
-def merge_catalogue(rows:dict, # master rows: {survey: member row index or -1, 'flags': int}
-                    cats:list, # catalogues already in the master list (seed first)
-                    q:Catalogue, # catalogue to add
-                    radius_arcsec:float=1.0, # match radius
-                    trust_gaia_ids:bool=True, # never pair stars whose Gaia source ids differ
-                    **kw): # chunk, workers for `candidate_pairs`
+def merge_catalogue(
+    rows: dict,  # master rows: {survey: member row index or -1, 'flags': int}
+    cats: list,  # catalogues already in the master list (seed first)
+    q: Catalogue,  # catalogue to add
+    radius_arcsec: float = 1.0,  # match radius
+    trust_gaia_ids: bool = True,  # never pair stars whose Gaia source ids differ
+    **kw,  # chunk, workers for `candidate_pairs`
+):
     "Match catalogue `q` against the master rows and add it: matched stars join a row, the others become new rows."
     n = len(rows['flags'])
     ra, dec, ep, pmra, pmdec, _ = _positions(rows, cats, q.epoch)
@@ -117,15 +128,23 @@ def merge_catalogue(rows:dict, # master rows: {survey: member row index or -1, '
         veto_p[ip[rank == 2]], veto_q[iq[rank == 2]] = True, True
         ip, iq, sep, rank = ip[rank < 2], iq[rank < 2], sep[rank < 2], rank[rank < 2]
     match, cont_p, cont_q = resolve_pairs(ip, iq, sep, n, len(q), rank)
-    used = np.zeros(len(q), bool); used[match[match >= 0]] = True
+    used = np.zeros(len(q), bool)
+    used[match[match >= 0]] = True
     new = np.flatnonzero(~used)
-    flags = (rows['flags'] | np.where(cont_p, FLAGS['AMBIGUOUS'], 0) | np.where(cont_p & (match < 0), FLAGS['LOST'], 0)
-             | np.where(veto_p, FLAGS['GAIA_VETO'], 0))
+    flags = (
+        rows['flags']
+        | np.where(cont_p, FLAGS['AMBIGUOUS'], 0)
+        | np.where(cont_p & (match < 0), FLAGS['LOST'], 0)
+        | np.where(veto_p, FLAGS['GAIA_VETO'], 0)
+    )
     flags[match >= 0] |= np.where(cont_q[match[match >= 0]], FLAGS['AMBIGUOUS'], 0)
     out = {k: np.r_[v, np.full(len(new), -1)] for k, v in rows.items() if k != 'flags'}
     out[q.name] = np.r_[match, new]
     flags[match >= 0] |= np.where(veto_q[match[match >= 0]], FLAGS['GAIA_VETO'], 0)
-    out['flags'] = np.r_[flags, np.where(cont_q[new], FLAGS['AMBIGUOUS'] | FLAGS['LOST'], 0) | np.where(veto_q[new], FLAGS['GAIA_VETO'], 0)]
+    out['flags'] = np.r_[
+        flags,
+        np.where(cont_q[new], FLAGS['AMBIGUOUS'] | FLAGS['LOST'], 0) | np.where(veto_q[new], FLAGS['GAIA_VETO'], 0),
+    ]
     return out
 
 # %% ../../nbs/02_crossmatch.ipynb
@@ -133,6 +152,7 @@ def _fill(x, idx):
     "x[idx] where idx >= 0, else a blank of x's kind (NaN, -1, '' or False)."
     blank = {'f': np.nan, 'i': -1, 'u': 0, 'U': '', 'S': b'', 'b': False}[x.dtype.kind]
     return np.where(idx >= 0, x[np.maximum(idx, 0)] if len(x) else blank, blank).astype(x.dtype)
+
 
 def _assemble(rows, cats, epoch):
     "The common catalogue as a Table (one row per star)."
@@ -144,12 +164,16 @@ def _assemble(rows, cats, epoch):
     flags = rows['flags'] | np.where(src < 0, FLAGS['NO_PM'], 0)
     xyz = {}
     for c in cats:
-        r = rows[c.name]; has = r >= 0
+        r = rows[c.name]
+        has = r >= 0
         t[f'in_{c.name}'], t[f'row_{c.name}'] = has, r
-        for k, v in c.cols.items(): t[k] = _fill(v, r)
+        for k, v in c.cols.items():
+            t[k] = _fill(v, r)
         x = unit_vectors(_fill(c.ra, r), _fill(c.dec, r), pmra, pmdec, epoch - c.epoch)
-        t[f'ra_{c.name}'], t[f'dec_{c.name}'] = radec(x); xyz[c.name] = x
-        if c.has_pm: flags |= np.where(has & np.isnan(_fill(c.pmra, r)) & (src >= 0), FLAGS['PM_PARTIAL'], 0)
+        t[f'ra_{c.name}'], t[f'dec_{c.name}'] = radec(x)
+        xyz[c.name] = x
+        if c.has_pm:
+            flags |= np.where(has & np.isnan(_fill(c.pmra, r)) & (src >= 0), FLAGS['PM_PARTIAL'], 0)
     for a, b in combinations(names, 2):
         t[f'sep_{a}_{b}'] = arcsec_of_chord(np.linalg.norm(xyz[a] - xyz[b], axis=1))  # NaN unless both
     g = np.stack([np.where(rows[c.name] >= 0, _fill(c.gaia, rows[c.name]), -1) for c in cats])
@@ -163,13 +187,15 @@ def _assemble(rows, cats, epoch):
     return t
 
 # %% ../../nbs/02_crossmatch.ipynb
-def crossmatch(cats:list, # Catalogues, seed first (e.g. APOGEE, GALAH, Gaia-ESO)
-               radius_arcsec:float=1.0, # match radius at a common epoch
-               epoch:float=2016.0, # epoch of the output positions
-               trust_gaia_ids:bool=True, # never pair stars whose Gaia source ids differ
-               chunk:int=65536, # points per search chunk
-               workers:int=1, # threads for the pair search
-               progress:bool=False): # show a progress bar
+def crossmatch(
+    cats: list,  # Catalogues, seed first (e.g. APOGEE, GALAH, Gaia-ESO)
+    radius_arcsec: float = 1.0,  # match radius at a common epoch
+    epoch: float = 2016.0,  # epoch of the output positions
+    trust_gaia_ids: bool = True,  # never pair stars whose Gaia source ids differ
+    chunk: int = 65536,  # points per search chunk
+    workers: int = 1,  # threads for the pair search
+    progress: bool = False,  # show a progress bar
+):
     "Cross-match catalogues in memory: one row per star (a Table)."
     rows = {cats[0].name: np.arange(len(cats[0])), 'flags': np.zeros(len(cats[0]), np.int64)}
     for k in tqdm(range(1, len(cats)), desc='cross-match', disable=not progress):
@@ -177,8 +203,10 @@ def crossmatch(cats:list, # Catalogues, seed first (e.g. APOGEE, GALAH, Gaia-ESO
     return _assemble(rows, cats, epoch)
 
 # %% ../../nbs/02_crossmatch.ipynb
-def match_counts(t:Table, # common catalogue from `crossmatch`
-                 surveys=tuple(CATALOGUES)): # survey keys
+def match_counts(
+    t: Table,  # common catalogue from `crossmatch`
+    surveys=tuple(CATALOGUES),  # survey keys
+):
     "Stars in all surveys, in each pair, in each survey alone, per flag, and Gaia id agreement."
     m = {s: np.asarray(t[f'in_{s}']) for s in surveys}
     out = {'rows': len(t), 'all': int(np.logical_and.reduce(list(m.values())).sum())}
@@ -191,53 +219,77 @@ def match_counts(t:Table, # common catalogue from `crossmatch`
 # %% ../../nbs/02_crossmatch.ipynb
 IDS = {'apogee': 'apogee_id', 'galah': 'sobject_id', 'ges': 'cname'}  # truth/output column of each survey's id
 
-def score_against_truth(t:Table, # common catalogue from `crossmatch`
-                        stars:Table): # truth from `population.draw_stars`
+
+def score_against_truth(
+    t: Table,  # common catalogue from `crossmatch`
+    stars: Table,  # truth from `population.draw_stars`
+):
     "Per survey pair: true common stars, how many were found as one row, and rows pairing two different stars."
-    key = {s: dict(zip(np.asarray(stars[c])[np.asarray(stars[f'in_{s}'])].tolist(), np.flatnonzero(stars[f'in_{s}'])))
-           for s, c in IDS.items()}
-    who = {s: np.array([key[s].get(v, -2) if h else -1 for v, h in zip(np.asarray(t[c]).tolist(), t[f'in_{s}'])])
-           for s, c in IDS.items()}
+    key = {
+        s: dict(zip(np.asarray(stars[c])[np.asarray(stars[f'in_{s}'])].tolist(), np.flatnonzero(stars[f'in_{s}'])))
+        for s, c in IDS.items()
+    }
+    who = {
+        s: np.array([key[s].get(v, -2) if h else -1 for v, h in zip(np.asarray(t[c]).tolist(), t[f'in_{s}'])])
+        for s, c in IDS.items()
+    }
     out = {}
     for a, b in combinations(IDS, 2):
         both = np.asarray(stars[f'in_{a}'] & stars[f'in_{b}'])
         ok = (who[a] >= 0) & (who[a] == who[b])
-        out[f'{a}+{b}'] = dict(true=int(both.sum()), found=int(ok.sum()), false=int(((who[a] != -1) & (who[b] != -1) & ~ok).sum()),
-                               fast_true=int((both & np.asarray(stars['fast_mover'])).sum()),
-                               fast_found=int(np.asarray(stars['fast_mover'])[who[a][ok]].sum()))
+        out[f'{a}+{b}'] = dict(
+            true=int(both.sum()),
+            found=int(ok.sum()),
+            false=int(((who[a] != -1) & (who[b] != -1) & ~ok).sum()),
+            fast_true=int((both & np.asarray(stars['fast_mover'])).sum()),
+            fast_found=int(np.asarray(stars['fast_mover'])[who[a][ok]].sum()),
+        )
     tot = {k: sum(v[k] for v in out.values()) for k in ['true', 'found', 'false', 'fast_true', 'fast_found']}
     return out | {'total': tot | {'completeness': tot['found'] / max(tot['true'], 1)}}
 
 # %% ../../nbs/02_crossmatch.ipynb
-def write_parquet(t:Table, path): # table, destination
+def write_parquet(t: Table, path):  # table, destination
     "Write `t` to Parquet atomically (`atomic.atomic_write`)."
     return atomic_write(path, lambda tmp: t.write(tmp, format='parquet', overwrite=True))
 
 # %% ../../nbs/02_crossmatch.ipynb
-def catalogue_paths(src=None, # root with sdss/, galah/, gaiaeso/ beneath (a mock sky or an archive mirror)
-                    apogee=None, galah=None, ges=None): # explicit paths (override the layout under `src`)
+def catalogue_paths(
+    src=None,  # root with sdss/, galah/, gaiaeso/ beneath (a mock sky or an archive mirror)
+    apogee=None,
+    galah=None,
+    ges=None,  # explicit paths (override the layout under `src`)
+):
     "Path of each survey's catalogue: explicit ones first, else the archive layout under `src`."
     given = {'apogee': apogee, 'galah': galah, 'ges': ges}
-    if src is None and not all(given.values()): raise ValueError('give the root of a mock sky (src) or all three catalogue paths')
+    if src is None and not all(given.values()):
+        raise ValueError('give the root of a mock sky (src) or all three catalogue paths')
     return {s: Path(given[s] or Path(src) / CATALOGUES[s]['path']) for s in CATALOGUES}
 
 # %% ../../nbs/02_crossmatch.ipynb
-def crossmatch_surveys(src:str=None, # root of a mock sky or archive mirror (sdss/, galah/, gaiaeso/ beneath)
-                       out:str='common_stars.parquet', # Parquet file to write (counts go beside it as .json)
-                       radius_arcsec:float=1.0, # match radius at a common epoch (arcsec)
-                       epoch:float=2016.0, # epoch of the output positions (Julian year)
-                       use_proper_motion:bool=True, # move positions along proper motions (False: match them as given)
-                       trust_gaia_ids:bool=True, # never pair stars whose Gaia source ids differ
-                       dedupe:bool=False, # keep the highest-S/N row of duplicated ids instead of stopping
-                       apogee:str=None, # allStar path (default: under src)
-                       galah:str=None, # GALAH DR3 main catalogue path (default: under src)
-                       ges:str=None, # Gaia-ESO catalogue path (default: under src)
-                       workers:int=1, # threads for the pair search
-                       progress:bool=True, # show a progress bar
-                      ) -> dict:
+def crossmatch_surveys(
+    src: str = None,  # root of a mock sky or archive mirror (sdss/, galah/, gaiaeso/ beneath)
+    out: str = 'common_stars.parquet',  # Parquet file to write (counts go beside it as .json)
+    radius_arcsec: float = 1.0,  # match radius at a common epoch (arcsec)
+    epoch: float = 2016.0,  # epoch of the output positions (Julian year)
+    use_proper_motion: bool = True,  # move positions along proper motions (False: match them as given)
+    trust_gaia_ids: bool = True,  # never pair stars whose Gaia source ids differ
+    dedupe: bool = False,  # keep the highest-S/N row of duplicated ids instead of stopping
+    apogee: str = None,  # allStar path (default: under src)
+    galah: str = None,  # GALAH DR3 main catalogue path (default: under src)
+    ges: str = None,  # Gaia-ESO catalogue path (default: under src)
+    workers: int = 1,  # threads for the pair search
+    progress: bool = True,  # show a progress bar
+) -> dict:
     "Cross-match APOGEE, GALAH and Gaia-ESO into one catalogue of stars; returns the counts."
-    for k, v, ok in (('radius_arcsec', radius_arcsec, 0 < radius_arcsec < 3600), ('epoch', epoch, 1900 <= epoch <= 2100), ('workers', workers, workers >= 1)):
-        if not (np.isfinite(v) and ok): raise ValueError(f'{k} = {v} is out of range (radius_arcsec in (0, 3600), epoch in [1900, 2100], workers >= 1)')
+    for k, v, ok in (
+        ('radius_arcsec', radius_arcsec, 0 < radius_arcsec < 3600),
+        ('epoch', epoch, 1900 <= epoch <= 2100),
+        ('workers', workers, workers >= 1),
+    ):
+        if not (np.isfinite(v) and ok):
+            raise ValueError(
+                f'{k} = {v} is out of range (radius_arcsec in (0, 3600), epoch in [1900, 2100], workers >= 1)'
+            )
     paths = catalogue_paths(src, apogee, galah, ges)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
@@ -246,8 +298,15 @@ def crossmatch_surveys(src:str=None, # root of a mock sky or archive mirror (sds
     counts = match_counts(t)
     t.meta = {'radius_arcsec': radius_arcsec, 'epoch': epoch, 'use_proper_motion': use_proper_motion, 'flags': FLAGS}
     write_parquet(t, out)
-    summary = {'out': str(out), 'inputs': {s: str(p) for s, p in paths.items()}, 'radius_arcsec': radius_arcsec,
-               'epoch': epoch, 'use_proper_motion': use_proper_motion, 'trust_gaia_ids': trust_gaia_ids,
-               'counts': counts, 'notes': [str(x.message) for x in w]}
+    summary = {
+        'out': str(out),
+        'inputs': {s: str(p) for s, p in paths.items()},
+        'radius_arcsec': radius_arcsec,
+        'epoch': epoch,
+        'use_proper_motion': use_proper_motion,
+        'trust_gaia_ids': trust_gaia_ids,
+        'counts': counts,
+        'notes': [str(x.message) for x in w],
+    }
     atomic_write(Path(out).with_suffix('.json'), json.dumps(summary, indent=1))
     return summary

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import hashlib, json, os, tempfile
 from dataclasses import dataclass, asdict
-import numba
 import numpy as np
 import pyarrow as pa
 from .resample import jit
@@ -19,134 +18,210 @@ __all__ = ['PRECISIONS', 'Q_FLUX', 'LN_STEP', 'LN_CSTEP', 'NOISE_PRECISION', 'GA
 
 # %% ../../nbs/06b_h5chunks.ipynb
 PRECISIONS = ('noise', 'exact')  # compact rows: quantised well below each pixel's noise, or every bit kept
-Q_FLUX = 2.0 ** -6  # step of norm_flux in units of its sigma (rounding error <= 1/128 sigma)
-LN_STEP = 2.0 ** -11  # step of ln(norm_ivar) (relative rounding error <= 2^-12)
-LN_CSTEP = 2.0 ** -22  # step of ln(continuum), from which flux and ivar follow norm_flux and norm_ivar
-NOISE_PRECISION = dict(norm_flux=0.008, flux=0.01, norm_ivar=2.5e-4, ivar=2.5e-4)  # guaranteed: |error| / sigma (fluxes), |relative error| (ivars)
+Q_FLUX = 2.0**-6  # step of norm_flux in units of its sigma (rounding error <= 1/128 sigma)
+LN_STEP = 2.0**-11  # step of ln(norm_ivar) (relative rounding error <= 2^-12)
+LN_CSTEP = 2.0**-22  # step of ln(continuum), from which flux and ivar follow norm_flux and norm_ivar
+NOISE_PRECISION = dict(
+    norm_flux=0.008, flux=0.01, norm_ivar=2.5e-4, ivar=2.5e-4
+)  # guaranteed: |error| / sigma (fluxes), |relative error| (ivars)
 GAP = 16  # unobserved runs shorter than this are stored inside a segment
 FILL = {'norm_flux': 1.0}  # a pixel field's value where nothing was observed (0 for the others)
+
 
 @dataclass(frozen=True)
 class RowCodec:
     "How a store's rows are encoded, kept in the file: each field's dtype and codec, the row's width and the steps."
+
     fields: tuple  # ((name, dtype, codec), ...); codec: 'rle', 'exact', 'log', 'sigma' or 'cont'
     n_px: int  # pixels in a row (the grid's)
     q_flux: float = Q_FLUX
     ln_step: float = LN_STEP
     ln_cstep: float = LN_CSTEP
     gap: int = GAP
-    def codec(self, k:str): return next(c for n, _, c in self.fields if n == k)
-    def has(self, codec:str): return any(c == codec for _, _, c in self.fields)
+
+    def codec(self, k: str):
+        return next(c for n, _, c in self.fields if n == k)
+
+    def has(self, codec: str):
+        return any(c == codec for _, _, c in self.fields)
+
     @property
-    def precision(self): return 'noise' if any(map(self.has, ('log', 'sigma', 'cont'))) else 'exact'
-    def dtype(self, k:str): return np.dtype(next(d for n, d, _ in self.fields if n == k))
+    def precision(self):
+        return 'noise' if any(map(self.has, ('log', 'sigma', 'cont'))) else 'exact'
+
+    def dtype(self, k: str):
+        return np.dtype(next(d for n, d, _ in self.fields if n == k))
+
     @property
-    def names(self): return [n for n, _, _ in self.fields]
+    def names(self):
+        return [n for n, _, _ in self.fields]
+
     @property
-    def pixel_fields(self): return [n for n, _, c in self.fields if c != 'rle']
+    def pixel_fields(self):
+        return [n for n, _, c in self.fields if c != 'rle']
+
     @property
-    def run_fields(self): return [n for n, _, c in self.fields if c == 'rle']
+    def run_fields(self):
+        return [n for n, _, c in self.fields if c == 'rle']
+
     @property
-    def streams(self): return [n for n, _, c in self.fields if c not in ('rle', 'cont')] + (['lnc'] if self.has('cont') else [])
-    def width(self, s:str): return np.int32 if s != 'lnc' and self.codec(s) == 'exact' else np.int16  # the integers a stream stores
-    def to_json(self): return json.dumps(asdict(self))
+    def streams(self):
+        return [n for n, _, c in self.fields if c not in ('rle', 'cont')] + (['lnc'] if self.has('cont') else [])
+
+    def width(self, s: str):
+        return np.int32 if s != 'lnc' and self.codec(s) == 'exact' else np.int16  # the integers a stream stores
+
+    def to_json(self):
+        return json.dumps(asdict(self))
+
     @classmethod
-    def from_json(cls, s:str): d = json.loads(s); return cls(**{**d, 'fields': tuple(map(tuple, d['fields']))})
+    def from_json(cls, s: str):
+        d = json.loads(s)
+        return cls(**{**d, 'fields': tuple(map(tuple, d['fields']))})
 
 # %% ../../nbs/06b_h5chunks.ipynb
-def row_codec(dtypes:dict, # field -> dtype of the arrays to store
-              n_px:int, # pixels in a row
-              precision:str='noise'): # one of `PRECISIONS`
-    "The `RowCodec` of these fields: runs for integers and weight; noise-scaled codes for norm_flux, norm_ivar, flux, ivar if asked; else every bit."
-    if precision not in PRECISIONS: raise ValueError(f'precision must be one of {PRECISIONS}, not {precision!r}')
+def row_codec(
+    dtypes: dict,  # field -> dtype of the arrays to store
+    n_px: int,  # pixels in a row
+    precision: str = 'noise',  # one of `PRECISIONS`
+):
+    """The `RowCodec` of these fields: runs for integers and weight; noise-scaled codes for norm_flux, norm_ivar, flux,
+    ivar if asked; else every bit."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, not {precision!r}')
     have, noise = set(dtypes), precision == 'noise'
+
     def one(k, dt):
         if k == 'weight' or dt.kind in 'biu':
-            if dt.itemsize > 4: raise ValueError(f'array {k!r}: compact rows hold integers of up to 32 bits, not {dt}')
+            if dt.itemsize > 4:
+                raise ValueError(f'array {k!r}: compact rows hold integers of up to 32 bits, not {dt}')
             return 'rle'
-        if noise and k == 'norm_ivar': return 'log'
-        if noise and k == 'norm_flux' and 'norm_ivar' in have: return 'sigma'
-        if noise and k in ('flux', 'ivar') and {'flux', 'ivar', 'norm_flux', 'norm_ivar'} <= have: return 'cont'
+        if noise and k == 'norm_ivar':
+            return 'log'
+        if noise and k == 'norm_flux' and 'norm_ivar' in have:
+            return 'sigma'
+        if noise and k in ('flux', 'ivar') and {'flux', 'ivar', 'norm_flux', 'norm_ivar'} <= have:
+            return 'cont'
         return 'exact'
+
     return RowCodec(tuple((k, np.dtype(dt).str, one(k, np.dtype(dt))) for k, dt in dtypes.items()), int(n_px))
 
 # %% ../../nbs/06b_h5chunks.ipynb
-_ZERO = np.int32(-2 ** 31)  # the code of an exact 0 in a 'log' stream
+_ZERO = np.int32(-(2**31))  # the code of an exact 0 in a 'log' stream
 
-def _decode(rc:RowCodec, codes:dict, want):
-    "float32 values of the pixel fields `want` from the int32 codes of their stored pixels (exceptions not yet applied)."
+
+def _decode(rc: RowCodec, codes: dict, want):
+    """float32 values of the pixel fields `want` from the int32 codes of their stored pixels (exceptions not yet
+    applied)."""
     out, one = {}, np.float32(1)
     if 'norm_ivar' in codes and rc.codec('norm_ivar') == 'log':
-        c = codes['norm_ivar']; out['norm_ivar'] = np.where(c == _ZERO, np.float32(0), np.exp(c.astype(np.float32) * np.float32(rc.ln_step)))
+        c = codes['norm_ivar']
+        out['norm_ivar'] = np.where(c == _ZERO, np.float32(0), np.exp(c.astype(np.float32) * np.float32(rc.ln_step)))
     ni = out.get('norm_ivar')
     for k in set(want) | ({'norm_flux'} if 'cont' in map(rc.codec, want) else set()):
-        if rc.codec(k) == 'exact': out[k] = codes[k].view(np.float32)
+        if rc.codec(k) == 'exact':
+            out[k] = codes[k].view(np.float32)
         elif rc.codec(k) == 'sigma':
-            with np.errstate(divide='ignore', invalid='ignore'): x = one + codes[k].astype(np.float32) * (np.float32(rc.q_flux) / np.sqrt(ni))
+            with np.errstate(divide='ignore', invalid='ignore'):
+                x = one + codes[k].astype(np.float32) * (np.float32(rc.q_flux) / np.sqrt(ni))
             out[k] = np.where(ni > 0, x, one)
     if 'cont' in map(rc.codec, want):
         c, ok = np.exp(codes['lnc'].astype(np.float64) * rc.ln_cstep).astype(np.float32), ni > 0
-        out['flux'], out['ivar'] = np.where(ok, out['norm_flux'] * c, np.float32(0)), np.where(ok, ni / (c * c), np.float32(0))
+        out['flux'], out['ivar'] = (
+            np.where(ok, out['norm_flux'] * c, np.float32(0)),
+            np.where(ok, ni / (c * c), np.float32(0)),
+        )
     return out
 
-def _codes(rc:RowCodec, v:dict, start):
+
+def _codes(rc: RowCodec, v: dict, start):
     "int32 codes of the stored pixels `v` (field -> float32 values, rows beginning at `start`)."
     codes = {k: v[k].view(np.int32) for k in rc.pixel_fields if rc.codec(k) == 'exact'}
     with np.errstate(all='ignore'):
         if rc.has('log'):
-            x = v['norm_ivar'].astype(np.float64); pos = np.isfinite(x) & (x > 0)
-            codes['norm_ivar'] = np.where(pos, np.rint(np.log(np.where(pos, x, 1)) / rc.ln_step), _ZERO).astype(np.int32)
+            x = v['norm_ivar'].astype(np.float64)
+            pos = np.isfinite(x) & (x > 0)
+            codes['norm_ivar'] = np.where(pos, np.rint(np.log(np.where(pos, x, 1)) / rc.ln_step), _ZERO).astype(
+                np.int32
+            )
         if rc.has('sigma'):
-            r = (v['norm_flux'].astype(np.float64) - 1) * np.sqrt(_decode(rc, codes, ())['norm_ivar'].astype(np.float64)) / rc.q_flux
-            codes['norm_flux'] = np.rint(np.where(np.isfinite(r), np.clip(r, -2 ** 30, 2 ** 30), 0)).astype(np.int32)
+            r = (
+                (v['norm_flux'].astype(np.float64) - 1)
+                * np.sqrt(_decode(rc, codes, ())['norm_ivar'].astype(np.float64))
+                / rc.q_flux
+            )
+            codes['norm_flux'] = np.rint(np.where(np.isfinite(r), np.clip(r, -(2**30), 2**30), 0)).astype(np.int32)
         if rc.has('cont'):  # the continuum: norm_ivar = ivar x c^2
-            x = v['norm_ivar'].astype(np.float64) / v['ivar'].astype(np.float64); ok = np.isfinite(x) & (x > 0)
-            lc = np.rint(np.clip(0.5 * np.log(np.where(ok, x, 1)) / rc.ln_cstep, -2 ** 30, 2 ** 30)).astype(np.int32)  # differences fit 32 bits
-            i = np.arange(len(x)); ok[start[start < len(x)]] = True
-            codes['lnc'] = lc[np.maximum.accumulate(np.where(ok, i, 0))]  # undefined: the previous pixel's (a zero difference)
+            x = v['norm_ivar'].astype(np.float64) / v['ivar'].astype(np.float64)
+            ok = np.isfinite(x) & (x > 0)
+            lc = np.rint(np.clip(0.5 * np.log(np.where(ok, x, 1)) / rc.ln_cstep, -(2**30), 2**30)).astype(
+                np.int32
+            )  # differences fit 32 bits
+            i = np.arange(len(x))
+            ok[start[start < len(x)]] = True
+            codes['lnc'] = lc[
+                np.maximum.accumulate(np.where(ok, i, 0))
+            ]  # undefined: the previous pixel's (a zero difference)
     return codes
 
-def _within(rc:RowCodec, k:str, a, d, v):
+
+def _within(rc: RowCodec, k: str, a, d, v):
     "Which decoded pixels `d` of field `k` are within `NOISE_PRECISION` of the originals `a` (or have their very bits)."
     same = a.view(np.int32) == d.view(np.int32)
-    if rc.codec(k) == 'exact': return same
+    if rc.codec(k) == 'exact':
+        return same
     with np.errstate(all='ignore'):
         a64, d64 = a.astype(np.float64), d.astype(np.float64)
-        if k.endswith('ivar'): return same | (np.abs(d64 / a64 - 1) <= NOISE_PRECISION[k])
-        iv = v['norm_ivar' if k == 'norm_flux' else 'ivar'].astype(np.float64)  # where it is 0, only the very value will do
+        if k.endswith('ivar'):
+            return same | (np.abs(d64 / a64 - 1) <= NOISE_PRECISION[k])
+        iv = v['norm_ivar' if k == 'norm_flux' else 'ivar'].astype(
+            np.float64
+        )  # where it is 0, only the very value will do
         return same | ((iv > 0) & (np.abs(d64 - a64) * np.sqrt(iv) <= NOISE_PRECISION[k]))
 
 # %% ../../nbs/06b_h5chunks.ipynb
 @jit
 def _change_points(b):
     "(row, start, value) of the runs of equal values along the rows of a 2-D array."
-    R, n = b.shape; m = 0
+    R, n = b.shape
+    m = 0
     for r in range(R):
         m += n > 0
-        for p in range(1, n): m += b[r, p] != b[r, p - 1]
+        for p in range(1, n):
+            m += b[r, p] != b[r, p - 1]
     row, start, val, k = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, b.dtype), 0
     for r in range(R):
         for p in range(n):
-            if p == 0 or b[r, p] != b[r, p - 1]: row[k], start[k], val[k] = r, p, b[r, p]; k += 1
+            if p == 0 or b[r, p] != b[r, p - 1]:
+                row[k], start[k], val[k] = r, p, b[r, p]
+                k += 1
     return row, start, val
+
 
 def _edges(mask):
     "(row, start, stop) of the runs of True along the rows of a 2-D mask."
-    r, s, v = _change_points(mask.view(np.int8)); stop = np.r_[s[1:], 0]; stop[np.r_[r[1:] != r[:-1], True]] = mask.shape[1]
+    r, s, v = _change_points(mask.view(np.int8))
+    stop = np.r_[s[1:], 0]
+    stop[np.r_[r[1:] != r[:-1], True]] = mask.shape[1]
     return r[v == 1], s[v == 1], stop[v == 1]
 
-def _segments(rc:RowCodec, x:dict, n_rows:int):
-    "(row, lo, hi) of the stored segments: the runs where a pixel field differs from its fill, runs closer than `gap` joined."
+
+def _segments(rc: RowCodec, x: dict, n_rows: int):
+    """(row, lo, hi) of the stored segments: the runs where a pixel field differs from its fill, runs closer than `gap`
+    joined."""
     hot = np.zeros((n_rows, rc.n_px), bool)
-    for k in rc.pixel_fields: hot |= np.asarray(x[k], np.float32).view(np.int32) != np.float32(FILL.get(k, 0)).view(np.int32)
+    for k in rc.pixel_fields:
+        hot |= np.asarray(x[k], np.float32).view(np.int32) != np.float32(FILL.get(k, 0)).view(np.int32)
     r, lo, hi = _edges(hot)
     keep = ~np.r_[False, (r[1:] == r[:-1]) & (lo[1:] - hi[:-1] < rc.gap)]
     return r[keep], lo[keep], hi[np.r_[np.flatnonzero(keep)[1:], len(r)] - 1]
+
 
 def _span(lo, hi):
     "Grid pixel of each stored value (segment after segment) and the segments' lengths."
     L = (hi - lo).astype(np.int64)
     return np.arange(L.sum(), dtype=np.int64) + np.repeat(lo - (np.cumsum(L) - L), L), L
+
 
 def _value_runs(v):
     "(row, start, value's bits as int32) of the runs of equal values along the rows of a 2-D array of <= 4-byte items."
@@ -155,41 +230,72 @@ def _value_runs(v):
 # %% ../../nbs/06b_h5chunks.ipynb
 _LZ4 = pa.Codec('lz4')  # decompresses at several GB/s: a row's bytes are decoded about as fast as a disk delivers them
 
-def _stored(rc:RowCodec, codes:dict, start, npx):
-    "What each stream stores: ln(norm_ivar) above its row's least (-32768: an exact 0), ln(c) as differences along the row, the rest as coded; and those bases."
+
+def _stored(rc: RowCodec, codes: dict, start, npx):
+    """What each stream stores: ln(norm_ivar) above its row's least (-32768: an exact 0), ln(c) as differences along the
+    row, the rest as coded; and those bases."""
     out, base, first = {}, np.zeros(len(start), np.int64), start[npx > 0]
     for k in rc.streams:
         c = codes[k].astype(np.int64)
-        if k == 'lnc': d = np.diff(c, prepend=0); d[first] = c[first]; c = d
+        if k == 'lnc':
+            d = np.diff(c, prepend=0)
+            d[first] = c[first]
+            c = d
         elif rc.codec(k) == 'log':
             z = codes[k] == _ZERO
-            if len(first): base[npx > 0] = np.minimum.reduceat(np.where(z, 2 ** 40, c), first)
-            base[base == 2 ** 40] = 0; c = np.where(z, -32768, c - np.repeat(base, npx))
+            if len(first):
+                base[npx > 0] = np.minimum.reduceat(np.where(z, 2**40, c), first)
+            base[base == 2**40] = 0
+            c = np.where(z, -32768, c - np.repeat(base, npx))
         out[k] = c
     return out, base
 
-def _wide(rc:RowCodec, k:str, s):
+
+def _wide(rc: RowCodec, k: str, s):
     "Which stored values of stream `k` do not fit its 16 bits (-32768 is the 'log' stream's zero)."
-    if rc.width(k) != np.int16: return np.zeros(len(s), bool)
+    if rc.width(k) != np.int16:
+        return np.zeros(len(s), bool)
     return (s > 32767) | (s < (-32768 if k != 'lnc' and rc.codec(k) == 'log' else -32767))
 
-def _group(parts, prow, n_rows:int):
+
+def _group(parts, prow, n_rows: int):
     "(stored pixel, index, value) triples sorted by row, and where each row's begin."
     t = np.concatenate([np.zeros((3, 0), np.int64)] + [np.stack(p).astype(np.int64) for p in parts], 1)
     t = t[:, np.argsort(prow[t[0]], kind='stable')]
     return t, np.searchsorted(prow[t[0]], np.arange(n_rows + 1))
 
-def encode_rows(rc:RowCodec, # the codec
-                x:dict): # field -> (R, n_px) array of a block of rows
-    "Each row as its header A (int32: segments, exceptions, 16-bit overflows, runs), its streams B (bytes) and its number of stored pixels."
-    n_rows = len(next(iter(x.values()))); sr, lo, hi = _segments(rc, x, n_rows)
-    px, L = _span(lo, hi); prow = np.repeat(sr, L); npx = np.bincount(prow, minlength=n_rows); start = np.cumsum(npx) - npx
+
+def encode_rows(
+    rc: RowCodec,  # the codec
+    x: dict,  # field -> (R, n_px) array of a block of rows
+):
+    """Each row as its header A (int32: segments, exceptions, 16-bit overflows, runs), its streams B (bytes) and its
+    number of stored pixels."""
+    n_rows = len(next(iter(x.values())))
+    sr, lo, hi = _segments(rc, x, n_rows)
+    px, L = _span(lo, hi)
+    prow = np.repeat(sr, L)
+    npx = np.bincount(prow, minlength=n_rows)
+    start = np.cumsum(npx) - npx
     v = {k: np.asarray(x[k], np.float32)[prow, px] for k in rc.pixel_fields}
-    codes = _codes(rc, v, start); dec = _decode(rc, codes, rc.pixel_fields)
-    e, eo = _group([(p, np.full(len(p), i), v[k][p].view(np.int32)) for i, k in enumerate(rc.pixel_fields)
-                    for p in [np.flatnonzero(~_within(rc, k, v[k], dec[k], v))]], prow, n_rows)
-    st, base = _stored(rc, codes, start, npx); wide = {k: _wide(rc, k, st[k]) for k in rc.streams}
-    o, oo = _group([(np.flatnonzero(wide[k]), np.full(wide[k].sum(), i), st[k][wide[k]]) for i, k in enumerate(rc.streams)], prow, n_rows)
+    codes = _codes(rc, v, start)
+    dec = _decode(rc, codes, rc.pixel_fields)
+    e, eo = _group(
+        [
+            (p, np.full(len(p), i), v[k][p].view(np.int32))
+            for i, k in enumerate(rc.pixel_fields)
+            for p in [np.flatnonzero(~_within(rc, k, v[k], dec[k], v))]
+        ],
+        prow,
+        n_rows,
+    )
+    st, base = _stored(rc, codes, start, npx)
+    wide = {k: _wide(rc, k, st[k]) for k in rc.streams}
+    o, oo = _group(
+        [(np.flatnonzero(wide[k]), np.full(wide[k].sum(), i), st[k][wide[k]]) for i, k in enumerate(rc.streams)],
+        prow,
+        n_rows,
+    )
     e[0], o[0] = px[e[0]], o[0] - start[prow[o[0]]]  # exceptions by grid pixel, overflows by place in the row
     B = [np.where(wide[k], 0, st[k]).astype(rc.width(k)) for k in rc.streams]
     runs = [_value_runs(np.asarray(x[k], rc.dtype(k))) for k in rc.run_fields]
@@ -197,168 +303,310 @@ def encode_rows(rc:RowCodec, # the codec
     out = []
     for i in range(n_rows):
         s, t, u = slice(so[i], so[i + 1]), slice(eo[i], eo[i + 1]), slice(oo[i], oo[i + 1])
-        A = [[s.stop - s.start, t.stop - t.start, u.stop - u.start, base[i]], [r[i + 1] - r[i] for r in ro], lo[s], hi[s], e[:, t].ravel(), o[:, u].ravel()]
-        A += [y[r[i]:r[i + 1]] for (_, rs, rv), r in zip(runs, ro) for y in (rs, rv)]
-        out.append((np.concatenate(A).astype(np.int32), b''.join(_planes(b[start[i]:start[i] + npx[i]]) for b in B), int(npx[i])))
+        A = [
+            [s.stop - s.start, t.stop - t.start, u.stop - u.start, base[i]],
+            [r[i + 1] - r[i] for r in ro],
+            lo[s],
+            hi[s],
+            e[:, t].ravel(),
+            o[:, u].ravel(),
+        ]
+        A += [y[r[i] : r[i + 1]] for (_, rs, rv), r in zip(runs, ro) for y in (rs, rv)]
+        out.append(
+            (
+                np.concatenate(A).astype(np.int32),
+                b''.join(_planes(b[start[i] : start[i] + npx[i]]) for b in B),
+                int(npx[i]),
+            )
+        )
     return out
 
-def _planes(x):
-    "The bytes of an integer array plane by plane (all low bytes, then the next...): the high bytes, mostly alike, then compress well."
-    u = x.view(f'u{x.itemsize}'); return b''.join((u >> np.uint8(8 * j)).astype(np.uint8).tobytes() for j in range(x.itemsize))
 
-def pack_row(A, B:bytes, n:int):
-    "A row's bytes (lz4 frames of its header A and streams B) and its frame sizes: the header frame's bytes, the header's words, the stored pixels `n`."
+def _planes(x):
+    """The bytes of an integer array plane by plane (all low bytes, then the next...): the high bytes, mostly alike,
+    then compress well."""
+    u = x.view(f'u{x.itemsize}')
+    return b''.join((u >> np.uint8(8 * j)).astype(np.uint8).tobytes() for j in range(x.itemsize))
+
+
+def pack_row(A, B: bytes, n: int):
+    """A row's bytes (lz4 frames of its header A and streams B) and its frame sizes: the header frame's bytes, the
+    header's words, the stored pixels `n`."""
     fa = _LZ4.compress(A.tobytes(), asbytes=True)
     return fa + (_LZ4.compress(B, asbytes=True) if B else b''), len(fa), len(A), n
 
-def pack_rows(rc:RowCodec, # the codec
-              arrays:dict, # field -> (N, n_px) array
-              block:int=256): # rows encoded at a time
+
+def pack_rows(
+    rc: RowCodec,  # the codec
+    arrays: dict,  # field -> (N, n_px) array
+    block: int = 256,  # rows encoded at a time
+):
     "Each row of `arrays` encoded and packed (`pack_row`), in order."
     n = len(next(iter(arrays.values()))) if arrays else 0
-    for r0 in range(0, n, block): yield from (pack_row(*row) for row in encode_rows(rc, {k: x[r0:r0 + block] for k, x in arrays.items()}))
+    for r0 in range(0, n, block):
+        yield from (pack_row(*row) for row in encode_rows(rc, {k: x[r0 : r0 + block] for k, x in arrays.items()}))
 
 # %% ../../nbs/06b_h5chunks.ipynb
 @jit
 def _scatter(f, P, srow, slo, shi, sat, vals, col):
-    "Write the values of segments (row, lo, hi, first value in `vals`) into the flat output `f` of rows of P columns; `col`: each grid pixel's column, -1: not wanted."
+    """Write the values of segments (row, lo, hi, first value in `vals`) into the flat output `f` of rows of P columns;
+    `col`: each grid pixel's column, -1: not wanted."""
     for s in range(len(slo)):
         o, a = srow[s] * P, sat[s] - slo[s]
         for p in range(slo[s], shi[s]):
-            if col[p] >= 0: f[o + col[p]] = vals[a + p]
+            if col[p] >= 0:
+                f[o + col[p]] = vals[a + p]
+
 
 @jit
 def _fill_runs(f, P, rrow, rstart, rval, nonzero, cstart):
-    "Write the non-zero runs (row, first grid pixel, value) of a zeroed flat output `f`, each up to the next run of its row; `cstart`: the first column at or after each grid pixel."
+    """Write the non-zero runs (row, first grid pixel, value) of a zeroed flat output `f`, each up to the next run of
+    its row; `cstart`: the first column at or after each grid pixel."""
     for j in range(len(rrow)):
-        if not nonzero[j]: continue  # zero pages stay untouched: unobserved pixels cost no memory traffic
+        if not nonzero[j]:
+            continue  # zero pages stay untouched: unobserved pixels cost no memory traffic
         end = cstart[rstart[j + 1]] if j + 1 < len(rrow) and rrow[j + 1] == rrow[j] else P
         o = rrow[j] * P
-        for c in range(cstart[rstart[j]], end): f[o + c] = rval[j]
+        for c in range(cstart[rstart[j]], end):
+            f[o + c] = rval[j]
+
 
 @jit
 def _stream_codes(raw, roff, npx, at, width, log, diff, base, orow, opos, oval, out):
-    "One stream's int32 codes, row after row: its bytes plane by plane from raw[roff + at x npx], the overflows (row-sorted) put back, the 'log' base added or the differences summed."
+    """One stream's int32 codes, row after row: its bytes plane by plane from raw[roff + at x npx], the overflows
+    (row-sorted) put back, the 'log' base added or the differences summed."""
     q, j = 0, 0
     for r in range(len(npx)):
-        n = npx[r]; p, o = raw[roff[r] + at * n:roff[r] + (at + width) * n], out[q:q + n]
+        n = npx[r]
+        p, o = raw[roff[r] + at * n : roff[r] + (at + width) * n], out[q : q + n]
         if width == 2:
-            for i in range(n): o[i] = np.int16(np.uint16(p[i]) | (np.uint16(p[n + i]) << 8))
+            for i in range(n):
+                o[i] = np.int16(np.uint16(p[i]) | (np.uint16(p[n + i]) << 8))
         else:
-            for i in range(n): o[i] = np.int32(np.uint32(p[i]) | (np.uint32(p[n + i]) << 8) | (np.uint32(p[2 * n + i]) << 16) | (np.uint32(p[3 * n + i]) << 24))
-        while j < len(orow) and orow[j] == r: o[opos[j]] = oval[j]; j += 1  # (never -32768)
+            for i in range(n):
+                o[i] = np.int32(
+                    np.uint32(p[i])
+                    | (np.uint32(p[n + i]) << 8)
+                    | (np.uint32(p[2 * n + i]) << 16)
+                    | (np.uint32(p[3 * n + i]) << 24)
+                )
+        while j < len(orow) and orow[j] == r:
+            o[opos[j]] = oval[j]
+            j += 1  # (never -32768)
         if log:
-            for i in range(n): o[i] = -2 ** 31 if o[i] == -32768 else o[i] + base[r]
+            for i in range(n):
+                o[i] = -(2**31) if o[i] == -32768 else o[i] + base[r]
         if diff:
-            for i in range(1, n): o[i] += o[i - 1]  # (within 32 bits: the codes are)
+            for i in range(1, n):
+                o[i] += o[i - 1]  # (within 32 bits: the codes are)
         q += n
+
 
 @jit
 def _headers(A, aoff, nrf):
-    "The headers A[aoff[r]:aoff[r + 1]] of a block of rows, flat: counts (R, 3 + nrf: segments, exceptions, overflows, runs of each run field), bases, lo, hi, exceptions (3, m), overflows (3, m), run starts and values."
-    R = len(aoff) - 1; cnt = np.empty((R, 3 + nrf), np.int64); base = np.empty(R, np.int64)
+    """The headers A[aoff[r]:aoff[r + 1]] of a block of rows, flat: counts (R, 3 + nrf: segments, exceptions, overflows,
+    runs of each run field), bases, lo, hi, exceptions (3, m), overflows (3, m), run starts and values."""
+    R = len(aoff) - 1
+    cnt = np.empty((R, 3 + nrf), np.int64)
+    base = np.empty(R, np.int64)
     for r in range(R):
         base[r] = A[aoff[r] + 3]
-        for c in range(3 + nrf): cnt[r, c] = A[aoff[r] + c + (c >= 3)]
-    tot = cnt.sum(0); nrun = tot[3:].sum()
-    lo, hi, e, o = np.empty(tot[0], np.int32), np.empty(tot[0], np.int32), np.empty((3, tot[1]), np.int32), np.empty((3, tot[2]), np.int32)
-    rs, rv = np.empty(nrun, np.int32), np.empty(nrun, np.int32); i = np.zeros(4, np.int64)
+        for c in range(3 + nrf):
+            cnt[r, c] = A[aoff[r] + c + (c >= 3)]
+    tot = cnt.sum(0)
+    nrun = tot[3:].sum()
+    lo, hi, e, o = (
+        np.empty(tot[0], np.int32),
+        np.empty(tot[0], np.int32),
+        np.empty((3, tot[1]), np.int32),
+        np.empty((3, tot[2]), np.int32),
+    )
+    rs, rv = np.empty(nrun, np.int32), np.empty(nrun, np.int32)
+    i = np.zeros(4, np.int64)
     for r in range(R):
         p, ns, ne, no = aoff[r] + 4 + nrf, cnt[r, 0], cnt[r, 1], cnt[r, 2]
-        lo[i[0]:i[0] + ns] = A[p:p + ns]; hi[i[0]:i[0] + ns] = A[p + ns:p + 2 * ns]; p += 2 * ns; i[0] += ns
-        for k in range(3): e[k, i[1]:i[1] + ne] = A[p + k * ne:p + (k + 1) * ne]
-        p += 3 * ne; i[1] += ne
-        for k in range(3): o[k, i[2]:i[2] + no] = A[p + k * no:p + (k + 1) * no]
-        p += 3 * no; i[2] += no
+        lo[i[0] : i[0] + ns] = A[p : p + ns]
+        hi[i[0] : i[0] + ns] = A[p + ns : p + 2 * ns]
+        p += 2 * ns
+        i[0] += ns
+        for k in range(3):
+            e[k, i[1] : i[1] + ne] = A[p + k * ne : p + (k + 1) * ne]
+        p += 3 * ne
+        i[1] += ne
+        for k in range(3):
+            o[k, i[2] : i[2] + no] = A[p + k * no : p + (k + 1) * no]
+        p += 3 * no
+        i[2] += no
         for c in range(nrf):
-            m = cnt[r, 3 + c]; rs[i[3]:i[3] + m] = A[p:p + m]; rv[i[3]:i[3] + m] = A[p + m:p + 2 * m]; p += 2 * m; i[3] += m
+            m = cnt[r, 3 + c]
+            rs[i[3] : i[3] + m] = A[p : p + m]
+            rv[i[3] : i[3] + m] = A[p + m : p + 2 * m]
+            p += 2 * m
+            i[3] += m
     return cnt, base, lo, hi, e, o, rs, rv
 
-def _cat(parts, dtype=np.int32): return np.concatenate([np.zeros(0, dtype), *parts])
 
-def _unpack(rc:RowCodec, blobs):
+def _cat(parts, dtype=np.int32):
+    return np.concatenate([np.zeros(0, dtype), *parts])
+
+
+def _unpack(rc: RowCodec, blobs):
     "The headers (`_headers`) of a block of rows and their streams' bytes end to end, from the rows' bytes."
     w = sum(np.dtype(rc.width(k)).itemsize for k in rc.streams)
     A = _cat(np.frombuffer(_LZ4.decompress(b[:na], decompressed_size=4 * wa), np.int32) for b, na, wa, _ in blobs)
-    raw = _cat((np.frombuffer(_LZ4.decompress(b[na:], decompressed_size=w * n), np.uint8) for b, na, _, n in blobs if n), np.uint8)
+    raw = _cat(
+        (np.frombuffer(_LZ4.decompress(b[na:], decompressed_size=w * n), np.uint8) for b, na, _, n in blobs if n),
+        np.uint8,
+    )
     return _headers(A, np.cumsum([0] + [wa for _, _, wa, _ in blobs]), len(rc.run_fields)), raw
 
-def _codes_of(rc:RowCodec, base, o, orow, raw, npx):
-    "int32 codes of each stream of a block of rows (bases, overflows and their rows, the streams' bytes end to end), stored pixels end to end."
-    w = [np.dtype(rc.width(k)).itemsize for k in rc.streams]; roff = np.r_[0, np.cumsum(npx * sum(w))[:-1]].astype(np.int64)
+
+def _codes_of(rc: RowCodec, base, o, orow, raw, npx):
+    """int32 codes of each stream of a block of rows (bases, overflows and their rows, the streams' bytes end to end),
+    stored pixels end to end."""
+    w = [np.dtype(rc.width(k)).itemsize for k in rc.streams]
+    roff = np.r_[0, np.cumsum(npx * sum(w))[:-1]].astype(np.int64)
     codes, at = {}, 0
     for i, k in enumerate(rc.streams):
-        m = o[1] == i; codes[k] = np.empty(int(npx.sum()), np.int32)
-        _stream_codes(raw, roff, npx, at, w[i], k != 'lnc' and rc.codec(k) == 'log', k == 'lnc', base, orow[m], o[0][m], o[2][m], codes[k]); at += w[i]
+        m = o[1] == i
+        codes[k] = np.empty(int(npx.sum()), np.int32)
+        _stream_codes(
+            raw,
+            roff,
+            npx,
+            at,
+            w[i],
+            k != 'lnc' and rc.codec(k) == 'log',
+            k == 'lnc',
+            base,
+            orow[m],
+            o[0][m],
+            o[2][m],
+            codes[k],
+        )
+        at += w[i]
     return codes
 
-def decode_rows(rc:RowCodec, # the codec
-                blobs, # (bytes, header frame bytes, header words, stored pixels) of each row (`pack_row`)
-                fields, # fields to decode
-                pix=None, # sorted grid pixels to return (None: all)
-                out:dict|None=None): # field -> zeroed, C-contiguous (R, n_px or len(pix)) arrays to fill (default: new ones)
-    "The rows' fields as (R, n_px) arrays, or (R, len(pix)) at the pixels `pix`: what the store holds, unobserved pixels at their fill."
-    R, n = len(blobs), rc.n_px; P = n if pix is None else len(pix); rows = np.arange(R)
+
+def decode_rows(
+    rc: RowCodec,  # the codec
+    blobs,  # (bytes, header frame bytes, header words, stored pixels) of each row (`pack_row`)
+    fields,  # fields to decode
+    pix=None,  # sorted grid pixels to return (None: all)
+    out: dict | None = None,  # field -> zeroed, C-contiguous (R, n_px or len(pix)) arrays to fill (default: new ones)
+):
+    """The rows' fields as (R, n_px) arrays, or (R, len(pix)) at the pixels `pix`: what the store holds, unobserved
+    pixels at their fill."""
+    R, n = len(blobs), rc.n_px
+    P = n if pix is None else len(pix)
+    rows = np.arange(R)
     (cnt, base, lo, hi, e, o, rs, rv), raw = _unpack(rc, blobs)
-    sr = np.repeat(rows, cnt[:, 0]); L = (hi - lo).astype(np.int64); npx = np.bincount(sr, L, minlength=R).astype(np.int64); sat = np.cumsum(L) - L
+    sr = np.repeat(rows, cnt[:, 0])
+    L = (hi - lo).astype(np.int64)
+    npx = np.bincount(sr, L, minlength=R).astype(np.int64)
+    sat = np.cumsum(L) - L
     want = [k for k in fields if rc.codec(k) != 'rle']
     dec = _decode(rc, _codes_of(rc, base, o, np.repeat(rows, cnt[:, 2]), raw, npx), want) if want else {}
-    if pix is None: cstart = np.arange(n + 1); col = cstart[:n]
+    if pix is None:
+        cstart = np.arange(n + 1)
+        col = cstart[:n]
     else:  # each grid pixel's output column (-1: not wanted), and the first column at or after each grid pixel
-        col = np.full(n, -1); col[pix] = np.arange(P); cstart = np.r_[0, np.cumsum(col >= 0)]
-    erow = np.repeat(rows, cnt[:, 1]); ek = col[e[0]] >= 0; eflat = erow[ek] * P + col[e[0][ek]]; e = e[:, ek]
-    rf = np.repeat(np.tile(np.arange(cnt.shape[1] - 3), R), cnt[:, 3:].ravel()); rrow = np.repeat(np.repeat(rows, cnt.shape[1] - 3), cnt[:, 3:].ravel())
+        col = np.full(n, -1)
+        col[pix] = np.arange(P)
+        cstart = np.r_[0, np.cumsum(col >= 0)]
+    erow = np.repeat(rows, cnt[:, 1])
+    ek = col[e[0]] >= 0
+    eflat = erow[ek] * P + col[e[0][ek]]
+    e = e[:, ek]
+    rf = np.repeat(np.tile(np.arange(cnt.shape[1] - 3), R), cnt[:, 3:].ravel())
+    rrow = np.repeat(np.repeat(rows, cnt.shape[1] - 3), cnt[:, 3:].ravel())
     out = {k: np.zeros((R, P), rc.dtype(k)) for k in fields} if out is None else out
     for k in fields:
         f = out[k].reshape(-1)
         if rc.codec(k) == 'rle':
-            j = rf == rc.run_fields.index(k); val = rv[j]
-            _fill_runs(f, P, rrow[j], rs[j], val.view(f.dtype) if f.dtype.itemsize == 4 else val.astype(f.dtype), val != 0, cstart); continue
-        if FILL.get(k, 0): f[:] = FILL[k]
+            j = rf == rc.run_fields.index(k)
+            val = rv[j]
+            _fill_runs(
+                f,
+                P,
+                rrow[j],
+                rs[j],
+                val.view(f.dtype) if f.dtype.itemsize == 4 else val.astype(f.dtype),
+                val != 0,
+                cstart,
+            )
+            continue
+        if FILL.get(k, 0):
+            f[:] = FILL[k]
         _scatter(f, P, sr, lo, hi, sat, dec[k], col)
-        m = e[1] == rc.pixel_fields.index(k); f[eflat[m]] = e[2][m].view(np.float32)
+        m = e[1] == rc.pixel_fields.index(k)
+        f[eflat[m]] = e[2][m].view(np.float32)
     return out
 
 # %% ../../nbs/06b_h5chunks.ipynb
-def write_packed(g, # h5py group to fill: heap, offset, frame
-                 rc:RowCodec, # the codec (kept in the group's attributes)
-                 items, # (bytes, header frame bytes, header words, stored pixels) of each row, in order (`pack_rows`)
-                 n_rows:int, # how many
-                 spool=None): # folder for the temporary copy of the bytes (default: the system's)
-    "Write packed rows into one contiguous byte array (`heap`) with their offsets and frame sizes; the codec and a sha256 of it all as attributes."
+def write_packed(
+    g,  # h5py group to fill: heap, offset, frame
+    rc: RowCodec,  # the codec (kept in the group's attributes)
+    items,  # (bytes, header frame bytes, header words, stored pixels) of each row, in order (`pack_rows`)
+    n_rows: int,  # how many
+    spool=None,  # folder for the temporary copy of the bytes (default: the system's)
+):
+    """Write packed rows into one contiguous byte array (`heap`) with their offsets and frame sizes; the codec and a
+    sha256 of it all as attributes."""
     off, frame, h, i = np.zeros(n_rows + 1, np.int64), np.zeros((n_rows, 3), np.int32), hashlib.sha256(), 0
     with tempfile.TemporaryFile(dir=spool) as tmp:  # a contiguous dataset needs its size first
         for i, (blob, *sizes) in enumerate(items, 1):
-            if i > n_rows: raise ValueError(f'more than the {n_rows} rows announced')
-            tmp.write(blob); h.update(blob); off[i], frame[i - 1] = off[i - 1] + len(blob), sizes
-        if i != n_rows: raise ValueError(f'{i} rows given, {n_rows} announced')
-        heap = g.create_dataset('heap', shape=(int(off[-1]),), dtype=np.uint8); tmp.seek(0)
-        for a in range(0, int(off[-1]), 1 << 26): heap[a:a + (1 << 26)] = np.frombuffer(tmp.read(1 << 26), np.uint8)
-    g.create_dataset('offset', data=off); g.create_dataset('frame', data=frame); h.update(off.tobytes()); h.update(frame.tobytes())
+            if i > n_rows:
+                raise ValueError(f'more than the {n_rows} rows announced')
+            tmp.write(blob)
+            h.update(blob)
+            off[i], frame[i - 1] = off[i - 1] + len(blob), sizes
+        if i != n_rows:
+            raise ValueError(f'{i} rows given, {n_rows} announced')
+        heap = g.create_dataset('heap', shape=(int(off[-1]),), dtype=np.uint8)
+        tmp.seek(0)
+        for a in range(0, int(off[-1]), 1 << 26):
+            heap[a : a + (1 << 26)] = np.frombuffer(tmp.read(1 << 26), np.uint8)
+    g.create_dataset('offset', data=off)
+    g.create_dataset('frame', data=frame)
+    h.update(off.tobytes())
+    h.update(frame.tobytes())
     g.attrs.update(codec=rc.to_json(), sha256=h.hexdigest())
 
-def read_packed(fd:int, # open file descriptor of the .h5
-                base:int, # file offset of the heap
-                off, frame, # the group's offset and frame tables
-                rows): # rows to read, any order
+
+def read_packed(
+    fd: int,  # open file descriptor of the .h5
+    base: int,  # file offset of the heap
+    off,
+    frame,  # the group's offset and frame tables
+    rows,  # rows to read, any order
+):
     "(bytes, header frame bytes, header words, stored pixels) of each row, one `os.preadv` per run of consecutive rows."
-    rows = np.asarray(rows, np.int64); a, b = off[rows], off[rows + 1]; at = np.r_[0, np.cumsum(b - a)].tolist()
-    mv = memoryview(bytearray(at[-1])); cut = np.flatnonzero(rows[1:] != rows[:-1] + 1) + 1
+    rows = np.asarray(rows, np.int64)
+    a, b = off[rows], off[rows + 1]
+    at = np.r_[0, np.cumsum(b - a)].tolist()
+    mv = memoryview(bytearray(at[-1]))
+    cut = np.flatnonzero(rows[1:] != rows[:-1] + 1) + 1
     for s, t in zip(np.r_[0, cut].tolist(), np.r_[cut, len(rows)].tolist()):
-        if t > s and os.preadv(fd, [mv[at[s]:at[t]]], base + int(a[s])) != at[t] - at[s]: raise OSError(f'short read at byte {base + int(a[s])}')
-    return [(mv[at[i]:at[i + 1]], *f) for i, f in enumerate(frame[rows].tolist())]
+        if t > s and os.preadv(fd, [mv[at[s] : at[t]]], base + int(a[s])) != at[t] - at[s]:
+            raise OSError(f'short read at byte {base + int(a[s])}')
+    return [(mv[at[i] : at[i + 1]], *f) for i, f in enumerate(frame[rows].tolist())]
 
 # %% ../../nbs/06b_h5chunks.ipynb
 CHUNK_ROWS, CHUNK_PX, COMPRESSION = 1, 2048, None  # the layout chosen in bench/storage.py
+
 
 def chunk_layout(shape, dtype, chunk_rows=None, chunk_px=None, compression=COMPRESSION):
     "h5py `create_dataset` options for an (N, n) array: (rows, px) chunks, fill 0, the compression."
     n_rows, n_px = shape
     chunks = (max(1, min(chunk_rows or CHUNK_ROWS, n_rows)), max(1, min(chunk_px or CHUNK_PX, n_px)))
     kw = dict(shape=shape, dtype=dtype, chunks=chunks, fillvalue=np.zeros((), dtype)[()])
-    if n_rows == 0: return dict(shape=shape, dtype=dtype)  # nothing to chunk
-    if compression == 'gzip': kw.update(compression='gzip', compression_opts=1, shuffle=True)
-    elif compression: kw.update(compression=compression)
+    if n_rows == 0:
+        return dict(shape=shape, dtype=dtype)  # nothing to chunk
+    if compression == 'gzip':
+        kw.update(compression='gzip', compression_opts=1, shuffle=True)
+    elif compression:
+        kw.update(compression=compression)
     return kw
 
 # %% ../../nbs/06b_h5chunks.ipynb
@@ -367,65 +615,105 @@ def _bits(a):
     a = np.ascontiguousarray(a)
     return a.view(f'u{a.dtype.itemsize}') if a.dtype.itemsize in (1, 2, 4, 8) else a.view('u1')
 
-def write_rows(ds, # h5py dataset (N, n), chunked
-                r0:int, # first row of `block`
-                block, # (k, n) rows to write
-                direct:bool=True): # hand one-row, unfiltered chunks' bytes straight to HDF5 (False: always through h5py's selections)
+
+def write_rows(
+    ds,  # h5py dataset (N, n), chunked
+    r0: int,  # first row of `block`
+    block,  # (k, n) rows to write
+    direct: bool = True,  # hand one-row unfiltered chunks' bytes straight to HDF5 (False: through h5py's selections)
+):
     "Write `block` at row `r0`, chunk-run by chunk-run, leaving all-zero chunks unallocated."
-    if not len(block): return
+    if not len(block):
+        return
     if direct and ds.chunks[0] == 1 and not (ds.compression or ds.shuffle or ds.fletcher32) and block.dtype == ds.dtype:
         return _write_chunks(ds, r0, block)
-    cr, cp = ds.chunks; n = ds.shape[1]; nc = -(-n // cp)
-    v = _bits(block); v = np.pad(v, ((0, 0), (0, nc * cp - n))) if nc * cp != n else v
+    cr, cp = ds.chunks
+    n = ds.shape[1]
+    nc = -(-n // cp)
+    v = _bits(block)
+    v = np.pad(v, ((0, 0), (0, nc * cp - n))) if nc * cp != n else v
     for a in range(0, len(block), cr):
-        nz = v[a:a + cr].reshape(-1, nc, cp).any(axis=(0, 2))
+        nz = v[a : a + cr].reshape(-1, nc, cp).any(axis=(0, 2))
         edges = np.flatnonzero(np.diff(np.r_[0, nz.astype(np.int8), 0]))
         for c0, c1 in zip(edges[::2], edges[1::2]):
-            ds[r0 + a:r0 + a + cr, c0 * cp:min(c1 * cp, n)] = block[a:a + cr, c0 * cp:min(c1 * cp, n)]
+            ds[r0 + a : r0 + a + cr, c0 * cp : min(c1 * cp, n)] = block[a : a + cr, c0 * cp : min(c1 * cp, n)]
 
-def _write_chunks(ds, r0:int, x):
-    "`write_rows` for one-row, unfiltered chunks: each non-zero chunk's bytes go straight to HDF5 (`write_direct_chunk`)."
-    cp = ds.chunks[1]; x = np.ascontiguousarray(x); b, m = _bits(x), x.shape[1] - x.shape[1] % cp
-    nz = np.c_[b[:, :m].reshape(len(x), -1, cp).any(2), b[:, m:].any(1)] if m < x.shape[1] else b.reshape(len(x), -1, cp).any(2)
+
+def _write_chunks(ds, r0: int, x):
+    """`write_rows` for one-row, unfiltered chunks: each non-zero chunk's bytes go straight to HDF5
+    (`write_direct_chunk`)."""
+    cp = ds.chunks[1]
+    x = np.ascontiguousarray(x)
+    b, m = _bits(x), x.shape[1] - x.shape[1] % cp
+    nz = (
+        np.c_[b[:, :m].reshape(len(x), -1, cp).any(2), b[:, m:].any(1)]
+        if m < x.shape[1]
+        else b.reshape(len(x), -1, cp).any(2)
+    )
     for r, c in zip(*np.nonzero(nz)):
-        part = x[r, c * cp:(c + 1) * cp]  # the last chunk of a row is padded to the chunk's size
-        ds.id.write_direct_chunk((r0 + int(r), int(c) * cp), part if len(part) == cp else np.r_[part, np.zeros(cp - len(part), x.dtype)])
+        part = x[r, c * cp : (c + 1) * cp]  # the last chunk of a row is padded to the chunk's size
+        ds.id.write_direct_chunk(
+            (r0 + int(r), int(c) * cp), part if len(part) == cp else np.r_[part, np.zeros(cp - len(part), x.dtype)]
+        )
 
 # %% ../../nbs/06b_h5chunks.ipynb
 def chunk_table(ds):
-    "Runs of allocated chunks of a one-row-chunk, unfiltered dataset: (rowptr, lo, hi, file offset); row r's runs are rowptr[r]:rowptr[r+1]."
+    """Runs of allocated chunks of a one-row-chunk, unfiltered dataset: (rowptr, lo, hi, file offset); row r's runs are
+    rowptr[r]:rowptr[r+1]."""
     n_rows, n = ds.shape
     if ds.chunks is None:  # contiguous: each row is one run
-        return np.arange(n_rows + 1), np.zeros(n_rows, np.int64), np.full(n_rows, n), ds.id.get_offset() + np.arange(n_rows) * n * ds.dtype.itemsize
-    cp = ds.chunks[1]; nb = cp * ds.dtype.itemsize
+        return (
+            np.arange(n_rows + 1),
+            np.zeros(n_rows, np.int64),
+            np.full(n_rows, n),
+            ds.id.get_offset() + np.arange(n_rows) * n * ds.dtype.itemsize,
+        )
+    cp = ds.chunks[1]
+    nb = cp * ds.dtype.itemsize
     off = np.full((n_rows, -(-n // cp)), -1, np.int64)
-    def cb(si): off[si.chunk_offset[0], si.chunk_offset[1] // cp] = si.byte_offset
-    if n_rows: ds.id.chunk_iter(cb)
-    ok = off >= 0; joined = np.zeros_like(ok)  # joined: this chunk continues the previous one's run
+
+    def cb(si):
+        off[si.chunk_offset[0], si.chunk_offset[1] // cp] = si.byte_offset
+
+    if n_rows:
+        ds.id.chunk_iter(cb)
+    ok = off >= 0
+    joined = np.zeros_like(ok)  # joined: this chunk continues the previous one's run
     joined[:, 1:] = ok[:, 1:] & ok[:, :-1] & (off[:, 1:] == off[:, :-1] + nb)
-    rs, cs = np.nonzero(ok & ~joined); _, ce = np.nonzero(ok & ~np.c_[joined[:, 1:], np.zeros((n_rows, 1), bool)])
+    rs, cs = np.nonzero(ok & ~joined)
+    _, ce = np.nonzero(ok & ~np.c_[joined[:, 1:], np.zeros((n_rows, 1), bool)])
     return np.searchsorted(rs, np.arange(n_rows + 1)), cs * cp, np.minimum((ce + 1) * cp, n), off[rs, cs]
 
+
 def direct_ok(ds):
-    "Whether `ds` can be read by `read_runs`: native byte order and either contiguous (allocated) or one-row chunks, no filters, fill 0."
-    if not ds.dtype.isnative or ds.compression is not None or ds.shuffle or ds.fletcher32: return False
+    """Whether `ds` can be read by `read_runs`: native byte order and either contiguous (allocated) or one-row chunks,
+    no filters, fill 0."""
+    if not ds.dtype.isnative or ds.compression is not None or ds.shuffle or ds.fletcher32:
+        return False
     return ds.id.get_offset() is not None if ds.chunks is None else ds.chunks[0] == 1 and ds.fillvalue == 0
 
-def read_runs(fd:int, # open file descriptor of the .h5
-                 table, # `chunk_table` of the dataset
-                 rows, # rows to read, any order
-                 out): # zeroed (len(rows), n) output
+
+def read_runs(
+    fd: int,  # open file descriptor of the .h5
+    table,  # `chunk_table` of the dataset
+    rows,  # rows to read, any order
+    out,  # zeroed (len(rows), n) output
+):
     "Read the chunk runs of `rows` into `out`, one `os.preadv` per run."
-    ptr, lo, hi, fo = table; isz, rb = out.dtype.itemsize, out.shape[1] * out.dtype.itemsize
-    mv = memoryview(out.reshape(-1)).cast('B'); ptr = ptr.tolist()
+    ptr, lo, hi, fo = table
+    isz, rb = out.dtype.itemsize, out.shape[1] * out.dtype.itemsize
+    mv = memoryview(out.reshape(-1)).cast('B')
+    ptr = ptr.tolist()
     for i, r in enumerate(np.asarray(rows).tolist()):
         for j in range(ptr[r], ptr[r + 1]):
             a, b = i * rb + int(lo[j]) * isz, i * rb + int(hi[j]) * isz
-            if os.preadv(fd, [mv[a:b]], int(fo[j])) != b - a: raise OSError(f'short read at byte {fo[j]}')
+            if os.preadv(fd, [mv[a:b]], int(fo[j])) != b - a:
+                raise OSError(f'short read at byte {fo[j]}')
     return out
 
 # %% ../../nbs/06b_h5chunks.ipynb
 RUN_FIELDS = ('ptr', 'lo', 'hi', 'offset')  # the datasets of runs/<array>: the `chunk_table`
+
 
 def store_runs(f):
     "Store the chunk-run table of every directly readable array of the open store `f` (after flushing its chunks)."
@@ -433,15 +721,19 @@ def store_runs(f):
     for k, ds in f['arrays'].items():
         if direct_ok(ds) and ds.chunks is not None:
             g = f.require_group(f'runs/{k}')
-            for name, x in zip(RUN_FIELDS, chunk_table(ds)): g.create_dataset(name, data=x)
+            for name, x in zip(RUN_FIELDS, chunk_table(ds)):
+                g.create_dataset(name, data=x)
 
-def runs_match(ds, tab, n_check:int=16):
+
+def runs_match(ds, tab, n_check: int = 16):
     "Whether a stored run table still agrees with HDF5's chunk index (checked on `n_check` runs spread over it)."
     ptr, lo, hi, fo = tab
-    if len(ptr) != ds.shape[0] + 1 or ptr[-1] != len(fo): return False
+    if len(ptr) != ds.shape[0] + 1 or ptr[-1] != len(fo):
+        return False
     for j in np.unique(np.linspace(0, len(fo) - 1, min(n_check, len(fo))).astype(int)):
         r = int(np.searchsorted(ptr, j, side='right') - 1)
-        if ds.id.get_chunk_info_by_coord((r, int(lo[j]))).byte_offset != fo[j]: return False
+        if ds.id.get_chunk_info_by_coord((r, int(lo[j]))).byte_offset != fo[j]:
+            return False
     return True
 
 # %% ../../nbs/06b_h5chunks.ipynb
@@ -450,16 +742,21 @@ def _runs(u):
     b = np.flatnonzero(np.diff(u) != 1) + 1
     return zip(np.r_[0, b], np.r_[b, len(u)]) if len(u) else zip()
 
-def read_rows(ds, # h5py dataset (N, n)
-               rows): # row numbers, any order, duplicates allowed
+
+def read_rows(
+    ds,  # h5py dataset (N, n)
+    rows,  # row numbers, any order, duplicates allowed
+):
     "Rows of `ds` in the given order: contiguous runs of the sorted distinct rows read in place."
     rows = np.asarray(rows, np.int64).ravel()
     u, first, inv = np.unique(rows, return_index=True, return_inverse=True)
     out = np.empty((len(rows), ds.shape[1]), ds.dtype)
     for a, b in _runs(u):
         if first[b - 1] - first[a] == b - a - 1:  # lands contiguously in the output: read in place
-            ds.read_direct(out, np.s_[u[a]:u[b - 1] + 1], np.s_[first[a]:first[b - 1] + 1])
-        else: out[first[a:b]] = ds[u[a]:u[b - 1] + 1]
+            ds.read_direct(out, np.s_[u[a] : u[b - 1] + 1], np.s_[first[a] : first[b - 1] + 1])
+        else:
+            out[first[a:b]] = ds[u[a] : u[b - 1] + 1]
     dup = np.flatnonzero(first[inv] != np.arange(len(rows)))
-    if len(dup): out[dup] = out[first[inv[dup]]]
+    if len(dup):
+        out[dup] = out[first[inv[dup]]]
     return out

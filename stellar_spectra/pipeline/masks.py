@@ -16,143 +16,291 @@ __all__ = ['OPTICAL_TELLURIC_BANDS', 'OPTICAL_SKY_LINES', 'OPTICAL_SKY_HALF_WIDT
            'in_regions', 'flag_atmosphere', 'grid_flags', 'reach_flags', 'flags_on_grid', 'loss_weights']
 
 # %% ../../nbs/05_masks.ipynb
-_TELLURIC_AIR = [(5800., 5810.), (6470., 6600.), (6867., 6935.), (7160., 7340.), (7593., 7705.), (8120., 8340.), (8950., 9800.)]
-OPTICAL_TELLURIC_BANDS = [tuple(float(w) for w in air_to_vacuum(np.array(b))) for b in _TELLURIC_AIR]  # (wmin, wmax), vacuum Å, observed frame
+_TELLURIC_AIR = [
+    (5800.0, 5810.0),
+    (6470.0, 6600.0),
+    (6867.0, 6935.0),
+    (7160.0, 7340.0),
+    (7593.0, 7705.0),
+    (8120.0, 8340.0),
+    (8950.0, 9800.0),
+]
+OPTICAL_TELLURIC_BANDS = [
+    tuple(float(w) for w in air_to_vacuum(np.array(b))) for b in _TELLURIC_AIR
+]  # (wmin, wmax), vacuum Å, observed frame
 
 # %% ../../nbs/05_masks.ipynb
-_SKY_AIR = [4358.34, 5460.74, 5577.338, 5889.953, 5895.923, 5915.301, 5932.862, 5953.420, 6257.961, 6287.434, 6300.304,
-            6306.869, 6363.780, 6498.729, 6533.044, 6553.617, 6841.945, 6863.955, 6870.994, 6889.288, 6900.833, 6912.623,
-            6923.220, 6939.521, 6969.930, 7003.858, 7244.907, 7276.405, 7284.439, 7316.282, 7329.148, 7340.885, 7358.659,
-            7571.746, 7750.640, 7759.996, 7794.112, 7808.467, 7821.503, 7841.266, 7913.708, 7949.204, 7964.650, 7993.332,
-            8014.059, 8310.719, 8344.602, 8382.392, 8399.170, 8415.231, 8430.174, 8452.250, 8493.389, 8791.186, 8827.096,
-            8885.850, 8903.114, 8943.395, 8988.366]
+_SKY_AIR = [
+    4358.34,
+    5460.74,
+    5577.338,
+    5889.953,
+    5895.923,
+    5915.301,
+    5932.862,
+    5953.420,
+    6257.961,
+    6287.434,
+    6300.304,
+    6306.869,
+    6363.780,
+    6498.729,
+    6533.044,
+    6553.617,
+    6841.945,
+    6863.955,
+    6870.994,
+    6889.288,
+    6900.833,
+    6912.623,
+    6923.220,
+    6939.521,
+    6969.930,
+    7003.858,
+    7244.907,
+    7276.405,
+    7284.439,
+    7316.282,
+    7329.148,
+    7340.885,
+    7358.659,
+    7571.746,
+    7750.640,
+    7759.996,
+    7794.112,
+    7808.467,
+    7821.503,
+    7841.266,
+    7913.708,
+    7949.204,
+    7964.650,
+    7993.332,
+    8014.059,
+    8310.719,
+    8344.602,
+    8382.392,
+    8399.170,
+    8415.231,
+    8430.174,
+    8452.250,
+    8493.389,
+    8791.186,
+    8827.096,
+    8885.850,
+    8903.114,
+    8943.395,
+    8988.366,
+]
 OPTICAL_SKY_LINES = air_to_vacuum(np.array(_SKY_AIR))  # centres, vacuum Å, observed frame
-OPTICAL_SKY_HALF_WIDTHS = np.where(np.isin(_SKY_AIR, [5577.338, 6300.304]), 1.0, 0.5)  # Å, flagged each side of a centre
+OPTICAL_SKY_HALF_WIDTHS = np.where(
+    np.isin(_SKY_AIR, [5577.338, 6300.304]), 1.0, 0.5
+)  # Å, flagged each side of a centre
 
 # %% ../../nbs/05_masks.ipynb
 V_BC_MAX = 30.5  # km/s: the largest barycentric correction (Earth's orbit 29.8 + rotation 0.5)
 
-def frame_scale(spec:Spectrum): # the spectrum whose frame the regions move to
+
+def frame_scale(spec: Spectrum):  # the spectrum whose frame the regions move to
     "(scale, pad_kms): an observed-frame λ lies at λ × scale in the spectrum's frame, uncertain by ± pad_kms."
     bc_known = np.isfinite(spec.bc)
     bary, pad = (1 + spec.bc / C_KMS if bc_known else 1.0), (0.0 if bc_known else V_BC_MAX)
-    if spec.frame == 'observed': return 1.0, 0.0
-    if spec.frame == 'barycentric': return bary, pad
-    if not np.isfinite(spec.rv): raise ValueError(f'{spec!r}: a rest-frame spectrum without rv: cannot place the observed-frame tellurics')
+    if spec.frame == 'observed':
+        return 1.0, 0.0
+    if spec.frame == 'barycentric':
+        return bary, pad
+    if not np.isfinite(spec.rv):
+        raise ValueError(f'{spec!r}: a rest-frame spectrum without rv: cannot place the observed-frame tellurics')
     return bary / (1 + spec.rv / C_KMS), pad
 
 # %% ../../nbs/05_masks.ipynb
-def in_regions(wave, # sorted wavelengths (Å)
-               lo, # lower ends of the intervals (Å)
-               hi): # upper ends (Å)
+def in_regions(
+    wave,  # sorted wavelengths (Å)
+    lo,  # lower ends of the intervals (Å)
+    hi,  # upper ends (Å)
+):
     "True for the pixels inside any interval [lo, hi]."
     wave = np.asarray(wave, float)
     i0, i1 = np.searchsorted(wave, np.asarray(lo, float), 'left'), np.searchsorted(wave, np.asarray(hi, float), 'right')
     d = np.zeros(len(wave) + 1, np.int64)
-    np.add.at(d, i0, 1); np.add.at(d, i1, -1)
+    np.add.at(d, i0, 1)
+    np.add.at(d, i1, -1)
     return np.cumsum(d[:-1]) > 0
 
 # %% ../../nbs/05_masks.ipynb
-def flag_atmosphere(spec:Spectrum): # a spectrum from `readers.read_spectrum`
-    "A copy with TELLURIC and SKY_LINE set for optical spectra (regions moved into the spectrum's frame); APOGEE unchanged."
-    if spec.survey == 'apogee': return replace(spec, meta=dict(spec.meta))
+def flag_atmosphere(spec: Spectrum):  # a spectrum from `readers.read_spectrum`
+    """A copy with TELLURIC and SKY_LINE set for optical spectra (regions moved into the spectrum's frame);
+    APOGEE unchanged."""
+    if spec.survey == 'apogee':
+        return replace(spec, meta=dict(spec.meta))
     scale, pad = frame_scale(spec)
     lo_f, hi_f = scale * (1 - pad / C_KMS), scale * (1 + pad / C_KMS)
     bands = np.array(OPTICAL_TELLURIC_BANDS)
     tell = in_regions(spec.wave, bands[:, 0] * lo_f, bands[:, 1] * hi_f)
-    skyl = in_regions(spec.wave, (OPTICAL_SKY_LINES - OPTICAL_SKY_HALF_WIDTHS) * lo_f, (OPTICAL_SKY_LINES + OPTICAL_SKY_HALF_WIDTHS) * hi_f)
-    flags = spec.flags | np.where(tell, int(PixelFlag.TELLURIC), 0).astype(np.int32) | np.where(skyl, int(PixelFlag.SKY_LINE), 0).astype(np.int32)
+    skyl = in_regions(
+        spec.wave,
+        (OPTICAL_SKY_LINES - OPTICAL_SKY_HALF_WIDTHS) * lo_f,
+        (OPTICAL_SKY_LINES + OPTICAL_SKY_HALF_WIDTHS) * hi_f,
+    )
+    flags = (
+        spec.flags
+        | np.where(tell, int(PixelFlag.TELLURIC), 0).astype(np.int32)
+        | np.where(skyl, int(PixelFlag.SKY_LINE), 0).astype(np.int32)
+    )
     return replace(spec, flags=flags, meta={**spec.meta, 'atmosphere_pad_kms': pad})
 
 # %% ../../nbs/05_masks.ipynb
-def _as_flags(flags, P:int, what:str):
+def _as_flags(flags, P: int, what: str):
     "flags as an (N, P) int64 array, checking the shape against the native grid."
     f = np.asarray(flags)
     if f.ndim not in (1, 2) or f.shape[-1] != P:
-        raise ValueError(f'{what}: flags have shape {f.shape}, but the resampler was built for {P} native pixels ((N, {P}) or ({P},) expected)')
-    if f.dtype.kind not in 'iub': raise TypeError(f'{what}: flags must be integers (PixelFlag bits), not {f.dtype}')
+        raise ValueError(
+            f'{what}: flags have shape {f.shape}, but the resampler was built for {P} native pixels ((N, {P}) or '
+            f'({P},) expected)'
+        )
+    if f.dtype.kind not in 'iub':
+        raise TypeError(f'{what}: flags must be integers (PixelFlag bits), not {f.dtype}')
     return np.atleast_2d(f).astype(np.int64, copy=False)
 
-def _row_sums(r:Resampler):
-    "`A.sum(1)` of a resampler's operator (the weight of each grid pixel), computed once per operator (kept on the matrix, which shifted copies share)."
+
+def _row_sums(r: Resampler):
+    """`A.sum(1)` of a resampler's operator (the weight of each grid pixel), computed once per operator (kept on the
+    matrix, which shifted copies share)."""
     t = getattr(r.A, '_row_sums', None)
-    if t is None or len(t) != r.A.shape[0]: t = r.A._row_sums = np.asarray(r.A.sum(1)).ravel()
+    if t is None or len(t) != r.A.shape[0]:
+        t = r.A._row_sums = np.asarray(r.A.sum(1)).ravel()
     return t
 
+
 def _carry_loop(indptr, indices, data, tot, f, bits, min_weight, hole, covered_min, prop, covered):
-    "Per spectrum n and grid pixel j: the bits its native pixels carry (prop) and whether those with data reach covered_min."
+    """Per spectrum n and grid pixel j: the bits its native pixels carry (prop) and whether those with data reach
+    covered_min."""
     w = np.zeros(len(bits))
     for n in range(f.shape[0]):
         for j in range(len(indptr) - 1):
-            w[:] = 0.0; wd = 0.0
-            for q in range(indptr[j], indptr[j + 1]):  # in the operator's order: the sums of a sparse product, to the bit
-                fl = f[n, indices[q]]; a = data[q]
-                if fl == 0: wd += a; continue  # most pixels: no bit to carry
+            w[:] = 0.0
+            wd = 0.0
+            for q in range(
+                indptr[j], indptr[j + 1]
+            ):  # in the operator's order: the sums of a sparse product, to the bit
+                fl = f[n, indices[q]]
+                a = data[q]
+                if fl == 0:
+                    wd += a
+                    continue  # most pixels: no bit to carry
                 for k in range(len(bits)):
-                    if fl & bits[k]: w[k] += a
-                if (fl & hole) == 0: wd += a
-            need = min_weight * tot[j] * (1 - 1e-9) if tot[j] > 1e-3 else np.inf  # rows the operator barely reaches carry no bits
+                    if fl & bits[k]:
+                        w[k] += a
+                if (fl & hole) == 0:
+                    wd += a
+            need = (
+                min_weight * tot[j] * (1 - 1e-9) if tot[j] > 1e-3 else np.inf
+            )  # rows the operator barely reaches carry no bits
             p = 0
             for k in range(len(bits)):
-                if w[k] >= need: p |= bits[k]
-            prop[n, j] = p; covered[n, j] = wd >= covered_min
+                if w[k] >= need:
+                    p |= bits[k]
+            prop[n, j] = p
+            covered[n, j] = wd >= covered_min
+
 
 _carry_nb = jit(_carry_loop)
 
-def _carry(resampler:Resampler, f, min_weight:float, hole:int=0):
-    "(prop, covered), (N, M): bits carried to the grid pixels, and whether >= 1 - max_masked of a pixel's weight lacks `hole` bits."
+
+def _carry(resampler: Resampler, f, min_weight: float, hole: int = 0):
+    """(prop, covered), (N, M): bits carried to the grid pixels, and whether >= 1 - max_masked of a pixel's weight lacks
+    `hole` bits."""
     present = int(np.bitwise_or.reduce(f, axis=None)) if f.size else 0
     bits = np.array([1 << k for k in range(present.bit_length()) if present >> k & 1], np.int64)
-    A = resampler.A; shape = (len(f), A.shape[0])
+    A = resampler.A
+    shape = (len(f), A.shape[0])
     prop, covered = np.zeros(shape, np.int32), np.zeros(shape, bool)
-    _carry_nb(A.indptr, A.indices, A.data, _row_sums(resampler), f, bits, float(min_weight), hole,
-              (1 - resampler.max_masked) * (1 - 1e-9), prop, covered)
+    _carry_nb(
+        A.indptr,
+        A.indices,
+        A.data,
+        _row_sums(resampler),
+        f,
+        bits,
+        float(min_weight),
+        hole,
+        (1 - resampler.max_masked) * (1 - 1e-9),
+        prop,
+        covered,
+    )
     return prop, covered
 
 # %% ../../nbs/05_masks.ipynb
-def grid_flags(resampler:Resampler, # the operator that made the grid pixels
-               flags, # (N, P) or (P,) native `PixelFlag` bits
-               min_weight:float=0.1): # fraction of a grid pixel's weight that carries a bit to it
-    "int32 (N, M) or (M,) bits on `resampler.wave`: a bit is set where its native pixels give >= min_weight of the weight."
-    if not 0 < min_weight <= 1: raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
+def grid_flags(
+    resampler: Resampler,  # the operator that made the grid pixels
+    flags,  # (N, P) or (P,) native `PixelFlag` bits
+    min_weight: float = 0.1,  # fraction of a grid pixel's weight that carries a bit to it
+):
+    """int32 (N, M) or (M,) bits on `resampler.wave`: a bit is set where its native pixels give >= min_weight of the
+    weight."""
+    if not 0 < min_weight <= 1:
+        raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
     out = _carry(resampler, _as_flags(flags, resampler.P, 'grid_flags'), min_weight)[0]
     return out if np.ndim(flags) == 2 else out[0]
 
 # %% ../../nbs/05_masks.ipynb
-def _full(x, grid:Grid, resampler:Resampler, N:int, what:str):
+def _full(x, grid: Grid, resampler: Resampler, N: int, what: str):
     "bad as (N, grid.n) bool, from (N, grid.n) or (N, M) (outside the reach: True)."
-    x = np.asarray(x, bool); M = resampler.A.shape[0]
+    x = np.asarray(x, bool)
+    M = resampler.A.shape[0]
     x2 = np.atleast_2d(x)
-    if x2.shape == (N, grid.n): return x2
+    if x2.shape == (N, grid.n):
+        return x2
     if x2.shape == (N, M):
-        out = np.ones((N, grid.n), bool); out[:, resampler.sl] = x2; return out
-    raise ValueError(f'{what}: bad has shape {x.shape}; expected ({grid.n},) on the grid or ({M},) on resampler.wave (with N={N} rows)')
+        out = np.ones((N, grid.n), bool)
+        out[:, resampler.sl] = x2
+        return out
+    raise ValueError(
+        f'{what}: bad has shape {x.shape}; expected ({grid.n},) on the grid or ({M},) on resampler.wave (with N={N} '
+        'rows)'
+    )
 
 # %% ../../nbs/05_masks.ipynb
-def reach_flags(resampler:Resampler, # the operator that put the spectra on the grid
-                flags, # (N, P) native `PixelFlag` bits
-                bad, # (N, M) the resampler's refused pixels, on `resampler.wave`
-                min_weight:float=0.1): # fraction of a grid pixel's weight that carries a native bit to it
-    "`flags_on_grid` on the resampler's reach only: int32 (N, M), for the grid pixels `resampler.sl` (the rest is `NO_DATA`)."
-    if not 0 < min_weight <= 1: raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
+def reach_flags(
+    resampler: Resampler,  # the operator that put the spectra on the grid
+    flags,  # (N, P) native `PixelFlag` bits
+    bad,  # (N, M) the resampler's refused pixels, on `resampler.wave`
+    min_weight: float = 0.1,  # fraction of a grid pixel's weight that carries a native bit to it
+):
+    """`flags_on_grid` on the resampler's reach only: int32 (N, M), for the grid pixels `resampler.sl` (the rest is
+    `NO_DATA`)."""
+    if not 0 < min_weight <= 1:
+        raise ValueError(f'grid_flags: min_weight must be in (0, 1], not {min_weight}')
     hole = int(PixelFlag.NO_DATA | PixelFlag.DETECTOR_GAP)
     prop, covered = _carry(resampler, _as_flags(flags, resampler.P, 'flags_on_grid'), min_weight, hole)
-    j = np.arange(covered.shape[1]); any_ = covered.any(1)
-    lo = np.where(any_, covered.argmax(1), covered.shape[1]); hi = np.where(any_, covered.shape[1] - 1 - covered[:, ::-1].argmax(1), -1)
+    j = np.arange(covered.shape[1])
+    any_ = covered.any(1)
+    lo = np.where(any_, covered.argmax(1), covered.shape[1])
+    hi = np.where(any_, covered.shape[1] - 1 - covered[:, ::-1].argmax(1), -1)
     inside = (j >= lo[:, None]) & (j <= hi[:, None])
     prop &= ~np.int32(hole)  # coverage alone decides NO_DATA and DETECTOR_GAP
-    out = np.where(inside, np.where(covered, prop, prop | int(PixelFlag.DETECTOR_GAP)), int(PixelFlag.NO_DATA)).astype(np.int32)
+    out = np.where(inside, np.where(covered, prop, prop | int(PixelFlag.DETECTOR_GAP)), int(PixelFlag.NO_DATA)).astype(
+        np.int32
+    )
     out[np.asarray(bad, bool) & ((out & int(BAD)) == 0)] |= int(PixelFlag.BAD_PIXEL)
     return out
 
-def flags_on_grid(grid:Grid, # the common grid
-                  resampler:Resampler, # the operator that put the spectrum on `grid` (e.g. `to_rest_grid(...)['resampler']`)
-                  flags, # (N, P) or (P,) native `PixelFlag` bits
-                  bad, # (N, grid.n) / (grid.n,) or (N, M) / (M,): the resampler's refused pixels
-                  min_weight:float=0.1): # fraction of a grid pixel's weight that carries a native bit to it
-    "int32 (N, grid.n) or (grid.n,): the common flags of the spectra on the full grid (coverage, gaps, native bits, refusals)."
-    if resampler.grid != grid: raise ValueError(f'flags_on_grid: the resampler maps onto {resampler.grid}, not onto {grid}: build it for this grid')
-    f = _as_flags(flags, resampler.P, 'flags_on_grid'); N = len(f); one = np.ndim(flags) == 1
+
+def flags_on_grid(
+    grid: Grid,  # the common grid
+    resampler: Resampler,  # the operator that put the spectrum on `grid` (e.g. `to_rest_grid(...)['resampler']`)
+    flags,  # (N, P) or (P,) native `PixelFlag` bits
+    bad,  # (N, grid.n) / (grid.n,) or (N, M) / (M,): the resampler's refused pixels
+    min_weight: float = 0.1,  # fraction of a grid pixel's weight that carries a native bit to it
+):
+    """int32 (N, grid.n) or (grid.n,): the common flags of the spectra on the full grid (coverage, gaps, native bits,
+    refusals)."""
+    if resampler.grid != grid:
+        raise ValueError(
+            f'flags_on_grid: the resampler maps onto {resampler.grid}, not onto {grid}: build it for this grid'
+        )
+    f = _as_flags(flags, resampler.P, 'flags_on_grid')
+    N = len(f)
+    one = np.ndim(flags) == 1
     bad = _full(bad, grid, resampler, N, 'flags_on_grid')
     out = np.full((N, grid.n), int(PixelFlag.NO_DATA), np.int32)  # beyond the reach: NO_DATA, a bad bit already
     out[:, resampler.sl] = reach_flags(resampler, f, bad[:, resampler.sl], min_weight)
@@ -161,18 +309,25 @@ def flags_on_grid(grid:Grid, # the common grid
 # %% ../../nbs/05_masks.ipynb
 DEFAULT_WEIGHTS = {PixelFlag.TELLURIC: 0.0, PixelFlag.SKY_LINE: 0.0, PixelFlag.PERSISTENCE: 0.5, PixelFlag.SUSPECT: 0.5}
 
-def loss_weights(flags, # `PixelFlag` bits on the grid, any shape
-                 ivar, # inverse variance, same shape
-                 weights:dict|None=None): # {PixelFlag: factor >= 0} overriding `DEFAULT_WEIGHTS`
+
+def loss_weights(
+    flags,  # `PixelFlag` bits on the grid, any shape
+    ivar,  # inverse variance, same shape
+    weights: dict | None = None,  # {PixelFlag: factor >= 0} overriding `DEFAULT_WEIGHTS`
+):
     "float32 loss weight per pixel: 0 for bad bits or ivar <= 0, else the product of the factors of the set bits."
     f, iv = np.asarray(flags), np.asarray(ivar)
-    if f.shape != iv.shape: raise ValueError(f'loss_weights: flags {f.shape} and ivar {iv.shape} differ in shape')
+    if f.shape != iv.shape:
+        raise ValueError(f'loss_weights: flags {f.shape} and ivar {iv.shape} differ in shape')
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     for bit, x in w.items():
-        if int(bit) & int(BAD): raise ValueError(f'loss_weights: {PixelFlag(bit)!r} is a bad bit: its pixels always weigh 0')
-        if not (np.isfinite(x) and x >= 0): raise ValueError(f'loss_weights: the factor of {PixelFlag(bit)!r} must be finite and >= 0, not {x}')
+        if int(bit) & int(BAD):
+            raise ValueError(f'loss_weights: {PixelFlag(bit)!r} is a bad bit: its pixels always weigh 0')
+        if not (np.isfinite(x) and x >= 0):
+            raise ValueError(f'loss_weights: the factor of {PixelFlag(bit)!r} must be finite and >= 0, not {x}')
     out = np.ones(f.shape, np.float32)
     for bit, x in w.items():
-        if x != 1: out[(f & int(bit)) != 0] *= np.float32(x)
+        if x != 1:
+            out[(f & int(bit)) != 0] *= np.float32(x)
     out[((f & int(BAD)) != 0) | ~(np.isfinite(iv) & (iv > 0))] = 0
     return out

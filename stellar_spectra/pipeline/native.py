@@ -19,37 +19,67 @@ __all__ = ['NATIVE_SCHEMA', 'ROW_GROUP_BYTES', 'to_arrow_table', 'row_group_rows
            'read_native_meta', 'demo_spectra']
 
 # %% ../../nbs/06c_native.ipynb
-_SCALARS = dict(frame=pa.string(), R=pa.float64(), survey=pa.string(), product=pa.string(), star_id=pa.string(), visit_id=pa.string(),
-                ra=pa.float64(), dec=pa.float64(), snr=pa.float64(), rv=pa.float64(), bc=pa.float64(), flux_unit=pa.string())
+_SCALARS = dict(
+    frame=pa.string(),
+    R=pa.float64(),
+    survey=pa.string(),
+    product=pa.string(),
+    star_id=pa.string(),
+    visit_id=pa.string(),
+    ra=pa.float64(),
+    dec=pa.float64(),
+    snr=pa.float64(),
+    rv=pa.float64(),
+    bc=pa.float64(),
+    flux_unit=pa.string(),
+)
 _LISTS = dict(wave=pa.float64(), flux=pa.float64(), ivar=pa.float64(), flags=pa.int32(), survey_flags=pa.int64())
-NATIVE_SCHEMA = pa.schema([*_SCALARS.items(), ('meta_json', pa.string()), ('survey_flags_dtype', pa.string()),
-                           *((k, pa.list_(t)) for k, t in _LISTS.items())])
+NATIVE_SCHEMA = pa.schema(
+    [
+        *_SCALARS.items(),
+        ('meta_json', pa.string()),
+        ('survey_flags_dtype', pa.string()),
+        *((k, pa.list_(t)) for k, t in _LISTS.items()),
+    ]
+)
+
 
 def _json_safe(o):
     "A JSON-able copy of `o`, tuples and numpy values tagged so that `_json_back` restores them."
-    if isinstance(o, dict): return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, tuple): return {'__tuple__': [_json_safe(v) for v in o]}
-    if isinstance(o, list): return [_json_safe(v) for v in o]
-    if isinstance(o, np.ndarray): return {'__ndarray__': o.tolist(), 'dtype': o.dtype.str}
-    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, tuple):
+        return {'__tuple__': [_json_safe(v) for v in o]}
+    if isinstance(o, list):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return {'__ndarray__': o.tolist(), 'dtype': o.dtype.str}
+    if isinstance(o, np.generic):
+        return o.item()
     return o if o is None or isinstance(o, (bool, int, float, str)) else str(o)
+
 
 def _json_back(d):
     "Inverse of `_json_safe` (json `object_hook`)."
-    if '__tuple__' in d: return tuple(d['__tuple__'])
-    if '__ndarray__' in d: return np.array(d['__ndarray__'], d['dtype'])
+    if '__tuple__' in d:
+        return tuple(d['__tuple__'])
+    if '__ndarray__' in d:
+        return np.array(d['__ndarray__'], d['dtype'])
     return d
 
 # %% ../../nbs/06c_native.ipynb
 def _list_array(parts, typ, null=None):
     "An Arrow list array from numpy arrays (None -> null)."
     lens = np.array([0 if p is None else len(p) for p in parts], np.int64)
-    vals = np.concatenate([np.asarray(p) for p in parts if p is not None] or [np.zeros(0)]).astype(typ.to_pandas_dtype())
+    vals = np.concatenate([np.asarray(p) for p in parts if p is not None] or [np.zeros(0)]).astype(
+        typ.to_pandas_dtype()
+    )
     offsets = pa.array(np.r_[0, np.cumsum(lens)].astype(np.int32))
     mask = None if null is None or not null.any() else pa.array(null)
     return pa.ListArray.from_arrays(offsets, pa.array(vals, typ), mask=mask)
 
-def to_arrow_table(spectra:list): # `Spectrum`s
+
+def to_arrow_table(spectra: list):  # `Spectrum`s
     "An Arrow table (`NATIVE_SCHEMA`) of spectra."
     cols = {k: pa.array([getattr(s, k) for s in spectra], t) for k, t in _SCALARS.items()}
     cols['meta_json'] = pa.array([json.dumps(_json_safe(s.meta)) for s in spectra], pa.string())
@@ -68,83 +98,141 @@ def _cut(col):
     "numpy arrays (None for nulls) of an Arrow list column."
     out = []
     for ch in col.chunks:
-        off, vals, nulls = ch.offsets.to_numpy(), ch.values.to_numpy(zero_copy_only=False), ch.is_null().to_numpy(zero_copy_only=False)
+        off, vals, nulls = (
+            ch.offsets.to_numpy(),
+            ch.values.to_numpy(zero_copy_only=False),
+            ch.is_null().to_numpy(zero_copy_only=False),
+        )
         out += [None if z else vals[a:b] for a, b, z in zip(off[:-1], off[1:], nulls)]
     return out
 
-def _from_table(t:pa.Table):
+
+def _from_table(t: pa.Table):
     "`Spectrum`s of a table in `NATIVE_SCHEMA`."
-    sc = {k: t[k].to_pylist() for k in _SCALARS}; metas = t['meta_json'].to_pylist(); dts = t['survey_flags_dtype'].to_pylist()
+    sc = {k: t[k].to_pylist() for k in _SCALARS}
+    metas = t['meta_json'].to_pylist()
+    dts = t['survey_flags_dtype'].to_pylist()
     ls = {k: _cut(t[k]) for k in _LISTS}
-    return [Spectrum(ls['wave'][i], ls['flux'][i], ls['ivar'][i], flags=ls['flags'][i],
-                     survey_flags=None if dts[i] is None else ls['survey_flags'][i].astype(dts[i]),
-                     meta=json.loads(metas[i], object_hook=_json_back), **{k: v[i] for k, v in sc.items()}) for i in range(t.num_rows)]
+    return [
+        Spectrum(
+            ls['wave'][i],
+            ls['flux'][i],
+            ls['ivar'][i],
+            flags=ls['flags'][i],
+            survey_flags=None if dts[i] is None else ls['survey_flags'][i].astype(dts[i]),
+            meta=json.loads(metas[i], object_hook=_json_back),
+            **{k: v[i] for k, v in sc.items()},
+        )
+        for i in range(t.num_rows)
+    ]
 
 # %% ../../nbs/06c_native.ipynb
 ROW_GROUP_BYTES = 64 << 20  # target uncompressed size of a Parquet row group
 
-def row_group_rows(t:pa.Table):
+
+def row_group_rows(t: pa.Table):
     "Rows per row group for about `ROW_GROUP_BYTES` per group."
     return int(max(1, min(t.num_rows, ROW_GROUP_BYTES // max(1, t.nbytes // max(1, t.num_rows)))))
 
-def write_native(path, # output .parquet file (written atomically)
-                 spectra:list, # `Spectrum`s
-                 meta:pd.DataFrame|None=None, # extra scalar columns, one row per spectrum
-                 row_group_size:int|None=None): # spectra per row group (default: ~64 MB per group)
+
+def write_native(
+    path,  # output .parquet file (written atomically)
+    spectra: list,  # `Spectrum`s
+    meta: pd.DataFrame | None = None,  # extra scalar columns, one row per spectrum
+    row_group_size: int | None = None,  # spectra per row group (default: ~64 MB per group)
+):
     "Write native-resolution spectra (ragged list columns + metadata) to Parquet."
     t = to_arrow_table(spectra)
     if meta is not None:
-        if len(meta) != len(spectra): raise ValueError(f'meta has {len(meta)} rows for {len(spectra)} spectra')
+        if len(meta) != len(spectra):
+            raise ValueError(f'meta has {len(meta)} rows for {len(spectra)} spectra')
         for c in meta.columns:
-            if c not in t.column_names: t = t.append_column(str(c), pa.array(meta[c].to_numpy()))
-    with atomic_path(path) as tmp: pq.write_table(t, tmp, row_group_size=row_group_size or row_group_rows(t), compression='zstd')
+            if c not in t.column_names:
+                t = t.append_column(str(c), pa.array(meta[c].to_numpy()))
+    with atomic_path(path) as tmp:
+        pq.write_table(t, tmp, row_group_size=row_group_size or row_group_rows(t), compression='zstd')
     return Path(path)
 
 # %% ../../nbs/06c_native.ipynb
 def _parquet(path):
     "An open `pyarrow.parquet.ParquetFile` of a native store (StoreError if missing, corrupt or not native)."
     path = Path(path)
-    if not path.exists(): raise StoreError(path, 'no such file')
-    try: pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e: raise StoreError(path, f'not a readable Parquet file (truncated or corrupt?): {e}') from None
+    if not path.exists():
+        raise StoreError(path, 'no such file')
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise StoreError(path, f'not a readable Parquet file (truncated or corrupt?): {e}') from None
     miss = [c for c in NATIVE_SCHEMA.names if c not in pf.schema_arrow.names]
-    if miss: raise StoreError(path, f'not a native spectra store: missing columns {miss}')
+    if miss:
+        raise StoreError(path, f'not a native spectra store: missing columns {miss}')
     return pf
+
 
 def _read_groups(path, pf, rows=None, columns=None):
     "The rows (all, or `rows` in their order) of a Parquet file, reading only the row groups needed."
     try:
-        if rows is None: return pf.read(columns=columns)
+        if rows is None:
+            return pf.read(columns=columns)
         rows = np.asarray(rows, np.int64).ravel()
         sizes = np.array([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)], np.int64)
-        ends = np.cumsum(sizes); starts = ends - sizes
-        if len(rows) and (rows.min() < 0 or rows.max() >= ends[-1]): raise IndexError(f'{path}: rows must be in 0..{ends[-1] - 1}')
-        g = np.searchsorted(ends, rows, side='right'); groups = np.unique(g)  # row group of each row, groups to read
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        if len(rows) and (rows.min() < 0 or rows.max() >= ends[-1]):
+            raise IndexError(f'{path}: rows must be in 0..{ends[-1] - 1}')
+        g = np.searchsorted(ends, rows, side='right')
+        groups = np.unique(g)  # row group of each row, groups to read
         t = pf.read_row_groups(list(groups), columns=columns)
         at = np.r_[0, np.cumsum(sizes[groups])][np.searchsorted(groups, g)]  # where each row's group begins in `t`
         return t.take(pa.array(at + rows - starts[g], pa.int64()))
-    except (pa.ArrowException, OSError) as e: raise StoreError(path, f'cannot read (corrupt?): {e}') from None
+    except (pa.ArrowException, OSError) as e:
+        raise StoreError(path, f'cannot read (corrupt?): {e}') from None
 
-def read_native(path, # a .parquet file written by `write_native` or `merge_shards`
-                rows=None): # row numbers to read (default all), any order
+
+def read_native(
+    path,  # a .parquet file written by `write_native` or `merge_shards`
+    rows=None,  # row numbers to read (default all), any order
+):
     "The native `Spectrum`s of a Parquet store."
     pf = _parquet(path)
     return _from_table(_read_groups(path, pf, rows, NATIVE_SCHEMA.names))
 
-def read_native_meta(path): # a .parquet file written by `write_native` or `merge_shards`
+
+def read_native_meta(path):  # a .parquet file written by `write_native` or `merge_shards`
     "The scalar columns of a native store as a DataFrame (one row per spectrum)."
     pf = _parquet(path)
     cols = [f.name for f in pf.schema_arrow if not pa.types.is_list(f.type)]
     return _read_groups(path, pf, None, cols).to_pandas()
 
 # %% ../../nbs/06c_native.ipynb
-def demo_spectra(n:int=5, # number of spectra
-                 seed:int=0): # random seed
-    "`n` fake native GALAH-like `Spectrum`s: NaN and inf flux, survey flags on every other one, nested meta (for examples and tests)."
-    rng = np.random.default_rng(seed); out = []
+def demo_spectra(
+    n: int = 5,  # number of spectra
+    seed: int = 0,  # random seed
+):
+    """`n` fake native GALAH-like `Spectrum`s: NaN and inf flux, survey flags on every other one, nested meta (for
+    examples and tests)."""
+    rng = np.random.default_rng(seed)
+    out = []
     for i in range(n):
-        w = np.linspace(5000, 5100, 200 + 50 * i); fl = rng.normal(1, .1, len(w)); fl[3] = np.nan; fl[4] = np.inf
-        out.append(Spectrum(w, fl, rng.uniform(1, 2, len(w)), frame='observed', R=28000., survey='galah', product='ccd1-4',
-                            star_id=f'{i}', rv=12.5, bc=-3.0, snr=40.0, meta={'segments': [('ccd1', 0, len(w))], 'i': i},
-                            survey_flags=None if i % 2 else rng.integers(0, 4, len(w)).astype(np.uint16)))
+        w = np.linspace(5000, 5100, 200 + 50 * i)
+        fl = rng.normal(1, 0.1, len(w))
+        fl[3] = np.nan
+        fl[4] = np.inf
+        out.append(
+            Spectrum(
+                w,
+                fl,
+                rng.uniform(1, 2, len(w)),
+                frame='observed',
+                R=28000.0,
+                survey='galah',
+                product='ccd1-4',
+                star_id=f'{i}',
+                rv=12.5,
+                bc=-3.0,
+                snr=40.0,
+                meta={'segments': [('ccd1', 0, len(w))], 'i': i},
+                survey_flags=None if i % 2 else rng.integers(0, 4, len(w)).astype(np.uint16),
+            )
+        )
     return out

@@ -27,22 +27,27 @@ __all__ = ['RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave',
            'run_chunks', 'gather_offsets', 'guard_report', 'check_params', 'run_preprocess']
 
 # %% ../../nbs/05b_preprocess.ipynb
-_CAT = {'apogee': ('rv_apogee', 'teff_apogee', 'logg_apogee', 'fe_h_apogee', 'snr_apogee', 'apogee_id'),
-        'galah': ('rv_galah', 'teff_galah', 'logg_galah', 'fe_h_galah', 'snr_galah', 'sobject_id'),
-        'ges': ('rv_ges', 'teff_ges', 'logg_ges', 'fe_h_ges', 'snr_ges', 'cname')}  # cross-match columns of each survey
+_CAT = {
+    'apogee': ('rv_apogee', 'teff_apogee', 'logg_apogee', 'fe_h_apogee', 'snr_apogee', 'apogee_id'),
+    'galah': ('rv_galah', 'teff_galah', 'logg_galah', 'fe_h_galah', 'snr_galah', 'sobject_id'),
+    'ges': ('rv_ges', 'teff_ges', 'logg_ges', 'fe_h_ges', 'snr_ges', 'cname'),
+}  # cross-match columns of each survey
 
 # %% ../../nbs/05b_preprocess.ipynb
 def _galah_relpath(src, sid):
     "Relative path of the first camera file of a GALAH sobject_id that exists (camera 1 if none does)."
     for c in (1, 2, 3, 4):
         rel = f'galah/GALAH_DR3/spectra/{galah_filename(sid, c)}'
-        if (Path(src) / rel).is_file(): return rel
+        if (Path(src) / rel).is_file():
+            return rel
     return f'galah/GALAH_DR3/spectra/{galah_filename(sid, 1)}'
+
 
 def _ges_files(src):
     "CNAME -> sorted UVES file names, from the ESO archive query table ({} without one)."
     p = Path(src) / 'gaiaeso' / 'eso_archive_query.csv'
-    if not p.is_file() or not p.read_text().strip(): return {}
+    if not p.is_file() or not p.read_text().strip():
+        return {}
     q = pd.read_csv(p, usecols=['ARCFILE', 'CNAME'], dtype=str)
     return {c: sorted(g) for c, g in q.groupby('CNAME')['ARCFILE']}
 
@@ -50,22 +55,37 @@ def _ges_files(src):
 def _paths(src, survey, xm):
     "(product, relpath) lists for the members of one survey."
     if survey == 'apogee':
-        return [('apStar', 'sdss/' + apstar_path(t, f, a)) for t, f, a in zip(xm['telescope'], xm['field'], xm['apogee_id'])]
-    if survey == 'galah': return [('galah', _galah_relpath(src, int(s))) for s in xm['sobject_id']]
+        return [
+            ('apStar', 'sdss/' + apstar_path(t, f, a)) for t, f, a in zip(xm['telescope'], xm['field'], xm['apogee_id'])
+        ]
+    if survey == 'galah':
+        return [('galah', _galah_relpath(src, int(s))) for s in xm['sobject_id']]
     files = _ges_files(src)
     return [[('uves', f'gaiaeso/spectra/{a}') for a in files.get(c, [])] for c in xm['cname']]
 
 # %% ../../nbs/05b_preprocess.ipynb
-def work_plan(src, # root of a mock sky or archive mirror (sdss/, galah/, gaiaeso/ beneath)
-              crossmatch, # common_stars.parquet of the cross-match (its row number is the star key)
-              surveys=SURVEYS): # surveys to include
+def work_plan(
+    src,  # root of a mock sky or archive mirror (sdss/, galah/, gaiaeso/ beneath)
+    crossmatch,  # common_stars.parquet of the cross-match (its row number is the star key)
+    surveys=SURVEYS,  # surveys to include
+):
     "One row per spectrum file to preprocess: spec_id, star, survey, product, relpath, catalogue rv/teff/logg/fe_h/snr."
     xm, rows = pd.read_parquet(crossmatch), []
     for s in surveys:
-        rv, te, lg, fe, sn, ident = _CAT[s]; m = xm[xm[f'in_{s}'].astype(bool)]
+        rv, te, lg, fe, sn, ident = _CAT[s]
+        m = xm[xm[f'in_{s}'].astype(bool)]
         for star, r, paths in zip(m.index, m.itertuples(index=False), _paths(src, s, m)):
-            for prod, rel in (paths if s == 'ges' else [paths]):
-                rows.append((int(star), s, prod, rel, str(getattr(r, ident)), *(float(getattr(r, c)) for c in (rv, te, lg, fe, sn))))
+            for prod, rel in paths if s == 'ges' else [paths]:
+                rows.append(
+                    (
+                        int(star),
+                        s,
+                        prod,
+                        rel,
+                        str(getattr(r, ident)),
+                        *(float(getattr(r, c)) for c in (rv, te, lg, fe, sn)),
+                    )
+                )
     cols = ['star', 'survey', 'product', 'relpath', 'survey_id', 'rv', 'teff', 'logg', 'fe_h', 'snr_cat']
     plan = pd.DataFrame(rows, columns=cols).astype({'star': np.int64})
     plan['_s'] = plan['survey'].map({s: i for i, s in enumerate(SURVEYS)})
@@ -75,53 +95,79 @@ def work_plan(src, # root of a mock sky or archive mirror (sdss/, galah/, gaiaes
 # %% ../../nbs/05b_preprocess.ipynb
 class _Operators(OrderedDict):
     "Resamplers in least-recently-used order, with the running total of their non-zeros (`nnz`)."
+
     nnz = 0
+
     def __setitem__(self, key, r):
-        if key in self: self.nnz -= self[key].A.nnz
-        super().__setitem__(key, r); self.nnz += r.A.nnz
+        if key in self:
+            self.nnz -= self[key].A.nnz
+        super().__setitem__(key, r)
+        self.nnz += r.A.nnz
+
     def popitem(self, last=True):
-        key, r = super().popitem(last); self.nnz -= r.A.nnz
+        key, r = super().popitem(last)
+        self.nnz -= r.A.nnz
         return key, r
-    def clear(self): super().clear(); self.nnz = 0
+
+    def clear(self):
+        super().clear()
+        self.nnz = 0
 
 # %% ../../nbs/05b_preprocess.ipynb
 RV_LATTICE = 32  # velocity lattice: fractions of a common-grid pixel
-CACHE_NNZ = 60_000_000  # per-process operator cache budget in non-zeros (12 bytes each: ~0.7 GB); holds every lattice operator of 2 UVES setups
-_OPS, _SEEN = _Operators(), set()  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
+# per-process operator cache budget in non-zeros (12 bytes each: ~0.7 GB); holds every lattice operator of 2 UVES setups
+CACHE_NNZ = 60_000_000
+_OPS, _SEEN = (
+    _Operators(),
+    set(),
+)  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
+
 
 @functools.lru_cache(maxsize=4)
-def grid_wave(grid:Grid): # the common grid
+def grid_wave(grid: Grid):  # the common grid
     "The grid's pixel centres (Å), computed once per grid (read-only)."
-    w = grid.wave; w.flags.writeable = False
+    w = grid.wave
+    w.flags.writeable = False
     return w
 
+
 def _cached_operator(wave, grid, R, frac, max_masked):
-    "Resampler of native grid `wave` for a shift of `frac` grid pixels; cached once the native grid has been seen twice."
+    """Resampler of native grid `wave` for a shift of `frac` grid pixels; cached once the native grid has been seen
+    twice."""
     h = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
     key = (h, R, grid, max_masked, frac)
-    if key in _OPS: _OPS.move_to_end(key); return _OPS[key]
+    if key in _OPS:
+        _OPS.move_to_end(key)
+        return _OPS[key]
     r = Resampler(wave, grid, R, C_KMS * np.expm1(frac * grid.dln), max_masked)
     if h in _SEEN:
         _OPS[key] = r
-        while _OPS.nnz > CACHE_NNZ and len(_OPS) > 1: _OPS.popitem(last=False)
+        while _OPS.nnz > CACHE_NNZ and len(_OPS) > 1:
+            _OPS.popitem(last=False)
     _SEEN.add(h)
     return r
 
 # %% ../../nbs/05b_preprocess.ipynb
-def lattice_resampler(wave, # native vacuum wavelengths (Å)
-                      grid:Grid, # the common grid
-                      R, # native resolving power (None: no degradation)
-                      v:float, # velocity to remove (km/s, in the spectrum's frame)
-                      max_masked:float=0.25): # see `Resampler`
-    "A `Resampler` for `v` snapped to the velocity lattice (built from a cached one where possible): (resampler, v_snapped)."
-    n = int(np.rint(np.log1p(v / C_KMS) / grid.dln * RV_LATTICE)); k, f = divmod(n, RV_LATTICE)
+def lattice_resampler(
+    wave,  # native vacuum wavelengths (Å)
+    grid: Grid,  # the common grid
+    R,  # native resolving power (None: no degradation)
+    v: float,  # velocity to remove (km/s, in the spectrum's frame)
+    max_masked: float = 0.25,  # see `Resampler`
+):
+    """A `Resampler` for `v` snapped to the velocity lattice (built from a cached one where possible): (resampler,
+    v_snapped)."""
+    n = int(np.rint(np.log1p(v / C_KMS) / grid.dln * RV_LATTICE))
+    k, f = divmod(n, RV_LATTICE)
     vs = float(C_KMS * np.expm1(n / RV_LATTICE * grid.dln))
     base = _cached_operator(wave, grid, R, f / RV_LATTICE, max_masked)
     sl = slice(base.sl.start - k, base.sl.stop - k)  # a shift by k more grid pixels moves the output by -k pixels
-    if k == 0: return base, vs
+    if k == 0:
+        return base, vs
     if base.sl.start == 0 or base.sl.stop == grid.n or sl.start < 0 or sl.stop > grid.n:  # clipped at the grid's ends
         return Resampler(wave, grid, R, vs, max_masked), vs
-    r = copy.copy(base); r.sl, r.wave, r.rv = sl, grid_wave(grid)[sl], vs
+    r = copy.copy(base)
+    r.sl, r.wave, r.rv = sl, grid_wave(grid)[sl], vs
     return r, vs
 
 # %% ../../nbs/05b_preprocess.ipynb
@@ -130,124 +176,215 @@ def _pieces(spec):
     seg = [(int(a), int(b)) for _, a, b in spec.meta.get('segments', [])] if isinstance(spec.meta, dict) else []
     return seg if len(seg) > 1 else [(0, len(spec))]
 
-def regrid(spec:Spectrum, # spectrum (vacuum, any frame), flags already set
-           grid:Grid, # the common grid
-           rv:float|None=None, # catalogue barycentric velocity (km/s); None: the spectrum's own
-           max_masked:float=0.25): # see `Resampler`
-    "`to_rest_grid` through shared lattice operators, one per camera, and the flags: dict(flux, ivar, bad, flags, rv_used, resampler)."
+
+def regrid(
+    spec: Spectrum,  # spectrum (vacuum, any frame), flags already set
+    grid: Grid,  # the common grid
+    rv: float | None = None,  # catalogue barycentric velocity (km/s); None: the spectrum's own
+    max_masked: float = 0.25,  # see `Resampler`
+):
+    """`to_rest_grid` through shared lattice operators, one per camera, and the flags: dict(flux, ivar, bad, flags,
+    rv_used, resampler)."""
     cams = _pieces(spec)
     ops = lambda v, R: [lattice_resampler(spec.wave[a:b], grid, R, v, max_masked)[0] for a, b in cams]
-    out = to_rest_grid(spec, grid, rv, max_masked=max_masked, resampler=ops); rs = out['resampler']
+    out = to_rest_grid(spec, grid, rv, max_masked=max_masked, resampler=ops)
+    rs = out['resampler']
     flags = np.full(grid.n, int(PixelFlag.NO_DATA), np.int32)
-    for (a, b), r in zip(cams, rs): flags[r.sl] = reach_flags(r, spec.flags[None, a:b], out['bad'][None, r.sl])[0]
-    for r0, r1 in zip(rs[:-1], rs[1:]): flags[r0.sl.stop:r1.sl.start] = PixelFlag.DETECTOR_GAP
+    for (a, b), r in zip(cams, rs):
+        flags[r.sl] = reach_flags(r, spec.flags[None, a:b], out['bad'][None, r.sl])[0]
+    for r0, r1 in zip(rs[:-1], rs[1:]):
+        flags[r0.sl.stop : r1.sl.start] = PixelFlag.DETECTOR_GAP
     return {**out, 'flags': flags}
 
 # %% ../../nbs/05b_preprocess.ipynb
-_EMPTY = dict(flux=(np.float32, 0), ivar=(np.float32, 0), norm_flux=(np.float32, 1), norm_ivar=(np.float32, 0),
-              flags=(np.int32, int(PixelFlag.NO_DATA)), weight=(np.float32, 0))  # dtype, and the value beyond a spectrum's reach
+_EMPTY = dict(
+    flux=(np.float32, 0),
+    ivar=(np.float32, 0),
+    norm_flux=(np.float32, 1),
+    norm_ivar=(np.float32, 0),
+    flags=(np.int32, int(PixelFlag.NO_DATA)),
+    weight=(np.float32, 0),
+)  # dtype, and the value beyond a spectrum's reach
 
-def grid_rows(n:int, # spectra
-              grid:Grid): # the common grid
+
+def grid_rows(
+    n: int,  # spectra
+    grid: Grid,  # the common grid
+):
     "The arrays of `n` preprocessed spectra, (n, grid.n) each, as a spectrum that reaches no grid pixel has them."
-    return {k: np.full((n, grid.n), v, t) if v else np.zeros((n, grid.n), t) for k, (t, v) in _EMPTY.items()}  # zeros: pages mapped on first touch
+    return {
+        k: np.full((n, grid.n), v, t) if v else np.zeros((n, grid.n), t) for k, (t, v) in _EMPTY.items()
+    }  # zeros: pages mapped on first touch
 
 # %% ../../nbs/05b_preprocess.ipynb
-def preprocess_into(out:dict, # arrays from `grid_rows`
-                    i:int, # the row to write
-                    spec:Spectrum, # a spectrum as read (any survey, any frame)
-                    grid:Grid, # the common grid
-                    rv:float|None=None, # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
-                    method:str='gaussian', # continuum method (`continuum.METHODS`)
-                    weights:dict|None=None): # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
-    "`preprocess_spectrum` into row `i` of `out`, writing only the grid pixels the spectrum reaches (once all is computed): meta."
+def preprocess_into(
+    out: dict,  # arrays from `grid_rows`
+    i: int,  # the row to write
+    spec: Spectrum,  # a spectrum as read (any survey, any frame)
+    grid: Grid,  # the common grid
+    rv: float | None = None,  # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
+    method: str = 'gaussian',  # continuum method (`continuum.METHODS`)
+    weights: dict | None = None,  # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
+):
+    """`preprocess_spectrum` into row `i` of `out`, writing only the grid pixels the spectrum reaches (once all is
+    computed): meta."""
     s = flag_atmosphere(spec)
-    r = regrid(s, grid, rv=None if rv is None or not np.isfinite(rv) else float(rv)); flags = r['flags']
+    r = regrid(s, grid, rv=None if rv is None or not np.isfinite(rv) else float(rv))
+    flags = r['flags']
     nf, ni = normalise(grid_wave(grid), r['flux'], r['ivar'], mask=r['bad'], method=method)
     rs = r['resampler'] if isinstance(r['resampler'], list) else [r['resampler']]
-    w = slice(min(q.sl.start for q in rs), max(q.sl.stop for q in rs))  # the reach: beyond it every array holds its `_EMPTY` value
-    for k, x in dict(flux=r['flux'], ivar=r['ivar'], norm_flux=nf, norm_ivar=ni, flags=flags).items(): out[k][i, w] = x[w]
+    w = slice(
+        min(q.sl.start for q in rs), max(q.sl.stop for q in rs)
+    )  # the reach: beyond it every array holds its `_EMPTY` value
+    for k, x in dict(flux=r['flux'], ivar=r['ivar'], norm_flux=nf, norm_ivar=ni, flags=flags).items():
+        out[k][i, w] = x[w]
     out['weight'][i, w] = loss_weights(flags[w], ni[w], weights)
-    return dict(survey=spec.survey, product=spec.product, star_id=spec.star_id, visit_id=spec.visit_id, frame=spec.frame,
-                rv_used=float(r['rv_used']), snr=float(spec.snr), R_native=float(spec.R), n_native=len(spec))
+    return dict(
+        survey=spec.survey,
+        product=spec.product,
+        star_id=spec.star_id,
+        visit_id=spec.visit_id,
+        frame=spec.frame,
+        rv_used=float(r['rv_used']),
+        snr=float(spec.snr),
+        R_native=float(spec.R),
+        n_native=len(spec),
+    )
 
 # %% ../../nbs/05b_preprocess.ipynb
-def preprocess_spectrum(spec:Spectrum, # a spectrum as read (any survey, any frame)
-                        grid:Grid|None=None, # the common grid (default `common_grid()`)
-                        rv:float|None=None, # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
-                        method:str='gaussian', # continuum method (`continuum.METHODS`)
-                        weights:dict|None=None): # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
+def preprocess_spectrum(
+    spec: Spectrum,  # a spectrum as read (any survey, any frame)
+    grid: Grid | None = None,  # the common grid (default `common_grid()`)
+    rv: float | None = None,  # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
+    method: str = 'gaussian',  # continuum method (`continuum.METHODS`)
+    weights: dict | None = None,  # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
+):
     "Flag the atmosphere, move to the rest-frame grid, carry the flags, normalise, weight: (arrays of (grid.n,), meta)."
-    grid = grid or common_grid(); out = grid_rows(1, grid)
+    grid = grid or common_grid()
+    out = grid_rows(1, grid)
     meta = preprocess_into(out, 0, spec, grid, rv, method, weights)
     return {k: x[0] for k, x in out.items()}, meta
 
 # %% ../../nbs/05b_preprocess.ipynb
 def _one(src, row, grid, method, clock, out, i):
     "Read one plan row and preprocess it into row `i` of `out`: (native spectrum, meta); timings added to `clock`."
-    t0 = time.perf_counter(); spec = read_spectrum(Path(src) / row['relpath'])
-    t1 = time.perf_counter(); m = preprocess_into(out, i, spec, grid, row['rv'], method)
-    clock['read'] += t1 - t0; clock['process'] += time.perf_counter() - t1
+    t0 = time.perf_counter()
+    spec = read_spectrum(Path(src) / row['relpath'])
+    t1 = time.perf_counter()
+    m = preprocess_into(out, i, spec, grid, row['rv'], method)
+    clock['read'] += t1 - t0
+    clock['process'] += time.perf_counter() - t1
     return spec, m
 
 # %% ../../nbs/05b_preprocess.ipynb
 _PER = ('offset_px', 'err_px', 'n_lines', 'segment_px', 'outlier')  # columns of `alignment.spectrum_offsets`
 
+
 def _survey_sums(nf, niv, weight, rows, w, wf):
-    "w += the inverse variance and wf += ivar × flux of `rows`, where their weight is not 0, row after row (numpy's `sum(0)`, to the bit)."
+    """w += the inverse variance and wf += ivar × flux of `rows`, where their weight is not 0, row after row (numpy's
+    `sum(0)`, to the bit)."""
     for r in rows:
         for p in range(nf.shape[1]):
-            if weight[r, p] != 0: x = np.float64(niv[r, p]); w[p] += x; wf[p] += x * np.float64(nf[r, p])
+            if weight[r, p] != 0:
+                x = np.float64(niv[r, p])
+                w[p] += x
+                wf[p] += x * np.float64(nf[r, p])
+
 
 _survey_sums_nb = jit(_survey_sums)
 
-def chunk_offsets(grid:Grid, # the common grid
-                  st:dict, # the chunk's stacked arrays (norm_flux, norm_ivar, weight)
-                  survey): # (n,) survey of each row
+
+def chunk_offsets(
+    grid: Grid,  # the common grid
+    st: dict,  # the chunk's stacked arrays (norm_flux, norm_ivar, weight)
+    survey,  # (n,) survey of each row
+):
     "The guard's share of a chunk: per-spectrum offsets (DataFrame) and, per survey, the sums of the stacked spectrum."
     mask = st['weight'] == 0  # pixels that carry no weight (bad, telluric, sky) are not measured
-    if not len(survey): return pd.DataFrame(columns=list(_PER)), {}
+    if not len(survey):
+        return pd.DataFrame(columns=list(_PER)), {}
     per = spectrum_offsets(grid, st['norm_flux'], st['norm_ivar'], mask)
     use = (per['offset_px'].notna() & ~per['outlier']).to_numpy()
     sums = {}
     for s in dict.fromkeys(survey):
         w, wf = np.zeros(grid.n), np.zeros(grid.n)
-        _survey_sums_nb(*(np.ascontiguousarray(st[k]) for k in ('norm_flux', 'norm_ivar', 'weight')), np.flatnonzero(use & (survey == s)), w, wf)
+        _survey_sums_nb(
+            *(np.ascontiguousarray(st[k]) for k in ('norm_flux', 'norm_ivar', 'weight')),
+            np.flatnonzero(use & (survey == s)),
+            w,
+            wf,
+        )
         sums[f'{s}/w'], sums[f'{s}/wf'] = w, wf
     return per, sums
 
+
 def _bad_file(src, row, e):
-    "The chunk report's entry for a plan row that failed: the file actually at fault (a GALAH star's other camera, say) and why."
+    """The chunk report's entry for a plan row that failed: the file actually at fault (a GALAH star's other camera,
+    say) and why."""
     f = Path(getattr(e, 'path', '') or Path(src) / row['relpath'])
-    try: f = f.relative_to(src)
-    except ValueError: pass
-    return {'file': f.as_posix(), 'spec_id': int(row['spec_id']), 'star': int(row['star']), 'survey': row['survey'], 'relpath': row['relpath'],
-            'problem': e.problem if isinstance(e, SpectrumReadError) else f'{type(e).__name__}: {e}'}
+    try:
+        f = f.relative_to(src)
+    except ValueError:
+        pass
+    return {
+        'file': f.as_posix(),
+        'spec_id': int(row['spec_id']),
+        'star': int(row['star']),
+        'survey': row['survey'],
+        'relpath': row['relpath'],
+        'problem': e.problem if isinstance(e, SpectrumReadError) else f'{type(e).__name__}: {e}',
+    }
 
-_META = ('product', 'star_id', 'visit_id', 'frame', 'rv_used', 'snr', 'R_native', 'n_native')  # added by preprocess_spectrum
 
-def process_chunk(key:str, # shard key (stable: from the plan rows)
-                  rows:list, # plan rows of the chunk (dicts)
-                  src, # root of the sky / archive mirror
-                  outdir, # stage output: shards/ and reports/ beneath
-                  grid:Grid, # the common grid
-                  method:str='gaussian', # continuum method
-                  native:bool=True): # also keep the native spectra (the shard's Parquet)
+_META = (
+    'product',
+    'star_id',
+    'visit_id',
+    'frame',
+    'rv_used',
+    'snr',
+    'R_native',
+    'n_native',
+)  # added by preprocess_spectrum
+
+
+def process_chunk(
+    key: str,  # shard key (stable: from the plan rows)
+    rows: list,  # plan rows of the chunk (dicts)
+    src,  # root of the sky / archive mirror
+    outdir,  # stage output: shards/ and reports/ beneath
+    grid: Grid,  # the common grid
+    method: str = 'gaussian',  # continuum method
+    native: bool = True,  # also keep the native spectra (the shard's Parquet)
+):
     "Preprocess the spectra of one chunk and write its shard (and its report JSON): returns the report."
     clock, natives, metas, errors = {'read': 0.0, 'process': 0.0, 'guard': 0.0, 'write': 0.0}, [], [], []
-    st = grid_rows(len(rows), grid)  # the chunk's arrays, filled row by row (a failed spectrum leaves its row untouched)
+    st = grid_rows(
+        len(rows), grid
+    )  # the chunk's arrays, filled row by row (a failed spectrum leaves its row untouched)
     for row in rows:
-        try: spec, m = _one(src, row, grid, method, clock, st, len(metas))
-        except (SpectrumReadError, ValueError) as e: errors.append(_bad_file(src, row, e)); continue
-        natives.append(spec); metas.append({**row, **m})
-    st, t = {k: x[:len(metas)] for k, x in st.items()}, time.perf_counter()
+        try:
+            spec, m = _one(src, row, grid, method, clock, st, len(metas))
+        except (SpectrumReadError, ValueError) as e:
+            errors.append(_bad_file(src, row, e))
+            continue
+        natives.append(spec)
+        metas.append({**row, **m})
+    st, t = {k: x[: len(metas)] for k, x in st.items()}, time.perf_counter()
     meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=list(dict.fromkeys([*rows[0], *_META])))
     per, sums = chunk_offsets(grid, st, meta['survey'].to_numpy(str))
-    for c in per: meta[c] = per[c].to_numpy()
-    st['weight'][per['outlier'].to_numpy(bool)] = 0  # an outlying spectrum is reported, and the model does not learn from it
+    for c in per:
+        meta[c] = per[c].to_numpy()
+    # an outlying spectrum is reported; the model does not learn from it
+    st['weight'][per['outlier'].to_numpy(bool)] = 0
     clock['guard'] = time.perf_counter() - t
-    report = {'key': key, 'n': len(metas), 'errors': errors, 'clock': clock,
-              'offsets': {k: meta[k].tolist() for k in ('spec_id', 'star', 'survey', *_PER)}}
+    report = {
+        'key': key,
+        'n': len(metas),
+        'errors': errors,
+        'clock': clock,
+        'offsets': {k: meta[k].tolist() for k in ('spec_id', 'star', 'survey', *_PER)},
+    }
     t = time.perf_counter()
     atomic_write(Path(outdir) / 'reports' / f'{key}.npz', lambda tmp: np.savez(open(tmp, 'wb'), **sums))
     atomic_write(Path(outdir) / 'reports' / f'{key}.json', json.dumps(report, default=_plain))
@@ -256,71 +393,121 @@ def process_chunk(key:str, # shard key (stable: from the plan rows)
     return report
 
 # %% ../../nbs/05b_preprocess.ipynb
-def make_chunks(plan:pd.DataFrame, # from `work_plan`
-                chunk_size:int=64): # spectra per chunk
+def make_chunks(
+    plan: pd.DataFrame,  # from `work_plan`
+    chunk_size: int = 64,  # spectra per chunk
+):
     "[(key, rows)]: consecutive plan rows, keyed by the first spec_id (zero-padded, so keys sort like the plan)."
     recs = plan.to_dict('records')
-    return [(f'{recs[i]["spec_id"]:09d}', recs[i:i + chunk_size]) for i in range(0, len(recs), chunk_size)]
+    return [(f'{recs[i]["spec_id"]:09d}', recs[i : i + chunk_size]) for i in range(0, len(recs), chunk_size)]
 
 # %% ../../nbs/05b_preprocess.ipynb
-def code_modules(module:str='pipeline.preprocess'): # a module of the package, dotted from its root
-    "The package modules `module` imports, directly or through others, itself included (read from their source): what its output depends on."
+def code_modules(module: str = 'pipeline.preprocess'):  # a module of the package, dotted from its root
+    """The package modules `module` imports, directly or through others, itself included (read from their source):
+    what its output depends on."""
     root, seen, todo = Path(__import__('stellar_spectra').__file__).parent, set(), [module]
     is_mod = lambda m: (root / f"{m.replace('.', '/')}.py").is_file()
     while todo:
         m = todo.pop()
-        if m in seen: continue
+        if m in seen:
+            continue
         seen.add(m)
         for n in ast.walk(ast.parse((root / f"{m.replace('.', '/')}.py").read_text())):
-            if not isinstance(n, ast.ImportFrom): continue
-            if n.level: base = '.'.join(m.split('.')[:-n.level])              # `from .x import`, `from ..io.x import`
-            elif (n.module or '').split('.')[0] == 'stellar_spectra': base = ''  # `from stellar_spectra.x import`
-            else: continue
+            if not isinstance(n, ast.ImportFrom):
+                continue
+            if n.level:
+                base = '.'.join(m.split('.')[: -n.level])  # `from .x import`, `from ..io.x import`
+            elif (n.module or '').split('.')[0] == 'stellar_spectra':
+                base = ''  # `from stellar_spectra.x import`
+            else:
+                continue
             mod = '.'.join(p for p in (base, (n.module or '').removeprefix('stellar_spectra').lstrip('.')) if p)
-            todo += [mod] if is_mod(mod) else [f'{mod}.{a.name}'.lstrip('.') for a in n.names if is_mod(f'{mod}.{a.name}'.lstrip('.'))]
+            todo += (
+                [mod]
+                if is_mod(mod)
+                else [f'{mod}.{a.name}'.lstrip('.') for a in n.names if is_mod(f'{mod}.{a.name}'.lstrip('.'))]
+            )
     return sorted(seen)
 
+
 def _config(plan, grid, chunk_size, method, native=True):
-    "What decides the content of the shards (the plan, the settings, the code): a rerun with anything else must not reuse them."
+    """What decides the content of the shards (the plan, the settings, the code): a rerun with anything else must not
+    reuse them."""
     h = hashlib.sha256(pd.util.hash_pandas_object(plan, index=False).values.tobytes()).hexdigest()
     root = Path(__import__('stellar_spectra').__file__).parent
-    code = hashlib.sha256(b''.join((root / f"{m.replace('.', '/')}.py").read_bytes() for m in code_modules())).hexdigest()
-    return {'plan_sha256': h, 'n_plan': len(plan), 'chunk_size': int(chunk_size), 'method': method, 'code_sha256': code,
-            **({} if native else {'native': False}), 'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n}}
+    code = hashlib.sha256(
+        b''.join((root / f"{m.replace('.', '/')}.py").read_bytes() for m in code_modules())
+    ).hexdigest()
+    return {
+        'plan_sha256': h,
+        'n_plan': len(plan),
+        'chunk_size': int(chunk_size),
+        'method': method,
+        'code_sha256': code,
+        **({} if native else {'native': False}),
+        'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n},
+    }
+
 
 def _prepare(outdir, config):
     "Create outdir; drop shards made with another configuration; record this one."
     p = Path(outdir) / 'config.json'
     if p.is_file() and json.loads(p.read_text()) != config:
         warnings.warn(f'{outdir}: shards were made with another plan or settings; discarding them')
-        for d in ('shards', 'reports'): shutil.rmtree(Path(outdir) / d, ignore_errors=True)
-    (Path(outdir) / 'shards').mkdir(parents=True, exist_ok=True); (Path(outdir) / 'reports').mkdir(exist_ok=True)
+        for d in ('shards', 'reports'):
+            shutil.rmtree(Path(outdir) / d, ignore_errors=True)
+    (Path(outdir) / 'shards').mkdir(parents=True, exist_ok=True)
+    (Path(outdir) / 'reports').mkdir(exist_ok=True)
     atomic_write(p, json.dumps(config, indent=1))
 
 # %% ../../nbs/05b_preprocess.ipynb
-WORKER_MALLOC = {'MALLOC_MMAP_THRESHOLD_': str(32 << 20), 'MALLOC_TRIM_THRESHOLD_': str(128 << 20)}  # glibc settings of LocalCluster workers
+WORKER_MALLOC = {
+    'MALLOC_MMAP_THRESHOLD_': str(32 << 20),
+    'MALLOC_TRIM_THRESHOLD_': str(128 << 20),
+}  # glibc settings of LocalCluster workers
 
-def run_chunks(tasks:list, # argument tuples of `process_chunk`
-               scheduler:str|None=None, # address of an existing Dask scheduler (None: a LocalCluster)
-               n_workers:int=2): # workers of the LocalCluster; <= 1 (without scheduler): serial, in this process
+
+def run_chunks(
+    tasks: list,  # argument tuples of `process_chunk`
+    scheduler: str | None = None,  # address of an existing Dask scheduler (None: a LocalCluster)
+    n_workers: int = 2,  # workers of the LocalCluster; <= 1 (without scheduler): serial, in this process
+):
     "Run `process_chunk` over `tasks`; yields the chunk reports as they complete."
     if scheduler is None and n_workers <= 1:
-        for t in tasks: yield process_chunk(*t)
+        for t in tasks:
+            yield process_chunk(*t)
         return
     import logging
     from distributed import Client, LocalCluster, as_completed
-    from stellar_spectra.pipeline import preprocess as module  # tasks refer to the package's function: workers import it and keep their caches
+    from stellar_spectra.pipeline import (
+        preprocess as module,
+    )  # tasks refer to the package's function: workers import it and keep their caches
     import dask
+
     env = {**dask.config.get('distributed.nanny.pre-spawn-environ', default={}), **WORKER_MALLOC}
     with dask.config.set({'distributed.nanny.pre-spawn-environ': env}):
-        cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                                      dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = (
+            None
+            if scheduler
+            else LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+        )
     try:
         with Client(scheduler or cluster) as client:
-            futs = [client.submit(module.process_chunk, *t, key=f'preprocess-{t[0]}-{os.getpid()}-{time.time_ns()}') for t in tasks]
-            for f in as_completed(futs): yield f.result()
+            futs = [
+                client.submit(module.process_chunk, *t, key=f'preprocess-{t[0]}-{os.getpid()}-{time.time_ns()}')
+                for t in tasks
+            ]
+            for f in as_completed(futs):
+                yield f.result()
     finally:
-        if cluster is not None: cluster.close()
+        if cluster is not None:
+            cluster.close()
 
 # %% ../../nbs/05b_preprocess.ipynb
 def _reports(outdir, keys):
@@ -328,97 +515,160 @@ def _reports(outdir, keys):
     out, sums = [], {}
     for k in keys:
         p = Path(outdir) / 'reports' / f'{k}.json'
-        if not p.is_file(): raise FileNotFoundError(f'{p}: report of completed shard {k} is missing; delete {outdir} and rerun')
+        if not p.is_file():
+            raise FileNotFoundError(f'{p}: report of completed shard {k} is missing; delete {outdir} and rerun')
         out.append(json.loads(p.read_text()))
         with np.load(p.with_suffix('.npz')) as z:
-            for n in z.files: sums[n] = sums[n] + z[n] if n in sums else z[n]
+            for n in z.files:
+                sums[n] = sums[n] + z[n] if n in sums else z[n]
     return out, sums
 
-def gather_offsets(reports:list): # chunk reports
+
+def gather_offsets(reports: list):  # chunk reports
     "Per-spectrum line offsets of all chunks, sorted by spec_id."
     df = pd.concat([pd.DataFrame(r['offsets']) for r in reports], ignore_index=True)
-    return df.astype({'spec_id': np.int64, 'star': np.int64, 'offset_px': float}).sort_values('spec_id', ignore_index=True)
+    return df.astype({'spec_id': np.int64, 'star': np.int64, 'offset_px': float}).sort_values(
+        'spec_id', ignore_index=True
+    )
 
 # %% ../../nbs/05b_preprocess.ipynb
-def guard_report(grid:Grid, # the common grid
-                 per:pd.DataFrame, # per-spectrum offsets of every spectrum (`gather_offsets`)
-                 sums:dict): # '<survey>/w' and '<survey>/wf' stack sums over the chunks
-    "One row per survey, as `alignment.alignment_report`: stacked offset and error, per-spectrum median and scatter, outliers."
+def guard_report(
+    grid: Grid,  # the common grid
+    per: pd.DataFrame,  # per-spectrum offsets of every spectrum (`gather_offsets`)
+    sums: dict,  # '<survey>/w' and '<survey>/wf' stack sums over the chunks
+):
+    """One row per survey, as `alignment.alignment_report`: stacked offset and error, per-spectrum median and scatter,
+    outliers."""
     rows = []
     for sv, ps in per.groupby('survey', sort=False):
         w = sums.get(f'{sv}/w', np.zeros(grid.n))
-        with np.errstate(invalid='ignore', divide='ignore'): f = np.where(w > 0, sums.get(f'{sv}/wf', 0) / w, 1.0)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            f = np.where(w > 0, sums.get(f'{sv}/wf', 0) / w, 1.0)
         rows.append(survey_row(grid, sv, ps, f, w, w == 0))
     return pd.DataFrame(rows)
 
 # %% ../../nbs/05b_preprocess.ipynb
-def _plain(o): return o.item() if hasattr(o, 'item') else str(o)  # numpy scalars (and anything else) for json
+def _plain(o):
+    return o.item() if hasattr(o, 'item') else str(o)  # numpy scalars (and anything else) for json
+
 
 def _outliers(plan, per):
     "The spectra the guard found individually off (id, star, survey, file, offsets): for the summary."
     o = per[per['outlier'].astype(bool)].merge(plan[['spec_id', 'relpath']], on='spec_id')
     return o[['spec_id', 'star', 'survey', 'relpath', 'offset_px', 'segment_px']].to_dict('records')
 
+
 def _summary(plan, reports, guard, wall, n_run, **kw):
     "The stage summary: counts per survey, failed files, guard offsets, timings."
     errors = sorted((e for r in reports for e in r['errors']), key=lambda e: e['spec_id'])
     failed = pd.Series([e['survey'] for e in errors], dtype=str).value_counts()
     counts = {s: {'planned': int((plan.survey == s).sum()), 'failed': int(failed.get(s, 0))} for s in SURVEYS}
-    for c in counts.values(): c['processed'] = c['planned'] - c['failed']
+    for c in counts.values():
+        c['processed'] = c['planned'] - c['failed']
     clock = {k: float(sum(r['clock'][k] for r in reports)) for k in ('read', 'process', 'guard', 'write')}
     n_done = sum(r['n'] for r in reports if r.get('_ran'))
-    return {**kw, 'n_spectra': int(len(plan)), 'n_stars': int(plan.star.nunique()), 'counts': counts, 'errors': errors,
-            'alignment': guard.to_dict('records'), 'chunks': {'total': len(reports), 'run': n_run, 'skipped': len(reports) - n_run},
-            'timings': {'wall_s': wall, 'worker_s': clock, 'spectra_per_s': n_done / wall if wall > 0 else None}}
+    return {
+        **kw,
+        'n_spectra': int(len(plan)),
+        'n_stars': int(plan.star.nunique()),
+        'counts': counts,
+        'errors': errors,
+        'alignment': guard.to_dict('records'),
+        'chunks': {'total': len(reports), 'run': n_run, 'skipped': len(reports) - n_run},
+        'timings': {'wall_s': wall, 'worker_s': clock, 'spectra_per_s': n_done / wall if wall > 0 else None},
+    }
 
 # %% ../../nbs/05b_preprocess.ipynb
-def _isint(x): return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+def _isint(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
-def check_params(chunk_size:int=64, # spectra per chunk: an integer >= 1
-                 n_workers:int=2, # LocalCluster workers: an integer >= 0
-                 method:ContinuumMethod='gaussian', # continuum method: one of `continuum.METHODS`
-                 tol_px:float=0.1): # alignment tolerance: a finite number > 0 (pixels)
+
+def check_params(
+    chunk_size: int = 64,  # spectra per chunk: an integer >= 1
+    n_workers: int = 2,  # LocalCluster workers: an integer >= 0
+    method: ContinuumMethod = 'gaussian',  # continuum method: one of `continuum.METHODS`
+    tol_px: float = 0.1,  # alignment tolerance: a finite number > 0 (pixels)
+):
     "Raise `ValueError` naming the first stage parameter that cannot work, before any spectrum is read."
-    if not (_isint(chunk_size) and chunk_size >= 1): raise ValueError(f'preprocess: chunk_size must be an integer >= 1, not {chunk_size!r}')
-    if not (_isint(n_workers) and n_workers >= 0): raise ValueError(f'preprocess: n_workers must be an integer >= 0, not {n_workers!r}')
-    if method not in METHODS: raise ValueError(f'preprocess: unknown continuum method {method!r}, expected one of {list(METHODS)}')
-    if not (isinstance(tol_px, (int, float, np.number)) and not isinstance(tol_px, bool) and np.isfinite(tol_px) and tol_px > 0):
+    if not (_isint(chunk_size) and chunk_size >= 1):
+        raise ValueError(f'preprocess: chunk_size must be an integer >= 1, not {chunk_size!r}')
+    if not (_isint(n_workers) and n_workers >= 0):
+        raise ValueError(f'preprocess: n_workers must be an integer >= 0, not {n_workers!r}')
+    if method not in METHODS:
+        raise ValueError(f'preprocess: unknown continuum method {method!r}, expected one of {list(METHODS)}')
+    if not (
+        isinstance(tol_px, (int, float, np.number))
+        and not isinstance(tol_px, bool)
+        and np.isfinite(tol_px)
+        and tol_px > 0
+    ):
         raise ValueError(f'preprocess: tol_px must be a finite number > 0 (pixels), not {tol_px!r}')
 
 # %% ../../nbs/05b_preprocess.ipynb
-def run_preprocess(src, # root of a mock sky or archive mirror
-                   crossmatch, # common_stars.parquet
-                   outdir, # stage output: shards/, reports/, plan.parquet, alignment.csv, summary.json
-                   chunk_size:int=64, # spectra per chunk (one shard each)
-                   scheduler:str|None=None, # address of an existing Dask scheduler (None: a LocalCluster)
-                   n_workers:int=2, # LocalCluster workers; 0 or 1 (without scheduler): serial
-                   method:ContinuumMethod='gaussian', # continuum method: one of `continuum.METHODS`
-                   tol_px:float=0.1, # alignment tolerance (pixels of the common grid)
-                   grid:Grid|None=None, # the common grid (default `common_grid()`)
-                   native:bool=True, # also keep every native spectrum (Parquet beside each shard; the store's native_<survey>.parquet)
-                   progress:bool=True) -> dict: # show a progress bar
+def run_preprocess(
+    src,  # root of a mock sky or archive mirror
+    crossmatch,  # common_stars.parquet
+    outdir,  # stage output: shards/, reports/, plan.parquet, alignment.csv, summary.json
+    chunk_size: int = 64,  # spectra per chunk (one shard each)
+    scheduler: str | None = None,  # address of an existing Dask scheduler (None: a LocalCluster)
+    n_workers: int = 2,  # LocalCluster workers; 0 or 1 (without scheduler): serial
+    method: ContinuumMethod = 'gaussian',  # continuum method: one of `continuum.METHODS`
+    tol_px: float = 0.1,  # alignment tolerance (pixels of the common grid)
+    grid: Grid | None = None,  # the common grid (default `common_grid()`)
+    native: bool = True,  # also keep every native spectrum (Parquet by each shard; the store's native_<survey>.parquet)
+    progress: bool = True,  # show a progress bar
+) -> dict:
     "Preprocess every spectrum of every cross-matched star into resumable shards; alignment guard; summary."
     check_params(chunk_size, n_workers, method, tol_px)
     t0, outdir, grid = time.perf_counter(), Path(outdir), grid or common_grid()
     plan = work_plan(src, crossmatch)
     _prepare(outdir, _config(plan, grid, chunk_size, method, native))
     atomic_write(outdir / 'plan.parquet', lambda tmp: plan.to_parquet(tmp, index=False))
-    chunks = make_chunks(plan, chunk_size); size = {k: len(r) for k, r in chunks}
+    chunks = make_chunks(plan, chunk_size)
+    size = {k: len(r) for k, r in chunks}
     done = completed_shards(outdir / 'shards')
     todo = [(k, rows, str(src), str(outdir), grid, method, native) for k, rows in chunks if k not in done]
     ran = {}
-    with tqdm(total=len(plan), initial=len(plan) - sum(len(t[1]) for t in todo), desc='preprocess', unit='spectrum',
-              disable=not progress) as bar:
-        for rep in run_chunks(todo, scheduler, n_workers): ran[rep['key']] = {**rep, '_ran': True}; bar.update(size[rep['key']])
-    reports, sums = _reports(outdir, size); reports = [ran.get(r['key'], r) for r in reports]
-    per = gather_offsets(reports); guard = guard_report(grid, per, sums)
+    with tqdm(
+        total=len(plan),
+        initial=len(plan) - sum(len(t[1]) for t in todo),
+        desc='preprocess',
+        unit='spectrum',
+        disable=not progress,
+    ) as bar:
+        for rep in run_chunks(todo, scheduler, n_workers):
+            ran[rep['key']] = {**rep, '_ran': True}
+            bar.update(size[rep['key']])
+    reports, sums = _reports(outdir, size)
+    reports = [ran.get(r['key'], r) for r in reports]
+    per = gather_offsets(reports)
+    guard = guard_report(grid, per, sums)
     atomic_write(outdir / 'alignment.csv', guard.to_csv(index=False))
-    try: check_alignment(guard, tol_px); err = None
-    except MisalignedGridError as e: err = e
-    summary = _summary(plan, reports, guard, time.perf_counter() - t0, len(todo), src=str(src), crossmatch=str(crossmatch),
-                       outdir=str(outdir), chunk_size=chunk_size, method=method, native=native, scheduler=scheduler,
-                       n_workers=n_workers if scheduler is None else None, tol_px=tol_px,
-                       aligned=err is None, misaligned=None if err is None else str(err), outliers=_outliers(plan, per))
+    try:
+        check_alignment(guard, tol_px)
+        err = None
+    except MisalignedGridError as e:
+        err = e
+    summary = _summary(
+        plan,
+        reports,
+        guard,
+        time.perf_counter() - t0,
+        len(todo),
+        src=str(src),
+        crossmatch=str(crossmatch),
+        outdir=str(outdir),
+        chunk_size=chunk_size,
+        method=method,
+        native=native,
+        scheduler=scheduler,
+        n_workers=n_workers if scheduler is None else None,
+        tol_px=tol_px,
+        aligned=err is None,
+        misaligned=None if err is None else str(err),
+        outliers=_outliers(plan, per),
+    )
     atomic_write(outdir / 'summary.json', json.dumps(summary, indent=1, default=_plain))
-    if err is not None: raise err
+    if err is not None:
+        raise err
     return summary

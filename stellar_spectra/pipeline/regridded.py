@@ -12,11 +12,27 @@ import pandas as pd
 import h5py
 from fastcore.basics import patch
 from ..atomic import atomic_path
-from .resample import Grid, common_grid
-from ..spectrum import PixelFlag
-from .h5chunks import COMPRESSION, RowCodec, row_codec, pack_rows, write_packed, read_packed, decode_rows
-from .h5chunks import RUN_FIELDS, chunk_table, chunk_layout, direct_ok, read_runs, read_rows, runs_match, store_runs, write_rows
-
+from .resample import Grid
+from stellar_spectra.pipeline.h5chunks import (
+    COMPRESSION,
+    RowCodec,
+    row_codec,
+    pack_rows,
+    write_packed,
+    read_packed,
+    decode_rows,
+)
+from stellar_spectra.pipeline.h5chunks import (
+    RUN_FIELDS,
+    chunk_table,
+    chunk_layout,
+    direct_ok,
+    read_runs,
+    read_rows,
+    runs_match,
+    store_runs,
+    write_rows,
+)
 
 # %% auto 0
 __all__ = ['FORMAT', 'GRID_FORMAT', 'LAYOUTS', 'DTYPES', 'READ_BLOCK', 'StoreError', 'read_meta', 'start_store', 'write_compact',
@@ -25,37 +41,63 @@ __all__ = ['FORMAT', 'GRID_FORMAT', 'LAYOUTS', 'DTYPES', 'READ_BLOCK', 'StoreErr
 # %% ../../nbs/06a_regridded.ipynb
 class StoreError(ValueError):
     "A store is missing, truncated, corrupt or not what was expected."
-    def __init__(self, path, # the file
-                 problem:str): # what is wrong with it
+
+    def __init__(
+        self,
+        path,  # the file
+        problem: str,  # what is wrong with it
+    ):
         self.path, self.problem = str(path), problem
         super().__init__(f'{path}: {problem}')
 
 # %% ../../nbs/06a_regridded.ipynb
-def _write_meta(g, # h5py group
-                meta:pd.DataFrame): # the table
+def _write_meta(
+    g,  # h5py group
+    meta: pd.DataFrame,  # the table
+):
     "Store a DataFrame as one dataset per column (strings as UTF-8)."
     for c in meta.columns:
         x = meta[c].to_numpy()
-        if x.dtype.kind in 'biuf': g.create_dataset(str(c), data=x)
-        elif x.dtype.kind in 'OSU': g.create_dataset(str(c), data=np.array(['' if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-                                                                        else str(v) for v in x], dtype=object), dtype=h5py.string_dtype())
-        else: raise TypeError(f'meta column {c!r} has dtype {x.dtype}: store numbers, booleans or strings')
+        if x.dtype.kind in 'biuf':
+            g.create_dataset(str(c), data=x)
+        elif x.dtype.kind in 'OSU':
+            g.create_dataset(
+                str(c),
+                data=np.array(
+                    ['' if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v) for v in x],
+                    dtype=object,
+                ),
+                dtype=h5py.string_dtype(),
+            )
+        else:
+            raise TypeError(f'meta column {c!r} has dtype {x.dtype}: store numbers, booleans or strings')
     g.attrs['columns'] = json.dumps([str(c) for c in meta.columns])
+
 
 def read_meta(g):
     "The DataFrame stored by `_write_meta`."
     cols = json.loads(g.attrs['columns'])
-    return pd.DataFrame({c: (g[c].asstr()[()] if h5py.check_string_dtype(g[c].dtype) else g[c][()]) for c in cols}, columns=cols)
+    return pd.DataFrame(
+        {c: (g[c].asstr()[()] if h5py.check_string_dtype(g[c].dtype) else g[c][()]) for c in cols}, columns=cols
+    )
 
 # %% ../../nbs/06a_regridded.ipynb
-def _write_index(g, # h5py group
-                 keys): # (N,) key of each row (ints or strings)
+def _write_index(
+    g,  # h5py group
+    keys,  # (N,) key of each row (ints or strings)
+):
     "Distinct keys, rows grouped by key, and offsets: rows of key i are rows[start[i]:start[i+1]]."
-    keys = np.asarray(keys); order = np.argsort(keys, kind='stable')
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind='stable')
     u, counts = np.unique(keys[order], return_counts=True)
-    g.create_dataset('keys', data=u.astype(object) if u.dtype.kind in 'OU' else u,
-                     **(dict(dtype=h5py.string_dtype()) if u.dtype.kind in 'OU' else {}))
-    g.create_dataset('rows', data=order.astype(np.int64)); g.create_dataset('start', data=np.r_[0, np.cumsum(counts)].astype(np.int64))
+    g.create_dataset(
+        'keys',
+        data=u.astype(object) if u.dtype.kind in 'OU' else u,
+        **(dict(dtype=h5py.string_dtype()) if u.dtype.kind in 'OU' else {}),
+    )
+    g.create_dataset('rows', data=order.astype(np.int64))
+    g.create_dataset('start', data=np.r_[0, np.cumsum(counts)].astype(np.int64))
+
 
 def _read_index(g):
     "{key: rows} of an index written by `_write_index`."
@@ -64,258 +106,402 @@ def _read_index(g):
     return {k.item() if hasattr(k, 'item') else k: rows[a:b] for k, a, b in zip(keys, start[:-1], start[1:])}
 
 # %% ../../nbs/06a_regridded.ipynb
-FORMAT = 'stellar_spectra.regridded/2'  # the format tag of a store of compact rows (`h5chunks`); a name on disk, not a module path
+# the format tag of a store of compact rows (`h5chunks`); a name on disk, not a module path
+FORMAT = 'stellar_spectra.regridded/2'
 GRID_FORMAT = 'stellar_spectra.regridded/1'  # the previous format: one (N, n) array per field, in one-row chunks
 LAYOUTS = ('compact', 'grid')
-DTYPES = dict(flux=np.float32, ivar=np.float32, norm_flux=np.float32, norm_ivar=np.float32, flags=np.int32, weight=np.float32)
+DTYPES = dict(
+    flux=np.float32, ivar=np.float32, norm_flux=np.float32, norm_ivar=np.float32, flags=np.int32, weight=np.float32
+)
 
-def start_store(f, grid:Grid|None, fmt:str=FORMAT):
+
+def start_store(f, grid: Grid | None, fmt: str = FORMAT):
     "Format tag and grid (if any) of a new store in the open h5py file `f`."
     f.attrs['format'] = fmt
     if grid is not None:
-        g = f.create_group('grid'); g.attrs.update(R=grid.R, ln_lam0=grid.ln_lam0, dln=grid.dln, n=grid.n)
+        g = f.create_group('grid')
+        g.attrs.update(R=grid.R, ln_lam0=grid.ln_lam0, dln=grid.dln, n=grid.n)
         g.create_dataset('ln_wave', data=grid.ln_wave)
 
-def write_compact(f, grid:Grid|None, arrays:dict, n_rows:int, precision:str, spool, n_px:int|None=None, block:int=256):
+
+def write_compact(
+    f, grid: Grid | None, arrays: dict, n_rows: int, precision: str, spool, n_px: int | None = None, block: int = 256
+):
     "A new store's format tag, grid and compact rows of `arrays` in the open file `f`."
     rc = row_codec({k: x.dtype for k, x in arrays.items()}, grid.n if grid is not None else n_px, precision)
-    start_store(f, grid); write_packed(f.create_group('rows'), rc, pack_rows(rc, arrays, block), n_rows, spool)
+    start_store(f, grid)
+    write_packed(f.create_group('rows'), rc, pack_rows(rc, arrays, block), n_rows, spool)
 
-def _create_store(f, grid:Grid|None, n_rows:int, dtypes:dict, **layout):
+
+def _create_store(f, grid: Grid | None, n_rows: int, dtypes: dict, **layout):
     "Format tag, grid and empty (chunked, fill 0) arrays of a new store of the grid layout in the open h5py file `f`."
     start_store(f, grid, GRID_FORMAT)
     n_px = grid.n if grid is not None else layout.pop('n_px')
     a = f.create_group('arrays')
     return {k: a.create_dataset(k, **chunk_layout((n_rows, n_px), dt, **layout)) for k, dt in dtypes.items()}
 
-def finish_store(f, meta:pd.DataFrame):
+
+def finish_store(f, meta: pd.DataFrame):
     "Write the metadata table and the star / survey indexes."
     _write_meta(f.create_group('meta'), meta)
-    if 'star' in meta: _write_index(f.create_group('index/star'), meta['star'].to_numpy())
-    if 'survey' in meta: _write_index(f.create_group('index/survey'), meta['survey'].astype(str).to_numpy())
+    if 'star' in meta:
+        _write_index(f.create_group('index/star'), meta['star'].to_numpy())
+    if 'survey' in meta:
+        _write_index(f.create_group('index/survey'), meta['survey'].astype(str).to_numpy())
 
 # %% ../../nbs/06a_regridded.ipynb
-def check_arrays(arrays:dict, meta:pd.DataFrame, n_px:int|None):
+def check_arrays(arrays: dict, meta: pd.DataFrame, n_px: int | None):
     "The arrays cast to their store dtypes, after checking shapes against the table and the grid."
     out = {}
     for k, x in arrays.items():
         x = np.asarray(x)
         dt = DTYPES.get(k, np.float32 if x.dtype.kind == 'f' else x.dtype)
         if x.ndim != 2 or x.shape[0] != len(meta) or (n_px is not None and x.shape[1] != n_px):
-            raise ValueError(f'array {k!r} has shape {x.shape}; expected ({len(meta)}, {n_px}) (rows of meta, grid pixels)')
+            raise ValueError(
+                f'array {k!r} has shape {x.shape}; expected ({len(meta)}, {n_px}) (rows of meta, grid pixels)'
+            )
         out[k] = x.astype(dt, copy=False)
     return out
 
-def _with_spec_id(meta:pd.DataFrame):
+
+def _with_spec_id(meta: pd.DataFrame):
     "The table with an int64 `spec_id` = 0..N-1 (added first if missing; checked if given)."
     meta = meta.reset_index(drop=True).copy()
-    if 'spec_id' not in meta: meta.insert(0, 'spec_id', np.arange(len(meta), dtype=np.int64))
-    if not np.array_equal(meta['spec_id'].to_numpy(), np.arange(len(meta))): raise ValueError('spec_id must be the row number 0..N-1')
+    if 'spec_id' not in meta:
+        meta.insert(0, 'spec_id', np.arange(len(meta), dtype=np.int64))
+    if not np.array_equal(meta['spec_id'].to_numpy(), np.arange(len(meta))):
+        raise ValueError('spec_id must be the row number 0..N-1')
     return meta
 
 # %% ../../nbs/06a_regridded.ipynb
-def write_regridded(path, # output .h5 file (written atomically)
-                    grid:Grid, # the common grid of the arrays
-                    arrays:dict, # name -> (N, grid.n) array ('flux', 'ivar', 'norm_flux', 'norm_ivar', 'flags', 'weight', ...)
-                    meta:pd.DataFrame, # one row per spectrum (spec_id, star, survey, product, star_id, visit_id, source, rv_used, snr, ...)
-                    precision:str='exact', # compact rows: 'exact' (every bit) or 'noise' (what the store stage keeps: `h5chunks.NOISE_PRECISION`)
-                    layout:str='compact', # 'compact' rows, or 'grid': the previous format (exact, whole-grid arrays)
-                    chunk_rows:int|None=None, # grid layout: rows per chunk (default `CHUNK_ROWS`)
-                    compression:str|None=COMPRESSION, # grid layout: None (fastest random reads), 'lzf' or 'gzip' (level 1 + shuffle; smallest)
-                    chunk_px:int|None=None, # grid layout: pixels per chunk (default `CHUNK_PX`)
-                    block:int=256): # rows written at a time
+def write_regridded(
+    path,  # output .h5 file (written atomically)
+    grid: Grid,  # the common grid of the arrays
+    arrays: dict,  # name -> (N, grid.n) array ('flux', 'ivar', 'norm_flux', 'norm_ivar', 'flags', 'weight', ...)
+    meta: pd.DataFrame,  # one row per spectrum (spec_id, star, survey, product, star_id, visit_id, source, snr...)
+    precision: str = 'exact',  # compact rows: 'exact' (every bit) or 'noise' (`h5chunks.NOISE_PRECISION`, the store's)
+    layout: str = 'compact',  # 'compact' rows, or 'grid': the previous format (exact, whole-grid arrays)
+    chunk_rows: int | None = None,  # grid layout: rows per chunk (default `CHUNK_ROWS`)
+    compression: str
+    | None = COMPRESSION,  # grid layout: None (fastest random reads), 'lzf' or 'gzip' (level 1 + shuffle; smallest)
+    chunk_px: int | None = None,  # grid layout: pixels per chunk (default `CHUNK_PX`)
+    block: int = 256,  # rows written at a time
+):
     "Write the regridded sample to one HDF5 file laid out for random batch reads."
-    if layout not in LAYOUTS: raise ValueError(f'layout must be one of {LAYOUTS}, not {layout!r}')
-    if layout == 'grid' and precision != 'exact': raise ValueError(f"the grid layout keeps every bit: precision must be 'exact', not {precision!r}")
-    meta = _with_spec_id(meta); arrays = check_arrays(arrays, meta, grid.n)
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}, not {layout!r}')
+    if layout == 'grid' and precision != 'exact':
+        raise ValueError(f"the grid layout keeps every bit: precision must be 'exact', not {precision!r}")
+    meta = _with_spec_id(meta)
+    arrays = check_arrays(arrays, meta, grid.n)
     with atomic_path(path) as tmp, h5py.File(tmp, 'w', libver='latest') as f:
-        if layout == 'compact': write_compact(f, grid, arrays, len(meta), precision, Path(tmp).parent, block=block); finish_store(f, meta)
+        if layout == 'compact':
+            write_compact(f, grid, arrays, len(meta), precision, Path(tmp).parent, block=block)
+            finish_store(f, meta)
         else:
-            dss = _create_store(f, grid, len(meta), {k: x.dtype for k, x in arrays.items()}, chunk_rows=chunk_rows, chunk_px=chunk_px, compression=compression)
+            dss = _create_store(
+                f,
+                grid,
+                len(meta),
+                {k: x.dtype for k, x in arrays.items()},
+                chunk_rows=chunk_rows,
+                chunk_px=chunk_px,
+                compression=compression,
+            )
             for k, x in arrays.items():
-                for r0 in range(0, len(x), block): write_rows(dss[k], r0, x[r0:r0 + block])
-                dss[k].attrs['sha256'] = hashlib.sha256(np.ascontiguousarray(x)).hexdigest()  # checked by `RegriddedStore.verify`
-            finish_store(f, meta); store_runs(f)
+                for r0 in range(0, len(x), block):
+                    write_rows(dss[k], r0, x[r0 : r0 + block])
+                dss[k].attrs['sha256'] = hashlib.sha256(
+                    np.ascontiguousarray(x)
+                ).hexdigest()  # checked by `RegriddedStore.verify`
+            finish_store(f, meta)
+            store_runs(f)
     return Path(path)
 
 # %% ../../nbs/06a_regridded.ipynb
 class RegriddedStore:
     "The regridded sample on disk: grid, metadata table, star/survey indexes and random-access reads."
+
     threads = min(8, os.cpu_count() or 1)  # threads decoding a large read of compact rows (1: none)
-    def __init__(self, path): # an .h5 file written by `write_regridded` or `merge_shards`
+
+    def __init__(self, path):  # an .h5 file written by `write_regridded` or `merge_shards`
         self.path, self._f, self._pid, self._fd, self.codec = Path(path), None, None, None, None
-        try: self._check()
-        except StoreError: self.close(); raise
-    def __len__(self): return len(self.meta)
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
-    def __getstate__(self): return {'path': self.path}
-    def __setstate__(self, s): self.__init__(s['path'])
+        try:
+            self._check()
+        except StoreError:
+            self.close()
+            raise
+
+    def __len__(self):
+        return len(self.meta)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def __getstate__(self):
+        return {'path': self.path}
+
+    def __setstate__(self, s):
+        self.__init__(s['path'])
+
     @property
-    def layout(self): return 'grid' if self.codec is None else f'compact, {self.codec.precision} precision'
-    def __repr__(self): return f'RegriddedStore({self.path.name}: {len(self)} spectra x {self.grid.n} px, {self.fields}; {self.layout})'
+    def layout(self):
+        return 'grid' if self.codec is None else f'compact, {self.codec.precision} precision'
+
+    def __repr__(self):
+        return f'RegriddedStore({self.path.name}: {len(self)} spectra x {self.grid.n} px, {self.fields}; {self.layout})'
+
     def close(self):
         "Close the file (it reopens when read again)."
         if self._f is not None and self._pid == os.getpid():
             self._f.close()
-            if self._fd is not None: os.close(self._fd)
+            if self._fd is not None:
+                os.close(self._fd)
         self._f = self._fd = None
 
 # %% ../../nbs/06a_regridded.ipynb
 @patch(as_prop=True)
-def file(self:RegriddedStore):
+def file(self: RegriddedStore):
     "The open h5py file (opened on first use in each process)."
     if self._f is None or self._pid != os.getpid():
-        if not self.path.exists(): raise StoreError(self.path, 'no such file')
-        try: self._f = h5py.File(self.path, 'r')
-        except OSError as e: raise StoreError(self.path, f'not a readable HDF5 file (truncated or corrupt?): {e}') from None
-        self._pid, self._fd, self._tables = os.getpid(), os.open(self.path, os.O_RDONLY), {}  # the fd: for the direct reads
+        if not self.path.exists():
+            raise StoreError(self.path, 'no such file')
+        try:
+            self._f = h5py.File(self.path, 'r')
+        except OSError as e:
+            raise StoreError(self.path, f'not a readable HDF5 file (truncated or corrupt?): {e}') from None
+        self._pid, self._fd, self._tables = (
+            os.getpid(),
+            os.open(self.path, os.O_RDONLY),
+            {},
+        )  # the fd: for the direct reads
     return self._f
 
+
 @patch
-def _check(self:RegriddedStore):
+def _check(self: RegriddedStore):
     "Load grid, table and indexes; StoreError if anything is missing or inconsistent."
-    f = self.file; fmt = f.attrs.get('format')
-    if fmt not in (FORMAT, GRID_FORMAT): raise StoreError(self.path, f"not a regridded store (format {fmt!r}, expected {FORMAT!r})")
+    f = self.file
+    fmt = f.attrs.get('format')
+    if fmt not in (FORMAT, GRID_FORMAT):
+        raise StoreError(self.path, f"not a regridded store (format {fmt!r}, expected {FORMAT!r})")
     for name in ('grid', 'grid/ln_wave', 'meta', 'rows' if fmt == FORMAT else 'arrays'):
-        if name not in f: raise StoreError(self.path, f'missing {name!r}')
+        if name not in f:
+            raise StoreError(self.path, f'missing {name!r}')
     try:
-        g = f['grid'].attrs; self.grid = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n']))
+        g = f['grid'].attrs
+        self.grid = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n']))
         self.meta = read_meta(f['meta'])
         self.index = {k: _read_index(f[f'index/{k}']) if f'index/{k}' in f else {} for k in ('star', 'survey')}
-    except (OSError, KeyError, ValueError) as e: raise StoreError(self.path, f'cannot read grid, table or index: {e}') from None
-    if fmt == FORMAT: return self._check_rows()
+    except (OSError, KeyError, ValueError) as e:
+        raise StoreError(self.path, f'cannot read grid, table or index: {e}') from None
+    if fmt == FORMAT:
+        return self._check_rows()
     self.fields = list(f['arrays'])
     for k in self.fields:
         if f['arrays'][k].shape != (len(self.meta), self.grid.n):
-            raise StoreError(self.path, f"array {k!r} has shape {f['arrays'][k].shape}, expected ({len(self.meta)}, {self.grid.n})")
+            raise StoreError(
+                self.path, f"array {k!r} has shape {f['arrays'][k].shape}, expected ({len(self.meta)}, {self.grid.n})"
+            )
+
 
 @patch
-def _check_rows(self:RegriddedStore):
-    "The compact rows' codec, offsets and frame sizes (kept in memory), checked against the table, the grid and the heap."
+def _check_rows(self: RegriddedStore):
+    """The compact rows' codec, offsets and frame sizes (kept in memory), checked against the table, the grid and the
+    heap."""
     g = self.file['rows']
-    try: self.codec, self._off, self._frame, heap = RowCodec.from_json(g.attrs['codec']), g['offset'][()], g['frame'][()], g['heap']
-    except (OSError, KeyError, ValueError, TypeError) as e: raise StoreError(self.path, f'cannot read the rows: {e}') from None
+    try:
+        self.codec, self._off, self._frame, heap = (
+            RowCodec.from_json(g.attrs['codec']),
+            g['offset'][()],
+            g['frame'][()],
+            g['heap'],
+        )
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StoreError(self.path, f'cannot read the rows: {e}') from None
     n = len(self.meta)
-    if len(self._off) != n + 1 or self._frame.shape != (n, 3) or self.codec.n_px != self.grid.n or self._off[-1] != heap.shape[0]:
-        raise StoreError(self.path, f'{len(self._off) - 1} rows of {self.codec.n_px} px ({heap.shape[0]} bytes) do not match {n} spectra on {self.grid.n} px')
+    if (
+        len(self._off) != n + 1
+        or self._frame.shape != (n, 3)
+        or self.codec.n_px != self.grid.n
+        or self._off[-1] != heap.shape[0]
+    ):
+        raise StoreError(
+            self.path,
+            f'{len(self._off) - 1} rows of {self.codec.n_px} px ({heap.shape[0]} bytes) do not match {n} spectra on '
+            f'{self.grid.n} px',
+        )
     self._base, self.fields = heap.id.get_offset() or 0, self.codec.names
 
-def open_regridded(path): # an .h5 file written by `write_regridded` or `merge_shards`
+
+def open_regridded(path):  # an .h5 file written by `write_regridded` or `merge_shards`
     "Open a regridded store (also a context manager)."
     return RegriddedStore(path)
 
 # %% ../../nbs/06a_regridded.ipynb
 READ_BLOCK = 64  # compact rows decoded together (one thread's share of a large read)
 
-@patch
-def _read_compact(self:RegriddedStore, rows, fields, pix):
-    "Compact rows: their bytes by `os.preadv`, decoded `READ_BLOCK` rows at a time, the blocks of a large read on threads."
-    self.file; fd = self._fd  # (re)opened in this process
-    out = {k: np.zeros((len(rows), self.grid.n if pix is None else len(pix)), self.codec.dtype(k)) for k in fields}  # untouched zero pages cost nothing
-    def block(a):
-        s = slice(a, a + READ_BLOCK); got = read_packed(fd, self._base, self._off, self._frame, rows[s])
-        decode_rows(self.codec, got, fields, pix, {k: o[s] for k, o in out.items()})
-    starts = range(0, len(rows), READ_BLOCK)
-    if len(starts) > 1 and self.threads > 1:
-        with ThreadPoolExecutor(min(self.threads, len(starts))) as ex: list(ex.map(block, starts))
-    else:
-        for a in starts: block(a)
-    return out
 
 @patch
-def _read_field(self:RegriddedStore, k:str, rows):
+def _read_compact(self: RegriddedStore, rows, fields, pix):
+    """Compact rows: their bytes by `os.preadv`, decoded `READ_BLOCK` rows at a time, the blocks of a large read on
+    threads."""
+    self.file
+    fd = self._fd  # (re)opened in this process
+    out = {
+        k: np.zeros((len(rows), self.grid.n if pix is None else len(pix)), self.codec.dtype(k)) for k in fields
+    }  # untouched zero pages cost nothing
+
+    def block(a):
+        s = slice(a, a + READ_BLOCK)
+        got = read_packed(fd, self._base, self._off, self._frame, rows[s])
+        decode_rows(self.codec, got, fields, pix, {k: o[s] for k, o in out.items()})
+
+    starts = range(0, len(rows), READ_BLOCK)
+    if len(starts) > 1 and self.threads > 1:
+        with ThreadPoolExecutor(min(self.threads, len(starts))) as ex:
+            list(ex.map(block, starts))
+    else:
+        for a in starts:
+            block(a)
+    return out
+
+
+@patch
+def _read_field(self: RegriddedStore, k: str, rows):
     "One array's rows of the grid layout: the direct path when the layout allows it, else h5py."
     ds = self.file['arrays'][k]
-    if not direct_ok(ds): return read_rows(ds, rows)
+    if not direct_ok(ds):
+        return read_rows(ds, rows)
     if k not in self._tables:
-        g = self.file.get(f'runs/{k}'); tab = None if g is None or ds.chunks is None else tuple(g[n][()] for n in RUN_FIELDS)
+        g = self.file.get(f'runs/{k}')
+        tab = None if g is None or ds.chunks is None else tuple(g[n][()] for n in RUN_FIELDS)
         self._tables[k] = tab if tab is not None and runs_match(ds, tab) else chunk_table(ds)
     return read_runs(self._fd, self._tables[k], rows, np.zeros((len(rows), ds.shape[1]), ds.dtype))
 
+
 @patch
-def read(self:RegriddedStore,
-         rows, # row numbers (= spec_id), any order, duplicates allowed
-         fields=('norm_flux', 'norm_ivar', 'weight'), # arrays to read
-         pix=None): # sorted grid pixels to return (None: the whole grid)
-    "A dict of (len(rows), grid.n) arrays for the given rows, in their order; with `pix`, (len(rows), len(pix)) arrays of those pixels."
+def read(
+    self: RegriddedStore,
+    rows,  # row numbers (= spec_id), any order, duplicates allowed
+    fields=('norm_flux', 'norm_ivar', 'weight'),  # arrays to read
+    pix=None,  # sorted grid pixels to return (None: the whole grid)
+):
+    """A dict of (len(rows), grid.n) arrays for the given rows, in their order; with `pix`, (len(rows), len(pix)) arrays
+    of those pixels."""
     rows, fields = np.asarray(rows, np.int64).ravel(), list(fields)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(self)): raise IndexError(f'{self.path}: rows must be in 0..{len(self) - 1}')
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+        raise IndexError(f'{self.path}: rows must be in 0..{len(self) - 1}')
     if pix is not None:
         pix = np.asarray(pix, np.int64).ravel()
-        if len(pix) and (pix[0] < 0 or pix[-1] >= self.grid.n or (np.diff(pix) <= 0).any()): raise IndexError(f'{self.path}: pix must be increasing, in 0..{self.grid.n - 1}')
+        if len(pix) and (pix[0] < 0 or pix[-1] >= self.grid.n or (np.diff(pix) <= 0).any()):
+            raise IndexError(f'{self.path}: pix must be increasing, in 0..{self.grid.n - 1}')
     for k in fields:
-        if k not in self.fields: raise StoreError(self.path, f'missing array {k!r} (has {self.fields})')
+        if k not in self.fields:
+            raise StoreError(self.path, f'missing array {k!r} (has {self.fields})')
     if self.codec is not None:
-        try: return self._read_compact(rows, fields, pix)
-        except (OSError, ValueError, IndexError) as e: raise StoreError(self.path, f'cannot read rows (corrupt?): {e}') from None
+        try:
+            return self._read_compact(rows, fields, pix)
+        except (OSError, ValueError, IndexError) as e:
+            raise StoreError(self.path, f'cannot read rows (corrupt?): {e}') from None
     out = {}
     for k in fields:
-        try: out[k] = self._read_field(k, rows) if pix is None else self._read_field(k, rows)[:, pix]
-        except OSError as e: raise StoreError(self.path, f'cannot read array {k!r} (corrupt?): {e}') from None
+        try:
+            out[k] = self._read_field(k, rows) if pix is None else self._read_field(k, rows)[:, pix]
+        except OSError as e:
+            raise StoreError(self.path, f'cannot read array {k!r} (corrupt?): {e}') from None
     return out
 
 # %% ../../nbs/06a_regridded.ipynb
 @patch
-def batches(self:RegriddedStore,
-            batch_size:int=256, # rows per batch
-            shuffle:bool=True, # random order (else row order)
-            seed:int=0, # seed of the shuffle
-            fields=('norm_flux', 'norm_ivar', 'weight'), # arrays to read
-            rows=None, # restrict to these rows (default: all)
-            drop_last:bool=False, # skip a last, smaller batch
-            prefetch:bool=True, # read the next batch in a background thread while this one is used
-            pix=None): # sorted grid pixels to read (None: the whole grid)
+def batches(
+    self: RegriddedStore,
+    batch_size: int = 256,  # rows per batch
+    shuffle: bool = True,  # random order (else row order)
+    seed: int = 0,  # seed of the shuffle
+    fields=('norm_flux', 'norm_ivar', 'weight'),  # arrays to read
+    rows=None,  # restrict to these rows (default: all)
+    drop_last: bool = False,  # skip a last, smaller batch
+    prefetch: bool = True,  # read the next batch in a background thread while this one is used
+    pix=None,  # sorted grid pixels to read (None: the whole grid)
+):
     "Iterate over batches: dicts of (batch_size, grid.n) arrays (or at `pix`) and 'rows'."
     rows = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
-    if shuffle: rows = np.random.default_rng(seed).permutation(rows)
+    if shuffle:
+        rows = np.random.default_rng(seed).permutation(rows)
     stop = len(rows) - (len(rows) % batch_size if drop_last else 0)
-    parts = [rows[a:a + batch_size] for a in range(0, stop, batch_size)]
+    parts = [rows[a : a + batch_size] for a in range(0, stop, batch_size)]
     if not prefetch:
-        for r in parts: yield {'rows': r, **self.read(r, fields, pix)}
+        for r in parts:
+            yield {'rows': r, **self.read(r, fields, pix)}
         return
     with ThreadPoolExecutor(1) as ex:
         nxt = ex.submit(self.read, parts[0], fields, pix) if parts else None
         for i, r in enumerate(parts):
-            cur = nxt.result(); nxt = ex.submit(self.read, parts[i + 1], fields, pix) if i + 1 < len(parts) else None
+            cur = nxt.result()
+            nxt = ex.submit(self.read, parts[i + 1], fields, pix) if i + 1 < len(parts) else None
             yield {'rows': r, **cur}
 
+
 @patch
-def load(self:RegriddedStore, fields=('norm_flux', 'norm_ivar', 'weight'), # arrays to load
-         pix=None): # sorted grid pixels to load (None: the whole grid)
+def load(
+    self: RegriddedStore,
+    fields=('norm_flux', 'norm_ivar', 'weight'),  # arrays to load
+    pix=None,  # sorted grid pixels to load (None: the whole grid)
+):
     "The whole arrays in memory: a dict of (N, grid.n) arrays (or (N, len(pix)))."
     return self.read(np.arange(len(self)), fields, pix)
 
+
 @patch
-def rows_of_star(self:RegriddedStore, star:int): # cross-match key
+def rows_of_star(self: RegriddedStore, star: int):  # cross-match key
     "Rows of one star (empty if absent)."
     return self.index['star'].get(int(star), np.zeros(0, np.int64))
 
+
 @patch
-def rows_of_survey(self:RegriddedStore, survey:str): # 'apogee', 'galah' or 'ges'
+def rows_of_survey(self: RegriddedStore, survey: str):  # 'apogee', 'galah' or 'ges'
     "Rows of one survey (empty if absent)."
     return self.index['survey'].get(str(survey), np.zeros(0, np.int64))
 
 # %% ../../nbs/06a_regridded.ipynb
 @patch
-def verify(self:RegriddedStore,
-           fields=None, # arrays to check (default: all; compact rows are checked whole)
-           block:int=256): # rows read at a time (grid layout)
-    "Recompute the sha256 stored by the writer and compare; StoreError (naming the array, for the grid layout) if they differ."
+def verify(
+    self: RegriddedStore,
+    fields=None,  # arrays to check (default: all; compact rows are checked whole)
+    block: int = 256,  # rows read at a time (grid layout)
+):
+    """Recompute the sha256 stored by the writer and compare; StoreError (naming the array, for the grid layout) if they
+    differ."""
     fields = list(fields or self.fields)
     for k in fields:
-        if k not in self.fields: raise StoreError(self.path, f'missing array {k!r} (has {self.fields})')
+        if k not in self.fields:
+            raise StoreError(self.path, f'missing array {k!r} (has {self.fields})')
     if self.codec is not None:
-        g = self.file['rows']; h = hashlib.sha256(); heap = g['heap']
-        if 'sha256' not in g.attrs: raise StoreError(self.path, 'the rows have no stored sha256')
-        for a in range(0, heap.shape[0], 1 << 26): h.update(heap[a:a + (1 << 26)])
-        h.update(self._off.tobytes()); h.update(self._frame.tobytes())
-        if h.hexdigest() != g.attrs['sha256']: raise StoreError(self.path, 'the rows do not match their stored sha256: the file is corrupt')
+        g = self.file['rows']
+        h = hashlib.sha256()
+        heap = g['heap']
+        if 'sha256' not in g.attrs:
+            raise StoreError(self.path, 'the rows have no stored sha256')
+        for a in range(0, heap.shape[0], 1 << 26):
+            h.update(heap[a : a + (1 << 26)])
+        h.update(self._off.tobytes())
+        h.update(self._frame.tobytes())
+        if h.hexdigest() != g.attrs['sha256']:
+            raise StoreError(self.path, 'the rows do not match their stored sha256: the file is corrupt')
         return fields
     for k in fields:
         want = self.file['arrays'][k].attrs.get('sha256')
-        if want is None: raise StoreError(self.path, f'array {k!r} has no stored sha256 (missing, or written before checksums were stored)')
+        if want is None:
+            raise StoreError(
+                self.path, f'array {k!r} has no stored sha256 (missing, or written before checksums were stored)'
+            )
         h = hashlib.sha256()
-        for r0 in range(0, len(self), block): h.update(self.read(np.arange(r0, min(len(self), r0 + block)), (k,))[k])
-        if h.hexdigest() != want: raise StoreError(self.path, f'array {k!r} does not match its stored sha256: the file is corrupt')
+        for r0 in range(0, len(self), block):
+            h.update(self.read(np.arange(r0, min(len(self), r0 + block)), (k,))[k])
+        if h.hexdigest() != want:
+            raise StoreError(self.path, f'array {k!r} does not match its stored sha256: the file is corrupt')
     return fields

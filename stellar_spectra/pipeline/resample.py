@@ -11,9 +11,12 @@ from scipy import sparse
 from scipy.special import ndtr
 from fastcore.basics import patch
 from ..spectrum import Spectrum
-from ..formats import C_KMS, FWHM_SIGMA, sigma_lnlam
-try: import numba
-except ImportError: numba = None
+from ..formats import C_KMS, sigma_lnlam
+
+try:
+    import numba
+except ImportError:
+    numba = None
 
 # %% auto 0
 __all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'jit', 'smoothed_overlap_matrix', 'gap_pixels',
@@ -23,56 +26,78 @@ __all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma
 @dataclass(frozen=True)
 class Grid:
     "A grid uniform in ln λ (vacuum, rest frame)."
+
     R: float  # resolving power of spectra on this grid
     ln_lam0: float  # ln of the first pixel centre (Å)
     dln: float  # pixel step in ln λ
     n: int  # number of pixels
-    @property
-    def sampling(self): return 1 / (self.R * self.dln)  # pixels per resolution element (FWHM)
-    @property
-    def ln_wave(self): return self.ln_lam0 + self.dln * np.arange(self.n)
-    @property
-    def wave(self): return np.exp(self.ln_wave)  # pixel centres, Å
-    @property
-    def ln_edges(self): return self.ln_lam0 + self.dln * (np.arange(self.n + 1) - 0.5)
 
-def common_grid(R:float=10_000, # resolving power of the common grid
-                wmin:float=3500., # first pixel centre, Å (vacuum)
-                wmax:float=17000., # last pixel centre is the last one <= wmax, Å
-                oversample:float=3.0): # pixels per resolution element (FWHM)
+    @property
+    def sampling(self):
+        return 1 / (self.R * self.dln)  # pixels per resolution element (FWHM)
+
+    @property
+    def ln_wave(self):
+        return self.ln_lam0 + self.dln * np.arange(self.n)
+
+    @property
+    def wave(self):
+        return np.exp(self.ln_wave)  # pixel centres, Å
+
+    @property
+    def ln_edges(self):
+        return self.ln_lam0 + self.dln * (np.arange(self.n + 1) - 0.5)
+
+
+def common_grid(
+    R: float = 10_000,  # resolving power of the common grid
+    wmin: float = 3500.0,  # first pixel centre, Å (vacuum)
+    wmax: float = 17000.0,  # last pixel centre is the last one <= wmax, Å
+    oversample: float = 3.0,  # pixels per resolution element (FWHM)
+):
     "The common rest-frame vacuum grid, uniform in ln λ."
     dln = 1 / (R * oversample)
     return Grid(float(R), float(np.log(wmin)), dln, int(np.floor(np.log(wmax / wmin) / dln + 1e-9)) + 1)
 
 # %% ../../nbs/03_resample.ipynb
-def pixel_edges(x): # pixel centres (strictly increasing), any unit
+def pixel_edges(x):  # pixel centres (strictly increasing), any unit
     "Edges of pixels centred on `x`: midpoints, the outer two half a step out."
     x = np.asarray(x, float)
     return np.concatenate([[1.5 * x[0] - 0.5 * x[1]], (x[1:] + x[:-1]) / 2, [1.5 * x[-1] - 0.5 * x[-2]]])
 
 # %% ../../nbs/03_resample.ipynb
-def overlap_matrix(e_in, # input pixel edges (increasing), ln λ
-                   e_out): # output pixel edges (increasing), ln λ
+def overlap_matrix(
+    e_in,  # input pixel edges (increasing), ln λ
+    e_out,  # output pixel edges (increasing), ln λ
+):
     "Sparse (M, P) pixel-overlap resampling matrix; row j sums to the covered fraction of output pixel j."
-    cuts = np.union1d(e_in, e_out); lo, hi = cuts[:-1], cuts[1:]; mid = (lo + hi) / 2
-    i = np.searchsorted(e_in, mid) - 1; j = np.searchsorted(e_out, mid) - 1
+    cuts = np.union1d(e_in, e_out)
+    lo, hi = cuts[:-1], cuts[1:]
+    mid = (lo + hi) / 2
+    i = np.searchsorted(e_in, mid) - 1
+    j = np.searchsorted(e_out, mid) - 1
     ok = (i >= 0) & (i < len(e_in) - 1) & (j >= 0) & (j < len(e_out) - 1) & (hi > lo)
     w = (hi - lo)[ok] / np.diff(e_out)[j[ok]]
     return sparse.csr_matrix((w, (j[ok], i[ok])), shape=(len(e_out) - 1, len(e_in) - 1))
 
 # %% ../../nbs/03_resample.ipynb
-def kernel_sigma(x, # native ln λ pixel centres
-                 R_native, # native resolving power (scalar or per pixel); None: no degradation
-                 R_target:float, # target resolving power
-                 dln_out:float=0.0): # output pixel width in ln λ (for the pixel correction; 0: none)
+def kernel_sigma(
+    x,  # native ln λ pixel centres
+    R_native,  # native resolving power (scalar or per pixel); None: no degradation
+    R_target: float,  # target resolving power
+    dln_out: float = 0.0,  # output pixel width in ln λ (for the pixel correction; 0: none)
+):
     "Per input pixel sigma (ln λ) of the degradation kernel, pixel boxes taken off; 0 where none is needed."
-    if R_native is None: return np.zeros(len(x))
+    if R_native is None:
+        return np.zeros(len(x))
     din = np.diff(pixel_edges(x))
-    s2 = sigma_lnlam(R_target) ** 2 - sigma_lnlam(R_native) ** 2 - (din ** 2 + dln_out ** 2) / 12
+    s2 = sigma_lnlam(R_target) ** 2 - sigma_lnlam(R_native) ** 2 - (din**2 + dln_out**2) / 12
     return np.sqrt(np.clip(s2, 0, None))
 
 # %% ../../nbs/03_resample.ipynb
-def _psi(t): return t * ndtr(t) + np.exp(-t * t / 2) / np.sqrt(2 * np.pi)  # antiderivative of the normal CDF
+def _psi(t):
+    return t * ndtr(t) + np.exp(-t * t / 2) / np.sqrt(2 * np.pi)  # antiderivative of the normal CDF
+
 
 def _window(e_in, e_out, sigma, nsig):
     "Inputs as arrays, and the candidate input pixels of every output pixel: ic[j] - h .. ic[j] + h."
@@ -81,261 +106,418 @@ def _window(e_in, e_out, sigma, nsig):
     h = int(np.ceil((nsig * sigma.max() + np.diff(e_out).max()) / np.diff(e_in).min())) + 1
     return e_in, e_out, sigma, np.searchsorted(e_in, (e_out[:-1] + e_out[1:]) / 2) - 1, h
 
-def _smoothed_reference(e_in, e_out, sigma, nsig=6.):
-    "`smoothed_overlap_matrix` on dense (M, 2h+1) blocks with numpy: the reference of the fast kernel and the fallback without numba."
-    e_in, e_out, sigma, ic, h = _window(e_in, e_out, sigma, nsig); P, M = len(e_in) - 1, len(e_out) - 1
-    j = np.arange(M)[:, None]; i = ic[:, None] + np.arange(-h, h + 1)
-    ok = (i >= 0) & (i < P); ic = np.clip(i, 0, P - 1); s = sigma[ic]
+
+def _smoothed_reference(e_in, e_out, sigma, nsig=6.0):
+    """`smoothed_overlap_matrix` on dense (M, 2h+1) blocks with numpy: the reference of the fast kernel and the fallback
+    without numba."""
+    e_in, e_out, sigma, ic, h = _window(e_in, e_out, sigma, nsig)
+    P, M = len(e_in) - 1, len(e_out) - 1
+    j = np.arange(M)[:, None]
+    i = ic[:, None] + np.arange(-h, h + 1)
+    ok = (i >= 0) & (i < P)
+    ic = np.clip(i, 0, P - 1)
+    s = sigma[ic]
     a, b, e0, e1 = e_out[j], e_out[j + 1], e_in[ic], e_in[ic + 1]
-    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):  # sigma 0 (e.g. the pixels next to a camera gap): dropped below
+    with np.errstate(
+        divide='ignore', invalid='ignore', over='ignore'
+    ):  # sigma 0 (e.g. the pixels next to a camera gap): dropped below
         v = s / (b - a) * (_psi((b - e0) / s) - _psi((a - e0) / s) - _psi((b - e1) / s) + _psi((a - e1) / s))
     ok &= v > 1e-13
     return sparse.csr_matrix((v[ok], (np.broadcast_to(j, i.shape)[ok], i[ok])), shape=(M, P))
 
-
 # %% ../../nbs/03_resample.ipynb
-def jit(fn=None, **kw): # the Python function (None: return a decorator with these options); `numba.njit` options
-    "`numba.njit` releasing the GIL, its machine code cached on disk where numba finds a place: the project's one way to compile a loop."
-    if fn is None: return lambda f: jit(f, **kw)
-    try: return numba.njit(cache=True, nogil=True, **kw)(fn)
-    except RuntimeError: return numba.njit(nogil=True, **kw)(fn)  # nowhere to cache (e.g. code run with exec)
+def jit(fn=None, **kw):  # the Python function (None: return a decorator with these options); `numba.njit` options
+    """`numba.njit` releasing the GIL, its machine code cached on disk where numba finds a place: the project's one
+    way to compile a loop."""
+    if fn is None:
+        return lambda f: jit(f, **kw)
+    try:
+        return numba.njit(cache=True, nogil=True, **kw)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True, **kw)(fn)  # nowhere to cache (e.g. code run with exec)
 
-# rational approximations of erf and erfc: Moshier's Cephes coefficients (after Cody), published numbers; highest power first
-_ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0, 4.86371970985681366614e1,
-           1.96520832956077098242e2, 5.26445194995477358631e2, 9.34528527171957607540e2, 1.02755188689515710272e3,
-           5.57535335369399327526e2)  # erfc(x) = exp(-x²) P(x) / Q(x) for 1 <= x < 8
-_ERFC_Q = (1.0, 1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2, 9.75708501743205489753e2,
-           1.82390916687909736289e3, 2.24633760818710981792e3, 1.65666309194161350182e3, 5.57535340817727675546e2)
-_ERFC_R = (5.64189583547755073984e-1, 1.27536670759978104416e0, 5.01905042251180477414e0, 6.16021097993053585195e0,
-           7.40974269950448939160e0, 2.97886665372100240670e0)  # erfc(x) = exp(-x²) R(x) / S(x) for x >= 8
-_ERFC_S = (1.0, 2.26052863220117276590e0, 9.39603524938001434673e0, 1.20489539808096656605e1, 1.70814450747565897222e1,
-           9.60896809063285878198e0, 3.36907645100081516050e0)
-_ERF_T = (9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3, 7.00332514112805075473e3,
-          5.55923013010394962768e4)  # erf(x) = x T(x²) / U(x²) for |x| < 1
-_ERF_U = (1.0, 3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3, 2.26290000613890934246e4,
-          4.92673942608635921086e4)
 
-def _horner(c, x): # coefficients, highest power first
+# rational approximations of erf and erfc: Moshier's Cephes coefficients (after Cody), published numbers; highest power
+# first
+_ERFC_P = (
+    2.46196981473530512524e-10,
+    5.64189564831068821977e-1,
+    7.46321056442269912687e0,
+    4.86371970985681366614e1,
+    1.96520832956077098242e2,
+    5.26445194995477358631e2,
+    9.34528527171957607540e2,
+    1.02755188689515710272e3,
+    5.57535335369399327526e2,
+)  # erfc(x) = exp(-x²) P(x) / Q(x) for 1 <= x < 8
+_ERFC_Q = (
+    1.0,
+    1.32281951154744992508e1,
+    8.67072140885989742329e1,
+    3.54937778887819891062e2,
+    9.75708501743205489753e2,
+    1.82390916687909736289e3,
+    2.24633760818710981792e3,
+    1.65666309194161350182e3,
+    5.57535340817727675546e2,
+)
+_ERFC_R = (
+    5.64189583547755073984e-1,
+    1.27536670759978104416e0,
+    5.01905042251180477414e0,
+    6.16021097993053585195e0,
+    7.40974269950448939160e0,
+    2.97886665372100240670e0,
+)  # erfc(x) = exp(-x²) R(x) / S(x) for x >= 8
+_ERFC_S = (
+    1.0,
+    2.26052863220117276590e0,
+    9.39603524938001434673e0,
+    1.20489539808096656605e1,
+    1.70814450747565897222e1,
+    9.60896809063285878198e0,
+    3.36907645100081516050e0,
+)
+_ERF_T = (
+    9.60497373987051638749e0,
+    9.00260197203842689217e1,
+    2.23200534594684319226e3,
+    7.00332514112805075473e3,
+    5.55923013010394962768e4,
+)  # erf(x) = x T(x²) / U(x²) for |x| < 1
+_ERF_U = (
+    1.0,
+    3.35617141647503099647e1,
+    5.21357949780152679795e2,
+    4.59432382970980127987e3,
+    2.26290000613890934246e4,
+    4.92673942608635921086e4,
+)
+
+
+def _horner(c, x):  # coefficients, highest power first
     "Polynomial value at x."
     y = 0.0
-    for k in c: y = y * x + k
+    for k in c:
+        y = y * x + k
     return y
+
 
 def _cdf_pdf(t):
     "Φ(t) and φ(t) of one number with a single exp (φ gives the exp(-x²) of erfc)."
-    f = 0.3989422804014327 * math.exp(-0.5 * t * t); x = abs(t) * 0.7071067811865476; z = x * x
-    if x < 0.7071067811865476: return 0.5 + 0.5 * (t * 0.7071067811865476) * _horner(_ERF_T, z) / _horner(_ERF_U, z), f
-    if x < 1.0: q = 0.5 - 0.5 * x * _horner(_ERF_T, z) / _horner(_ERF_U, z)  # Φ(-|t|) = erfc(x) / 2
-    elif x < 8.0: q = 1.2533141373155003 * f * _horner(_ERFC_P, x) / _horner(_ERFC_Q, x)  # exp(-x²) = √(2π) φ
-    else: q = 1.2533141373155003 * f * _horner(_ERFC_R, x) / _horner(_ERFC_S, x)
+    f = 0.3989422804014327 * math.exp(-0.5 * t * t)
+    x = abs(t) * 0.7071067811865476
+    z = x * x
+    if x < 0.7071067811865476:
+        return 0.5 + 0.5 * (t * 0.7071067811865476) * _horner(_ERF_T, z) / _horner(_ERF_U, z), f
+    if x < 1.0:
+        q = 0.5 - 0.5 * x * _horner(_ERF_T, z) / _horner(_ERF_U, z)  # Φ(-|t|) = erfc(x) / 2
+    elif x < 8.0:
+        q = 1.2533141373155003 * f * _horner(_ERFC_P, x) / _horner(_ERFC_Q, x)  # exp(-x²) = √(2π) φ
+    else:
+        q = 1.2533141373155003 * f * _horner(_ERFC_R, x) / _horner(_ERFC_S, x)
     return (1.0 - q, f) if t > 0 else (q, f)
 
-if numba: _horner, _cdf_pdf = jit(_horner, inline='always'), jit(_cdf_pdf)
 
+if numba:
+    _horner, _cdf_pdf = jit(_horner, inline='always'), jit(_cdf_pdf)
 
 # %% ../../nbs/03_resample.ipynb
 def _psi1(t):
     "Ψ(t) of one number."
-    F, f = _cdf_pdf(t); return t * F + f
-if numba: _psi1 = jit(_psi1)
+    F, f = _cdf_pdf(t)
+    return t * F + f
+
+
+if numba:
+    _psi1 = jit(_psi1)
+
 
 def _smoothed_loop(e_in, e_out, sigma, ic, h, cut):
-    "CSR arrays (indptr, indices, data) of `smoothed_overlap_matrix`, row by row, each Ψ evaluated once (compiled with numba)."
-    P = len(e_in) - 1; M = len(e_out) - 1; cap = M * (2 * h + 1)
-    indptr = np.zeros(M + 1, np.int32); indices = np.empty(cap, np.int32); data = np.empty(cap)  # int32: scipy's index type
-    G = np.zeros(P); kG = np.full(P, -1, np.int64)  # G[i]: bracket G_i at output edge kG[i]
-    n = 0; t = 0.0; F = 0.0; f = 0.0
+    """CSR arrays (indptr, indices, data) of `smoothed_overlap_matrix`, row by row, each Ψ evaluated once (compiled with
+    numba)."""
+    P = len(e_in) - 1
+    M = len(e_out) - 1
+    cap = M * (2 * h + 1)
+    indptr = np.zeros(M + 1, np.int32)
+    indices = np.empty(cap, np.int32)
+    data = np.empty(cap)  # int32: scipy's index type
+    G = np.zeros(P)
+    kG = np.full(P, -1, np.int64)  # G[i]: bracket G_i at output edge kG[i]
+    n = 0
+    t = 0.0
+    F = 0.0
+    f = 0.0
     for j in range(M):
-        a = e_out[j]; b = e_out[j + 1]; lo = max(ic[j] - h, 0); hi = min(ic[j] + h, P - 1)
-        while lo <= hi and e_in[lo + 1] < a - cut: lo += 1  # more than `cut` away: below 1e-13
-        while hi >= lo and e_in[hi] > b + cut: hi -= 1
+        a = e_out[j]
+        b = e_out[j + 1]
+        lo = max(ic[j] - h, 0)
+        hi = min(ic[j] + h, P - 1)
+        while lo <= hi and e_in[lo + 1] < a - cut:
+            lo += 1  # more than `cut` away: below 1e-13
+        while hi >= lo and e_in[hi] > b + cut:
+            hi -= 1
         pl = _psi1((b - e_in[lo]) / sigma[lo]) if sigma[lo] > 0 else 0.0  # Ψ at the lower edge of pixel i
         for i in range(lo, hi + 1):
-            l = i + 1; x = b - e_in[l]; p = 0.0; up = l <= hi and sigma[l] > 0
+            l = i + 1
+            x = b - e_in[l]
+            p = 0.0
+            up = l <= hi and sigma[l] > 0
             if up:  # lower edge of pixel l: Ψ, Φ, φ
-                t = x / sigma[l]; F, f = _cdf_pdf(t)
+                t = x / sigma[l]
+                F, f = _cdf_pdf(t)
                 p = t * F + f
             if sigma[i] > 0:  # sigma 0: no entries (as in the reference)
-                tb = x / sigma[i]; D = tb - t
-                pu = p + D * (F + D * f * (0.5 - t * D / 6)) if up and abs(D) < 1e-4 else _psi1(tb)  # upper edge of pixel i
+                tb = x / sigma[i]
+                D = tb - t
+                pu = (
+                    p + D * (F + D * f * (0.5 - t * D / 6)) if up and abs(D) < 1e-4 else _psi1(tb)
+                )  # upper edge of pixel i
                 gb = pl - pu
                 ga = G[i] if kG[i] == j else _psi1((a - e_in[i]) / sigma[i]) - _psi1((a - e_in[l]) / sigma[i])
-                G[i] = gb; kG[i] = j + 1
+                G[i] = gb
+                kG[i] = j + 1
                 v = sigma[i] / (b - a) * (gb - ga)
-                if v > 1e-13: indices[n] = i; data[n] = v; n += 1
+                if v > 1e-13:
+                    indices[n] = i
+                    data[n] = v
+                    n += 1
             pl = p
         indptr[j + 1] = n
     return indptr, indices[:n], data[:n]
 
+
 _smoothed_csr = jit(_smoothed_loop) if numba else None
 
-
 # %% ../../nbs/03_resample.ipynb
-def smoothed_overlap_matrix(e_in, # input pixel edges (increasing), ln λ
-                            e_out, # output pixel edges (increasing), ln λ
-                            sigma, # Gaussian sigma per input pixel, ln λ (> 0; 0: the pixel gets no entries)
-                            nsig:float=6.): # truncation, in sigma
+def smoothed_overlap_matrix(
+    e_in,  # input pixel edges (increasing), ln λ
+    e_out,  # output pixel edges (increasing), ln λ
+    sigma,  # Gaussian sigma per input pixel, ln λ (> 0; 0: the pixel gets no entries)
+    nsig: float = 6.0,  # truncation, in sigma
+):
     "Sparse (M, P): input pixels smoothed by a Gaussian, averaged over the output pixels (exact integral)."
     e_in, e_out, sigma, ic, h = _window(e_in, e_out, sigma, nsig)
-    if _smoothed_csr is None or (len(e_out) - 1) * (2 * h + 1) >= 2 ** 31: return _smoothed_reference(e_in, e_out, sigma, nsig)
+    if _smoothed_csr is None or (len(e_out) - 1) * (2 * h + 1) >= 2**31:
+        return _smoothed_reference(e_in, e_out, sigma, nsig)
     ip, ix, d = _smoothed_csr(e_in, e_out, sigma, ic, h, 8.0 * sigma.max())
     return sparse.csr_matrix((d, ix, ip), shape=(len(e_out) - 1, len(e_in) - 1))
 
-
 # %% ../../nbs/03_resample.ipynb
-def gap_pixels(x, # native pixel centres (strictly increasing), any unit
-               factor:float=3.0): # a step larger than this times both neighbouring steps is a gap
+def gap_pixels(
+    x,  # native pixel centres (strictly increasing), any unit
+    factor: float = 3.0,  # a step larger than this times both neighbouring steps is a gap
+):
     "Centres with two phantom pixels inserted in every gap, and which centres are real."
     d = np.diff(x)
-    if len(d) < 3: return x, np.ones(len(x), bool)
+    if len(d) < 3:
+        return x, np.ones(len(x), bool)
     left, right = np.r_[d[0], d[:-1]], np.r_[d[1:], d[-1]]
     gap = np.flatnonzero(d > factor * np.maximum(left, right))
-    pos = np.repeat(gap + 1, 2); val = np.ravel(np.c_[x[gap] + left[gap], x[gap + 1] - right[gap]])
+    pos = np.repeat(gap + 1, 2)
+    val = np.ravel(np.c_[x[gap] + left[gap], x[gap + 1] - right[gap]])
     return np.insert(x, pos, val), np.insert(np.ones(len(x), bool), pos, False)
 
 # %% ../../nbs/03_resample.ipynb
 @functools.lru_cache(maxsize=8)
-def _grid_arrays(grid:Grid):
+def _grid_arrays(grid: Grid):
     "The grid's ln λ edges and pixel centres (Å), computed once per grid (read-only)."
-    e, w = grid.ln_edges, grid.wave; e.flags.writeable = w.flags.writeable = False
+    e, w = grid.ln_edges, grid.wave
+    e.flags.writeable = w.flags.writeable = False
     return e, w
+
 
 class Resampler:
     "Native grid -> common grid (degrade, shift to the rest frame, flux-conserving resample) as one sparse operator."
-    def __init__(self,
-                 wave, # native vacuum wavelengths (Å), strictly increasing, shape (P,)
-                 grid:Grid, # the common grid
-                 R_native=None, # native resolving power (scalar or per pixel); None: no degradation
-                 rv:float=0.0, # radial velocity (km/s) to remove: λ_rest = λ_obs / (1 + rv/c)
-                 max_masked:float=0.25, # output masked when more than this fraction of its input was masked
-                 pixel_correction:bool=True): # take the pixel boxes off the kernel (see `kernel_sigma`)
+
+    def __init__(
+        self,
+        wave,  # native vacuum wavelengths (Å), strictly increasing, shape (P,)
+        grid: Grid,  # the common grid
+        R_native=None,  # native resolving power (scalar or per pixel); None: no degradation
+        rv: float = 0.0,  # radial velocity (km/s) to remove: λ_rest = λ_obs / (1 + rv/c)
+        max_masked: float = 0.25,  # output masked when more than this fraction of its input was masked
+        pixel_correction: bool = True,  # take the pixel boxes off the kernel (see `kernel_sigma`)
+    ):
         wave = np.asarray(wave, float)
         if wave.ndim != 1 or len(wave) < 2 or not (np.diff(wave) > 0).all():
             raise ValueError('Resampler: `wave` must be a 1-D strictly increasing array of at least 2 pixels')
         self.grid, self.rv, self.max_masked, self.P = grid, float(rv), max_masked, len(wave)
         x, real = gap_pixels(np.log(wave))  # phantom pixels close the gaps between detectors
-        if np.ndim(R_native) == 1: R_native = np.interp(x, np.log(wave), np.asarray(R_native, float))
+        if np.ndim(R_native) == 1:
+            R_native = np.interp(x, np.log(wave), np.asarray(R_native, float))
         sig = kernel_sigma(x, R_native, grid.R, grid.dln if pixel_correction else 0.0)
         e_in = pixel_edges(x) - np.log1p(self.rv / C_KMS)  # the shift to the rest frame
         edges, centres = _grid_arrays(grid)
         j0 = max(int(np.searchsorted(edges, e_in[0])) - 1, 0)
         j1 = min(int(np.searchsorted(edges, e_in[-1])), grid.n)
         self.sl = slice(j0, j1)  # the output pixels the native grid reaches
-        e_out = edges[j0:j1 + 1]
+        e_out = edges[j0 : j1 + 1]
         A = smoothed_overlap_matrix(e_in, e_out, sig) if (sig > 0).any() else overlap_matrix(e_in, e_out)
         self.A = A if real.all() else A.tocsc()[:, np.flatnonzero(real)].tocsr()  # the phantoms carry no data
         self.wave = centres[self.sl].copy()
+
     @property
     def A2(self):
         "A∘A (element-wise square), for the variance in the scipy fallback: built on first use."
-        if getattr(self, '_A2', None) is None or self._A2.shape != self.A.shape: self._A2 = self.A.multiply(self.A).tocsr()
+        if getattr(self, '_A2', None) is None or self._A2.shape != self.A.shape:
+            self._A2 = self.A.multiply(self.A).tocsr()
         return self._A2
 
 # %% ../../nbs/03_resample.ipynb
 def _apply_scipy(A, A2, flux, ivar, mask, max_masked, fill, out, oiv, bad, chunk=32):
     "Masked, variance-propagating product with scipy, chunk by chunk (fallback without numba)."
     for s in range(0, len(flux), chunk):
-        fl, iv, mk = flux[s:s + chunk], ivar[s:s + chunk], mask[s:s + chunk]
+        fl, iv, mk = flux[s : s + chunk], ivar[s : s + chunk], mask[s : s + chunk]
         good = (iv > 0) & (iv < np.inf) & ~mk & np.isfinite(fl)
         f, var = np.zeros(fl.shape), np.zeros(fl.shape)
-        np.copyto(f, fl, where=good); np.divide(1.0, iv, out=var, where=good)
-        k = len(fl); X = A @ np.ascontiguousarray(np.vstack([f, good]).T)  # (M, 2k)
+        np.copyto(f, fl, where=good)
+        np.divide(1.0, iv, out=var, where=good)
+        k = len(fl)
+        X = A @ np.ascontiguousarray(np.vstack([f, good]).T)  # (M, 2k)
         nu, de, vn = X[:, :k].T, X[:, k:].T, (A2 @ np.ascontiguousarray(var.T)).T
         b = (de < 1 - max_masked) | ~(vn > 0)
         with np.errstate(divide='ignore', invalid='ignore'):
-            out[s:s + k], oiv[s:s + k] = np.where(b, fill, nu / de), np.where(b, 0.0, de * de / vn)
-        bad[s:s + k] = b
+            out[s : s + k], oiv[s : s + k] = np.where(b, fill, nu / de), np.where(b, 0.0, de * de / vn)
+        bad[s : s + k] = b
 
 # %% ../../nbs/03_resample.ipynb
 def _apply_loop(indptr, indices, data, flux, ivar, mask, max_masked, fill, out, oiv, bad):
     "Masked, variance-propagating product, one fused loop per spectrum (compiled with numba)."
-    P = flux.shape[1]; gf = np.empty(P); gg = np.empty(P); gv = np.empty(P)
+    P = flux.shape[1]
+    gf = np.empty(P)
+    gg = np.empty(P)
+    gv = np.empty(P)
     for s in range(flux.shape[0]):
         for i in range(P):
-            iv = ivar[s, i]; fl = flux[s, i]; ok = iv > 0 and iv < np.inf and not mask[s, i] and np.isfinite(fl)
-            gf[i] = fl if ok else 0.0; gg[i] = 1.0 if ok else 0.0; gv[i] = 1.0 / iv if ok else 0.0
+            iv = ivar[s, i]
+            fl = flux[s, i]
+            ok = iv > 0 and iv < np.inf and not mask[s, i] and np.isfinite(fl)
+            gf[i] = fl if ok else 0.0
+            gg[i] = 1.0 if ok else 0.0
+            gv[i] = 1.0 / iv if ok else 0.0
         for j in range(len(indptr) - 1):
-            nu = 0.0; de = 0.0; vn = 0.0
+            nu = 0.0
+            de = 0.0
+            vn = 0.0
             for q in range(indptr[j], indptr[j + 1]):
-                i = indices[q]; a = data[q]; nu += a * gf[i]; de += a * gg[i]; vn += a * a * gv[i]
+                i = indices[q]
+                a = data[q]
+                nu += a * gf[i]
+                de += a * gg[i]
+                vn += a * a * gv[i]
             b = de < 1 - max_masked or not vn > 0
-            out[s, j] = fill if b else nu / de; oiv[s, j] = 0.0 if b else de * de / vn; bad[s, j] = b
+            out[s, j] = fill if b else nu / de
+            oiv[s, j] = 0.0 if b else de * de / vn
+            bad[s, j] = b
+
 
 _apply_numba = jit(_apply_loop) if numba else None
 
 # %% ../../nbs/03_resample.ipynb
 @patch
-def __call__(self:Resampler,
-             flux, # (N, P) or (P,) native flux
-             ivar, # inverse variance, same shape (0 = no data)
-             mask=None, # True = bad pixel, same shape; None: only non-finite values and ivar <= 0 are bad
-             fill:float=0.0, # flux written into masked output pixels
-             engine:str='auto'): # 'numba', 'scipy' or 'auto' (numba when installed)
+def __call__(
+    self: Resampler,
+    flux,  # (N, P) or (P,) native flux
+    ivar,  # inverse variance, same shape (0 = no data)
+    mask=None,  # True = bad pixel, same shape; None: only non-finite values and ivar <= 0 are bad
+    fill: float = 0.0,  # flux written into masked output pixels
+    engine: str = 'auto',  # 'numba', 'scipy' or 'auto' (numba when installed)
+):
     "Resample a batch: flux, ivar, mask on `self.wave`, shapes (N, M) (or (M,) for 1-D input)."
-    fl = np.ascontiguousarray(np.atleast_2d(flux), float); iv = np.ascontiguousarray(np.broadcast_to(ivar, fl.shape), float)
+    fl = np.ascontiguousarray(np.atleast_2d(flux), float)
+    iv = np.ascontiguousarray(np.broadcast_to(ivar, fl.shape), float)
     mk = np.zeros(fl.shape, bool) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, fl.shape), bool)
-    if fl.shape[1] != self.P: raise ValueError(f'Resampler: spectra have {fl.shape[1]} pixels, the native grid {self.P}')
-    shape = (len(fl), len(self.wave)); out, oiv, bad = np.empty(shape), np.empty(shape), np.empty(shape, bool)
-    if engine == 'numba' and _apply_numba is None: raise ImportError("Resampler: engine='numba' needs numba installed")
+    if fl.shape[1] != self.P:
+        raise ValueError(f'Resampler: spectra have {fl.shape[1]} pixels, the native grid {self.P}')
+    shape = (len(fl), len(self.wave))
+    out, oiv, bad = np.empty(shape), np.empty(shape), np.empty(shape, bool)
+    if engine == 'numba' and _apply_numba is None:
+        raise ImportError("Resampler: engine='numba' needs numba installed")
     if engine == 'numba' or (engine == 'auto' and _apply_numba is not None):
         _apply_numba(self.A.indptr, self.A.indices, self.A.data, fl, iv, mk, self.max_masked, fill, out, oiv, bad)
-    else: _apply_scipy(self.A, self.A2, fl, iv, mk, self.max_masked, fill, out, oiv, bad)
+    else:
+        _apply_scipy(self.A, self.A2, fl, iv, mk, self.max_masked, fill, out, oiv, bad)
     return (out[0], oiv[0], bad[0]) if np.ndim(flux) == 1 else (out, oiv, bad)
 
 # %% ../../nbs/03_resample.ipynb
 @patch
-def neighbour_correlation(self:Resampler):
+def neighbour_correlation(self: Resampler):
     "Correlation coefficient of adjacent output pixels for white input noise, shape (M-1,) (neglected in the ivar)."
     C = (self.A @ self.A.T).tocsr()
-    d = C.diagonal(); off = C.diagonal(1)
-    with np.errstate(invalid='ignore', divide='ignore'): return off / np.sqrt(d[:-1] * d[1:])
+    d = C.diagonal()
+    off = C.diagonal(1)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return off / np.sqrt(d[:-1] * d[1:])
 
 # %% ../../nbs/03_resample.ipynb
-def resample(wave, # native vacuum wavelengths (Å), shape (P,)
-             flux, # (N, P)
-             ivar, # (N, P) inverse variance
-             mask=None, # (N, P) True = bad, or None
-             grid:Grid|None=None, # the common grid (default `common_grid()`)
-             R_native=None, # native resolving power; None: no degradation
-             rv=0.0, # radial velocity per spectrum (km/s), scalar or (N,)
-             **kw): # passed to `Resampler` (max_masked, pixel_correction)
+def resample(
+    wave,  # native vacuum wavelengths (Å), shape (P,)
+    flux,  # (N, P)
+    ivar,  # (N, P) inverse variance
+    mask=None,  # (N, P) True = bad, or None
+    grid: Grid | None = None,  # the common grid (default `common_grid()`)
+    R_native=None,  # native resolving power; None: no degradation
+    rv=0.0,  # radial velocity per spectrum (km/s), scalar or (N,)
+    **kw,  # passed to `Resampler` (max_masked, pixel_correction)
+):
     "Batch onto the full common grid: flux, ivar, mask of shape (N, grid.n); one operator per distinct velocity."
-    grid = grid or common_grid(); flux = np.atleast_2d(flux); ivar = np.atleast_2d(ivar); n = len(flux)
+    grid = grid or common_grid()
+    flux = np.atleast_2d(flux)
+    ivar = np.atleast_2d(ivar)
+    n = len(flux)
     mask = np.zeros(flux.shape, bool) if mask is None else np.atleast_2d(mask)
     rv = np.broadcast_to(np.asarray(rv, float), (n,))
     out, oiv, omk = np.zeros((n, grid.n)), np.zeros((n, grid.n)), np.ones((n, grid.n), bool)
     for v in np.unique(rv):
-        k = rv == v; r = Resampler(wave, grid, R_native, v, **kw)
+        k = rv == v
+        r = Resampler(wave, grid, R_native, v, **kw)
         out[k, r.sl], oiv[k, r.sl], omk[k, r.sl] = r(flux[k], ivar[k], mask[k])
     return out, oiv, omk
 
 # %% ../../nbs/03_resample.ipynb
-def rest_velocity(spec:Spectrum, # the spectrum
-                  rv:float|None=None): # barycentric velocity of the star (km/s); None: the spectrum's own `rv`
+def rest_velocity(
+    spec: Spectrum,  # the spectrum
+    rv: float | None = None,  # barycentric velocity of the star (km/s); None: the spectrum's own `rv`
+):
     "Velocity (km/s) of the star in the spectrum's frame: what `to_rest_grid` removes."
-    if rv is None: return float(spec.frame_rv)
+    if rv is None:
+        return float(spec.frame_rv)
     return {'rest': 0.0, 'barycentric': float(rv), 'observed': float(rv) - float(spec.bc)}[spec.frame]
 
 # %% ../../nbs/03_resample.ipynb
-def to_rest_grid(spec:Spectrum, # the spectrum (vacuum wavelengths, any frame)
-                 grid:Grid|None=None, # the common grid (default `common_grid()`)
-                 rv:float|None=None, # barycentric velocity of the star (km/s, e.g. the catalogue's); None: `spec.rv`
-                 R_native=None, # native resolving power (scalar or per pixel); None: `spec.R` (no degradation if unknown)
-                 max_masked:float=0.25, # output masked when more than this fraction of its input was masked
-                 resampler=None): # prebuilt: a `Resampler`, a list (one per camera, in order) or a function (v, R) -> either; None: built here
+def to_rest_grid(
+    spec: Spectrum,  # the spectrum (vacuum wavelengths, any frame)
+    grid: Grid | None = None,  # the common grid (default `common_grid()`)
+    rv: float | None = None,  # barycentric velocity of the star (km/s, e.g. the catalogue's); None: `spec.rv`
+    R_native=None,  # native resolving power (scalar or per pixel); None: `spec.R` (no degradation if unknown)
+    max_masked: float = 0.25,  # output masked when more than this fraction of its input was masked
+    resampler=None,  # prebuilt: a `Resampler`, a list (one per camera) or a function (v, R) -> either; None: built here
+):
     "A spectrum in its star's rest frame on the full common grid: dict(flux, ivar, bad, rv_used, resampler)."
-    grid = grid or common_grid(); v = rest_velocity(spec, rv)
+    grid = grid or common_grid()
+    v = rest_velocity(spec, rv)
     if not np.isfinite(v):
-        raise ValueError(f'to_rest_grid: {spec.survey} {spec.product} {spec.star_id}: the velocity in its {spec.frame} frame is '
-                         f'unknown (rv={spec.rv}, bc={spec.bc}): pass rv= (a catalogue velocity)')
-    R = spec.R if R_native is None else R_native; R = R if np.all(np.isfinite(R)) else None
-    if resampler is None: resampler = Resampler(spec.wave, grid, R, v, max_masked)
-    elif not isinstance(resampler, (Resampler, list, tuple)): resampler = resampler(v, R)
+        raise ValueError(
+            f'to_rest_grid: {spec.survey} {spec.product} {spec.star_id}: the velocity in its {spec.frame} frame is '
+            f'unknown (rv={spec.rv}, bc={spec.bc}): pass rv= (a catalogue velocity)'
+        )
+    R = spec.R if R_native is None else R_native
+    R = R if np.all(np.isfinite(R)) else None
+    if resampler is None:
+        resampler = Resampler(spec.wave, grid, R, v, max_masked)
+    elif not isinstance(resampler, (Resampler, list, tuple)):
+        resampler = resampler(v, R)
     ops = [resampler] if isinstance(resampler, Resampler) else list(resampler)
     if sum(r.P for r in ops) != len(spec) or any(r.grid != grid for r in ops) or len({r.rv for r in ops}) != 1:
-        raise ValueError(f'to_rest_grid: the resamplers given take {sum(r.P for r in ops)} native pixels (the spectrum has {len(spec)}): '
-                         'they must cover it in order, for this grid, at one velocity')
+        raise ValueError(
+            f'to_rest_grid: the resamplers given take {sum(r.P for r in ops)} native pixels (the spectrum has '
+            f'{len(spec)}): '
+            'they must cover it in order, for this grid, at one velocity'
+        )
     flux, ivar, bad, a = np.zeros(grid.n), np.zeros(grid.n), np.ones(grid.n, bool), 0
     for r in ops:
-        b = a + r.P; flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux[a:b], spec.ivar[a:b], spec.mask[a:b]); a = b
+        b = a + r.P
+        flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux[a:b], spec.ivar[a:b], spec.mask[a:b])
+        a = b
     return dict(flux=flux, ivar=ivar, bad=bad, rv_used=ops[0].rv, resampler=resampler)

@@ -13,65 +13,87 @@ __all__ = ['MAS', 'unit_vectors', 'radec', 'chord', 'arcsec_of_chord', 'sky_orde
 # %% ../../nbs/02b_sky_index.ipynb
 MAS = np.pi / 180 / 3.6e6  # one milliarcsecond in radians
 
-def unit_vectors(ra, # right ascension (deg)
-                 dec, # declination (deg)
-                 pmra=None, # proper motion in RA (mas/yr, includes cos dec); NaN: none
-                 pmdec=None, # proper motion in Dec (mas/yr)
-                 dt=0.0): # years to move (scalar or per star)
+
+def unit_vectors(
+    ra,  # right ascension (deg)
+    dec,  # declination (deg)
+    pmra=None,  # proper motion in RA (mas/yr, includes cos dec); NaN: none
+    pmdec=None,  # proper motion in Dec (mas/yr)
+    dt=0.0,  # years to move (scalar or per star)
+):
     "(N, 3) unit vectors of sky positions, moved along their proper motions over `dt` years."
     a, d = np.radians(ra), np.radians(dec)
     ca, sa, cd, sd = np.cos(a), np.sin(a), np.cos(d), np.sin(d)
-    xyz = np.empty((len(a), 3)); xyz[:, 0], xyz[:, 1], xyz[:, 2] = cd * ca, cd * sa, sd
-    if pmra is None or not np.any(dt): return xyz
+    xyz = np.empty((len(a), 3))
+    xyz[:, 0], xyz[:, 1], xyz[:, 2] = cd * ca, cd * sa, sd
+    if pmra is None or not np.any(dt):
+        return xyz
     u, v = np.multiply(pmra, MAS * dt), np.multiply(pmdec, MAS * dt)  # east, north displacements (rad)
-    u[np.isnan(u)] = 0; v[np.isnan(v)] = 0; w = v * sd
-    xyz[:, 0] -= u * sa + w * ca; xyz[:, 1] += u * ca - w * sa; xyz[:, 2] += v * cd
+    u[np.isnan(u)] = 0
+    v[np.isnan(v)] = 0
+    w = v * sd
+    xyz[:, 0] -= u * sa + w * ca
+    xyz[:, 1] += u * ca - w * sa
+    xyz[:, 2] += v * cd
     xyz /= np.sqrt(np.einsum('ij,ij->i', xyz, xyz))[:, None]
     return xyz
 
 # %% ../../nbs/02b_sky_index.ipynb
-def radec(xyz): # (N, 3) unit vectors
+def radec(xyz):  # (N, 3) unit vectors
     "Right ascension and declination (deg) of unit vectors."
     return np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0])) % 360, np.degrees(np.arcsin(np.clip(xyz[:, 2], -1, 1)))
 
-def chord(arcsec): return 2 * np.sin(np.asarray(arcsec) * MAS * 500)  # chord length of an angle in arcsec (MAS*1000/2)
-def arcsec_of_chord(c): return 2 * np.arcsin(np.minimum(np.asarray(c) / 2, 1)) / (MAS * 1000)  # angle of a chord, arcsec
+
+def chord(arcsec):
+    return 2 * np.sin(np.asarray(arcsec) * MAS * 500)  # chord length of an angle in arcsec (MAS*1000/2)
+
+
+def arcsec_of_chord(c):
+    return 2 * np.arcsin(np.minimum(np.asarray(c) / 2, 1)) / (MAS * 1000)  # angle of a chord, arcsec
 
 # %% ../../nbs/02b_sky_index.ipynb
 def _spread(bits=7):
     "Lookup table spreading the bits of an integer three apart (for Morton keys)."
-    i = np.arange(2 ** bits)
+    i = np.arange(2**bits)
     return sum(((i >> b) & 1) << (3 * b) for b in range(bits))
+
 
 _MORTON = _spread()
 
-def sky_order(xyz, # (N, 3) unit vectors
-              subset=None): # indices to order (None: all)
+
+def sky_order(
+    xyz,  # (N, 3) unit vectors
+    subset=None,  # indices to order (None: all)
+):
     "Indices putting unit vectors in Morton (Z-curve) order of a 128³ grid: neighbours on the sky end up close."
     c = np.minimum(((xyz + 1) * 64).astype(np.int64), 127)
     key = _MORTON[c[:, 0]] | _MORTON[c[:, 1]] << 1 | _MORTON[c[:, 2]] << 2
     return np.argsort(key) if subset is None else subset[np.argsort(key[subset])]
 
 # %% ../../nbs/02b_sky_index.ipynb
-def candidate_pairs(xp, # (N, 3) unit vectors to search for
-                    tree:cKDTree, # tree on the catalogue's unit vectors
-                    radius_arcsec:float, # search radius
-                    chunk:int=262144, # points per chunk (bounds the memory)
-                    workers:int=1, # threads for the tree queries
-                    k:int=2, # neighbours asked for at once; points filling all k get a ball query
-                    subset=None): # indices of `xp` to search for (None: all)
+def candidate_pairs(
+    xp,  # (N, 3) unit vectors to search for
+    tree: cKDTree,  # tree on the catalogue's unit vectors
+    radius_arcsec: float,  # search radius
+    chunk: int = 262144,  # points per chunk (bounds the memory)
+    workers: int = 1,  # threads for the tree queries
+    k: int = 2,  # neighbours asked for at once; points filling all k get a ball query
+    subset=None,  # indices of `xp` to search for (None: all)
+):
     "Every pair (i, j, separation in arcsec) with `xp[i]` within `radius_arcsec` of `tree.data[j]`."
     order, r, parts = sky_order(xp, subset), float(chord(radius_arcsec)), []
     for s in range(0, len(xp), chunk):
-        idx = order[s:s + chunk]
+        idx = order[s : s + chunk]
         d, j = tree.query(xp[idx], k=k, distance_upper_bound=r, workers=workers)
         full = np.isfinite(d[:, -1])  # maybe more than k candidates: ask for all of them
         ok = np.isfinite(d) & ~full[:, None]
         parts.append((idx[np.nonzero(ok)[0]], j[ok], d[ok]))
         if full.any():
             ball = tree.query_ball_point(xp[idx[full]], r, workers=workers)
-            i2 = np.repeat(idx[full], [len(b) for b in ball]); j2 = np.concatenate(ball).astype(np.int64)
+            i2 = np.repeat(idx[full], [len(b) for b in ball])
+            j2 = np.concatenate(ball).astype(np.int64)
             parts.append((i2, j2, np.linalg.norm(xp[i2] - tree.data[j2], axis=1)))
-    if not parts: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     i, j, v = (np.concatenate(p) for p in zip(*parts))
     return i, j.astype(np.int64), arcsec_of_chord(v)

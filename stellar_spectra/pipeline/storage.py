@@ -23,181 +23,263 @@ from .native import NATIVE_SCHEMA, row_group_rows, to_arrow_table
 __all__ = ['PRECISION', 'SPEC_KEY', 'SPEC_ORDER', 'write_shard', 'completed_shards', 'merge_shards']
 
 # %% ../../nbs/06_storage.ipynb
-_DICT_COLUMNS = [f.name for f in NATIVE_SCHEMA if not pa.types.is_list(f.type)]  # shard columns worth a Parquet dictionary
+_DICT_COLUMNS = [
+    f.name for f in NATIVE_SCHEMA if not pa.types.is_list(f.type)
+]  # shard columns worth a Parquet dictionary
 
 # %% ../../nbs/06_storage.ipynb
-PRECISION = 'noise'  # how the pipeline keeps the regridded rows (`h5chunks.PRECISIONS`; the guarantee: `h5chunks.NOISE_PRECISION`)
+# how the pipeline keeps the regridded rows (`h5chunks.PRECISIONS`; the guarantee: `h5chunks.NOISE_PRECISION`)
+PRECISION = 'noise'
 _KEY = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
 
-def _shard_files(shard_dir, key:str):
+
+def _shard_files(shard_dir, key: str):
     "(h5, parquet) paths of a shard."
-    if not _KEY.match(key): raise ValueError(f'shard key {key!r}: use letters, digits, _ . - (not starting with .)')
+    if not _KEY.match(key):
+        raise ValueError(f'shard key {key!r}: use letters, digits, _ . - (not starting with .)')
     return Path(shard_dir) / f'{key}.h5', Path(shard_dir) / f'{key}.parquet'
 
-def write_shard(shard_dir, # folder of the shards
-                key:str, # name of the work chunk, e.g. 'chunk_00012'
-                arrays:dict, # name -> (n, grid.n) arrays of the chunk's spectra
-                meta:pd.DataFrame, # one row per spectrum (star, survey, source, visit_id, ...)
-                native:list|None=None, # the chunk's native `Spectrum`s, one per row of `meta` (or None)
-                grid:Grid|None=None, # the grid of the arrays (stored, and checked by `merge_shards`)
-                precision:str=PRECISION): # how the rows are kept: 'noise' (the store's) or 'exact'
+
+def write_shard(
+    shard_dir,  # folder of the shards
+    key: str,  # name of the work chunk, e.g. 'chunk_00012'
+    arrays: dict,  # name -> (n, grid.n) arrays of the chunk's spectra
+    meta: pd.DataFrame,  # one row per spectrum (star, survey, source, visit_id, ...)
+    native: list | None = None,  # the chunk's native `Spectrum`s, one per row of `meta` (or None)
+    grid: Grid | None = None,  # the grid of the arrays (stored, and checked by `merge_shards`)
+    precision: str = PRECISION,  # how the rows are kept: 'noise' (the store's) or 'exact'
+):
     "Write one work chunk's output atomically (native Parquet first, then the HDF5 of compact rows that completes it)."
-    h5, pqf = _shard_files(shard_dir, key); meta = meta.reset_index(drop=True)
+    h5, pqf = _shard_files(shard_dir, key)
+    meta = meta.reset_index(drop=True)
     arrays = check_arrays(arrays, meta, grid.n if grid else None)
-    if native is not None and len(native) != len(meta): raise ValueError(f'shard {key}: {len(native)} native spectra for {len(meta)} rows')
+    if native is not None and len(native) != len(meta):
+        raise ValueError(f'shard {key}: {len(native)} native spectra for {len(meta)} rows')
     token = os.urandom(8).hex()
     if native is not None:
         t = to_arrow_table(native).replace_schema_metadata({b'shard_token': token.encode()})
-        with atomic_path(pqf) as tmp: pq.write_table(t, tmp, compression='zstd', use_dictionary=_DICT_COLUMNS)
+        with atomic_path(pqf) as tmp:
+            pq.write_table(t, tmp, compression='zstd', use_dictionary=_DICT_COLUMNS)
     n_px = grid.n if grid else (next(iter(arrays.values())).shape[1] if arrays else 0)
     with atomic_path(h5) as tmp, h5py.File(tmp, 'w', libver='latest') as f:
         write_compact(f, grid, arrays, len(meta), precision, Path(tmp).parent, n_px=n_px)
-        finish_store(f, meta); f.attrs.update(shard_token=token, has_native=native is not None)
+        finish_store(f, meta)
+        f.attrs.update(shard_token=token, has_native=native is not None)
     return h5
 
 # %% ../../nbs/06_storage.ipynb
 def _shard_token(h5):
     "(token, has_native) of a shard's .h5, or None if it cannot be read."
     try:
-        with h5py.File(h5, 'r') as f: return str(f.attrs['shard_token']), bool(f.attrs['has_native'])
-    except (OSError, KeyError): return None
+        with h5py.File(h5, 'r') as f:
+            return str(f.attrs['shard_token']), bool(f.attrs['has_native'])
+    except (OSError, KeyError):
+        return None
 
-def completed_shards(shard_dir): # folder of the shards
+
+def completed_shards(shard_dir):  # folder of the shards
     "Keys of the complete shards (HDF5 readable, and its Parquet present with the same token)."
     out = set()
     for h5 in Path(shard_dir).glob('[!.]*.h5'):
         tok = _shard_token(h5)
-        if tok is None: continue
+        if tok is None:
+            continue
         pqf = h5.with_suffix('.parquet')
         if tok[1]:
-            try: md = pq.read_schema(pqf).metadata or {}
-            except (pa.ArrowException, OSError): continue
-            if md.get(b'shard_token', b'').decode() != tok[0]: continue
+            try:
+                md = pq.read_schema(pqf).metadata or {}
+            except (pa.ArrowException, OSError):
+                continue
+            if md.get(b'shard_token', b'').decode() != tok[0]:
+                continue
         out.add(h5.stem)
     return out
 
 # %% ../../nbs/06_storage.ipynb
 def _check_guard(shard_dir):
-    "StoreError if the preprocess run that wrote `shard_dir` failed its alignment guard (its summary.json, beside the shards, says so)."
+    """StoreError if the preprocess run that wrote `shard_dir` failed its alignment guard (its summary.json, beside the
+    shards, says so)."""
     p = Path(shard_dir).parent / 'summary.json'
-    try: s = json.loads(p.read_text()) if p.is_file() else {}
-    except (OSError, ValueError) as e: raise StoreError(p, f'cannot read the summary of the preprocess run: {e}') from None
+    try:
+        s = json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise StoreError(p, f'cannot read the summary of the preprocess run: {e}') from None
     if isinstance(s, dict) and s.get('aligned') is False:
-        raise StoreError(p, f"the preprocess run failed its alignment guard, so its shards are not stored ({s.get('misaligned')}); "
-                            'fix the cause and rerun preprocess')
+        raise StoreError(
+            p,
+            f"the preprocess run failed its alignment guard, so its shards are not stored ({s.get('misaligned')}); "
+            'fix the cause and rerun preprocess',
+        )
 
 # %% ../../nbs/06_storage.ipynb
 SPEC_KEY = ('survey', 'source', 'visit_id')  # identity of a spectrum across shards
 SPEC_ORDER = ('star', 'survey', 'source', 'visit_id')  # order of the merged store
 
-def _plan(shards:list):
-    "The merged table (one row per spectrum, `_shard` (index into `shards`, the .h5 files) and `_row` locating it), the shards' grids and row codecs, duplicates dropped."
+
+def _plan(shards: list):
+    """The merged table (one row per spectrum, `_shard` (index into `shards`, the .h5 files) and `_row` locating it),
+    the shards' grids and row codecs, duplicates dropped."""
     tabs, grids, codecs = [], {}, {}
     for i, h5 in enumerate(shards):
         try:
             with h5py.File(h5, 'r') as f:
-                if 'rows' not in f: raise StoreError(h5, 'a shard of the previous format (whole-grid arrays): rerun the preprocessing')
-                m = read_meta(f['meta']); g = f['grid'].attrs if 'grid' in f else None
-                grids[i] = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
+                if 'rows' not in f:
+                    raise StoreError(h5, 'a shard of the previous format (whole-grid arrays): rerun the preprocessing')
+                m = read_meta(f['meta'])
+                g = f['grid'].attrs if 'grid' in f else None
+                grids[i] = (
+                    Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
+                )
                 codecs[i] = RowCodec.from_json(f['rows'].attrs['codec'])
         except (OSError, KeyError, ValueError) as e:
-            if isinstance(e, StoreError): raise
+            if isinstance(e, StoreError):
+                raise
             raise StoreError(h5, f'cannot read shard: {e}') from None
-        if 'source' not in m and 'relpath' in m: m = m.rename(columns={'relpath': 'source'})
-        if 'spec_id' in m: m = m.rename(columns={'spec_id': 'plan_id'})
+        if 'source' not in m and 'relpath' in m:
+            m = m.rename(columns={'relpath': 'source'})
+        if 'spec_id' in m:
+            m = m.rename(columns={'spec_id': 'plan_id'})
         tabs.append(m.assign(_shard=i, _row=np.arange(len(m)), _mtime=h5.stat().st_mtime_ns))
     t = pd.concat([x for x in tabs if len(x)] or tabs[:1], ignore_index=True)
     miss = [c for c in SPEC_ORDER if c not in t]
-    if miss: raise StoreError(next(h5 for h5, x in zip(shards, tabs) if set(miss) - set(x)), f'shard tables lack columns {miss}')
-    n0 = len(t); t = t.sort_values(['_mtime', '_shard'], kind='stable').drop_duplicates(list(SPEC_KEY), keep='last')
+    if miss:
+        raise StoreError(
+            next(h5 for h5, x in zip(shards, tabs) if set(miss) - set(x)), f'shard tables lack columns {miss}'
+        )
+    n0 = len(t)
+    t = t.sort_values(['_mtime', '_shard'], kind='stable').drop_duplicates(list(SPEC_KEY), keep='last')
     t = t.sort_values(list(SPEC_ORDER), kind='stable').reset_index(drop=True)
     return t, grids, codecs, n0 - len(t)
 
 # %% ../../nbs/06_storage.ipynb
 def _merge_grid(shards, grids, codecs, grid):
-    "The one grid of all shards (given, stored in the shards, or the common grid), checked against their rows (one codec for all); a `StoreError` names the first shard that differs."
+    """The one grid of all shards (given, stored in the shards, or the common grid), checked against their rows (one
+    codec for all); a `StoreError` names the first shard that differs."""
     stored = [(shards[i], g) for i, g in grids.items() if g is not None]
     for h5, g in stored[1:]:
-        if g != stored[0][1]: raise StoreError(h5, f'shards on different grids: {g}, and {stored[0][1]} in {stored[0][0]}')
+        if g != stored[0][1]:
+            raise StoreError(h5, f'shards on different grids: {g}, and {stored[0][1]} in {stored[0][0]}')
     grid = grid or (stored[0][1] if stored else common_grid())
-    if stored and grid != stored[0][1]: raise StoreError(stored[0][0], f'shards are on {stored[0][1]}, not on {grid}')
+    if stored and grid != stored[0][1]:
+        raise StoreError(stored[0][0], f'shards are on {stored[0][1]}, not on {grid}')
     for i, rc in codecs.items():
-        if rc.n_px != grid.n: raise StoreError(shards[i], f'rows of {rc.n_px} px, grid has {grid.n} px')
-        if rc != codecs[0]: raise StoreError(shards[i], f'shards hold different arrays or precisions: {rc.fields}, and {codecs[0].fields} in {shards[0]}')
+        if rc.n_px != grid.n:
+            raise StoreError(shards[i], f'rows of {rc.n_px} px, grid has {grid.n} px')
+        if rc != codecs[0]:
+            raise StoreError(
+                shards[i],
+                f'shards hold different arrays or precisions: {rc.fields}, and {codecs[0].fields} in {shards[0]}',
+            )
     return grid
 
 # %% ../../nbs/06_storage.ipynb
 def _open_rows(h5):
     "(fd, heap offset, offsets, frames) of a shard's rows, for `read_packed`."
-    with h5py.File(h5, 'r') as f: g = f['rows']; base, off, frame = g['heap'].id.get_offset() or 0, g['offset'][()], g['frame'][()]
+    with h5py.File(h5, 'r') as f:
+        g = f['rows']
+        base, off, frame = g['heap'].id.get_offset() or 0, g['offset'][()], g['frame'][()]
     return os.open(h5, os.O_RDONLY), base, off, frame
 
-def _merged_rows(shards, t:pd.DataFrame, block:int, progress:bool):
-    "The packed rows of the merged table `t` in its order, read from their shards `block` rows at a time (at most 8 shards open)."
+
+def _merged_rows(shards, t: pd.DataFrame, block: int, progress: bool):
+    """The packed rows of the merged table `t` in its order, read from their shards `block` rows at a time (at most 8
+    shards open)."""
     open_f, key = {}, 0
     try:
         for r0 in tqdm(range(0, len(t), block), desc='merge rows', disable=not progress, leave=False):
-            b = t.iloc[r0:r0 + block]; need = set(b['_shard'].unique())
+            b = t.iloc[r0 : r0 + block]
+            need = set(b['_shard'].unique())
             idle = [k for k in open_f if k not in need]  # close only shards this block does not read
-            for k in idle[:max(0, len(open_f) + len(need - set(open_f)) - 8)]: os.close(open_f.pop(k)[0])
-            for key in need - set(open_f): open_f[key] = _open_rows(shards[key])
+            for k in idle[: max(0, len(open_f) + len(need - set(open_f)) - 8)]:
+                os.close(open_f.pop(k)[0])
+            for key in need - set(open_f):
+                open_f[key] = _open_rows(shards[key])
             got = [None] * len(b)
             for key, rows in b.groupby('_shard', sort=False).indices.items():
-                for i, x in zip(rows, read_packed(*open_f[key], b['_row'].to_numpy()[rows])): got[i] = x
+                for i, x in zip(rows, read_packed(*open_f[key], b['_row'].to_numpy()[rows])):
+                    got[i] = x
             yield from got
-    except OSError as e: raise StoreError(shards[key], f'cannot read shard: {e}') from None
+    except OSError as e:
+        raise StoreError(shards[key], f'cannot read shard: {e}') from None
     finally:
-        for x in open_f.values(): os.close(x[0])
+        for x in open_f.values():
+            os.close(x[0])
 
 # %% ../../nbs/06_storage.ipynb
-def _merge_native(shards, outdir, t:pd.DataFrame, progress:bool):
+def _merge_native(shards, outdir, t: pd.DataFrame, progress: bool):
     "One native_<survey>.parquet per survey, rows in the merged order, with spec_id / star / source."
     tabs, written = {}, {}
     for survey, s in t[t['_has_native']].groupby('survey', sort=True):
-        path = Path(outdir) / f'native_{survey}.parquet'; writer = None
+        path = Path(outdir) / f'native_{survey}.parquet'
+        writer = None
         with atomic_path(path) as tmp:
             for r0 in tqdm(range(0, len(s), 256), desc=f'merge native {survey}', disable=not progress, leave=False):
-                b = s.iloc[r0:r0 + 256]; parts = []
+                b = s.iloc[r0 : r0 + 256]
+                parts = []
                 for key, rows in b.groupby('_shard', sort=False).indices.items():
                     if key not in tabs:
-                        tabs.clear(); pqf = shards[key].with_suffix('.parquet')
-                        try: tabs[key] = pq.read_table(pqf, schema=NATIVE_SCHEMA)
-                        except (pa.ArrowException, OSError) as e: raise StoreError(pqf, f'cannot read shard: {e}') from None
+                        tabs.clear()
+                        pqf = shards[key].with_suffix('.parquet')
+                        try:
+                            tabs[key] = pq.read_table(pqf, schema=NATIVE_SCHEMA)
+                        except (pa.ArrowException, OSError) as e:
+                            raise StoreError(pqf, f'cannot read shard: {e}') from None
                     parts.append((rows, tabs[key].take(pa.array(b['_row'].to_numpy()[rows]))))
                 order = np.argsort(np.concatenate([r for r, _ in parts]))
                 tab = pa.concat_tables([p for _, p in parts]).take(pa.array(order))
-                for c in ('spec_id', 'star', 'source'): tab = tab.append_column(c, pa.array(b[c].to_numpy()))
-                if writer is None: writer = pq.ParquetWriter(tmp, tab.schema, compression='zstd'); rg = row_group_rows(tab)
+                for c in ('spec_id', 'star', 'source'):
+                    tab = tab.append_column(c, pa.array(b[c].to_numpy()))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, tab.schema, compression='zstd')
+                    rg = row_group_rows(tab)
                 writer.write_table(tab, row_group_size=rg)
             writer.close()
         written[str(survey)] = path
     for old in Path(outdir).glob('native_*.parquet'):  # stale stores of surveys no longer present
-        if old not in written.values(): old.unlink()
+        if old not in written.values():
+            old.unlink()
     return written
 
 # %% ../../nbs/06_storage.ipynb
-def merge_shards(shard_dir, # folder of the shards (`write_shard`), or a list of such folders (a run preprocessed in parts)
-                 outdir, # output folder: regridded.h5, native_<survey>.parquet, store_summary.json
-                 grid:Grid|None=None, # the common grid (default: the one stored in the shards, else `common_grid()`)
-                 block:int=256, # rows copied at a time
-                 progress:bool=True): # show progress bars
+def merge_shards(
+    shard_dir,  # folder of the shards (`write_shard`), or a list of such folders (a run preprocessed in parts)
+    outdir,  # output folder: regridded.h5, native_<survey>.parquet, store_summary.json
+    grid: Grid | None = None,  # the common grid (default: the one stored in the shards, else `common_grid()`)
+    block: int = 256,  # rows copied at a time
+    progress: bool = True,  # show progress bars
+):
     "Merge the complete shards into the final stores, every spectrum exactly once, sorted by `SPEC_ORDER`."
-    one = isinstance(shard_dir, (str, os.PathLike)); dirs = [shard_dir] if one else list(shard_dir)
-    for sd in dirs: _check_guard(sd)
-    shards = [_shard_files(sd, k)[0] for sd in dirs for k in sorted(completed_shards(sd))]  # folder by folder, keys sorted
-    if not shards: raise StoreError(', '.join(map(str, dirs)), 'no complete shards to merge')
-    t, grids, codecs, n_dup = _plan(shards); grid = _merge_grid(shards, grids, codecs, grid)
-    t['spec_id'] = np.arange(len(t), dtype=np.int64); t['_has_native'] = t['_shard'].map({i: _shard_token(h5)[1] for i, h5 in enumerate(shards)})
+    one = isinstance(shard_dir, (str, os.PathLike))
+    dirs = [shard_dir] if one else list(shard_dir)
+    for sd in dirs:
+        _check_guard(sd)
+    shards = [
+        _shard_files(sd, k)[0] for sd in dirs for k in sorted(completed_shards(sd))
+    ]  # folder by folder, keys sorted
+    if not shards:
+        raise StoreError(', '.join(map(str, dirs)), 'no complete shards to merge')
+    t, grids, codecs, n_dup = _plan(shards)
+    grid = _merge_grid(shards, grids, codecs, grid)
+    t['spec_id'] = np.arange(len(t), dtype=np.int64)
+    t['_has_native'] = t['_shard'].map({i: _shard_token(h5)[1] for i, h5 in enumerate(shards)})
     meta = t[['spec_id'] + [c for c in t.columns if c != 'spec_id' and not c.startswith('_')]]
-    outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(outdir / 'regridded.h5') as tmp, h5py.File(tmp, 'w', libver='latest') as f:
-        start_store(f, grid); write_packed(f.create_group('rows'), codecs[0], _merged_rows(shards, t, block, progress), len(t), outdir)
+        start_store(f, grid)
+        write_packed(f.create_group('rows'), codecs[0], _merged_rows(shards, t, block, progress), len(t), outdir)
         finish_store(f, meta)
     native = _merge_native(shards, outdir, t, progress)
     files = {p.name: p.stat().st_size for p in [outdir / 'regridded.h5', *native.values()]}
-    summary = dict(n_spectra=len(t), n_shards=len(shards), **({} if one else dict(n_folders=len(dirs))),  # single folder: the summary as before
-                   n_duplicates_dropped=int(n_dup), grid_n=grid.n,
-                   per_survey={str(k): int(v) for k, v in t['survey'].value_counts().sort_index().items()}, files=files,
-                   regridded_bytes_per_spectrum=round(files['regridded.h5'] / max(1, len(t))))
+    summary = dict(
+        n_spectra=len(t),
+        n_shards=len(shards),
+        **({} if one else dict(n_folders=len(dirs))),  # single folder: the summary as before
+        n_duplicates_dropped=int(n_dup),
+        grid_n=grid.n,
+        per_survey={str(k): int(v) for k, v in t['survey'].value_counts().sort_index().items()},
+        files=files,
+        regridded_bytes_per_spectrum=round(files['regridded.h5'] / max(1, len(t))),
+    )
     atomic_write(outdir / 'store_summary.json', json.dumps(summary, indent=1))
     return summary
