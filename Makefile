@@ -37,7 +37,7 @@ check-clean: $(STAMP)
 	untracked=$$(git ls-files --others --exclude-standard -- nbs/ stellar_spectra/); \
 	  if [ -n "$$untracked" ]; then echo "Untracked notebooks or modules: $$untracked"; exit 1; fi
 
-# Lines of at most 120 characters, one statement per line, no unused imports (.ruff.toml); `ruff format` keeps the layout.
+# Lines of at most 120 characters, one statement per line, no unused imports or undefined names (.ruff.toml); `ruff format` keeps the layout.
 lint: $(STAMP)
 	ruff check nbs tests bench docs setup.py
 	ruff format --check nbs tests bench docs setup.py

@@ -61,8 +61,12 @@ x = pd.concat([x[x[f'in_{s}'].astype(bool)].head(1) for s in ('apogee', 'galah',
 x.to_parquet(os.path.join(d, 'xm.parquet'))
 kw = dict(scheduler=sched or None, tol_px=1e9, progress=False)
 pp.run_preprocess(sky, os.path.join(d, 'xm.parquet'), os.path.join(d, 'out'), n_workers=1, chunk_size=1, **kw)
-pp._OPS.clear()
-pp._SEEN.clear()
+from stellar_spectra.pipeline import resample as rs
+if hasattr(rs, 'clear_resampler_cache'):
+    rs.clear_resampler_cache()
+else:  # a revision from before the cache moved to resample
+    pp._OPS.clear()
+    pp._SEEN.clear()
 digests.clear()
 t = time.perf_counter()
 s = pp.run_preprocess(sky, xm, out, n_workers=int(w), **kw)
@@ -89,9 +93,10 @@ def sky(cache, n_stars):
 def replicate(xm_path, copies, out):
     "The cross-match repeated `copies` times; copy r's velocities moved by r lattice steps."
     from stellar_spectra.pipeline import preprocess as pp
+    from stellar_spectra.pipeline.resample import RV_LATTICE
 
     xm = pd.read_parquet(xm_path)
-    step = pp.C_KMS * pp.common_grid().dln / pp.RV_LATTICE
+    step = pp.C_KMS * pp.common_grid().dln / RV_LATTICE
     big = pd.concat(
         [xm.assign(**{c: xm[c] + r * step for c in ('rv_apogee', 'rv_galah', 'rv_ges')}) for r in range(copies)],
         ignore_index=True,
@@ -144,14 +149,14 @@ def profile(root, xm, n=60):
     """CPU ms per spectrum by survey of reading and of `preprocess_spectrum` (operator caches emptied first), in this
     process."""
     from stellar_spectra.pipeline import preprocess as pp
+    from stellar_spectra.pipeline.resample import clear_resampler_cache
     from stellar_spectra.io.readers import read_spectrum
 
     plan = pp.work_plan(root, xm)
     g = pp.common_grid()
     out = {}
     pp.preprocess_spectrum(read_spectrum(root / plan.relpath[0]), g, plan.rv[0])  # compiled kernels loaded
-    pp._OPS.clear()
-    pp._SEEN.clear()
+    clear_resampler_cache()
     for s, sub in plan.groupby('survey'):
         sub = sub.head(n)
         t = time.process_time()

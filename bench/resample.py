@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from stellar_spectra.formats import apogee_wavelength, APOGEE_R
 from stellar_spectra.pipeline import resample as rs
-from stellar_spectra.pipeline.resample import Resampler, common_grid
+from stellar_spectra.pipeline.resample import Resampler, clear_resampler_cache, common_grid
 
 
 def spectra(n, seed=0):
@@ -121,8 +121,7 @@ def preprocess_times(grid, spectra):
     def run(sub):
         t = 0.0
         for _, sp, rv in sub:
-            pp._OPS.clear()
-            pp._SEEN.clear()
+            clear_resampler_cache()
             c0 = time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')

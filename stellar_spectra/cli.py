@@ -75,6 +75,8 @@ def arg_type(anno, default=None) -> dict:
         return dict(action=argparse.BooleanOptionalAction)
     if anno in _SIMPLE:
         return dict(type=anno)
+    if callable(getattr(anno, 'from_text', None)):
+        return dict(type=anno.from_text)  # a type that reads itself from text (e.g. `resample.Grid`)
     if origin is typing.Literal:
         return dict(choices=list(args), type=type(args[0]))
     if origin in (list, tuple) and args and args[0] in _SIMPLE:

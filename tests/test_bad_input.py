@@ -242,6 +242,11 @@ def test_preprocess_bad_input(capsys, corpus):
     from stellar_spectra.pipeline.continuum import METHODS
 
     assert f"choose from {', '.join(map(repr, METHODS))}" in err, err  # argparse offers the one list of methods
+    for bad in ('R=ten', 'wmin=5000,wmax=4000'):  # the grid is checked before anything is read or written
+        code, err, new = run(
+            capsys, corpus, 'preprocess', corpus, corpus / 'text.fits', corpus / 'pre', '--grid', bad, '--no-progress'
+        )
+        assert code == 2 and 'grid' in err and 'Traceback' not in err and not new, err
 
 
 def test_store_and_train_bad_input(capsys, corpus):

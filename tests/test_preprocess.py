@@ -287,7 +287,8 @@ def whole_grid_recipe(spec, grid, rv):
     """`preprocess_spectrum` as it was written before: flags on the whole grid by sparse products, the continuum's loop
     over every block of the grid (`continuum._usable_span` set to the whole grid by the caller), the weights and the
     float32 casts on whole-grid arrays."""
-    from stellar_spectra.pipeline.preprocess import regrid, grid_wave
+    from stellar_spectra.pipeline.preprocess import regrid
+    from stellar_spectra.pipeline.resample import grid_wave
     from stellar_spectra.pipeline.masks import flag_atmosphere, loss_weights
     from stellar_spectra.pipeline.continuum import normalise
     from stellar_spectra.spectrum import PixelFlag as P

@@ -5,12 +5,12 @@
 # %% ../../nbs/07a_decoders.ipynb 3
 from __future__ import annotations
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..pipeline.resample import Grid, common_grid
+from ..pipeline.resample import GRID_FIELDS, Grid, common_grid
 
 # %% auto 0
 __all__ = ['grid_window', 'GONConfig', 'check_grid', 'Decoder']
@@ -26,9 +26,6 @@ def grid_window(
     return slice(int(np.searchsorted(ln, math.log(wmin))), int(np.searchsorted(ln, math.log(wmax), 'right')))
 
 # %% ../../nbs/07a_decoders.ipynb
-_COMMON = common_grid()  # the defaults of the grid fields below
-
-
 @dataclass
 class GONConfig:
     latent_dim: int = 16  # size of the per-star latent z
@@ -49,10 +46,7 @@ class GONConfig:
     n_surveys: int = 3  # per-survey linear continuum residuals (0: none)
     line_window_weight: float = 0.0  # extra loss weight inside line windows (0: uniform)
     line_window_kms: float = 25.0  # half-width of a line window (km/s)
-    grid_R: float = _COMMON.R  # the grid (`resample.Grid`) the coordinates live on: resolving power,
-    grid_ln_lam0: float = _COMMON.ln_lam0  # ... ln λ of its first pixel (Å),
-    grid_dln: float = _COMMON.dln  # ... its step in ln λ
-    grid_n: int = _COMMON.n  # ... and its number of pixels (default: `resample.common_grid()`)
+    grid: Grid = field(default_factory=common_grid)  # the grid the coordinates live on (a `Grid`, or its `to_dict`)
     lnlam_min: float | None = None  # ln λ mapped to coordinate -1 (None: the grid's first pixel)
     lnlam_max: float | None = None  # ln λ mapped to coordinate +1 (None: the grid's last pixel)
     seed: int = 0  # seed of the Fourier frequencies and the initialisation
@@ -70,20 +64,22 @@ class GONConfig:
         assert self.step in ('fisher', 'gradient'), f"step must be 'fisher' or 'gradient', not {self.step!r}"
         self.step_init = float(self.step_init if self.step_init is not None else 1.0 if self.step == 'fisher' else 1e-5)
         assert self.prior_precision > 0
+        if not isinstance(self.grid, Grid):
+            self.grid = Grid.from_dict(self.grid)  # as recorded in a checkpoint or config.json
         ln = self.grid.ln_wave[[0, -1]]
         self.lnlam_min = float(ln[0] if self.lnlam_min is None else self.lnlam_min)
         self.lnlam_max = float(ln[1] if self.lnlam_max is None else self.lnlam_max)
-        assert ln[0] - self.grid_dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid_dln, (
+        assert ln[0] - self.grid.dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid.dln, (
             "lnlam_min/max must lie on the grid"
         )
         assert self.step_init > 0
 
-    @property
-    def grid(self):
-        return Grid(self.grid_R, self.grid_ln_lam0, self.grid_dln, self.grid_n)
-
     @classmethod
     def from_dict(cls, d: dict):
+        "The configuration `asdict` recorded (its grid as `Grid.to_dict`; four grid_* fields before that)."
+        d = dict(d)
+        if 'grid' not in d and 'grid_n' in d:
+            d['grid'] = {k: d[f'grid_{k}'] for k in GRID_FIELDS}
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
@@ -98,10 +94,7 @@ class GONConfig:
         grid = grid or common_grid()
         ln = grid.ln_wave[grid_window(wmin, wmax, grid)]
         return cls(
-            grid_R=grid.R,
-            grid_ln_lam0=grid.ln_lam0,
-            grid_dln=grid.dln,
-            grid_n=grid.n,
+            grid=grid,
             lnlam_min=ln[0],
             lnlam_max=ln[-1],
             **kw,

@@ -202,7 +202,7 @@ def save_packed(
         raise ValueError(f"precision must be 'float32' or 'float16', not {precision!r}")
     g = sample.grid
     d = dict(
-        grid=np.array([g.R, g.ln_lam0, g.dln, g.n], float),
+        grid=np.array(json.dumps(g.to_dict())),
         precision=np.array(precision),
         surveys=np.array(sample.surveys),
     )
@@ -249,7 +249,8 @@ def export_packed(
 
 
 def _unpack(z):
-    R, l0, dl, n = z['grid']
+    g = z['grid']  # `Grid.to_dict` as JSON (before: the four numbers)
+    grid = Grid.from_dict(json.loads(str(g))) if g.dtype.kind == 'U' else Grid(*map(float, g[:3]), int(g[3]))
     prec = str(z['precision'])
     out = {k: {} for k in ('pix', 'flux', 'wivar', 'star', 'row')}
     for s in map(str, z['surveys']):
@@ -262,7 +263,7 @@ def _unpack(z):
             used = e > 0
             out['flux'][s] = np.where(used, z[f'{s}/dflux'].astype(np.float32) + 1, 0)
             out['wivar'][s] = np.where(used, 1 / np.where(used, e, 1) ** 2, 0).astype(np.float32)
-    return PackedSample(Grid(float(R), float(l0), float(dl), int(n)), **out)
+    return PackedSample(grid, **out)
 
 # %% ../../nbs/09_gon_training.ipynb
 @dataclass
@@ -347,10 +348,7 @@ class TrainConfig:
             'seed',
         )
         return GONConfig(
-            grid_R=grid.R,
-            grid_ln_lam0=grid.ln_lam0,
-            grid_dln=grid.dln,
-            grid_n=grid.n,
+            grid=grid,
             n_surveys=len(SURVEYS),
             **{k: getattr(self, k) for k in keys},
         )
@@ -580,7 +578,7 @@ def _fingerprint(sample: PackedSample, split: dict):
         n_spectra=len(sample),
         rows=int(sum(int(v.sum()) for v in sample.row.values())),
         stars={k: [int(len(v)), int(np.sum(v))] for k, v in split.items()},
-        grid=list(asdict(sample.grid).values()),
+        grid=sample.grid.to_dict(),
     )
 
 

@@ -4,27 +4,26 @@
 
 # %% ../../nbs/05b_preprocess.ipynb 3
 from __future__ import annotations
-import ast, copy, functools, hashlib, json, os, shutil, time, warnings
-from collections import OrderedDict
+import ast, hashlib, json, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 from ..atomic import atomic_write
-from ..formats import SURVEYS, apstar_path, galah_filename, C_KMS
+from ..formats import SURVEYS, apstar_path, galah_filename
 from ..io.readers import read_spectrum
 from ..io.fitsfile import SpectrumReadError
 from ..spectrum import Spectrum, PixelFlag, BAD
-from .resample import Grid, Resampler, common_grid, to_rest_grid, jit
+from .resample import Grid, common_grid, to_rest_grid, jit, grid_wave, lattice_resampler
 from .continuum import normalise, METHODS, ContinuumMethod
 from .masks import flag_atmosphere, reach_flags, loss_weights
 from .alignment import spectrum_offsets, survey_row, check_alignment, MisalignedGridError
 from .storage import write_shard, completed_shards
 
 # %% auto 0
-__all__ = ['RV_LATTICE', 'CACHE_NNZ', 'WORKER_MALLOC', 'work_plan', 'grid_wave', 'lattice_resampler', 'regrid', 'grid_rows',
-           'preprocess_into', 'preprocess_spectrum', 'chunk_offsets', 'process_chunk', 'make_chunks', 'code_modules',
-           'run_chunks', 'gather_offsets', 'guard_report', 'check_params', 'run_preprocess']
+__all__ = ['WORKER_MALLOC', 'work_plan', 'regrid', 'grid_rows', 'preprocess_into', 'preprocess_spectrum', 'chunk_offsets',
+           'process_chunk', 'make_chunks', 'code_modules', 'run_chunks', 'gather_offsets', 'guard_report',
+           'check_params', 'run_preprocess']
 
 # %% ../../nbs/05b_preprocess.ipynb
 _CAT = {
@@ -91,84 +90,6 @@ def work_plan(
     plan['_s'] = plan['survey'].map({s: i for i, s in enumerate(SURVEYS)})
     plan = plan.sort_values(['star', '_s', 'relpath'], kind='stable').drop(columns='_s').reset_index(drop=True)
     return plan.rename_axis('spec_id').reset_index().astype({'spec_id': np.int64})
-
-# %% ../../nbs/05b_preprocess.ipynb
-class _Operators(OrderedDict):
-    "Resamplers in least-recently-used order, with the running total of their non-zeros (`nnz`)."
-
-    nnz = 0
-
-    def __setitem__(self, key, r):
-        if key in self:
-            self.nnz -= self[key].A.nnz
-        super().__setitem__(key, r)
-        self.nnz += r.A.nnz
-
-    def popitem(self, last=True):
-        key, r = super().popitem(last)
-        self.nnz -= r.A.nnz
-        return key, r
-
-    def clear(self):
-        super().clear()
-        self.nnz = 0
-
-# %% ../../nbs/05b_preprocess.ipynb
-RV_LATTICE = 32  # velocity lattice: fractions of a common-grid pixel
-# per-process operator cache budget in non-zeros (12 bytes each: ~0.7 GB); holds every lattice operator of 2 UVES setups
-CACHE_NNZ = 60_000_000
-_OPS, _SEEN = (
-    _Operators(),
-    set(),
-)  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
-
-
-@functools.lru_cache(maxsize=4)
-def grid_wave(grid: Grid):  # the common grid
-    "The grid's pixel centres (Å), computed once per grid (read-only)."
-    w = grid.wave
-    w.flags.writeable = False
-    return w
-
-
-def _cached_operator(wave, grid, R, frac, max_masked):
-    """Resampler of native grid `wave` for a shift of `frac` grid pixels; cached once the native grid has been seen
-    twice."""
-    h = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
-    key = (h, R, grid, max_masked, frac)
-    if key in _OPS:
-        _OPS.move_to_end(key)
-        return _OPS[key]
-    r = Resampler(wave, grid, R, C_KMS * np.expm1(frac * grid.dln), max_masked)
-    if h in _SEEN:
-        _OPS[key] = r
-        while _OPS.nnz > CACHE_NNZ and len(_OPS) > 1:
-            _OPS.popitem(last=False)
-    _SEEN.add(h)
-    return r
-
-# %% ../../nbs/05b_preprocess.ipynb
-def lattice_resampler(
-    wave,  # native vacuum wavelengths (Å)
-    grid: Grid,  # the common grid
-    R,  # native resolving power (None: no degradation)
-    v: float,  # velocity to remove (km/s, in the spectrum's frame)
-    max_masked: float = 0.25,  # see `Resampler`
-):
-    """A `Resampler` for `v` snapped to the velocity lattice (built from a cached one where possible): (resampler,
-    v_snapped)."""
-    n = int(np.rint(np.log1p(v / C_KMS) / grid.dln * RV_LATTICE))
-    k, f = divmod(n, RV_LATTICE)
-    vs = float(C_KMS * np.expm1(n / RV_LATTICE * grid.dln))
-    base = _cached_operator(wave, grid, R, f / RV_LATTICE, max_masked)
-    sl = slice(base.sl.start - k, base.sl.stop - k)  # a shift by k more grid pixels moves the output by -k pixels
-    if k == 0:
-        return base, vs
-    if base.sl.start == 0 or base.sl.stop == grid.n or sl.start < 0 or sl.stop > grid.n:  # clipped at the grid's ends
-        return Resampler(wave, grid, R, vs, max_masked), vs
-    r = copy.copy(base)
-    r.sl, r.wave, r.rv = sl, grid_wave(grid)[sl], vs
-    return r, vs
 
 # %% ../../nbs/05b_preprocess.ipynb
 def _pieces(spec):
@@ -445,7 +366,7 @@ def _config(plan, grid, chunk_size, method, native=True):
         'method': method,
         'code_sha256': code,
         **({} if native else {'native': False}),
-        'grid': {'R': grid.R, 'ln_lam0': grid.ln_lam0, 'dln': grid.dln, 'n': grid.n},
+        'grid': grid.to_dict(),
     }
 
 
@@ -614,13 +535,15 @@ def run_preprocess(
     n_workers: int = 2,  # LocalCluster workers; 0 or 1 (without scheduler): serial
     method: ContinuumMethod = 'gaussian',  # continuum method: one of `continuum.METHODS`
     tol_px: float = 0.1,  # alignment tolerance (pixels of the common grid)
-    grid: Grid | None = None,  # the common grid (default `common_grid()`)
+    grid: Grid
+    | None = None,  # the common grid, or its text 'R=...,wmin=...,wmax=...,oversample=...' (`Grid.from_text`)
     native: bool = True,  # also keep every native spectrum (Parquet by each shard; the store's native_<survey>.parquet)
     progress: bool = True,  # show a progress bar
 ) -> dict:
     "Preprocess every spectrum of every cross-matched star into resumable shards; alignment guard; summary."
     check_params(chunk_size, n_workers, method, tol_px)
-    t0, outdir, grid = time.perf_counter(), Path(outdir), grid or common_grid()
+    grid = Grid.from_text(grid) if isinstance(grid, str) else grid or common_grid()
+    t0, outdir = time.perf_counter(), Path(outdir)
     plan = work_plan(src, crossmatch)
     _prepare(outdir, _config(plan, grid, chunk_size, method, native))
     atomic_write(outdir / 'plan.parquet', lambda tmp: plan.to_parquet(tmp, index=False))

@@ -120,7 +120,7 @@ def start_store(f, grid: Grid | None, fmt: str = FORMAT):
     f.attrs['format'] = fmt
     if grid is not None:
         g = f.create_group('grid')
-        g.attrs.update(R=grid.R, ln_lam0=grid.ln_lam0, dln=grid.dln, n=grid.n)
+        g.attrs.update(grid.to_dict())
         g.create_dataset('ln_wave', data=grid.ln_wave)
 
 
@@ -293,7 +293,7 @@ def _check(self: RegriddedStore):
             raise StoreError(self.path, f'missing {name!r}')
     try:
         g = f['grid'].attrs
-        self.grid = Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n']))
+        self.grid = Grid.from_dict(g)
         self.meta = read_meta(f['meta'])
         self.index = {k: _read_index(f[f'index/{k}']) if f'index/{k}' in f else {} for k in ('star', 'survey')}
     except (OSError, KeyError, ValueError) as e:

@@ -4,7 +4,8 @@
 
 # %% ../../nbs/03_resample.ipynb 3
 from __future__ import annotations
-import functools, math
+import copy, functools, hashlib, math
+from collections import OrderedDict
 from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
@@ -19,8 +20,9 @@ except ImportError:
     numba = None
 
 # %% auto 0
-__all__ = ['Grid', 'common_grid', 'pixel_edges', 'overlap_matrix', 'kernel_sigma', 'jit', 'smoothed_overlap_matrix', 'gap_pixels',
-           'Resampler', 'resample', 'rest_velocity', 'to_rest_grid']
+__all__ = ['GRID_FIELDS', 'GRID_SPEC', 'RV_LATTICE', 'CACHE_NNZ', 'Grid', 'common_grid', 'pixel_edges', 'overlap_matrix',
+           'kernel_sigma', 'jit', 'smoothed_overlap_matrix', 'gap_pixels', 'Resampler', 'resample', 'rest_velocity',
+           'to_rest_grid', 'grid_wave', 'clear_resampler_cache', 'lattice_resampler']
 
 # %% ../../nbs/03_resample.ipynb
 @dataclass(frozen=True)
@@ -48,14 +50,42 @@ class Grid:
     def ln_edges(self):
         return self.ln_lam0 + self.dln * (np.arange(self.n + 1) - 0.5)
 
+    def to_dict(self) -> dict:
+        "The grid as plain numbers: how stores, shards, packed samples and model configurations record it."
+        return {'R': float(self.R), 'ln_lam0': float(self.ln_lam0), 'dln': float(self.dln), 'n': int(self.n)}
 
+    @classmethod
+    def from_dict(cls, d) -> Grid:  # a dict, HDF5 attributes or any mapping with R, ln_lam0, dln and n
+        "The grid `to_dict` recorded; ValueError naming what is missing."
+        miss = [k for k in GRID_FIELDS if k not in d]
+        if miss:
+            raise ValueError(f'a grid needs {list(GRID_FIELDS)}; missing {miss}')
+        return cls(float(d['R']), float(d['ln_lam0']), float(d['dln']), int(d['n']))
+
+    @classmethod
+    def from_text(cls, text: str) -> Grid:  # e.g. 'R=10000,wmin=3500,wmax=17000,oversample=3' (missing: defaults)
+        "`common_grid` from the text the command line and the pipeline's params.yaml give (`grid:` section)."
+        try:
+            kw = {k.strip(): float(v) for k, v in (p.split('=') for p in text.split(',') if p.strip())}
+        except ValueError:
+            raise ValueError(f'grid: expected R=...,wmin=...,wmax=...,oversample=..., not {text!r}') from None
+        return common_grid(**kw)
+
+
+GRID_FIELDS = ('R', 'ln_lam0', 'dln', 'n')  # what records a grid (`Grid.to_dict`)
+GRID_SPEC = ('R', 'wmin', 'wmax', 'oversample')  # what builds one (`common_grid`; params.yaml `grid:`)
+
+
+@functools.lru_cache(maxsize=16)
 def common_grid(
     R: float = 10_000,  # resolving power of the common grid
     wmin: float = 3500.0,  # first pixel centre, Å (vacuum)
     wmax: float = 17000.0,  # last pixel centre is the last one <= wmax, Å
     oversample: float = 3.0,  # pixels per resolution element (FWHM)
 ):
-    "The common rest-frame vacuum grid, uniform in ln λ."
+    "The common rest-frame vacuum grid, uniform in ln λ (built once per setting: the same object every call)."
+    if not (R > 0 and 0 < wmin < wmax and oversample > 0 and all(map(math.isfinite, (R, wmin, wmax, oversample)))):
+        raise ValueError(f'grid: need R > 0, 0 < wmin < wmax and oversample > 0; got {R}, {wmin}, {wmax}, {oversample}')
     dln = 1 / (R * oversample)
     return Grid(float(R), float(np.log(wmin)), dln, int(np.floor(np.log(wmax / wmin) / dln + 1e-9)) + 1)
 
@@ -521,3 +551,87 @@ def to_rest_grid(
         flux[r.sl], ivar[r.sl], bad[r.sl] = r(spec.flux[a:b], spec.ivar[a:b], spec.mask[a:b])
         a = b
     return dict(flux=flux, ivar=ivar, bad=bad, rv_used=ops[0].rv, resampler=resampler)
+
+# %% ../../nbs/03_resample.ipynb
+class _Operators(OrderedDict):
+    "Resamplers in least-recently-used order, with the running total of their non-zeros (`nnz`)."
+
+    nnz = 0
+
+    def __setitem__(self, key, r):
+        if key in self:
+            self.nnz -= self[key].A.nnz
+        super().__setitem__(key, r)
+        self.nnz += r.A.nnz
+
+    def popitem(self, last=True):
+        key, r = super().popitem(last)
+        self.nnz -= r.A.nnz
+        return key, r
+
+    def clear(self):
+        super().clear()
+        self.nnz = 0
+
+# %% ../../nbs/03_resample.ipynb
+RV_LATTICE = 32  # velocity lattice: fractions of a common-grid pixel
+# per-process operator cache budget in non-zeros (12 bytes each: ~0.7 GB); holds every lattice operator of 2 UVES setups
+CACHE_NNZ = 60_000_000
+_OPS, _SEEN = (
+    _Operators(),
+    set(),
+)  # cached Resamplers by (native grid, R, grid, max_masked, fraction); native grids seen
+
+
+@functools.lru_cache(maxsize=4)
+def grid_wave(grid: Grid):  # the common grid
+    "The grid's pixel centres (Å), computed once per grid (read-only)."
+    w = grid.wave
+    w.flags.writeable = False
+    return w
+
+
+def clear_resampler_cache():
+    "Forget every cached operator and every native grid seen (this process), e.g. before a timing."
+    _OPS.clear()
+    _SEEN.clear()
+
+
+def _cached_operator(wave, grid, R, frac, max_masked):
+    """Resampler of native grid `wave` for a shift of `frac` grid pixels; cached once the native grid has been seen
+    twice."""
+    h = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
+    key = (h, R, grid, max_masked, frac)
+    if key in _OPS:
+        _OPS.move_to_end(key)
+        return _OPS[key]
+    r = Resampler(wave, grid, R, C_KMS * np.expm1(frac * grid.dln), max_masked)
+    if h in _SEEN:
+        _OPS[key] = r
+        while _OPS.nnz > CACHE_NNZ and len(_OPS) > 1:
+            _OPS.popitem(last=False)
+    _SEEN.add(h)
+    return r
+
+# %% ../../nbs/03_resample.ipynb
+def lattice_resampler(
+    wave,  # native vacuum wavelengths (Å)
+    grid: Grid,  # the common grid
+    R,  # native resolving power (None: no degradation)
+    v: float,  # velocity to remove (km/s, in the spectrum's frame)
+    max_masked: float = 0.25,  # see `Resampler`
+):
+    """A `Resampler` for `v` snapped to the velocity lattice (built from a cached one where possible): (resampler,
+    v_snapped)."""
+    n = int(np.rint(np.log1p(v / C_KMS) / grid.dln * RV_LATTICE))
+    k, f = divmod(n, RV_LATTICE)
+    vs = float(C_KMS * np.expm1(n / RV_LATTICE * grid.dln))
+    base = _cached_operator(wave, grid, R, f / RV_LATTICE, max_masked)
+    sl = slice(base.sl.start - k, base.sl.stop - k)  # a shift by k more grid pixels moves the output by -k pixels
+    if k == 0:
+        return base, vs
+    if base.sl.start == 0 or base.sl.stop == grid.n or sl.start < 0 or sl.stop > grid.n:  # clipped at the grid's ends
+        return Resampler(wave, grid, R, vs, max_masked), vs
+    r = copy.copy(base)
+    r.sl, r.wave, r.rv = sl, grid_wave(grid)[sl], vs
+    return r, vs

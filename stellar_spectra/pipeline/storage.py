@@ -127,9 +127,7 @@ def _plan(shards: list):
                     raise StoreError(h5, 'a shard of the previous format (whole-grid arrays): rerun the preprocessing')
                 m = read_meta(f['meta'])
                 g = f['grid'].attrs if 'grid' in f else None
-                grids[i] = (
-                    Grid(float(g['R']), float(g['ln_lam0']), float(g['dln']), int(g['n'])) if g is not None else None
-                )
+                grids[i] = Grid.from_dict(g) if g is not None else None
                 codecs[i] = RowCodec.from_json(f['rows'].attrs['codec'])
         except (OSError, KeyError, ValueError) as e:
             if isinstance(e, StoreError):
