@@ -65,10 +65,14 @@ class Grid:
     @classmethod
     def from_text(cls, text: str) -> Grid:  # e.g. 'R=10000,wmin=3500,wmax=17000,oversample=3' (missing: defaults)
         "`common_grid` from the text the command line and the pipeline's params.yaml give (`grid:` section)."
+        form = ','.join(f'{k}=...' for k in GRID_SPEC)
         try:
             kw = {k.strip(): float(v) for k, v in (p.split('=') for p in text.split(',') if p.strip())}
         except ValueError:
-            raise ValueError(f'grid: expected R=...,wmin=...,wmax=...,oversample=..., not {text!r}') from None
+            raise ValueError(f'grid: expected {form}, not {text!r}') from None
+        unknown = sorted(set(kw) - set(GRID_SPEC))
+        if unknown:
+            raise ValueError(f'grid: unknown {unknown} in {text!r}, expected {form}')
         return common_grid(**kw)
 
 
