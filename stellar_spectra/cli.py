@@ -68,6 +68,19 @@ def load(target):
 _SIMPLE = (int, float, str, Path)
 
 
+def _from_text(cls):
+    "argparse's type for `cls`: `cls.from_text`, its ValueError shown as the error (argparse would hide it)."
+
+    def parse(text):
+        try:
+            return cls.from_text(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = cls.__name__
+    return parse
+
+
 def arg_type(anno, default=None) -> dict:
     "argparse keywords (type, nargs, choices) for a parameter annotated `anno` with `default`; None if not expressible."
     origin, args = typing.get_origin(anno), [a for a in typing.get_args(anno) if a is not type(None)]
@@ -76,7 +89,7 @@ def arg_type(anno, default=None) -> dict:
     if anno in _SIMPLE:
         return dict(type=anno)
     if callable(getattr(anno, 'from_text', None)):
-        return dict(type=anno.from_text)  # a type that reads itself from text (e.g. `resample.Grid`)
+        return dict(type=_from_text(anno))  # a type that reads itself from text (e.g. `resample.Grid`)
     if origin is typing.Literal:
         return dict(choices=list(args), type=type(args[0]))
     if origin in (list, tuple) and args and args[0] in _SIMPLE:

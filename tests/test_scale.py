@@ -1,4 +1,4 @@
-"""The seed-scale run (`stellar-spectra scale`, nbs/09c_scale_run) killed mid-way and resumed: every spectrum exactly
+"""The seed-scale run (`stellar-spectra scale`, nbs/m5_scale_run) killed mid-way and resumed: every spectrum exactly
 once, the store the uninterrupted run makes, finished parts not redone; and its bad settings. The run itself, and its
 store against the stage-by-stage pipeline's, are tested in the notebook."""
 
@@ -77,6 +77,7 @@ def test_bad_settings_exit_2_before_writing(tmp_path, params):
     for extra, words in (
         (['--until', 'results'], "invalid choice: 'results'"),
         (['--n-stars', '0'], 'n_stars must be an integer >= 1'),
+        (['--grid', 'R=ten'], 'grid: expected'),
     ):
         p = scale(tmp_path / 'x', params, *extra)
         out, err = p.communicate(timeout=120)
@@ -87,3 +88,26 @@ def test_bad_settings_exit_2_before_writing(tmp_path, params):
     p = scale(tmp_path / 'x', bad)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 2 and 'unknown scale options' in err and str(bad) in err, err
+
+
+def test_grid_from_params_and_recorded(tmp_path):
+    "The run resamples onto params.yaml's grid: section, records it, and refuses to resume a folder made on another."
+    from stellar_spectra.pipeline.resample import common_grid
+
+    p = tmp_path / 'params.yaml'
+    p.write_text(yaml.safe_dump(dict(grid=dict(R=5000, wmax=16000.0), scale=dict(seed=7))))
+    run = scale(tmp_path / 'run', p, '--n-stars', '6')
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    with open_regridded(tmp_path / 'run' / 'store' / 'regridded.h5') as st:
+        assert st.grid == common_grid(R=5000, wmax=16000.0) != common_grid() and len(st) > 0
+    assert json.loads((tmp_path / 'run' / 'scale.json').read_text())['grid'] == st.grid.to_dict()
+    before = {q: q.stat().st_mtime_ns for q in (tmp_path / 'run').rglob('*') if q.is_file()}
+    again = scale(tmp_path / 'run', p, '--n-stars', '6', '--grid', 'R=10000')
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and 'made with other settings (grid:' in err, err
+    assert {q: q.stat().st_mtime_ns for q in (tmp_path / 'run').rglob('*') if q.is_file()} == before
+    p.write_text(yaml.safe_dump(dict(grid=dict(R=5000, pixels=3))))
+    bad = scale(tmp_path / 'x', p)
+    out, err = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and "grid: unknown ['pixels']" in err and not (tmp_path / 'x').exists(), err

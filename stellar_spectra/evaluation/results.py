@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from ..atomic import atomic_write
 from ..formats import C_KMS
+from ..params import read_settings
 from ..model.decoders import check_grid
 from ..model.gon import GON, load_checkpoint, encode, count_params
 from ..formats import SURVEYS
@@ -595,7 +596,7 @@ def matrix_chi2(
     return out
 
 # %% ../../nbs/09a_results.ipynb
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict
 
 
 @dataclass
@@ -1242,17 +1243,7 @@ def run_evaluation(
     progress: bool = True,  # show progress bars
 ):
     "The `evaluate` stage: every section on the test split, the table, the figures; returns the table's rows."
-    opts = {}
-    if params is not None:
-        import yaml
-
-        opts = (yaml.safe_load(Path(params).read_text()) or {}).get('evaluate') or {}
-    unknown = sorted(set(opts) - {f.name for f in fields(EvalConfig)})
-    if unknown:
-        raise ValueError(
-            f"{params}: unknown evaluate options {unknown} (known: {[f.name for f in fields(EvalConfig)]})"
-        )
-    cfg, t0 = EvalConfig(**opts), time.perf_counter()
+    cfg, t0 = read_settings(EvalConfig, params, 'evaluate'), time.perf_counter()
     E = load_evaluation(store, model, truth, progress)
     res, spec, stars, fig = evaluate(E, cfg, progress)
     table = results_table(res)

@@ -5,12 +5,15 @@
 # %% ../../nbs/m5_scale_run.ipynb 3
 from __future__ import annotations
 import json, os, shutil, time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from ..atomic import atomic_write
+from ..params import check_choices, read_section, settings_from
+from ..pipeline.continuum import ContinuumMethod
+from ..pipeline.resample import Grid, common_grid
 from stellar_spectra.mock.mocksky import (
     draw_sky,
     write_catalogues,
@@ -40,6 +43,7 @@ _SKY_KEYS = (
     'chunk_size',
     'method',
     'native',
+    'grid',
 )  # decide the data
 
 
@@ -53,53 +57,38 @@ class ScaleConfig:
     part_stars: int = 2000  # cross-matched stars whose raw files are written, preprocessed and deleted together
     n_workers: int = 0  # processes for the mock sky and the preprocessing (0: every core)
     chunk_size: int = 64  # spectra per preprocess shard
-    method: str = 'gaussian'  # continuum method (`continuum.METHODS`)
+    method: ContinuumMethod = 'gaussian'  # continuum method (`continuum.METHODS`)
+    grid: Grid = field(default_factory=common_grid)  # the common grid (params.yaml's `grid:` section, `Grid.from_spec`)
     keep_raw: bool = False  # keep every part's raw files (a whole mock sky's disk)
     # keep the native spectra too (Parquet, ~235 KB a spectrum: ~47 GB for the seed's sky in shards and store)
     native: bool = False
     train_preset: str | None = None  # a preset under `train: presets:` of the params file
     train: dict | None = None  # train options over that section and preset
     evaluate: dict | None = None  # evaluate options over the `evaluate:` section
-    until: str = 'evaluate'  # the last stage to run (`RUN_STAGES`)
+    until: RunStage = 'evaluate'  # the last stage to run (`RUN_STAGES`)
 
     def __post_init__(self):
         for k in ('n_stars', 'part_stars', 'chunk_size'):
             if not (isinstance(getattr(self, k), (int, np.integer)) and getattr(self, k) >= 1):
                 raise ValueError(f'scale: {k} must be an integer >= 1, not {getattr(self, k)!r}')
-        if self.until not in RUN_STAGES:
-            raise ValueError(f'scale: until must be one of {RUN_STAGES}, not {self.until!r}')
+        check_choices(type(self), vars(self), 'scale')
+        if not isinstance(self.grid, Grid):  # params.yaml's `grid:` section, or its text form
+            self.grid = Grid.from_text(self.grid) if isinstance(self.grid, str) else Grid.from_spec(self.grid)
         check_params(self.chunk_size, self.n_workers, self.method)
 
     def workers(self):
         return self.n_workers or len(os.sched_getaffinity(0))
 
 # %% ../../nbs/m5_scale_run.ipynb
-def _section(params, name):
-    "A params.yaml section as a dict ({} without a file)."
-    if params is None:
-        return {}
-    import yaml
-
-    return dict((yaml.safe_load(Path(params).read_text()) or {}).get(name) or {})
-
-
 def scale_config(
     params=None,  # a params.yaml with a `scale:` section (None: the defaults)
     preset: str | None = None,  # a preset under `scale: presets:`
     **over,  # settings over both (None values are ignored)
 ):
-    "The run's `ScaleConfig`: the `scale:` section, then a preset, then `over`."
-    sec = _section(params, 'scale')
-    presets = sec.pop('presets', None) or {}
-    if preset is not None:
-        if preset not in presets:
-            raise ValueError(f"{params}: no preset {preset!r} under scale: presets: (has {sorted(presets)})")
-        sec.update(presets[preset])
+    "The run's `ScaleConfig`: the `grid:` section, the `scale:` section, then a preset, then `over`."
+    sec = {'grid': read_section(params, 'grid')} | read_section(params, 'scale', preset)
     sec.update({k: v for k, v in over.items() if v is not None})
-    known = {f.name for f in fields(ScaleConfig)}
-    if set(sec) - known:
-        raise ValueError(f"{params}: unknown scale options {sorted(set(sec) - known)} (known: {sorted(known)})")
-    return ScaleConfig(**sec)
+    return settings_from(ScaleConfig, sec, 'scale', params)
 
 # %% ../../nbs/m5_scale_run.ipynb
 def stage_params(
@@ -107,12 +96,7 @@ def stage_params(
     params=None,  # the params.yaml whose `train:` and `evaluate:` sections the run starts from
 ):
     "{'train': ..., 'evaluate': ...}: the options the train and evaluate stages get, checked now."
-    train, ev = _section(params, 'train'), _section(params, 'evaluate')
-    presets = train.pop('presets', None) or {}
-    if cfg.train_preset is not None:
-        if cfg.train_preset not in presets:
-            raise ValueError(f"{params}: no preset {cfg.train_preset!r} under train: presets: (has {sorted(presets)})")
-        train.update(presets[cfg.train_preset])
+    train, ev = read_section(params, 'train', cfg.train_preset), read_section(params, 'evaluate')
     train.update(cfg.train or {})
     ev.update(cfg.evaluate or {})
     if RUN_STAGES.index(cfg.until) >= RUN_STAGES.index('train'):  # torch only when the run trains
@@ -120,10 +104,7 @@ def stage_params(
         from stellar_spectra.evaluation.results import EvalConfig
 
         for C, opts, name in ((TrainConfig, train, 'train'), (EvalConfig, ev, 'evaluate')):
-            known = {f.name for f in fields(C)}
-            if set(opts) - known:
-                raise ValueError(f"scale: unknown {name} options {sorted(set(opts) - known)}")
-            C(**opts)
+            settings_from(C, opts, name, 'scale')
     return dict(train=train, evaluate=ev)
 
 # %% ../../nbs/m5_scale_run.ipynb
@@ -192,6 +173,7 @@ def run_part(
         scheduler=scheduler,
         n_workers=cfg.workers() if scheduler is None else 2,
         method=cfg.method,
+        grid=cfg.grid,
         native=cfg.native,
         progress=False,
     )
@@ -223,9 +205,12 @@ def _load_sky(cfg: ScaleConfig):
 
 def _check_same(root: Path, cfg: ScaleConfig):
     "Record the settings that decide the data; a folder made with others is an error."
-    want, p = {k: getattr(cfg, k) for k in _SKY_KEYS}, root / 'scale.json'
+    want = {k: getattr(cfg, k) for k in _SKY_KEYS} | {'grid': cfg.grid.to_dict()}
+    p = root / 'scale.json'
     if p.is_file():
-        have = json.loads(p.read_text())
+        have = {'grid': common_grid().to_dict()} | json.loads(
+            p.read_text()
+        )  # recorded before the grid was: the default
         diff = sorted(k for k in want if have.get(k) != json.loads(json.dumps(want[k])))
         if diff:
             raise ValueError(
@@ -326,11 +311,14 @@ def run_scale(
     part_stars: int | None = None,  # override: cross-matched stars per part
     n_workers: int | None = None,  # override: processes (0: every core)
     until: RunStage | None = None,  # override: the last stage to run (`RUN_STAGES`)
+    grid: Grid | None = None,  # override: the common grid, e.g. 'R=10000,oversample=3' (params.yaml's `grid:`)
     progress: bool = True,  # progress bars
 ):
     """The seed-scale run: mock sky, cross-match, preprocessing in parts (raw files made and deleted), store, training,
     evaluation."""
-    cfg = scale_config(params, preset, n_stars=n_stars, part_stars=part_stars, n_workers=n_workers, until=until)
+    cfg = scale_config(
+        params, preset, n_stars=n_stars, part_stars=part_stars, n_workers=n_workers, until=until, grid=grid
+    )
     opts, root, last = stage_params(cfg, params), Path(outdir), RUN_STAGES.index(cfg.until)
     _check_same(root, cfg)
     sp = root / 'stages.json'

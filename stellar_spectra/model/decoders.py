@@ -6,14 +6,16 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
+from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..params import check_choices
 from ..pipeline.resample import GRID_FIELDS, Grid, common_grid
 
 # %% auto 0
-__all__ = ['grid_window', 'GONConfig', 'check_grid', 'Decoder']
+__all__ = ['DecoderKind', 'Conditioning', 'LatentStep', 'grid_window', 'GONConfig', 'check_grid', 'Decoder']
 
 # %% ../../nbs/07a_decoders.ipynb
 def grid_window(
@@ -26,19 +28,24 @@ def grid_window(
     return slice(int(np.searchsorted(ln, math.log(wmin))), int(np.searchsorted(ln, math.log(wmax), 'right')))
 
 # %% ../../nbs/07a_decoders.ipynb
+DecoderKind = Literal['siren', 'fourier']  # the coordinate decoders (`Decoder`)
+Conditioning = Literal['film', 'concat']  # how the latent enters the decoder
+LatentStep = Literal['fisher', 'gradient']  # the GON's step from z0 = 0 (`GON.infer`)
+
+
 @dataclass
 class GONConfig:
     latent_dim: int = 16  # size of the per-star latent z
     hidden: int = 64  # width of the hidden layers
     n_layers: int = 3  # number of hidden layers
-    decoder: str = 'siren'  # 'siren': sine layers (SIREN init); 'fourier': Fourier features + GELU MLP
+    decoder: DecoderKind = 'siren'  # 'siren': sine layers (SIREN init); 'fourier': Fourier features + GELU MLP
     n_fourier: int = 64  # Fourier frequencies of the coordinate (0: the raw coordinate)
     fourier_scale: float = 100.0  # std of those frequencies, half-cycles over [-1, 1] (1-pixel lines need thousands)
     w0: float = 30.0  # SIREN frequency factor sin(w0 * (W h + b))
-    conditioning: str = 'film'  # 'concat': z joins the first layer; 'film': z scales and shifts every layer
+    conditioning: Conditioning = 'film'  # 'concat': z joins the first layer; 'film': z scales and shifts every layer
     inner_steps: int = 1  # GON gradient steps from z0 = 0
-    step: str = 'fisher'  # 'fisher': z = -eta (F + lambda I)^-1 grad, F the Fisher information of the inner chi2 (a
-    # latent that does not scale with S/N); 'gradient': z = -eta grad (the original GON step)
+    step: LatentStep = 'fisher'  # 'fisher': z = -eta (F + lambda I)^-1 grad, F the Fisher information of the inner chi2
+    # (a latent that does not scale with S/N); 'gradient': z = -eta grad (the original GON step)
     prior_precision: float = 1.0  # lambda of the 'fisher' step: the latent's prior precision (bounds z if F is small)
     learn_step: bool = True  # learn the inner step size eta (as log eta)
     step_init: float | None = None  # initial eta (None: 1 for 'fisher'; 1e-5 for 'gradient', whose chi2 sums pixels)
@@ -56,23 +63,26 @@ class GONConfig:
             v = getattr(self, f.name)
             if isinstance(f.default, (bool, int, float)) and not isinstance(v, str):
                 setattr(self, f.name, type(f.default)(v))
-        assert self.decoder in ('siren', 'fourier'), f"decoder must be 'siren' or 'fourier', not {self.decoder!r}"
-        assert self.conditioning in ('concat', 'film'), (
-            f"conditioning must be 'concat' or 'film', not {self.conditioning!r}"
-        )
-        assert self.latent_dim > 0 and self.hidden > 0 and self.n_layers > 0 and self.inner_steps > 0
-        assert self.step in ('fisher', 'gradient'), f"step must be 'fisher' or 'gradient', not {self.step!r}"
+        check_choices(type(self), vars(self), 'model')
+        for k in ('latent_dim', 'hidden', 'n_layers', 'inner_steps'):
+            if getattr(self, k) < 1:
+                raise ValueError(f"model: {k} must be >= 1, not {getattr(self, k)}")
         self.step_init = float(self.step_init if self.step_init is not None else 1.0 if self.step == 'fisher' else 1e-5)
-        assert self.prior_precision > 0
+        for k in ('prior_precision', 'step_init', 'fourier_scale', 'w0'):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"model: {k} must be a finite number > 0, not {v}")
+        if self.n_fourier < 0 or self.n_surveys < 0:
+            raise ValueError(f"model: n_fourier and n_surveys must be >= 0, not {self.n_fourier}, {self.n_surveys}")
         if not isinstance(self.grid, Grid):
             self.grid = Grid.from_dict(self.grid)  # as recorded in a checkpoint or config.json
         ln = self.grid.ln_wave[[0, -1]]
         self.lnlam_min = float(ln[0] if self.lnlam_min is None else self.lnlam_min)
         self.lnlam_max = float(ln[1] if self.lnlam_max is None else self.lnlam_max)
-        assert ln[0] - self.grid.dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid.dln, (
-            "lnlam_min/max must lie on the grid"
-        )
-        assert self.step_init > 0
+        if not (ln[0] - self.grid.dln <= self.lnlam_min < self.lnlam_max <= ln[1] + self.grid.dln):
+            raise ValueError(
+                f"model: lnlam_min/max must lie on the grid, in order, not {self.lnlam_min}, {self.lnlam_max}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict):

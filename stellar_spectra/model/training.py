@@ -7,19 +7,22 @@ from __future__ import annotations
 import json, math, os, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
+from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from ..pipeline.resample import Grid
+from ..params import check_choices, read_settings
+from ..pipeline.resample import Grid, common_grid
 from ..atomic import atomic_path, atomic_write
-from .decoders import GONConfig, check_grid
+from .decoders import GONConfig, check_grid, DecoderKind, Conditioning, LatentStep
 from .gon import GON, origin_jacobian, latent_step, save_checkpoint
 from ..formats import SURVEYS
 from .gon_batches import split_by_star
 
 # %% auto 0
-__all__ = ['PackedSample', 'pack_store', 'save_packed', 'load_packed', 'export_packed', 'TrainConfig', 'split_sample',
-           'resolve_device', 'DeviceSample', 'packed_chi2', 'evaluate_packed', 'baselines', 'train', 'run_training']
+__all__ = ['Precision', 'Switch', 'PackedSample', 'pack_store', 'save_packed', 'load_packed', 'export_packed', 'TrainConfig',
+           'split_sample', 'resolve_device', 'DeviceSample', 'packed_chi2', 'evaluate_packed', 'baselines', 'train',
+           'run_training']
 
 # %% ../../nbs/09_gon_training.ipynb
 @dataclass
@@ -266,18 +269,22 @@ def _unpack(z):
     return PackedSample(grid, **out)
 
 # %% ../../nbs/09_gon_training.ipynb
+Precision = Literal['auto', 'bf16', 'fp32']  # 'auto': bf16 autocast on CUDA, fp32 on the CPU
+Switch = Literal['auto', 'yes', 'no']  # 'auto': decided by the device
+
+
 @dataclass
 class TrainConfig:
     # the model (GONConfig fields)
     latent_dim: int = 16  # size of the per-star latent
     hidden: int = 64  # decoder width
     n_layers: int = 3  # decoder hidden layers
-    decoder: str = 'siren'  # 'siren' or 'fourier'
+    decoder: DecoderKind = 'siren'  # 'siren' or 'fourier'
     n_fourier: int = 64  # Fourier frequencies of the wavelength coordinate
     fourier_scale: float = 3000.0  # their spread: the common grid has 47,414 pixels and lines a few pixels wide
     w0: float = 30.0  # SIREN frequency factor
-    conditioning: str = 'film'  # 'film' or 'concat'
-    step: str = 'fisher'  # the GON step: 'fisher' (S/N-invariant latent) or 'gradient'
+    conditioning: Conditioning = 'film'  # 'film' or 'concat'
+    step: LatentStep = 'fisher'  # the GON step: 'fisher' (S/N-invariant latent) or 'gradient'
     prior_precision: float = 1.0  # lambda of the Fisher step
     # the optimisation
     steps: int = 300  # optimiser steps (at most)
@@ -293,9 +300,9 @@ class TrainConfig:
     time_limit: float = 0.0  # stop after this many seconds of training, e.g. in a GPU slot (0: no limit)
     # where and how
     device: str = 'auto'  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
-    precision: str = 'auto'  # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'
-    compile: str = 'auto'  # 'auto' (on CUDA), 'yes' or 'no': torch.compile of the outer pass
-    data_on_device: str = 'auto'  # 'auto' (if the sample fits in half the free memory), 'yes' or 'no' (a stream)
+    precision: Precision = 'auto'  # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'
+    compile: Switch = 'auto'  # 'auto' (on CUDA), 'yes' or 'no': torch.compile of the outer pass
+    data_on_device: Switch = 'auto'  # 'auto' (if the sample fits in half the free memory), 'yes' or 'no' (a stream)
     seed: int = 0  # seed of the split, the initialisation and the batches
     train_frac: float = 0.8  # fraction of the stars for training,
     val_frac: float = 0.1  # ... for validation (model selection); the rest is the test split
@@ -308,21 +315,11 @@ class TrainConfig:
             elif isinstance(f.default, (int, float, str)):
                 v = type(f.default)(v)
             setattr(self, f.name, v)
-        checks = {
-            'precision': ('auto', 'bf16', 'fp32'),
-            'compile': ('auto', 'yes', 'no'),
-            'data_on_device': ('auto', 'yes', 'no'),
-            'step': ('fisher', 'gradient'),
-            'decoder': ('siren', 'fourier'),
-            'conditioning': ('film', 'concat'),
-        }
-        for k, ok in checks.items():
-            if getattr(self, k) not in ok:
-                raise ValueError(f"train: {k} must be one of {ok}, not {getattr(self, k)!r}")
-        for k in ('latent_dim', 'hidden', 'n_layers', 'steps', 'batch_stars', 'eval_every', 'eval_stars'):
+        check_choices(type(self), vars(self), 'train')
+        for k in ('steps', 'batch_stars', 'eval_every', 'eval_stars'):
             if getattr(self, k) < 1:
                 raise ValueError(f"train: {k} must be >= 1, not {getattr(self, k)}")
-        for k in ('lr', 'fourier_scale', 'prior_precision', 'clip'):
+        for k in ('lr', 'clip'):
             v = getattr(self, k)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"train: {k} must be a finite number > 0, not {v}")
@@ -331,6 +328,7 @@ class TrainConfig:
                 f"train: need 0 < train_frac, val_frac and train_frac + val_frac < 1 (a test split); "
                 f"got {self.train_frac}, {self.val_frac}"
             )
+        self.model_config(common_grid())  # the model's options: checked where the model's configuration is defined
 
     def model_config(self, grid: Grid):  # the grid of the training spectra
         "The `GONConfig` of the model on `grid`."
@@ -771,24 +769,7 @@ def run_training(
     progress: bool = True,  # show progress bars
 ):
     "The `train` stage: pack the store, split by star, train, and write the model and its summary."
-    opts = {}
-    if params is not None:
-        import yaml
-
-        sec = (yaml.safe_load(Path(params).read_text()) or {}).get('train') or {}
-        presets = sec.pop('presets', {}) or {}
-        opts = dict(sec)
-        if preset is not None:
-            if preset not in presets:
-                raise ValueError(f"{params}: no preset {preset!r} under train: presets: (has {sorted(presets)})")
-            opts.update(presets[preset])
-    elif preset is not None:
-        raise ValueError("preset needs params (the file that defines the presets)")
-    unknown = sorted(set(opts) - {f.name for f in fields(TrainConfig)})
-    if unknown:
-        raise ValueError(f"{params}: unknown train options {unknown}")
-    opts.update({k: v for k, v in dict(device=device, steps=steps).items() if v is not None})
-    cfg = TrainConfig(**opts)
+    cfg = read_settings(TrainConfig, params, 'train', preset, device=device, steps=steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if resolve_device(cfg)[0].type == 'cuda' else 'gloo')
     t0 = time.perf_counter()

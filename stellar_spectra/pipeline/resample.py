@@ -63,17 +63,26 @@ class Grid:
         return cls(float(d['R']), float(d['ln_lam0']), float(d['dln']), int(d['n']))
 
     @classmethod
+    def from_spec(cls, spec) -> Grid:  # a mapping of `GRID_SPEC` keys, e.g. params.yaml's `grid:` (missing: defaults)
+        "`common_grid` from the settings of params.yaml's `grid:` section; ValueError naming a key it does not know."
+        unknown = sorted(set(spec) - set(GRID_SPEC))
+        if unknown:
+            raise ValueError(f'grid: unknown {unknown} in {dict(spec)}, expected {list(GRID_SPEC)}')
+        try:
+            kw = {k: float(v) for k, v in spec.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f'grid: {list(GRID_SPEC)} must be numbers, not {dict(spec)}') from None
+        return common_grid(**kw)
+
+    @classmethod
     def from_text(cls, text: str) -> Grid:  # e.g. 'R=10000,wmin=3500,wmax=17000,oversample=3' (missing: defaults)
-        "`common_grid` from the text the command line and the pipeline's params.yaml give (`grid:` section)."
+        "`from_spec` of the text the command line and the pipeline's dvc stage give: 'key=value' pairs."
         form = ','.join(f'{k}=...' for k in GRID_SPEC)
         try:
             kw = {k.strip(): float(v) for k, v in (p.split('=') for p in text.split(',') if p.strip())}
         except ValueError:
             raise ValueError(f'grid: expected {form}, not {text!r}') from None
-        unknown = sorted(set(kw) - set(GRID_SPEC))
-        if unknown:
-            raise ValueError(f'grid: unknown {unknown} in {text!r}, expected {form}')
-        return common_grid(**kw)
+        return cls.from_spec(kw)
 
 
 GRID_FIELDS = ('R', 'ln_lam0', 'dln', 'n')  # what records a grid (`Grid.to_dict`)
