@@ -10,7 +10,7 @@ import pandas as pd
 from ..formats import C_KMS, FWHM_SIGMA
 from ..linelist import reference_lines, vacuum_to_air
 from .resample import Grid, to_rest_grid, jit
-from .continuum import normalise
+from .continuum import normalise, ContinuumMethod
 from ..spectrum import Spectrum
 
 # %% auto 0
@@ -638,7 +638,7 @@ def process_for_check(
     grid: Grid,  # the common grid
     rv: float = np.nan,  # catalogue velocity (km/s), used when the spectrum has none
     fault: str | None = None,  # a deliberate fault (`inject_fault`) or None
-    method: str = 'gaussian',  # continuum method
+    method: ContinuumMethod = 'gaussian',  # continuum method (`continuum.METHODS`)
 ):
     "read -> (fault) -> to_rest_grid -> normalise: normalised flux, ivar and bad on the grid, and the velocity removed."
     if not np.isfinite(spec.frame_rv):

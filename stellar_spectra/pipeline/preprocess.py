@@ -144,7 +144,7 @@ def preprocess_into(
     spec: Spectrum,  # a spectrum as read (any survey, any frame)
     grid: Grid,  # the common grid
     rv: float | None = None,  # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
-    method: str = 'gaussian',  # continuum method (`continuum.METHODS`)
+    method: ContinuumMethod = 'gaussian',  # continuum method (`continuum.METHODS`)
     weights: dict | None = None,  # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
 ):
     """`preprocess_spectrum` into row `i` of `out`, writing only the grid pixels the spectrum reaches (once all is
@@ -177,7 +177,7 @@ def preprocess_spectrum(
     spec: Spectrum,  # a spectrum as read (any survey, any frame)
     grid: Grid | None = None,  # the common grid (default `common_grid()`)
     rv: float | None = None,  # catalogue barycentric velocity (km/s); None or NaN: the spectrum's own
-    method: str = 'gaussian',  # continuum method (`continuum.METHODS`)
+    method: ContinuumMethod = 'gaussian',  # continuum method (`continuum.METHODS`)
     weights: dict | None = None,  # per-flag loss factors (default `masks.DEFAULT_WEIGHTS`)
 ):
     "Flag the atmosphere, move to the rest-frame grid, carry the flags, normalise, weight: (arrays of (grid.n,), meta)."
@@ -275,7 +275,7 @@ def process_chunk(
     src,  # root of the sky / archive mirror
     outdir,  # stage output: shards/ and reports/ beneath
     grid: Grid,  # the common grid
-    method: str = 'gaussian',  # continuum method
+    method: ContinuumMethod = 'gaussian',  # continuum method
     native: bool = True,  # also keep the native spectra (the shard's Parquet)
 ):
     "Preprocess the spectra of one chunk and write its shard (and its report JSON): returns the report."
