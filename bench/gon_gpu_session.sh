@@ -21,7 +21,8 @@ echo "== inference on CUDA"
 timeout 90 python3 - "$SKY" "$OUT/model/best.pt" <<'PY' 2>&1 | tail -15
 import sys, time, numpy as np, torch
 from stellar_spectra.model.training import load_packed
-from stellar_spectra.model.gon import load_checkpoint, SpectraBatch
+from stellar_spectra.model.gon import load_checkpoint
+from stellar_spectra.model.gon_batches import SpectraBatch
 from stellar_spectra.model.inference import fit_latent
 s = load_packed(sys.argv[1]); m, _, meta = load_checkpoint(sys.argv[2], map_location='cuda'); m = m.cuda()
 sv = 'galah'; n = 8; pix = s.pix[sv]; w = s.wivar[sv][:n]
