@@ -24,8 +24,15 @@ def read_section(
         return {}
     import yaml
 
-    doc = yaml.safe_load(Path(params).read_text()) or {}
-    sec = doc.get(name) or {} if isinstance(doc, dict) else None
+    try:
+        doc = yaml.safe_load(Path(params).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, 'problem_mark', None)
+        at = f' (line {where.line + 1}, column {where.column + 1})' if where else ''
+        raise ValueError(f"{params}: not a YAML file{at}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{params}: not a params file (a mapping of sections), but a {type(doc).__name__}")
+    sec = doc.get(name) or {}
     if not isinstance(sec, dict):
         raise ValueError(f"{params}: the {name}: section must be a mapping of options")
     sec = dict(sec)
@@ -89,12 +96,18 @@ def settings_from(
     stage: str,  # the stage (the section's name), for the message
     source=None,  # where the options came from (the params file), for the message
 ):
-    "`cls(**opts)`; an option that is not a field of `cls` is a ValueError naming it and the known ones."
+    """`cls(**opts)`; an option that is not a field of `cls` is a ValueError naming it and the known ones, and a value
+    `cls` refuses a ValueError naming `source` too."""
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(opts) - set(known))
     if unknown:
         raise ValueError(f"{source or stage}: unknown {stage} options {unknown} (known: {known})")
-    return cls(**opts)
+    try:
+        return cls(**opts)
+    except ValueError as e:
+        if source is None:
+            raise
+        raise ValueError(f"{source}: {e}") from None
 
 
 def read_settings(

@@ -273,3 +273,21 @@ def test_version_and_debug(capsys, corpus):
     assert run(capsys, corpus, '--version')[0] == 0
     with pytest.raises(ValueError, match='not a FITS file'):
         main(['read', str(corpus / 'text.fits'), '--debug'])
+
+
+@pytest.mark.parametrize(
+    'text, says',
+    [
+        ('train:\n  lr: [1\n', 'not a YAML file (line 3'),
+        ('- train\n', 'not a params file'),
+        ('train:\n  learning_rate: 0.1\n', "unknown train options ['learning_rate']"),
+        ('train:\n  decoder: relu\n', "train: decoder must be one of ['siren', 'fourier'], not 'relu'"),
+    ],
+)
+def test_train_bad_params(capsys, corpus, text, says):
+    "A params file that does not parse, or a section with an unknown option or choice: one line, exit 2, nothing made."
+    (corpus / 'params.yaml').write_text(text)
+    argv = ['train', '--store', corpus / 'text.fits', '--outdir', corpus / 'model', '--params', corpus / 'params.yaml']
+    code, err, new = run(capsys, corpus, *argv, '--no-progress')
+    assert code == 2 and not new, (err, new)
+    assert says in one_error(err, 'params.yaml'), err
