@@ -267,6 +267,8 @@ def test_store_and_train_bad_input(capsys, corpus):
     )
     assert code == 2 and not new, (err, new)
     one_error(err, 'text.fits')
+    code, err, new = run(capsys, corpus, 'train', '--store', corpus / 'text.fits', '--device', 'gpu', '--no-progress')
+    assert code == 2 and not new and "device must be 'auto', 'cpu', 'cuda'" in err, err  # before the store is read
 
 
 def test_version_and_debug(capsys, corpus):

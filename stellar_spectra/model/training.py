@@ -376,7 +376,10 @@ def resolve_device(cfg: TrainConfig):
         dev = cfg.device
     if dev.startswith('cuda') and not torch.cuda.is_available():
         raise ValueError(f"train: device {dev!r} asked for, but CUDA is not available")
-    dev = torch.device(dev)
+    try:
+        dev = torch.device(dev)
+    except RuntimeError:
+        raise ValueError(f"train: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {dev!r}") from None
     cuda = dev.type == 'cuda'
     if cfg.precision == 'bf16' and not (cuda and torch.cuda.is_bf16_supported()):
         raise ValueError(f"train: precision 'bf16' needs a CUDA device with bf16 (device is {dev})")
@@ -770,8 +773,9 @@ def run_training(
 ):
     "The `train` stage: pack the store, split by star, train, and write the model and its summary."
     cfg = read_settings(TrainConfig, params, 'train', preset, device=device, steps=steps)
+    dev = resolve_device(cfg)[0]  # checked before the store is read
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if resolve_device(cfg)[0].type == 'cuda' else 'gloo')
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
     t0 = time.perf_counter()
     sample = load_packed(store) if str(store).endswith('.npz') else pack_store(store, progress=progress)
     t_pack = time.perf_counter() - t0
