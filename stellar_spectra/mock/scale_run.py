@@ -205,12 +205,12 @@ def _load_sky(cfg: ScaleConfig):
 
 def _check_same(root: Path, cfg: ScaleConfig):
     "Record the settings that decide the data; a folder made with others is an error."
-    want = {k: getattr(cfg, k) for k in _SKY_KEYS} | {'grid': cfg.grid.to_dict()}
+    want = {k: getattr(cfg, k) for k in _SKY_KEYS}
+    want['grid'] = cfg.grid.to_dict()  # as the stores record it
     p = root / 'scale.json'
     if p.is_file():
-        have = {'grid': common_grid().to_dict()} | json.loads(
-            p.read_text()
-        )  # recorded before the grid was: the default
+        have = json.loads(p.read_text())
+        have.setdefault('grid', common_grid().to_dict())  # a folder recorded before the grid was: the default grid
         diff = sorted(k for k in want if have.get(k) != json.loads(json.dumps(want[k])))
         if diff:
             raise ValueError(
