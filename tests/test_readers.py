@@ -414,6 +414,33 @@ def test_broken_files(tmp_path):
     assert (back.path, back.problem, str(back)) == ('a.fits', 'broken', 'a.fits: broken')
 
 
+@pytest.mark.parametrize(
+    'product, hdu, key',
+    [
+        ('galah', 0, 'CDELT1'),
+        ('galah', 4, 'CRVAL1'),
+        ('apstar', 0, 'NVISITS'),
+        ('apstar', 0, 'CDELT1'),
+        ('uves', 0, 'SPEC_RES'),
+    ],
+)
+def test_header_number_that_is_text(tmp_path, product, hdu, key):
+    """A header keyword the reader computes with that holds text (one changed byte): the error names the file, the HDU
+    and the keyword, not a TypeError from the arithmetic."""
+    if product == 'galah':
+        write_galah(tmp_path, cameras=(1,))
+        p = tmp_path / f'{SID}1.fits'
+    else:
+        p = (write_apstar if product == 'apstar' else write_uves)(tmp_path / f'{product}.fits')
+    with fits.open(p, mode='update') as h:
+        h[hdu].header[key] = f'*{h[hdu].header.get(key, 47000)}'
+    with pytest.raises(
+        SpectrumReadError, match=rf"HDU {hdu}: header keyword {key} = '\*.*' is not a finite number"
+    ) as e:
+        read_spectrum(p, normalised=product == 'galah' and hdu == 4)
+    assert e.value.path == str(p)
+
+
 def test_nan_flux_and_zero_errors_are_masked(tmp_path):
     d = tmp_path / 'g'
     d.mkdir()

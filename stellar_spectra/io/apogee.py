@@ -103,12 +103,14 @@ def apstar_spectra(hdul, path, rows):
     h = hdul.header(0)
     flux = hdul.image(1, 'flux')
     nrow = flux.shape[0] if flux.ndim == 2 else 0
-    nvis = int(h['NVISITS'])
+    nvis = int(hdul.number(0, 'NVISITS'))
     want = nvis + 2 if nvis > 1 else 2
     if flux.ndim != 2 or nrow != want:
         raise SpectrumReadError(path, f'flux HDU has shape {flux.shape}, expected ({want}, NWAVE) for NVISITS={nvis}')
     err, pm = hdul.image(2, 'flux error', flux.shape), hdul.image(3, 'pixel mask', flux.shape)
-    wave = log_linear_wavelength(h['CRVAL1'], h['CDELT1'], flux.shape[1], h.get('CRPIX1', 1))
+    wave = log_linear_wavelength(
+        hdul.number(0, 'CRVAL1'), hdul.number(0, 'CDELT1'), flux.shape[1], hdul.number(0, 'CRPIX1', 1)
+    )
     grid, meta0 = _apstar_grid_flags(flux.shape[1]), {k: h[k] for k in _APSTAR_META if k in h}
     meta0['telescope'] = _telescope(path, h)
     out = []
@@ -135,11 +137,11 @@ def apstar_spectra(hdul, path, rows):
                 product='apStar',
                 star_id=str(h.get('OBJID', '')).strip(),
                 visit_id=str(vis.get('SFILE') or ''),
-                ra=float(h.get('RA', np.nan)),
-                dec=float(h.get('DEC', np.nan)),
-                snr=float(vis['SNRVIS'] if v else h.get('SNR', np.nan)),
-                rv=float(vis['VHELIO'] if v else h.get('VHELIO', np.nan)),
-                bc=float(vis['BC']) if v else np.nan,
+                ra=hdul.number(0, 'RA', np.nan),
+                dec=hdul.number(0, 'DEC', np.nan),
+                snr=hdul.number(0, f'SNRVIS{v}') if v else hdul.number(0, 'SNR', np.nan),
+                rv=hdul.number(0, f'VHELIO{v}') if v else hdul.number(0, 'VHELIO', np.nan),
+                bc=hdul.number(0, f'BC{v}') if v else np.nan,
                 flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')),
                 meta=meta,
             )
@@ -159,7 +161,7 @@ def read_apstar(
 def read_apstar_visits(path):  # apStar/asStar file
     "Every visit of an apStar/asStar (rows 2.., or row 0 when there is one visit), as rest-frame `Spectrum`s."
     with open_fits(path) as h:
-        n = int(h.header(0)['NVISITS'])
+        n = int(h.number(0, 'NVISITS'))
         return apstar_spectra(h, path, range(2, n + 2) if n > 1 else [0])
 
 # %% ../../nbs/00f_apogee.ipynb
@@ -197,9 +199,9 @@ def apvisit_spectrum(hdul, path):
         product='apVisit',
         star_id=str(h.get('OBJID', '')).strip(),
         visit_id=vid,
-        ra=float(h.get('RA', np.nan)),
-        dec=float(h.get('DEC', np.nan)),
-        snr=float(h.get('SNR', val('SNR'))),
+        ra=hdul.number(0, 'RA', np.nan),
+        dec=hdul.number(0, 'DEC', np.nan),
+        snr=hdul.number(0, 'SNR', val('SNR')),
         rv=val('VHELIO'),
         bc=val('BC'),
         flux_unit=_apogee_unit(hdul.header(1).get('BUNIT')),

@@ -305,6 +305,28 @@ def open_fits(
             f.close()
 
 # %% ../../nbs/00e_fitsfile.ipynb
+_REQUIRED = object()
+
+
+@patch
+def number(
+    self: FitsFile,
+    i: int,  # HDU
+    key: str,  # header keyword
+    default=_REQUIRED,  # value when the keyword is absent (none given: absent is an error)
+) -> float:
+    "Header value `key` of HDU `i` as a finite float; else a `SpectrumReadError` naming the HDU and keyword."
+    h = self.header(i)
+    if key not in h:
+        if default is _REQUIRED:
+            raise SpectrumReadError(self.path, f'HDU {i} lacks header keyword {key}')
+        return default
+    v = h[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise SpectrumReadError(self.path, f'HDU {i}: header keyword {key} = {v!r} is not a finite number')
+    return float(v)
+
+# %% ../../nbs/00e_fitsfile.ipynb
 def _columns(h):
     "Upper-case column names declared in a BINTABLE header."
     return {str(h.get(f'TTYPE{i}', '')).strip().upper() for i in range(1, int(h.get('TFIELDS', 0)) + 1)}

@@ -61,12 +61,12 @@ def _galah_camera(hdul, path, normalised=False):
     if flux.ndim != 1:
         raise SpectrumReadError(path, f'flux has shape {flux.shape}, expected one dimension')
     rel = hdul.image(hdul.extension('input_sigma', 'relative error'), 'relative error (input_sigma)', flux.shape)
-    cdelt, crval = float(h['CDELT1']), float(h['CRVAL1'])
-    air = linear_wavelength(crval, cdelt, flux.size, h.get('CRPIX1', 1))
+    cdelt, crval = hdul.number(0, 'CDELT1'), hdul.number(0, 'CRVAL1')
+    air = linear_wavelength(crval, cdelt, flux.size, hdul.number(0, 'CRPIX1', 1))
     ccd = _galah_ccd(air)
     i4 = _galah_ext4(hdul)
     h4 = hdul.header(i4) if i4 is not None else None
-    rv = C_KMS * (cdelt / h4['CDELT1'] - 1) if h4 is not None else np.nan
+    rv = C_KMS * (cdelt / hdul.number(i4, 'CDELT1') - 1) if h4 is not None else np.nan
     sid = _sobject_id(path)[0]
     meta = {
         'ccd': ccd,
@@ -84,11 +84,12 @@ def _galah_camera(hdul, path, normalised=False):
     if h4 is None:
         raise SpectrumReadError(path, 'no extension 4 (normalised spectrum)')
     norm = hdul.image(i4, 'normalised flux')
-    off = h4['CRVAL1'] / h4['CDELT1'] - crval / cdelt  # ext-0 pixel where ext 4 starts
+    crval4, cdelt4 = hdul.number(i4, 'CRVAL1'), hdul.number(i4, 'CDELT1')
+    off = crval4 / cdelt4 - crval / cdelt  # ext-0 pixel where ext 4 starts
     i0 = int(round(off))
     if abs(off - i0) > 0.01 or i0 < 0 or i0 + norm.size > flux.size:
         raise SpectrumReadError(path, f'extension 4 does not align with extension 0 (offset {off:.3f} px)')
-    air4 = linear_wavelength(h4['CRVAL1'], h4['CDELT1'], norm.size, h4.get('CRPIX1', 1))
+    air4 = linear_wavelength(crval4, cdelt4, norm.size, hdul.number(i4, 'CRPIX1', 1))
     meta['ext4_offset'] = i0
     return flag_spikes(
         Spectrum.from_sigma(air_to_vacuum(air4), norm, np.abs(norm) * rel[i0 : i0 + norm.size], frame='rest', **kw)
@@ -222,15 +223,15 @@ def uves_spectrum(hdul, path, flux_column=None, error_column=None):
         flags=flags,
         survey_flags=qual,
         frame=_SPECSYS.get(str(h.get('SPECSYS', 'TOPOCENT')).strip(), 'observed'),
-        R=float(h.get('SPEC_RES', UVES_R)),
+        R=hdul.number(0, 'SPEC_RES', UVES_R),
         survey='ges',
         product='uves',
         star_id=str(h.get('OBJECT', '')).strip(),
         visit_id=str(h.get('ARCFILE', Path(path).name)),
-        ra=float(h.get('RA', np.nan)),
-        dec=float(h.get('DEC', np.nan)),
-        snr=float(h.get('SNR', np.nan)),
-        bc=float(h.get('ESO QC VRAD BARYCOR', np.nan)),
+        ra=hdul.number(0, 'RA', np.nan),
+        dec=hdul.number(0, 'DEC', np.nan),
+        snr=hdul.number(0, 'SNR', np.nan),
+        bc=hdul.number(0, 'ESO QC VRAD BARYCOR', np.nan),
         flux_unit=column_key(th, fcol, 'TUNIT'),
         meta=meta,
     )
