@@ -65,13 +65,12 @@ def _galah_camera(hdul, path, normalised=False):
     air = linear_wavelength(crval, cdelt, flux.size, hdul.number(0, 'CRPIX1', 1))
     ccd = _galah_ccd(air)
     i4 = _galah_ext4(hdul)
-    h4 = hdul.header(i4) if i4 is not None else None
-    rv = C_KMS * (cdelt / hdul.number(i4, 'CDELT1') - 1) if h4 is not None else np.nan
+    rv = C_KMS * (cdelt / hdul.number(i4, 'CDELT1') - 1) if i4 is not None else np.nan
     sid = _sobject_id(path)[0]
     meta = {
         'ccd': ccd,
         'sobject_id': sid,
-        'has_ext4': h4 is not None,
+        'has_ext4': i4 is not None,
         'medium_in_file': 'air',
         'normalised': normalised,
         **{k: h[k] for k in ('UTMJD', 'EXPOSED', 'MEANRA', 'MEANDEC', 'OBJECT') if k in h},
@@ -81,7 +80,7 @@ def _galah_camera(hdul, path, normalised=False):
         return flag_spikes(
             Spectrum.from_sigma(air_to_vacuum(air), flux, np.abs(flux) * rel, frame='barycentric', flux_unit='ct', **kw)
         )
-    if h4 is None:
+    if i4 is None:
         raise SpectrumReadError(path, 'no extension 4 (normalised spectrum)')
     norm = hdul.image(i4, 'normalised flux')
     crval4, cdelt4 = hdul.number(i4, 'CRVAL1'), hdul.number(i4, 'CDELT1')
