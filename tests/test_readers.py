@@ -441,6 +441,27 @@ def test_header_number_that_is_text(tmp_path, product, hdu, key):
     assert e.value.path == str(p)
 
 
+@pytest.mark.parametrize('garbage', ['tiny', 'nan', 'reversed'])
+def test_uves_wavelength_column_that_is_garbage(tmp_path, garbage):
+    """A UVES file whose wavelength column is garbage (tiny numbers, a NaN, reversed) ends in one error naming the file
+    and the column, with no numpy overflow warnings from the air-to-vacuum conversion before it."""
+    p = write_uves(tmp_path / 'u.fits')
+    with fits.open(p, mode='update') as h:
+        w = h[1].data['WAVE'][0]
+        w[:] = {
+            'tiny': np.full(w.size, 1e-300),
+            'nan': np.where(np.arange(w.size) == 9, np.nan, w),
+            'reversed': w[::-1],
+        }[garbage]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        with pytest.raises(
+            SpectrumReadError, match=r"wavelength column 'WAVE' is not finite, strictly increasing"
+        ) as e:
+            read_spectrum(p)
+    assert e.value.path == str(p)
+
+
 def test_nan_flux_and_zero_errors_are_masked(tmp_path):
     d = tmp_path / 'g'
     d.mkdir()

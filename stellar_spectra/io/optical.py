@@ -199,6 +199,10 @@ def uves_spectrum(hdul, path, flux_column=None, error_column=None):
         raise SpectrumReadError(path, f'unknown wavelength unit {unit!r}')
     wave, flux, err = (np.asarray(t[c], np.float64) for c in (wcol, fcol, ecol))
     wave = wave * _NM[unit]
+    if not (np.isfinite(wave).all() and (wave > 1e3).all() and (wave < 1e5).all() and (np.diff(wave) > 0).all()):
+        raise SpectrumReadError(
+            path, f'wavelength column {wcol!r} is not finite, strictly increasing and within 1,000-100,000 Å ({unit})'
+        )
     qual = t.get('QUAL')
     flags = np.where((flux == 0) & (err == 0), int(PixelFlag.NO_DATA), 0) | (
         0 if qual is None else np.where(qual != 0, int(PixelFlag.BAD_PIXEL), 0)
