@@ -151,6 +151,8 @@ def test_max_test_stars_evaluates_a_reproducible_subset(trained):
     assert list(runs[0][2].index) == list(runs[1][2].index) == list(cap_stars(test, k, 0))  # same seed, same stars
     res, spec, stars, _ = evaluate_split(E, EvalConfig(**CHEAP))  # default: the whole split
     assert list(stars.index) == sorted(test.tolist()) and res['n']['test'] == res['n']['test_total'] == len(test)
+    h = res['peer_history']['autoencoder']  # its validation curve, one entry at the last of its 2 steps
+    assert [e['step'] for e in h] == [CHEAP['ae_steps']] and np.isfinite([h[0]['train'], h[0]['val']]).all()
 
 
 def test_max_test_stars_option_and_typos(trained, tmp_path):

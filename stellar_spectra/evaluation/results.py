@@ -836,6 +836,7 @@ def _peers(E, cfg: EvalConfig, stars, spec, progress):
     ae = SpectrumAutoencoder(m_tr, model.cfg, enc_hidden=cfg.ae_hidden).fit(
         m_tr, steps=cfg.ae_steps, val=m_va, progress=progress
     )
+    out['peer_history'] = dict(autoencoder=ae.history)  # its validation chi2 by step, as the GON's history.json
     enc = dict(pca=lambda m: pca.coefficients(m)[0], autoencoder=ae.encode)
     ren = dict(pca=pca.render, autoencoder=ae.render)
     for name in ('pca', 'autoencoder'):
