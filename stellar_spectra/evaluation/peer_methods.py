@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..pipeline.resample import Grid
 from ..model.decoders import GONConfig, check_grid
 from ..model.gon import GON, count_params

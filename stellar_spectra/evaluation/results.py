@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_write
 from ..formats import C_KMS
 from ..params import read_settings

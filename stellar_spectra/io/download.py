@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 from fastcore.basics import patch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_write
 from .http1 import Closed, Connection, pwrite_all, open_pipe, spliceable
 from stellar_spectra.io.manifest import (

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 # %% auto 0
 __all__ = ['ALLSTAR_COLUMNS', 'ALLSTAR_OPTIONAL', 'GALAH_COLUMNS', 'GALAH_OPTIONAL', 'GES_COLUMNS', 'GES_OPTIONAL',

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np, pandas as pd
 import astropy
 from astropy.io import fits
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from .. import __version__
 from ..formats import SURVEYS, SDSS_BASE_URL, ALLSTAR_PATH, GALAH_CATALOGUE_PATH, galah_tarball_path
 from .population import draw_stars, make_catalogues, survey_fields, OVERLAP_KEYS

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 import numpy as np, pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_write
 from ..params import check_choices, read_section, settings_from
 from ..pipeline.continuum import ContinuumMethod

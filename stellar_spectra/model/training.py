@@ -177,7 +177,7 @@ def pack_store(
 def _bar(total, progress, desc):
     "A tqdm bar, or a stand-in where tqdm is absent or progress is off."
     try:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         return tqdm(total=total, disable=not progress, desc=desc)
     except ImportError:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_write
 from .sky_index import unit_vectors, radec, arcsec_of_chord, candidate_pairs
 from ..io.catalogues import CATALOGUES, Catalogue, read_catalogue

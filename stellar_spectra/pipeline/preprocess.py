@@ -8,7 +8,7 @@ import ast, hashlib, json, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_write
 from ..formats import SURVEYS, apstar_path, galah_filename
 from ..io.readers import read_spectrum

@@ -11,7 +11,7 @@ import pandas as pd
 import h5py
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from ..atomic import atomic_path, atomic_write
 from .resample import Grid, common_grid
 from .h5chunks import RowCodec, write_packed, read_packed
